@@ -1,0 +1,21 @@
+# HKD reproduction pipeline. Default target: the report of the run configured in
+# configs/default.yaml; select another run with --configfile configs/<name>.yaml.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+configfile: "configs/default.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/teacher.smk"
+include: "workflow/rules/hkd.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        stage_outputs(config, "report")["report"],

@@ -1,0 +1,1 @@
+"""Koopman spectral analysis and editing."""

@@ -1,0 +1,1 @@
+"""Dataset sources. Each writes one ``.npz`` (train / held-out split) plus a manifest."""

@@ -1,0 +1,1 @@
+"""Hierarchical Koopman operators and the HKD encoder / evolution / decoder model."""

@@ -1,0 +1,83 @@
+"""Hierarchical Koopman Diffusion model: encoder -> per-level linear flow -> decoder.
+
+Encoder and decoder are the two halves of the teacher's U-Net (initialised from its
+weights). The encoder sees x_t and its noise level sigma(t) = t through EDM's
+c_in / c_noise; the decoder always sees sigma = eps. Time inside the Koopman flow is
+measured in units of sigma_max (``dt = (s - t) / sigma_max``), which keeps exp(alpha dt)
+well scaled for Adam; eigenvalues per unit of t are alpha / sigma_max, beta / sigma_max.
+The decoder's raw output is multiplied by sigma_data, the EDM output scale at high noise.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from hkd.koopman.operators import KoopmanOperators
+from hkd.nn.precond import EDMPrecond, edm_coefficients
+
+
+class HKD(nn.Module):
+    def __init__(self, teacher: EDMPrecond, eps: float, sigma_max: float):
+        super().__init__()
+        self.unet = copy.deepcopy(teacher.model).train().requires_grad_(True)
+        self.sigma_data = float(teacher.sigma_data)
+        self.img_resolution = teacher.img_resolution
+        self.img_channels = teacher.img_channels
+        self.eps = float(eps)
+        self.sigma_max = float(sigma_max)
+        self.koopman = KoopmanOperators(self.unet.skip_channels, self.unet.skip_resolutions)
+
+    def encode(self, x_t: torch.Tensor, sigma_t: torch.Tensor, class_labels=None) -> list[torch.Tensor]:
+        sigma = sigma_t.float().reshape(-1, 1, 1, 1)
+        _, _, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
+        emb = self.unet.embed(c_noise.flatten(), class_labels)
+        x = (c_in * x_t.float()).to(memory_format=torch.channels_last)
+        return self.unet.encode(x, emb)
+
+    def evolve(self, feats, t_from: torch.Tensor, t_to: torch.Tensor | float):
+        t_to = torch.as_tensor(t_to, dtype=torch.float32, device=t_from.device).expand_as(t_from)
+        return self.koopman.evolve(feats, (t_to - t_from.float()) / self.sigma_max)
+
+    def decode(self, feats: list[torch.Tensor], class_labels=None) -> torch.Tensor:
+        b = feats[0].shape[0]
+        eps = torch.full((b,), self.eps, device=feats[0].device)
+        _, _, _, c_noise = edm_coefficients(eps, self.sigma_data)
+        emb = self.unet.embed(c_noise, class_labels)
+        return self.sigma_data * self.unet.decode(feats, emb).float()
+
+    def state_at(self, x_t, sigma_t, s, class_labels=None) -> torch.Tensor:
+        """Decoded state at time ``s`` from input ``x_t`` at time ``sigma_t``."""
+        return self.decode(self.evolve(self.encode(x_t, sigma_t, class_labels), sigma_t, s), class_labels)
+
+    def forward(self, x_t, sigma_t, class_labels=None) -> torch.Tensor:
+        """Prediction of the trajectory's end x_eps from x_t."""
+        return self.state_at(x_t, sigma_t, self.eps, class_labels)
+
+    @torch.no_grad()
+    def sample(self, noise: torch.Tensor, class_labels=None) -> torch.Tensor:
+        """One-step generation (paper Alg. 2): x_T = sigma_max * noise -> x_eps."""
+        sigma = torch.full((noise.shape[0],), self.sigma_max, device=noise.device)
+        return self(noise * self.sigma_max, sigma, class_labels)
+
+
+def hkd_kwargs(eps: float, sigma_max: float) -> dict:
+    return {"eps": eps, "sigma_max": sigma_max}
+
+
+def load_hkd(path: str, device="cpu") -> HKD:
+    """HKD weights written by ``hkd hkd-train`` (EMA weights when EMA was on)."""
+    from hkd.io import load_torch
+
+    ckpt = load_torch(path, "HKD checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != "hkd":
+        raise ValueError(f"{path} is not an HKD checkpoint written by 'hkd hkd-train'")
+    teacher_like = EDMPrecond(**ckpt["teacher_kwargs"])
+    model = HKD(teacher_like, **ckpt["hkd_kwargs"])
+    try:
+        model.load_state_dict(ckpt["state"], strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not match the stored network arguments: {exc}") from exc
+    return model.eval().requires_grad_(False).to(device)

@@ -1,0 +1,1 @@
+"""Evaluation: offline feature extractor, torch-fidelity metrics, sampler throughput."""

@@ -1,0 +1,28 @@
+"""Sampler throughput, measured for several samplers in one process on the same batch."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+
+def measure(samplers: dict, noise: torch.Tensor, repeats: int) -> dict:
+    """images/s of each ``samplers[name](noise)``, after one warm-up call each; median of repeats."""
+    out = {}
+    for name, fn in samplers.items():
+        fn(noise)  # warm-up: allocations, kernel selection
+        times = []
+        for _ in range(repeats):
+            if noise.is_cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn(noise)
+            if noise.is_cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        sec = statistics.median(times)
+        out[name] = {"seconds_per_batch": sec, "images_per_second": noise.shape[0] / sec,
+                     "batch": int(noise.shape[0]), "repeats": repeats}
+    return out

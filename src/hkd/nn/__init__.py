@@ -1,0 +1,1 @@
+"""EDM-compatible networks."""

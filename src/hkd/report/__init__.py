@@ -1,0 +1,1 @@
+"""Report: pandas tables -> Jinja templates -> reports/index.html."""

@@ -1,0 +1,102 @@
+"""Render the run's report as one self-contained HTML file (images inlined), so it
+displays correctly when opened straight from disk."""
+
+from __future__ import annotations
+
+import base64
+import io
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import jinja2
+import numpy as np
+import pandas as pd
+import yaml
+from PIL import Image
+
+from hkd.io import atomic_path, load_json, load_npz
+
+PACKAGES = ("hkd-repro", "torch", "torchvision", "torch-fidelity", "snakemake", "dvc", "numpy",
+            "pandas", "jinja2", "mlxtend", "matplotlib", "tensorboard")
+
+
+def image_grid(images: np.ndarray, cols: int = 16, pad: int = 2, scale: int = 2) -> Image.Image:
+    """[-1, 1] images [N, C, H, W] -> one PIL grid."""
+    n, c, h, w = images.shape
+    rows = (n + cols - 1) // cols
+    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
+    u8 = np.clip(images * 127.5 + 128, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = u8[i]
+    img = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+    return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+
+
+def png_data_uri(img: Image.Image | bytes) -> str:
+    if isinstance(img, Image.Image):
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        img = buf.getvalue()
+    return "data:image/png;base64," + base64.b64encode(img).decode("ascii")
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def metrics_table(metrics: dict) -> pd.DataFrame:
+    df = pd.DataFrame(metrics["rows"])
+    teacher_fid = df.loc[df["key"] == "teacher", "fid"].iloc[0]
+    df["FID / teacher FID"] = df["fid"] / teacher_fid
+    df["IS"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(df["is_mean"], df["is_std"])]
+    df["NFE"] = [("—" if pd.isna(v) else str(int(v))) for v in df["nfe"]]
+    df = df.rename(columns={"method": "Method", "images": "Images", "fid": "FID"})
+    return df[["Method", "NFE", "Images", "FID", "FID / teacher FID", "IS"]]
+
+
+def throughput_table(metrics: dict) -> pd.DataFrame:
+    rows = []
+    for key, label in (("teacher", "EDM teacher (Heun)"), ("hkd", "HKD (one step)")):
+        t = metrics["throughput"][key]
+        rows.append({"Sampler": label, "Batch": t["batch"], "Seconds / batch": t["seconds_per_batch"],
+                     "Images / s": t["images_per_second"]})
+    return pd.DataFrame(rows)
+
+
+def build_report(cfg: dict, paths: dict, out_html: str) -> None:
+    metrics = load_json(paths["metrics"])
+    manifest = load_json(paths["data_manifest"])
+    heldout = load_npz(paths["data"], ("heldout_images",))["heldout_images"]
+    k = cfg["report"]["grid_images"]
+    grids = {
+        "Real (held-out split)": image_grid(heldout[:k]),
+        f"EDM teacher, {metrics['rows'][1]['nfe']} NFE": image_grid(load_npz(paths["samples_teacher"])["images"][:k]),
+        "HKD, 1 NFE (same noise seeds as the teacher)": image_grid(load_npz(paths["samples_hkd"])["images"][:k]),
+    }
+    fmt = {"FID": "{:.3f}".format, "FID / teacher FID": "{:.2f}".format,
+           "Seconds / batch": "{:.4f}".format, "Images / s": "{:.1f}".format}
+    tables = {
+        "metrics": metrics_table(metrics).to_html(index=False, formatters=fmt, classes="tbl", border=0),
+        "throughput": throughput_table(metrics).to_html(index=False, formatters=fmt, classes="tbl", border=0),
+    }
+    rows = {r["key"]: r for r in metrics["rows"]}
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+                             autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
+    html = env.get_template("index.html.j2").render(
+        run=cfg["run"], generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        manifest=manifest, metrics=metrics, rows=rows, tables=tables,
+        fid_ratio=rows["hkd"]["fid"] / rows["teacher"]["fid"],
+        grids={name: png_data_uri(img) for name, img in grids.items()},
+        spectral=png_data_uri(Path(paths["spectral"]).read_bytes()),
+        config_yaml=yaml.safe_dump(cfg, sort_keys=False), versions=package_versions(),
+    )
+    with atomic_path(out_html) as tmp:
+        tmp.write_text(html, encoding="utf-8")

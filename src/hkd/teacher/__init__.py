@@ -1,0 +1,1 @@
+"""EDM teacher: training, Heun sampler, trajectory writer."""

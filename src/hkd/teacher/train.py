@@ -1,0 +1,88 @@
+"""Train the EDM teacher from scratch (Karras et al. 2022, EDM loss and preconditioning)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+
+import torch
+from tqdm import tqdm
+
+from hkd.data.mnist import load_dataset
+from hkd.ema import EMA
+from hkd.io import save_torch
+from hkd.nn.precond import EDMPrecond
+from hkd.runtime import autocast, progress_enabled
+from hkd.teacher.network import teacher_kwargs
+
+
+def edm_loss(net: EDMPrecond, images: torch.Tensor, gen: torch.Generator, P_mean: float,
+             P_std: float, sigma_data: float, device, dtype) -> torch.Tensor:
+    """Per-pixel weighted denoising loss with log-normal noise levels."""
+    b = images.shape[0]
+    rnd = torch.randn([b, 1, 1, 1], generator=gen).to(device)
+    sigma = (rnd * P_std + P_mean).exp()
+    weight = (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
+    noise = torch.randn(images.shape, generator=gen).to(device) * sigma
+    with autocast(device, dtype):
+        denoised = net((images + noise).contiguous(memory_format=torch.channels_last), sigma)
+    return weight * (denoised.float() - images) ** 2
+
+
+def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
+                  device: torch.device, dtype) -> dict:
+    tcfg, edm = cfg["teacher"], cfg["edm"]
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    torch.manual_seed(cfg["seed"])
+    images = torch.from_numpy(load_dataset(data_path)["train_images"]).float()
+    kwargs = teacher_kwargs(cfg)
+    net = EDMPrecond(**kwargs).to(device).to(memory_format=torch.channels_last).train()
+    ema = EMA(net, tcfg["ema_halflife_kimg"], tcfg["ema_rampup_ratio"])
+    opt = torch.optim.Adam(net.parameters(), lr=tcfg["lr"], betas=(0.9, 0.999), eps=1e-8)
+    batch = tcfg["batch_size"]
+    total_steps = math.ceil(tcfg["kimg"] * 1000 / batch)
+
+    from torch.utils.tensorboard import SummaryWriter
+    shutil.rmtree(tb_dir, ignore_errors=True)
+    writer = SummaryWriter(tb_dir)
+    order = torch.randperm(len(images), generator=gen)
+    cursor, nimg, t0 = 0, 0, time.time()
+    running = 0.0
+    bar = tqdm(range(total_steps), desc="teacher", unit="step", mininterval=2,
+               disable=not progress_enabled())
+    for step in bar:
+        if cursor + batch > len(order):
+            order, cursor = torch.randperm(len(images), generator=gen), 0
+        y = images[order[cursor:cursor + batch]].to(device)
+        cursor += batch
+        lr = tcfg["lr"] * min(nimg / max(tcfg["lr_rampup_kimg"] * 1000, 1e-8), 1.0)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss = edm_loss(net, y, gen, edm["P_mean"], edm["P_std"], edm["sigma_data"], device, dtype).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"teacher loss is {loss.item()} at step {step}; stopping")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for p in net.parameters():
+            if p.grad is not None:
+                torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+        opt.step()
+        nimg += batch
+        ema.update(net, nimg, batch)
+        running += loss.item()
+        if (step + 1) % tcfg["log_every"] == 0 or step + 1 == total_steps:
+            n = (step % tcfg["log_every"]) + 1
+            writer.add_scalar("teacher/loss", running / n, nimg)
+            writer.add_scalar("teacher/lr", lr, nimg)
+            bar.set_postfix(loss=f"{running / n:.4f}", kimg=f"{nimg / 1000:.1f}")
+            running = 0.0
+    writer.close()
+    elapsed = time.time() - t0
+    stats = {"kimg": nimg / 1000, "steps": total_steps, "seconds": elapsed,
+             "images_per_second": nimg / elapsed,
+             "parameters": sum(p.numel() for p in net.parameters())}
+    ema_state = {k: v.contiguous() for k, v in ema.net.state_dict().items()}
+    save_torch({"kind": "edm_teacher", "network_kwargs": kwargs, "ema": ema_state,
+                "stats": stats}, out_path)
+    return stats

@@ -1,0 +1,1 @@
+"""HKD training loop."""

@@ -1,0 +1,63 @@
+"""The smoke config through Snakemake and DVC, in a scratch copy of the repository."""
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_workflow
+
+BIN = Path(sys.executable).parent
+
+
+def run(cmd, cwd, timeout=600):
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r
+
+
+@pytest.mark.slow
+def test_smoke_dag_with_snakemake(tmp_path):
+    work = copy_workflow(tmp_path)
+    smk = [str(BIN / "snakemake"), "--configfile", "configs/smoke.yaml", "--cores", "2"]
+    t0 = time.time()
+    run(smk, work)
+    elapsed = time.time() - t0
+    html = (work / "reports" / "smoke" / "index.html").read_text()
+    metrics = json.loads((work / "results" / "smoke" / "eval" / "metrics.json").read_text())
+    fids = {r["key"]: r["fid"] for r in metrics["rows"]}
+    assert set(fids) == {"real", "teacher", "hkd"}
+    for key, value in fids.items():
+        assert isinstance(value, float) and value == value and value >= 0, key
+        # the table in the report shows the same numbers
+        assert f"{value:.3f}" in html, key
+    assert re.search(r"HKD FID / teacher FID = <strong>[0-9.]+</strong>", html)
+    assert "data:image/png;base64," in html and "src=\"results" not in html
+    for stage in ("data", "teacher", "trajectories", "hkd_train", "evaluate", "report"):
+        assert (work / "results" / "smoke" / "logs" / f"{stage}.log").stat().st_size > 0
+    print(f"smoke DAG: {elapsed:.1f} s")
+    r = run(smk, work)
+    assert "Nothing to be done" in r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_smoke_dag_with_dvc(tmp_path):
+    work = copy_workflow(tmp_path)
+    env_bin = str(BIN)
+    run(["git", "init", "-q"], work)
+    run([str(BIN / "dvc"), "init", "-q"], work)
+    run([str(BIN / "hkd"), "dvc-yaml", "--config", "configs/smoke.yaml"], work)
+    import os
+    env = dict(os.environ, PATH=env_bin + os.pathsep + os.environ.get("PATH", ""), PYTHONPATH=str(work / "src"))
+    r = subprocess.run([str(BIN / "dvc"), "repro"], cwd=work, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (work / "reports" / "smoke" / "index.html").exists()
+    r = subprocess.run([str(BIN / "dvc"), "repro"], cwd=work, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0
+    assert "up to date" in r.stdout, r.stdout
+    r = subprocess.run([str(BIN / "dvc"), "status"], cwd=work, capture_output=True, text=True, env=env)
+    assert "up to date" in r.stdout, r.stdout

@@ -1,0 +1,39 @@
+# Shared helpers: config validation and the command prefix. Paths come from
+# src/hkd/pipeline.py, the single definition of stages, inputs and outputs.
+import os
+import sys
+
+SRC = os.path.join(workflow.basedir, "src")
+sys.path.insert(0, SRC)
+
+from hkd.config import load_config  # noqa: E402
+from hkd.pipeline import DIRECTORY_OUTPUTS, log_path, stage_inputs, stage_outputs, stage_params  # noqa: E402
+
+validate(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
+
+if len(workflow.overwrite_configfiles) > 1 or workflow.config_settings.config:
+    raise WorkflowError(
+        "pass exactly one --configfile and no --config overrides: every stage reads its "
+        "settings from that one file, so write overrides into a config file of their own")
+CONFIG_FILE = str(workflow.overwrite_configfiles[-1] if workflow.overwrite_configfiles
+                  else os.path.join(workflow.basedir, "configs/default.yaml"))
+load_config(CONFIG_FILE)  # the stages read this file alone: it must be complete and valid
+
+# Stages run `python -m hkd <stage>` from this checkout: the interpreter running
+# Snakemake (e.g. the project's .venv), or the rule's conda env with --use-conda.
+from snakemake.settings.types import DeploymentMethod  # noqa: E402
+
+_PY = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else sys.executable
+HKD = f"env PYTHONPATH={SRC} {_PY} -m hkd"
+ENV = "../envs/hkd.yaml"
+
+
+def outputs(stage):
+    """Named outputs of a stage, folders wrapped in directory()."""
+    return {k: directory(v) if k in DIRECTORY_OUTPUTS else v
+            for k, v in stage_outputs(config, stage).items()}
+
+
+def hkd_shell(command):
+    """Thin rule body: run one stage, tee its output into the rule's log."""
+    return HKD + f" {command} --config {CONFIG_FILE} --threads {{threads}} 2>&1 | tee {{log}}"
