@@ -2,9 +2,9 @@
 
 Encoder and decoder are the two halves of the teacher's U-Net (initialised from its
 weights). The encoder sees x_t and its noise level sigma(t) = t through EDM's
-c_in / c_noise; the decoder always sees sigma = eps. Time inside the Koopman flow is
-measured in units of sigma_max (``dt = (s - t) / sigma_max``), which keeps exp(alpha dt)
-well scaled for Adam; eigenvalues per unit of t are alpha / sigma_max, beta / sigma_max.
+c_in / c_noise; the decoder always sees sigma = eps. The Koopman flow runs over
+``dt = (s - t) / time_unit``; ``time_unit = 1`` is the paper's clock (t = sigma), and
+eigenvalues per unit of t are alpha / time_unit, beta / time_unit.
 The decoder's raw output is multiplied by sigma_data, the EDM output scale at high noise.
 """
 
@@ -20,7 +20,7 @@ from hkd.nn.precond import EDMPrecond, edm_coefficients
 
 
 class HKD(nn.Module):
-    def __init__(self, teacher: EDMPrecond, eps: float, sigma_max: float):
+    def __init__(self, teacher: EDMPrecond, eps: float, sigma_max: float, time_unit: float = 1.0):
         super().__init__()
         self.unet = copy.deepcopy(teacher.model).train().requires_grad_(True)
         self.sigma_data = float(teacher.sigma_data)
@@ -28,6 +28,7 @@ class HKD(nn.Module):
         self.img_channels = teacher.img_channels
         self.eps = float(eps)
         self.sigma_max = float(sigma_max)
+        self.time_unit = float(time_unit)
         self.koopman = KoopmanOperators(self.unet.skip_channels, self.unet.skip_resolutions)
 
     def encode(self, x_t: torch.Tensor, sigma_t: torch.Tensor, class_labels=None) -> list[torch.Tensor]:
@@ -39,7 +40,7 @@ class HKD(nn.Module):
 
     def evolve(self, feats, t_from: torch.Tensor, t_to: torch.Tensor | float):
         t_to = torch.as_tensor(t_to, dtype=torch.float32, device=t_from.device).expand_as(t_from)
-        return self.koopman.evolve(feats, (t_to - t_from.float()) / self.sigma_max)
+        return self.koopman.evolve(feats, (t_to - t_from.float()) / self.time_unit)
 
     def decode(self, feats: list[torch.Tensor], class_labels=None) -> torch.Tensor:
         b = feats[0].shape[0]
@@ -63,8 +64,8 @@ class HKD(nn.Module):
         return self(noise * self.sigma_max, sigma, class_labels)
 
 
-def hkd_kwargs(eps: float, sigma_max: float) -> dict:
-    return {"eps": eps, "sigma_max": sigma_max}
+def hkd_kwargs(eps: float, sigma_max: float, time_unit: float) -> dict:
+    return {"eps": eps, "sigma_max": sigma_max, "time_unit": time_unit}
 
 
 def load_hkd(path: str, device="cpu") -> HKD:

@@ -1,9 +1,10 @@
 """Train HKD on teacher trajectories (paper Alg. 1).
 
-Per example: ``time_points`` grid indices drawn uniformly from the stored states with
-sigma in [eps, T) (indices 1 .. N-1 of the Heun grid), plus t = T itself; every one is
-pushed through encode -> evolve to eps -> decode and compared with the trajectory's end.
-Only stored grid points are used (no interpolation between them).
+Per example: ``time_points`` times drawn uniformly on [eps, T) as in the paper, plus
+t = T itself; every one is pushed through encode -> evolve to eps -> decode and compared
+with the trajectory's end. A time between two stored grid points takes the state on the
+straight line between them: Heun's update moves x linearly in t across each step, so
+this is the solver's own piecewise-linear trajectory.
 d = lambda1 * MSE (+ lambda2 * perceptual when configured), lambda1 = 10^(-3 epoch / epochs).
 """
 
@@ -28,15 +29,33 @@ def lambda1(epoch: int, epochs: int) -> float:
     return 10.0 ** (-3.0 * epoch / epochs)
 
 
-def hkd_loss(model: HKD, states: torch.Tensor, sigmas: torch.Tensor, idx: torch.Tensor,
+def sample_times(b: int, k: int, sigmas: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """[B, 1 + k] times: column 0 is T = sigmas[0], the rest uniform on [eps, T)."""
+    eps, T = float(sigmas[-2]), float(sigmas[0])
+    mid = eps + (T - eps) * torch.rand(b, k, generator=gen, dtype=torch.float64)
+    return torch.cat([torch.full((b, 1), T, dtype=torch.float64), mid], dim=1)
+
+
+def states_at(states: torch.Tensor, sigmas: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """States [B, K, C, H, W] at times ``t`` [B, K] (within [sigmas[-2], sigmas[0]]) by
+    linear interpolation in t between the bracketing grid states of each trajectory."""
+    grid = sigmas[:-1].double()  # decreasing, T .. eps (the final sigma = 0 is the target)
+    idx = torch.searchsorted(-grid, -t, right=True) - 1  # grid[idx] >= t > grid[idx + 1]
+    idx = idx.clamp(0, len(grid) - 2)
+    t0, t1 = grid[idx], grid[idx + 1]
+    w = ((t0 - t) / (t0 - t1)).clamp(0, 1).float()[..., None, None, None]
+    rows = torch.arange(states.shape[0])[:, None]
+    return (1 - w) * states[rows, idx].float() + w * states[rows, idx + 1].float()
+
+
+def hkd_loss(model: HKD, states: torch.Tensor, sigmas: torch.Tensor, t: torch.Tensor,
              device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared error per (example, time point): [B, K]. ``idx`` [B, K] are grid indices."""
-    b, k = idx.shape
-    x_t = states[torch.arange(b)[:, None], idx].reshape(b * k, *states.shape[2:]).to(device)
-    target = states[:, -1].to(device)
-    t = sigmas[idx].reshape(-1).to(device)
+    """Squared error per (example, time point): [B, K] for times ``t`` [B, K]."""
+    b, k = t.shape
+    x_t = states_at(states, sigmas, t).reshape(b * k, *states.shape[2:]).to(device)
+    target = states[:, -1].float().to(device)
     with autocast(device, dtype):
-        pred = model(x_t, t)
+        pred = model(x_t, t.reshape(-1).float().to(device))
     err = (pred.float().reshape(b, k, *pred.shape[1:]) - target[:, None]).square()
     return err.flatten(2).mean(2), pred
 
@@ -48,11 +67,12 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
     torch.manual_seed(cfg["seed"] + 1)
     traj = load_trajectories(traj_path)
     states = torch.from_numpy(traj["states"])  # fp16 [N, S+1, C, H, W], converted per batch
-    sigmas = torch.from_numpy(traj["sigmas"]).float()
-    n_traj, n_grid = states.shape[0], states.shape[1]
-    model = HKD(teacher, eps=edm["sigma_min"], sigma_max=edm["sigma_max"]).to(device)
+    sigmas = torch.from_numpy(traj["sigmas"]).double()
+    n_traj = states.shape[0]
+    model = HKD(teacher, eps=edm["sigma_min"], sigma_max=edm["sigma_max"],
+                time_unit=hcfg["koopman_time_unit"]).to(device)
     model.unet.to(memory_format=torch.channels_last)
-    ema = EMA(model, hcfg["ema_halflife_kimg"], None) if hcfg["ema_halflife_kimg"] > 0 else None
+    ema = EMA(model, hcfg["ema_halflife_kimg"], 0.05) if hcfg["ema_halflife_kimg"] > 0 else None
     opt = torch.optim.Adam(model.parameters(), lr=hcfg["lr"])
     batch = min(hcfg["batch_size"], n_traj)
     steps_per_epoch = math.ceil(n_traj / batch)
@@ -70,9 +90,8 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
         for start in range(0, n_traj, batch):
             rows = order[start:start + batch]
             b = len(rows)
-            mid = torch.randint(1, n_grid - 1, (b, k), generator=gen)
-            idx = torch.cat([torch.zeros(b, 1, dtype=torch.long), mid], dim=1)  # column 0: t = T
-            err, _ = hkd_loss(model, states[rows].float(), sigmas, idx, device, dtype)
+            t = sample_times(b, k, sigmas, gen)
+            err, _ = hkd_loss(model, states[rows], sigmas, t, device, dtype)
             loss = lam * err.sum(1).mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"HKD loss is {loss.item()} at epoch {epoch}, step {step}; stopping")
@@ -106,7 +125,7 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
              "example_time_points_per_second": seen * (k + 1) / elapsed,
              "trajectories": int(n_traj)}
     save_torch({"kind": "hkd", "teacher_kwargs": teacher.init_kwargs,
-                "hkd_kwargs": hkd_kwargs(edm["sigma_min"], edm["sigma_max"]),
+                "hkd_kwargs": hkd_kwargs(edm["sigma_min"], edm["sigma_max"], hcfg["koopman_time_unit"]),
                 "state": state, "ema": ema is not None, "stats": stats}, out_path)
     return stats
 
