@@ -38,3 +38,20 @@ def test_nan_in_data_rejected(tmp_path):
              heldout_labels=np.zeros(2))
     with pytest.raises(ValueError, match="d.npz"):
         load_dataset(tmp_path / "d.npz")
+
+
+def test_outputs_are_written_atomically_with_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from hkd.io import atomic_path, save_json
+
+    save_json({"a": 1}, tmp_path / "x.json")
+    mode = stat.S_IMODE(os.stat(tmp_path / "x.json").st_mode)
+    assert mode & stat.S_IRGRP and mode & stat.S_IROTH  # readable by others (umask 022)
+    with pytest.raises(ZeroDivisionError):
+        with atomic_path(tmp_path / "x.json") as tmp:
+            tmp.write_text("half-written")
+            1 / 0
+    assert (tmp_path / "x.json").read_text().strip().startswith("{")  # old file intact
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temp file left
