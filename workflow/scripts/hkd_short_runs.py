@@ -1,0 +1,63 @@
+"""Compare HKD training settings with short runs on an existing run's teacher and
+trajectories (e.g. after `snakemake --cores 2 all`), each scored by one-step FID.
+
+    python workflow/scripts/hkd_short_runs.py --config configs/default.yaml \
+        --set lr=3e-4 batch_size=16 epochs=1 --set lr=1e-4 ema_halflife_kimg=0 batch_size=16 epochs=1
+
+Each --set overrides keys of the config's `hkd:` section for one run. Prints one JSON
+line per run. Nothing under results/ is modified (weights go to a temporary folder).
+"""
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from hkd.config import load_config, validate_config
+from hkd.data.mnist import load_dataset
+from hkd.koopman.model import load_hkd
+from hkd.metrics.fidelity import fidelity_metrics
+from hkd.pipeline import run_paths
+from hkd.runtime import pick_device, resolve_precision, setup_threads
+from hkd.sample import draw, evaluation_seeds, hkd_sampler, to_uint8
+from hkd.teacher.network import load_teacher
+from hkd.train.hkd_train import train_hkd
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--set", nargs="+", action="append", required=True, metavar="KEY=VALUE")
+    args = ap.parse_args()
+    setup_threads(args.threads)
+    base = load_config(args.config)
+    paths = run_paths(base)
+    device = pick_device(base["device"])
+    dtype = resolve_precision(base["precision"], device)
+    teacher = load_teacher(paths["teacher"], device)
+    reference = to_uint8(load_dataset(paths["data"])["heldout_images"])
+    for overrides in args.set:
+        cfg = json.loads(json.dumps(base))
+        for item in overrides:
+            key, _, value = item.partition("=")
+            cfg["hkd"][key] = json.loads(value) if value[:1].isdigit() or value[:1] == "-" else value
+        validate_config(cfg, f"--set {' '.join(overrides)}")
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.time()
+            stats = train_hkd(cfg, teacher, paths["trajectories"], str(Path(tmp) / "hkd.pt"),
+                              str(Path(tmp) / "tb"), device, dtype)
+            model = load_hkd(str(Path(tmp) / "hkd.pt"), device)
+            images = draw(hkd_sampler(model, device, dtype), evaluation_seeds(cfg),
+                          (model.img_channels, model.img_resolution, model.img_resolution),
+                          cfg["sample"]["batch_size"], device, "sample")
+            m = fidelity_metrics(to_uint8(images), reference, paths["classifier"], cuda=device.type == "cuda")
+        print(json.dumps({"set": overrides, "steps": stats["steps"], "seconds": round(time.time() - t0, 1),
+                          "fid": m["frechet_inception_distance"], "is": m["inception_score_mean"]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
