@@ -14,7 +14,6 @@ import math
 import shutil
 import time
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
