@@ -29,6 +29,8 @@ class HKD(nn.Module):
         self.eps = float(eps)
         self.sigma_max = float(sigma_max)
         self.time_unit = float(time_unit)
+        #: constructor arguments besides the teacher, stored in checkpoints to rebuild the model
+        self.init_kwargs = {"eps": self.eps, "sigma_max": self.sigma_max, "time_unit": self.time_unit}
         self.koopman = KoopmanOperators(self.unet.skip_channels, self.unet.skip_resolutions)
 
     def encode(self, x_t: torch.Tensor, sigma_t: torch.Tensor, class_labels=None) -> list[torch.Tensor]:
@@ -62,10 +64,6 @@ class HKD(nn.Module):
         """One-step generation (paper Alg. 2): x_T = sigma_max * noise -> x_eps."""
         sigma = torch.full((noise.shape[0],), self.sigma_max, device=noise.device)
         return self(noise * self.sigma_max, sigma, class_labels)
-
-
-def hkd_kwargs(eps: float, sigma_max: float, time_unit: float) -> dict:
-    return {"eps": eps, "sigma_max": sigma_max, "time_unit": time_unit}
 
 
 def load_hkd(path: str, device="cpu") -> HKD:

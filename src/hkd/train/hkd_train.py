@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from hkd.ema import EMA
 from hkd.io import save_torch
-from hkd.koopman.model import HKD, hkd_kwargs
+from hkd.koopman.model import HKD
 from hkd.runtime import autocast, progress_enabled
 from hkd.teacher.trajectories import load_trajectories
 
@@ -48,7 +48,7 @@ def states_at(states: torch.Tensor, sigmas: torch.Tensor, t: torch.Tensor) -> to
 
 
 def hkd_loss(model: HKD, states: torch.Tensor, sigmas: torch.Tensor, t: torch.Tensor,
-             device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+             device, dtype) -> torch.Tensor:
     """Squared error per (example, time point): [B, K] for times ``t`` [B, K]."""
     b, k = t.shape
     x_t = states_at(states, sigmas, t).reshape(b * k, *states.shape[2:]).to(device)
@@ -56,7 +56,7 @@ def hkd_loss(model: HKD, states: torch.Tensor, sigmas: torch.Tensor, t: torch.Te
     with autocast(device, dtype):
         pred = model(x_t, t.reshape(-1).float().to(device))
     err = (pred.float().reshape(b, k, *pred.shape[1:]) - target[:, None]).square()
-    return err.flatten(2).mean(2), pred
+    return err.flatten(2).mean(2)
 
 
 def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
@@ -90,7 +90,7 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
             rows = order[start:start + batch]
             b = len(rows)
             t = sample_times(b, k, sigmas, gen)
-            err, _ = hkd_loss(model, states[rows], sigmas, t, device, dtype)
+            err = hkd_loss(model, states[rows], sigmas, t, device, dtype)
             loss = lam * err.sum(1).mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"HKD loss is {loss.item()} at epoch {epoch}, step {step}; stopping")
@@ -124,7 +124,7 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
              "example_time_points_per_second": seen * (k + 1) / elapsed,
              "trajectories": int(n_traj)}
     save_torch({"kind": "hkd", "teacher_kwargs": teacher.init_kwargs,
-                "hkd_kwargs": hkd_kwargs(edm["sigma_min"], edm["sigma_max"], hcfg["koopman_time_unit"]),
+                "hkd_kwargs": model.init_kwargs,
                 "state": state, "ema": ema is not None, "stats": stats}, out_path)
     return stats
 
