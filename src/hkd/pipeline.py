@@ -52,32 +52,35 @@ class Stage:
     code: tuple[str, ...]      # source folders/files whose change reruns it under DVC
 
 
+#: modules every torch stage runs through (device, precision, atomic file writes)
+_RUNTIME = ("src/hkd/runtime.py", "src/hkd/io.py")
+
 STAGES: tuple[Stage, ...] = (
     Stage("data", "data", (), ("data", "data_manifest"), ("seed", "data"),
-          ("src/hkd/data",)),
+          ("src/hkd/data", "src/hkd/io.py")),
     Stage("classifier", "classifier", ("data",), ("classifier",), ("seed", "evaluate"),
-          ("src/hkd/metrics/classifier.py",)),
+          ("src/hkd/metrics/classifier.py",) + _RUNTIME),
     Stage("teacher", "teacher", ("data",), ("teacher", "teacher_tb"),
           ("seed", "device", "precision", "network", "edm", "teacher"),
-          ("src/hkd/nn", "src/hkd/teacher/train.py")),
+          ("src/hkd/nn", "src/hkd/teacher/train.py", "src/hkd/ema.py") + _RUNTIME),
     Stage("trajectories", "trajectories", ("teacher",), ("trajectories",),
           ("device", "precision", "edm", "trajectories"),
-          ("src/hkd/nn", "src/hkd/teacher/sampler.py", "src/hkd/teacher/trajectories.py")),
+          ("src/hkd/nn", "src/hkd/teacher/sampler.py", "src/hkd/teacher/trajectories.py") + _RUNTIME),
     Stage("hkd_train", "hkd-train", ("teacher", "trajectories"), ("hkd", "hkd_tb"),
           ("seed", "device", "precision", "edm", "hkd"),
-          ("src/hkd/nn", "src/hkd/koopman", "src/hkd/train")),
+          ("src/hkd/nn", "src/hkd/koopman", "src/hkd/train", "src/hkd/ema.py") + _RUNTIME),
     Stage("sample", "sample", ("teacher", "hkd"), ("samples_teacher", "samples_hkd"),
           ("device", "precision", "edm", "trajectories", "sample"),
-          ("src/hkd/sample.py", "src/hkd/teacher/sampler.py", "src/hkd/koopman")),
+          ("src/hkd/sample.py", "src/hkd/teacher/sampler.py", "src/hkd/koopman") + _RUNTIME),
     Stage("evaluate", "evaluate",
           ("data", "classifier", "teacher", "hkd", "samples_teacher", "samples_hkd"),
           ("metrics",), ("device", "precision", "trajectories", "evaluate"),
-          ("src/hkd/metrics",)),
+          ("src/hkd/metrics",) + _RUNTIME),
     Stage("spectral", "spectral", ("hkd",), ("spectral",), (), ("src/hkd/analysis",)),
     Stage("report", "report",
           ("data", "data_manifest", "classifier", "samples_teacher", "samples_hkd", "metrics",
            "spectral"),
-          ("report",), ("run", "report_dir", "report"), ("src/hkd/report",)),
+          ("report",), ("run", "report_dir", "trajectories", "hkd", "report"), ("src/hkd/report",)),
 )
 
 STAGE_BY_NAME = {s.name: s for s in STAGES}

@@ -2,14 +2,17 @@
 trajectories (e.g. after `snakemake --cores 2 all`), each scored by one-step FID.
 
     python workflow/scripts/hkd_short_runs.py --config configs/default.yaml \
-        --set lr=3e-4 batch_size=16 epochs=1 --set lr=1e-4 ema_halflife_kimg=0 batch_size=16 epochs=1
+        --set lambda1=annealed --set lambda1=constant --set lambda1=constant epochs=48
 
-Each --set overrides keys of the config's `hkd:` section for one run. Prints one JSON
-line per run. Nothing under results/ is modified (weights go to a temporary folder).
+Each --set overrides keys of the config's `hkd:` section for one run (values are read as
+JSON where they parse, e.g. 3e-4, false). --trajectories N trains on the run's first N
+trajectories only. Prints one JSON line per run. Nothing under results/ is modified
+(weights go to a temporary folder). With a GPU, the config's `device: auto` uses it.
 """
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -18,12 +21,14 @@ import torch
 
 from hkd.config import load_config, validate_config
 from hkd.data.mnist import load_dataset
+from hkd.io import save_npz
 from hkd.koopman.model import load_hkd
 from hkd.metrics.fidelity import fidelity_metrics
 from hkd.pipeline import run_paths
 from hkd.runtime import pick_device, resolve_precision, setup_threads
 from hkd.sample import draw, evaluation_seeds, hkd_sampler, to_uint8
 from hkd.teacher.network import load_teacher
+from hkd.teacher.trajectories import load_trajectories
 from hkd.train.hkd_train import train_hkd
 
 
@@ -31,6 +36,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--trajectories", type=int, default=None, metavar="N",
+                    help="train on the first N trajectories of the run")
     ap.add_argument("--set", nargs="+", action="append", required=True, metavar="KEY=VALUE")
     args = ap.parse_args()
     setup_threads(args.threads)
@@ -40,23 +47,33 @@ def main():
     dtype = resolve_precision(base["precision"], device)
     teacher = load_teacher(paths["teacher"], device)
     reference = to_uint8(load_dataset(paths["data"])["heldout_images"])
+    traj_dir = tempfile.TemporaryDirectory()
+    traj_path = paths["trajectories"]
+    if args.trajectories:
+        traj = load_trajectories(traj_path)
+        traj_path = os.path.join(traj_dir.name, "trajectories.npz")
+        n = args.trajectories
+        save_npz(traj_path, states=traj["states"][:n], sigmas=traj["sigmas"], seeds=traj["seeds"][:n])
     for overrides in args.set:
         cfg = json.loads(json.dumps(base))
         for item in overrides:
             key, _, value = item.partition("=")
-            cfg["hkd"][key] = json.loads(value) if value[:1].isdigit() or value[:1] == "-" else value
+            try:
+                cfg["hkd"][key] = json.loads(value)
+            except json.JSONDecodeError:
+                cfg["hkd"][key] = value
         validate_config(cfg, f"--set {' '.join(overrides)}")
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.time()
-            stats = train_hkd(cfg, teacher, paths["trajectories"], str(Path(tmp) / "hkd.pt"),
+            stats = train_hkd(cfg, teacher, traj_path, str(Path(tmp) / "hkd.pt"),
                               str(Path(tmp) / "tb"), device, dtype)
             model = load_hkd(str(Path(tmp) / "hkd.pt"), device)
             images = draw(hkd_sampler(model, device, dtype), evaluation_seeds(cfg),
                           (model.img_channels, model.img_resolution, model.img_resolution),
                           cfg["sample"]["batch_size"], device, "sample")
             m = fidelity_metrics(to_uint8(images), reference, paths["classifier"], cuda=device.type == "cuda")
-        print(json.dumps({"set": overrides, "steps": stats["steps"], "seconds": round(time.time() - t0, 1),
-                          "fid": m["frechet_inception_distance"], "is": m["inception_score_mean"]}), flush=True)
+        print(json.dumps({"set": overrides, "trajectories": stats["trajectories"], "steps": stats["steps"],
+                          "seconds": round(time.time() - t0, 1), "fid": m["frechet_inception_distance"], "is": m["inception_score_mean"]}), flush=True)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,7 @@ def build_report(cfg: dict, paths: dict, out_html: str) -> None:
     html = env.get_template("index.html.j2").render(
         run=cfg["run"], generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         manifest=manifest, metrics=metrics, rows=rows, tables=tables,
+        hkd=cfg["hkd"], trajectories=cfg["trajectories"]["count"],
         fid_ratio=rows["hkd"]["fid"] / rows["teacher"]["fid"],
         grids={name: png_data_uri(img) for name, img in grids.items()},
         spectral=png_data_uri(Path(paths["spectral"]).read_bytes()),
