@@ -91,7 +91,7 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
     ema = (EMA(model, hcfg["ema_halflife_kimg"], hcfg["ema_rampup_ratio"])
            if hcfg["ema_halflife_kimg"] > 0 else None)
     opt = torch.optim.Adam(model.parameters(), lr=hcfg["lr"])
-    # torch.compile traces on the first step (about 1.5 minutes on 2 CPU cores) and then
+    # torch.compile traces on the first step (1.5-2.5 minutes on 2 CPU cores) and then
     # runs the fused forward/backward, ~1.3x faster there (README).
     forward = torch.compile(model) if hcfg["compile"] else model
     batch = min(hcfg["batch_size"], n_traj)
