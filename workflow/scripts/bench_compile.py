@@ -1,0 +1,119 @@
+"""Benchmark: eager against torch.compile for every network workload of a run, measured
+in one process on this machine, printed as times and ratios.
+
+    python workflow/scripts/bench_compile.py --config configs/default.yaml --threads 2
+
+Needs the run's teacher checkpoint (`snakemake --cores 2 teacher` or a finished run) and
+its trajectories. Workloads: teacher training step (the config's teacher batch), teacher
+denoiser inference (the config's trajectory batch, as in the trajectories and sample
+stages), HKD training step (the config's HKD batch x (time points + 1)). Each line gives
+the one-off compile (warm-up) time, so the break-even number of steps can be read off;
+compiles start from an empty inductor cache, as on a fresh machine.
+"""
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="hkd-bench-inductor-"))
+
+import numpy as np
+import torch
+
+from hkd.config import load_config
+from hkd.koopman.model import HKD
+from hkd.pipeline import run_paths
+from hkd.runtime import pick_device, resolve_precision, setup_threads
+from hkd.teacher.network import load_teacher
+from hkd.teacher.sampler import edm_sigmas, heun_sample, seeded_noise
+from hkd.teacher.train import edm_loss
+from hkd.teacher.trajectories import load_trajectories, make_denoiser
+from hkd.train.hkd_train import hkd_loss, sample_times
+
+
+def timed(step, warmup: int, repeats: int) -> tuple[float, float]:
+    """(seconds of the warm-up calls, seconds per call after them)."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    t1 = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return t1 - t0, (time.perf_counter() - t1) / repeats
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=4)
+    args = ap.parse_args()
+    setup_threads(args.threads)
+    cfg = load_config(args.config)
+    paths = run_paths(cfg)
+    device = pick_device(cfg["device"])
+    dtype = resolve_precision(cfg["precision"], device)
+    res = cfg["data"]["resolution"]
+    results = {}
+
+    def compare(name, make_step):
+        eager = timed(make_step(False), 2, args.repeats)
+        compiled = timed(make_step(True), 2, args.repeats)
+        results[name] = {"eager_s": round(eager[1], 4), "compiled_s": round(compiled[1], 4),
+                         "compile_warmup_s": round(compiled[0], 1),
+                         "speedup": round(eager[1] / compiled[1], 2)}
+        print(json.dumps({name: results[name]}), flush=True)
+
+    def teacher_train_step(use_compile):
+        net = load_teacher(paths["teacher"], device).to(memory_format=torch.channels_last)
+        net.train().requires_grad_(True)
+        fwd = torch.compile(net) if use_compile else net
+        opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+        gen = torch.Generator().manual_seed(0)
+        y = torch.randn(cfg["teacher"]["batch_size"], 1, res, res, generator=gen).to(device)
+        edm = cfg["edm"]
+
+        def step():
+            loss = edm_loss(fwd, y, gen, edm["P_mean"], edm["P_std"], edm["sigma_data"], device, dtype).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+
+    def teacher_inference_step(use_compile):
+        net = load_teacher(paths["teacher"], device).to(memory_format=torch.channels_last)
+        denoise = make_denoiser(torch.compile(net) if use_compile else net, device, dtype)
+        noise = seeded_noise(np.arange(cfg["trajectories"]["batch_size"]), (1, res, res), device)
+        sigmas = edm_sigmas(2, cfg["edm"]["sigma_min"], cfg["edm"]["sigma_max"], cfg["edm"]["rho"])
+        return lambda: heun_sample(denoise, noise, sigmas)  # 3 NFE per call
+
+    def hkd_train_step(use_compile):
+        teacher = load_teacher(paths["teacher"], device)
+        model = HKD(teacher, eps=cfg["edm"]["sigma_min"], sigma_max=cfg["edm"]["sigma_max"]).to(device)
+        model.unet.to(memory_format=torch.channels_last)
+        fwd = torch.compile(model) if use_compile else model
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        traj = load_trajectories(paths["trajectories"])
+        b = cfg["hkd"]["batch_size"]
+        states = torch.from_numpy(traj["states"][:b])
+        sigmas = torch.from_numpy(traj["sigmas"]).double()
+        gen = torch.Generator().manual_seed(0)
+
+        def step():
+            t = sample_times(b, cfg["hkd"]["time_points"], sigmas, gen)
+            loss = hkd_loss(fwd, states, sigmas, t, device, dtype).sum(1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+
+    compare("teacher_train_step", teacher_train_step)
+    compare("teacher_inference_3nfe", teacher_inference_step)
+    compare("hkd_train_step", hkd_train_step)
+    print(json.dumps({"device": str(device), "precision": str(dtype), "results": results}))
+
+
+if __name__ == "__main__":
+    main()
