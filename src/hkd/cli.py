@@ -13,11 +13,9 @@ from hkd.pipeline import STAGES, run_paths
 
 
 def _torch_setup(cfg: dict, threads: int | None):
-    from hkd.runtime import pick_device, resolve_precision, setup_threads
+    from hkd.runtime import torch_setup  # imported here: torch stays out of `hkd dvc-yaml`
 
-    setup_threads(threads)
-    device = pick_device(cfg["device"])
-    return device, resolve_precision(cfg["precision"], device)
+    return torch_setup(cfg, threads)
 
 
 def stage_data(cfg, paths, args):

@@ -55,6 +55,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def torch_setup(cfg: dict, threads: int | None) -> tuple[torch.device, torch.dtype | None]:
+    """Threads, device and autocast dtype of a run config: what every torch stage starts with."""
+    setup_threads(threads)
+    device = pick_device(cfg["device"])
+    return device, resolve_precision(cfg["precision"], device)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return a torch generator for explicit sampling."""
     random.seed(seed)

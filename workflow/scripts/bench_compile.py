@@ -25,7 +25,7 @@ import torch
 from hkd.config import load_config
 from hkd.koopman.model import HKD
 from hkd.pipeline import run_paths
-from hkd.runtime import pick_device, resolve_precision, setup_threads
+from hkd.runtime import torch_setup
 from hkd.teacher.network import load_teacher
 from hkd.teacher.sampler import edm_sigmas, heun_sample, seeded_noise
 from hkd.teacher.train import edm_loss
@@ -50,11 +50,9 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=4)
     args = ap.parse_args()
-    setup_threads(args.threads)
     cfg = load_config(args.config)
     paths = run_paths(cfg)
-    device = pick_device(cfg["device"])
-    dtype = resolve_precision(cfg["precision"], device)
+    device, dtype = torch_setup(cfg, args.threads)
     res = cfg["data"]["resolution"]
     results = {}
 
@@ -91,7 +89,8 @@ def main():
 
     def hkd_train_step(use_compile):
         teacher = load_teacher(paths["teacher"], device)
-        model = HKD(teacher, eps=cfg["edm"]["sigma_min"], sigma_max=cfg["edm"]["sigma_max"]).to(device)
+        model = HKD(teacher, eps=cfg["edm"]["sigma_min"], sigma_max=cfg["edm"]["sigma_max"],
+                    time_unit=cfg["hkd"]["koopman_time_unit"]).to(device)
         model.unet.to(memory_format=torch.channels_last)
         fwd = torch.compile(model) if use_compile else model
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)

@@ -25,7 +25,7 @@ from hkd.io import save_npz
 from hkd.koopman.model import load_hkd
 from hkd.metrics.fidelity import fidelity_metrics
 from hkd.pipeline import run_paths
-from hkd.runtime import pick_device, resolve_precision, setup_threads
+from hkd.runtime import torch_setup
 from hkd.sample import draw, evaluation_seeds, hkd_sampler, to_uint8
 from hkd.teacher.network import load_teacher
 from hkd.teacher.trajectories import load_trajectories
@@ -40,11 +40,9 @@ def main():
                     help="train on the first N trajectories of the run")
     ap.add_argument("--set", nargs="+", action="append", required=True, metavar="KEY=VALUE")
     args = ap.parse_args()
-    setup_threads(args.threads)
     base = load_config(args.config)
     paths = run_paths(base)
-    device = pick_device(base["device"])
-    dtype = resolve_precision(base["precision"], device)
+    device, dtype = torch_setup(base, args.threads)
     teacher = load_teacher(paths["teacher"], device)
     reference = to_uint8(load_dataset(paths["data"])["heldout_images"])
     traj_dir = tempfile.TemporaryDirectory()
@@ -73,7 +71,8 @@ def main():
                           cfg["sample"]["batch_size"], device, "sample")
             m = fidelity_metrics(to_uint8(images), reference, paths["classifier"], cuda=device.type == "cuda")
         print(json.dumps({"set": overrides, "trajectories": stats["trajectories"], "steps": stats["steps"],
-                          "seconds": round(time.time() - t0, 1), "fid": m["frechet_inception_distance"], "is": m["inception_score_mean"]}), flush=True)
+                          "seconds": round(time.time() - t0, 1), "fid": m["frechet_inception_distance"],
+                          "is": m["inception_score_mean"]}), flush=True)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,8 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
     writer = SummaryWriter(tb_dir)
     t0, step, seen = time.time(), 0, 0
     total_steps = hcfg["epochs"] * steps_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total_steps, hcfg["lr_rampdown"]))
     bar = tqdm(total=total_steps, desc="hkd-train", unit="step", mininterval=2,
                disable=not progress_enabled())
     for epoch in range(hcfg["epochs"]):
@@ -112,8 +114,6 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
             rows = order[start:start + batch]
             b = len(rows)
             t = sample_times(b, k, sigmas, gen)
-            for group in opt.param_groups:
-                group["lr"] = hcfg["lr"] * lr_factor(step, total_steps, hcfg["lr_rampdown"])
             try:
                 err = hkd_loss(forward, states[rows], sigmas, t, device, dtype)
             except Exception as exc:
@@ -145,12 +145,14 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
                     writer.add_scalar(f"koopman/alpha_mean_level{l}", a.mean().item(), step)
                     writer.add_scalar(f"koopman/abs_beta_mean_level{l}", be.abs().mean().item(), step)
                 bar.set_postfix(loss=f"{err.mean().item():.4f}", epoch=epoch)
+            schedule.step()  # after logging, so hkd/lr is the rate this step used
     bar.close()
     writer.close()
     elapsed = time.time() - t0
     final = ema.net if ema is not None else model
     state = {k_: v.contiguous() for k_, v in final.state_dict().items()}
-    stats = {"epochs": hcfg["epochs"], "steps": step, "examples": seen, "lambda1": hcfg["lambda1"], "seconds": elapsed,
+    stats = {"epochs": hcfg["epochs"], "steps": step, "examples": seen, "lambda1": hcfg["lambda1"],
+             "seconds": elapsed,
              "examples_per_second": seen / elapsed,
              "example_time_points_per_second": seen * (k + 1) / elapsed,
              "trajectories": int(n_traj)}
