@@ -36,10 +36,11 @@ def test_lambda1_schedule():
 
 
 def test_compiled_training_forward_matches_eager():
-    """`hkd.compile: true` (the embedded default) trains through torch.compile: same loss and
+    """`compile: true` (the embedded default) trains HKD through torch.compile: same loss and
     gradients as the eager model."""
     from hkd.koopman.model import HKD
     from hkd.nn.precond import EDMPrecond
+    from hkd.runtime import maybe_compile
     from hkd.train.hkd_train import hkd_loss
 
     torch.manual_seed(0)
@@ -52,7 +53,7 @@ def test_compiled_training_forward_matches_eager():
     states = torch.randn(4, len(sigmas), 1, 16, 16)
     t = sample_times(4, 2, sigmas, torch.Generator().manual_seed(1))
     results = []
-    for fwd in (model, torch.compile(model)):
+    for fwd in (model, maybe_compile(model, True, "test")):
         model.zero_grad()
         err = hkd_loss(fwd, states, sigmas, t, torch.device("cpu"), None)
         err.sum().backward()
@@ -71,3 +72,15 @@ def test_lr_rampdown():
     assert lr_factor(0, 100, 0.5) == 1.0 and lr_factor(50, 100, 0.5) == 1.0
     assert abs(lr_factor(75, 100, 0.5) - 0.5) < 1e-12
     assert abs(lr_factor(99, 100, 0.5) - 0.02) < 1e-12
+
+
+def test_compile_failure_names_the_config_key():
+    from hkd.runtime import maybe_compile
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise ValueError("broken network")
+
+    with pytest.raises(RuntimeError, match="compile: false"):
+        maybe_compile(Broken(), True, "a broken network")(torch.zeros(2))
+    assert isinstance(maybe_compile(Broken(), False, "x"), Broken)

@@ -13,7 +13,7 @@ from hkd.data.mnist import load_dataset
 from hkd.ema import EMA
 from hkd.io import save_torch
 from hkd.nn.precond import EDMPrecond
-from hkd.runtime import autocast, progress_enabled
+from hkd.runtime import autocast, maybe_compile, progress_enabled
 from hkd.teacher.network import teacher_kwargs
 
 
@@ -40,6 +40,7 @@ def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
     net = EDMPrecond(**kwargs).to(device).to(memory_format=torch.channels_last).train()
     ema = EMA(net, tcfg["ema_halflife_kimg"], tcfg["ema_rampup_ratio"])
     opt = torch.optim.Adam(net.parameters(), lr=tcfg["lr"], betas=(0.9, 0.999), eps=1e-8)
+    forward = maybe_compile(net, cfg["compile"], "the teacher training step")
     batch = tcfg["batch_size"]
     total_steps = math.ceil(tcfg["kimg"] * 1000 / batch)
 
@@ -59,7 +60,7 @@ def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
         lr = tcfg["lr"] * min(nimg / max(tcfg["lr_rampup_kimg"] * 1000, 1e-8), 1.0)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss = edm_loss(net, y, gen, edm["P_mean"], edm["P_std"], edm["sigma_data"], device, dtype).mean()
+        loss = edm_loss(forward, y, gen, edm["P_mean"], edm["P_std"], edm["sigma_data"], device, dtype).mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"teacher loss is {loss.item()} at step {step}; stopping")
         opt.zero_grad(set_to_none=True)

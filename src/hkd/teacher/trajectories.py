@@ -7,12 +7,15 @@ import torch
 from tqdm import tqdm
 
 from hkd.io import save_npz
-from hkd.runtime import autocast, progress_enabled
+from hkd.runtime import autocast, maybe_compile, progress_enabled
 from hkd.teacher.sampler import edm_sigmas, heun_sample, seeded_noise
 
 
-def make_denoiser(net, device, dtype):
-    """D(x; sigma) in fp32 out, autocast inside, channels-last for CPU convolutions."""
+def make_denoiser(net, device, dtype, compile: bool = False):
+    """D(x; sigma) in fp32 out, autocast inside, channels-last for CPU convolutions;
+    ``compile``: through torch.compile (one graph per batch shape, sigma is a tensor input)."""
+    net = maybe_compile(net, compile, "the teacher denoiser")
+
     def denoise(x, sigma):
         with torch.no_grad(), autocast(device, dtype):
             out = net(x.contiguous(memory_format=torch.channels_last), sigma)
@@ -27,7 +30,7 @@ def generate_trajectories(cfg: dict, teacher, out_path: str, device, dtype) -> d
     res = teacher.img_resolution
     shape = (teacher.img_channels, res, res)
     states = np.empty((len(seeds), len(sigmas)) + shape, dtype=np.float16)
-    denoise = make_denoiser(teacher, device, dtype)
+    denoise = make_denoiser(teacher, device, dtype, compile=cfg["compile"])
     bs = tcfg["batch_size"]
     for start in tqdm(range(0, len(seeds), bs), desc="trajectories", unit="batch", mininterval=2,
                       disable=not progress_enabled()):
