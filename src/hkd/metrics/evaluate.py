@@ -45,7 +45,8 @@ def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype) -> dict:
 
     noise = seeded_noise(np.arange(cfg["evaluate"]["throughput_batch"]) + cfg["sample"]["seed_offset"],
                          (teacher.img_channels, teacher.img_resolution, teacher.img_resolution), device)
-    speed = measure({"teacher": teacher_sampler(cfg, teacher, device, dtype),
+    # both eager (compile=False): the ratio compares the same kind of code
+    speed = measure({"teacher": teacher_sampler(cfg, teacher, device, dtype, compile=False),
                      "hkd": hkd_sampler(model, device, dtype)}, noise, cfg["evaluate"]["throughput_repeats"])
     result = {
         "rows": rows,
