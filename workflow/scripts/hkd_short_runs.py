@@ -4,9 +4,9 @@ trajectories (e.g. after `snakemake --cores 2 all`), each scored by one-step FID
     python workflow/scripts/hkd_short_runs.py --config configs/default.yaml \
         --set lambda1=annealed --set lambda1=constant --set lambda1=constant epochs=48
 
-Each --set overrides keys of the config's `hkd:` section for one run (values are read as
-JSON where they parse, e.g. 3e-4, false). --trajectories N trains on the run's first N
-trajectories only. Prints one JSON line per run. Nothing under results/ is modified
+Each --set overrides keys of the config's `hkd:` section for one run, or top-level scalars
+such as `compile` (values are read as JSON where they parse, e.g. 3e-4, false).
+--trajectories N trains on the run's first N trajectories only. Prints one JSON line per run. Nothing under results/ is modified
 (weights go to a temporary folder). With a GPU, the config's `device: auto` uses it.
 """
 
@@ -45,9 +45,9 @@ def main():
     device, dtype = torch_setup(base, args.threads)
     teacher = load_teacher(paths["teacher"], device)
     reference = to_uint8(load_dataset(paths["data"])["heldout_images"])
-    traj_dir = tempfile.TemporaryDirectory()
     traj_path = paths["trajectories"]
     if args.trajectories:
+        traj_dir = tempfile.TemporaryDirectory()  # removed when the script ends
         traj = load_trajectories(traj_path)
         traj_path = os.path.join(traj_dir.name, "trajectories.npz")
         n = args.trajectories
@@ -56,10 +56,12 @@ def main():
         cfg = json.loads(json.dumps(base))
         for item in overrides:
             key, _, value = item.partition("=")
+            # an `hkd:` key, or a top-level scalar such as `compile`
+            section = cfg if key in cfg and key not in cfg["hkd"] and not isinstance(cfg[key], dict) else cfg["hkd"]
             try:
-                cfg["hkd"][key] = json.loads(value)
+                section[key] = json.loads(value)
             except json.JSONDecodeError:
-                cfg["hkd"][key] = value
+                section[key] = value
         validate_config(cfg, f"--set {' '.join(overrides)}")
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.time()
