@@ -1,0 +1,54 @@
+"""Files that come from a URL or a local path, checked against a known md5.
+
+Downloads go through torchvision's ``download_url`` into a temporary folder beside the
+destination and are renamed into place only after their checksum matched, so an
+interrupted or corrupted download never leaves a file that looks finished.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from torchvision.datasets.utils import calculate_md5, download_url
+
+_URL_SCHEMES = ("http://", "https://", "ftp://", "file://")
+
+
+def is_url(source: str) -> bool:
+    return str(source).startswith(_URL_SCHEMES)
+
+
+def verify_md5(path: str | os.PathLike, md5: str | None, what: str = "file") -> None:
+    """Raise naming ``path`` when it is missing or its md5 differs from ``md5`` (None: skip)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if md5 is None:
+        return
+    actual = calculate_md5(str(path))
+    if actual != md5.lower():
+        raise ValueError(f"{what} {path} has md5 {actual}, expected {md5.lower()} "
+                         "(wrong, truncated or corrupted file)")
+
+
+def fetch_file(source: str, dest: str | os.PathLike, md5: str | None, what: str = "file") -> Path:
+    """The verified file for ``source``: a local path is checked where it lies; a URL is
+    downloaded to ``dest`` (reused when ``dest`` already holds a file with this md5)."""
+    if not is_url(source):
+        verify_md5(source, md5, what)
+        return Path(source)
+    dest = Path(dest)
+    if dest.is_file() and md5 is not None and calculate_md5(str(dest)) == md5.lower():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.parent) as tmp:
+        try:
+            download_url(source, tmp, filename=dest.name)
+        except Exception as exc:
+            raise RuntimeError(f"cannot download {what} from {source}: {exc}") from exc
+        part = Path(tmp) / dest.name
+        verify_md5(part, md5, f"{what} downloaded from {source}")
+        os.replace(part, dest)
+    return dest
