@@ -1,0 +1,75 @@
+"""Folder / zip image datasets (FFHQ-64 path), EDM dataset_tool layout with dataset.json."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hkd.data.images import read_image_dataset
+
+
+def make_folder(root, n=5, size=96, labels=True):
+    rng = np.random.default_rng(0)
+    names = []
+    for i in range(n):
+        name = f"{i // 3:05d}/img{i:08d}.png"
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / name)
+        names.append(name)
+    if labels:
+        (root / "dataset.json").write_text(json.dumps({"labels": [[n, i % 10] for i, n in enumerate(names)]}))
+    return names
+
+
+def zip_folder(root, out):
+    with zipfile.ZipFile(out, "w") as z:
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                z.write(p, p.relative_to(root).as_posix())
+
+
+def test_folder_and_zip_read_the_same_lanczos_resized_images(tmp_path):
+    root = tmp_path / "ffhq"
+    names = make_folder(root)
+    zip_folder(root, tmp_path / "ffhq.zip")
+    a = read_image_dataset(root, 64)
+    b = read_image_dataset(tmp_path / "ffhq.zip", 64)
+    assert a["images"].shape == (5, 3, 64, 64) and a["images"].dtype == np.uint8
+    assert a["names"] == names == b["names"]
+    np.testing.assert_array_equal(a["images"], b["images"])
+    np.testing.assert_array_equal(a["labels"], [0, 1, 2, 3, 4])
+    with Image.open(root / names[2]) as img:
+        ref = np.asarray(img.convert("RGB").resize((64, 64), Image.LANCZOS)).transpose(2, 0, 1)
+    np.testing.assert_array_equal(a["images"][2], ref)
+    assert read_image_dataset(root, 96, max_images=2)["images"].shape == (2, 3, 96, 96)
+
+
+def test_unlabelled_and_null_labels(tmp_path):
+    make_folder(tmp_path / "a", labels=False)
+    assert read_image_dataset(tmp_path / "a", 32)["labels"] is None
+    (tmp_path / "a" / "dataset.json").write_text(json.dumps({"labels": None}))
+    assert read_image_dataset(tmp_path / "a", 32)["labels"] is None
+
+
+def test_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing-here"):
+        read_image_dataset(tmp_path / "nothing-here", 64)
+    root = tmp_path / "d"
+    names = make_folder(root)
+    (root / names[1]).write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=names[1]):
+        read_image_dataset(root, 64)
+    make_folder(root, labels=False)
+    (root / "dataset.json").unlink()
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(root / "wide.png")
+    with pytest.raises(ValueError, match="wide.png.*60x40"):
+        read_image_dataset(root, 64)
+    (root / "wide.png").unlink()
+    (root / "dataset.json").write_text(json.dumps({"labels": [[names[0], 1]]}))
+    with pytest.raises(ValueError, match=f"no label for {names[1]}"):
+        read_image_dataset(root, 64)
+    (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match="broken.zip"):
+        read_image_dataset(tmp_path / "broken.zip", 64)
