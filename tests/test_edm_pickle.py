@@ -1,0 +1,155 @@
+"""EDM network pickles: written here in EDM's persistence layout, loaded without running
+the code they carry."""
+
+import collections
+import pickle
+import sys
+import types
+
+import pytest
+import torch
+
+from hkd.nn.edm_pickle import load_edm_pickle, read_snapshot
+from hkd.nn.precond import EDMPrecond
+
+MARKER = "/tmp/hkd-edm-pickle-code-ran"
+# what EDM stores as module_src; a loader that executes it would create MARKER
+MODULE_SRC = f"import pathlib\npathlib.Path({MARKER!r}).touch()\n"
+
+
+@pytest.fixture
+def edm_modules(monkeypatch):
+    """Stand-ins for EDM's ``torch_utils.persistence`` and ``dnnlib.util`` so that pickle
+    writes the same global names as EDM does."""
+    persistence = types.ModuleType("torch_utils.persistence")
+
+    def _reconstruct_persistent_obj(meta):  # EDM's version executes meta['module_src']
+        raise AssertionError("never called when writing")
+
+    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
+    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
+    persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    util = types.ModuleType("dnnlib.util")
+    util.EasyDict = type("EasyDict", (dict,), {"__module__": "dnnlib.util"})
+    for name, mod in (("torch_utils", types.ModuleType("torch_utils")),
+                      ("torch_utils.persistence", persistence),
+                      ("dnnlib", types.ModuleType("dnnlib")), ("dnnlib.util", util)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    return persistence._reconstruct_persistent_obj, util.EasyDict
+
+
+class Persistent:
+    """Pickles as EDM's persistence does: _reconstruct_persistent_obj(meta)."""
+
+    def __init__(self, fn, class_name, state):
+        self.fn, self.meta = fn, dict(type="class", version=6, module_src=MODULE_SRC,
+                                      class_name=class_name, state=state)
+
+    def __reduce__(self):
+        return (self.fn, (self.meta,))
+
+
+def edm_layout(module, fn, init_kwargs=None):
+    state = {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "init_kwargs"}
+    state.update(_init_args=(), _init_kwargs=init_kwargs or {},
+                 _parameters=collections.OrderedDict(module._parameters),
+                 _buffers=collections.OrderedDict(module._buffers))
+    children = collections.OrderedDict((n, None if c is None else edm_layout(c, fn))
+                                       for n, c in module._modules.items())
+    state["_modules"] = children
+    if isinstance(module, torch.nn.ModuleDict):  # a plain torch container, as in EDM
+        container = torch.nn.ModuleDict()
+        container._modules = children  # holding the persistent records of its blocks
+        return container
+    return Persistent(fn, type(module).__name__, state)
+
+
+def small_precond():
+    torch.manual_seed(0)
+    kw = dict(img_resolution=16, img_channels=3, label_dim=10, model_channels=16, channel_mult=[1, 2],
+              num_blocks=1, attn_resolutions=[8], augment_dim=9, dropout=0.13,
+              embedding_type="positional", encoder_type="standard", decoder_type="standard",
+              channel_mult_noise=1, resample_filter=[1, 1])
+    net = EDMPrecond(**kw)
+    with torch.no_grad():  # EDM zero-initialises some output layers; make every weight count
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    edm_kwargs = dict(kw, model_type="SongUNet", use_fp16=False)
+    return net, edm_kwargs
+
+
+def write_snapshot(path, edm_modules, net, edm_kwargs, extra=None):
+    fn, EasyDict = edm_modules
+    snap = dict(ema=edm_layout(net, fn, edm_kwargs),
+                loss_fn=Persistent(fn, "EDMLoss", dict(P_mean=-1.2, P_std=1.2, sigma_data=0.5)),
+                augment_pipe=None, dataset_kwargs=EasyDict(path="datasets/cifar10-32x32.zip", xflip=False))
+    snap.update(extra or {})
+    with open(path, "wb") as f:
+        pickle.dump(snap, f)
+
+
+def test_round_trip_in_edm_layout(tmp_path, edm_modules):
+    net, edm_kwargs = small_precond()
+    path = tmp_path / "edm-tiny-cond.pkl"
+    write_snapshot(path, edm_modules, net, edm_kwargs)
+    raw = path.read_bytes()
+    for name in (b"torch_utils.persistence", b"_reconstruct_persistent_obj", b"module_src", b"ModuleDict",
+                 b"_rebuild_parameter", b"dnnlib.util"):
+        assert name in raw  # the globals and fields of EDM's own snapshots
+    snap = read_snapshot(path)
+    assert snap["dataset_kwargs"]["path"] == "datasets/cifar10-32x32.zip"
+    loaded = load_edm_pickle(path)
+    assert loaded.init_kwargs["label_dim"] == 10 and not loaded.training
+    x, sigma = torch.randn(4, 3, 16, 16), torch.tensor([0.1, 1.0, 5.0, 80.0])
+    labels = torch.nn.functional.one_hot(torch.arange(4), 10).float()
+    aug = torch.randn(4, 9)
+    with torch.no_grad():
+        ref = net.eval()(x, sigma, labels)
+        out = loaded(x, sigma, labels)
+        # the augmentation embedding is part of the loaded weights too
+        assert torch.equal(loaded.model.map_augment.weight, net.model.map_augment.weight)
+        assert torch.equal(loaded.model(x, sigma.log() / 4, labels, aug), net.model(x, sigma.log() / 4, labels, aug))
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    import os
+    assert not os.path.exists(MARKER)
+
+
+def test_code_and_unknown_classes_are_refused(tmp_path, edm_modules):
+    fn, _ = edm_modules
+    net, edm_kwargs = small_precond()
+    evil = tmp_path / "evil-class.pkl"
+    write_snapshot(evil, edm_modules, net, edm_kwargs, {"loss_fn": Persistent(fn, "Backdoor", {})})
+    with pytest.raises(ValueError, match="evil-class.pkl.*'Backdoor'"):
+        load_edm_pickle(evil)
+
+    class System:
+        def __reduce__(self):
+            import os
+            return (os.system, (f"touch {MARKER}",))
+
+    evil = tmp_path / "evil-global.pkl"
+    write_snapshot(evil, edm_modules, net, edm_kwargs, {"augment_pipe": System()})
+    with pytest.raises(ValueError, match=r"evil-global.pkl.*refusing to load (posix|os)\.system"):
+        load_edm_pickle(evil)
+    import os
+    assert not os.path.exists(MARKER)
+
+
+def test_mismatches_and_bad_files_name_the_problem(tmp_path, edm_modules):
+    net, edm_kwargs = small_precond()
+    path = tmp_path / "wrong-width.pkl"
+    write_snapshot(path, edm_modules, net, dict(edm_kwargs, model_channels=32))
+    with pytest.raises(ValueError, match="wrong-width.pkl: weights do not match.*wrong shape"):
+        load_edm_pickle(path)
+    path = tmp_path / "adm.pkl"
+    write_snapshot(path, edm_modules, net, dict(edm_kwargs, model_type="DhariwalUNet"))
+    with pytest.raises(ValueError, match="adm.pkl: model_type 'DhariwalUNet'"):
+        load_edm_pickle(path)
+    good = tmp_path / "good.pkl"
+    write_snapshot(good, edm_modules, net, edm_kwargs)
+    cut = tmp_path / "truncated.pkl"
+    cut.write_bytes(good.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="truncated.pkl"):
+        load_edm_pickle(cut)
+    with pytest.raises(FileNotFoundError, match="absent.pkl"):
+        load_edm_pickle(tmp_path / "absent.pkl")
