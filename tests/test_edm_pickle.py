@@ -153,3 +153,24 @@ def test_mismatches_and_bad_files_name_the_problem(tmp_path, edm_modules):
         load_edm_pickle(cut)
     with pytest.raises(FileNotFoundError, match="absent.pkl"):
         load_edm_pickle(tmp_path / "absent.pkl")
+
+
+def test_imported_pickle_is_a_teacher_checkpoint(tmp_path, edm_modules):
+    """`import_edm_pickle` writes the checkpoint every later stage reads (`load_teacher`)."""
+    from hkd.teacher.network import import_edm_pickle, load_teacher
+    from torchvision.datasets.utils import calculate_md5
+
+    net, edm_kwargs = small_precond()
+    pkl = tmp_path / "edm-tiny-cond.pkl"
+    write_snapshot(pkl, edm_modules, net, edm_kwargs)
+    out = tmp_path / "teacher" / "teacher.pt"
+    stats = import_edm_pickle(str(pkl), calculate_md5(str(pkl)), str(tmp_path / "cache.pkl"), str(out))
+    assert stats["parameters"] == sum(p.numel() for p in net.parameters())
+    teacher = load_teacher(str(out))
+    x, sigma = torch.randn(2, 3, 16, 16), torch.tensor([0.5, 20.0])
+    labels = torch.nn.functional.one_hot(torch.tensor([3, 7]), 10).float()
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(x, sigma, labels), net.eval()(x, sigma, labels), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="edm-tiny-cond.pkl has md5"):
+        import_edm_pickle(str(pkl), "0" * 32, str(tmp_path / "cache.pkl"), str(tmp_path / "other.pt"))
+    assert not (tmp_path / "other.pt").exists()
