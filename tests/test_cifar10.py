@@ -128,6 +128,8 @@ def test_fetch_verifies_and_downloads_atomically(tmp_path, http_root):
     got = fetch_file(url, dest, md5, "CIFAR-10 archive")  # a URL: downloaded
     assert got == dest and calculate_md5(str(dest)) == md5
     assert fetch_file(url, dest, md5) == dest  # already there: reused
+    archive.write_bytes(b"changed on the server")
+    assert calculate_md5(str(fetch_file(url, dest, None))) == md5  # no md5 given: reused as it is
     with pytest.raises(ValueError, match="has md5"):
         fetch_file(url, tmp_path / "cache2" / "x.tar.gz", "0" * 32, "CIFAR-10 archive")
     assert list((tmp_path / "cache2").iterdir()) == []  # nothing half-written is left

@@ -35,12 +35,13 @@ def verify_md5(path: str | os.PathLike, md5: str | None, what: str = "file") -> 
 
 def fetch_file(source: str, dest: str | os.PathLike, md5: str | None, what: str = "file") -> Path:
     """The verified file for ``source``: a local path is checked where it lies; a URL is
-    downloaded to ``dest`` (reused when ``dest`` already holds a file with this md5)."""
+    downloaded to ``dest``. A ``dest`` already there is reused when it has this md5 (or, with
+    ``md5=None``, as it is: downloads only ever appear there complete)."""
     if not is_url(source):
         verify_md5(source, md5, what)
         return Path(source)
     dest = Path(dest)
-    if dest.is_file() and md5 is not None and calculate_md5(str(dest)) == md5.lower():
+    if dest.is_file() and (md5 is None or calculate_md5(str(dest)) == md5.lower()):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.parent) as tmp:
