@@ -86,7 +86,7 @@ def test_reader_errors_name_the_file(tmp_path):
         cifar10.read_archive(truncated)
     evil = tmp_path / "evil.tar.gz"
     make_archive(evil, evil=True)
-    with pytest.raises(ValueError, match=r"evil.tar.gz.*test_batch.*posix.system|evil.tar.gz.*test_batch"):
+    with pytest.raises(ValueError, match=r"evil.tar.gz:cifar-10-batches-py/test_batch: .*unexpected object (posix|os)\.system"):
         cifar10.read_archive(evil)
     partial = tmp_path / "partial.tar.gz"
     with tarfile.open(archive) as src, tarfile.open(partial, "w:gz") as dst:
@@ -130,7 +130,7 @@ def test_fetch_verifies_and_downloads_atomically(tmp_path, http_root):
     assert fetch_file(url, dest, md5) == dest  # already there: reused
     archive.write_bytes(b"changed on the server")
     assert calculate_md5(str(fetch_file(url, dest, None))) == md5  # no md5 given: reused as it is
-    with pytest.raises(ValueError, match="has md5"):
+    with pytest.raises(ValueError, match=r"downloaded from http://127.0.0.1:\d+/cifar-10-python.tar.gz \(for .*x.tar.gz\) has md5"):
         fetch_file(url, tmp_path / "cache2" / "x.tar.gz", "0" * 32, "CIFAR-10 archive")
     assert list((tmp_path / "cache2").iterdir()) == []  # nothing half-written is left
     with pytest.raises(FileNotFoundError, match="nowhere.tar.gz"):

@@ -6,6 +6,7 @@ import pickle
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,7 +51,9 @@ class Persistent:
 
 
 def edm_layout(module, fn, init_kwargs=None):
-    state = {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "init_kwargs"}
+    # EDM computes some attributes with numpy (e.g. skip_scale = np.sqrt(0.5)): pickled as numpy scalars
+    state = {k: np.float64(v) if type(v) is float else v
+             for k, v in vars(module).items() if not k.startswith("_") and k != "init_kwargs"}
     state.update(_init_args=(), _init_kwargs=init_kwargs or {},
                  _parameters=collections.OrderedDict(module._parameters),
                  _buffers=collections.OrderedDict(module._buffers))
@@ -94,7 +97,7 @@ def test_round_trip_in_edm_layout(tmp_path, edm_modules):
     write_snapshot(path, edm_modules, net, edm_kwargs)
     raw = path.read_bytes()
     for name in (b"torch_utils.persistence", b"_reconstruct_persistent_obj", b"module_src", b"ModuleDict",
-                 b"_rebuild_parameter", b"dnnlib.util"):
+                 b"_rebuild_parameter", b"dnnlib.util", b"multiarray"):
         assert name in raw  # the globals and fields of EDM's own snapshots
     snap = read_snapshot(path)
     assert snap["dataset_kwargs"]["path"] == "datasets/cifar10-32x32.zip"
@@ -117,10 +120,22 @@ def test_round_trip_in_edm_layout(tmp_path, edm_modules):
 def test_code_and_unknown_classes_are_refused(tmp_path, edm_modules):
     fn, _ = edm_modules
     net, edm_kwargs = small_precond()
+    # outside the network an unknown persistent object stays an inert record
+    inert = tmp_path / "inert.pkl"
+    write_snapshot(inert, edm_modules, net, edm_kwargs, {"loss_fn": Persistent(fn, "Backdoor", {})})
+    assert read_snapshot(inert)["loss_fn"].class_name == "Backdoor"
+    load_edm_pickle(inert)
+    # inside it, it is an error naming the class and where it sits
+    ema = edm_layout(net, fn, edm_kwargs)
+    ema.meta["state"]["_modules"]["model"].meta["state"]["_modules"]["map_noise"].meta["class_name"] = "Backdoor"
     evil = tmp_path / "evil-class.pkl"
-    write_snapshot(evil, edm_modules, net, edm_kwargs, {"loss_fn": Persistent(fn, "Backdoor", {})})
-    with pytest.raises(ValueError, match="evil-class.pkl.*'Backdoor'"):
+    write_snapshot(evil, edm_modules, net, edm_kwargs, {"ema": ema})
+    with pytest.raises(ValueError, match="evil-class.pkl: unrecognised EDM class 'Backdoor' at model.map_noise"):
         load_edm_pickle(evil)
+    vp = tmp_path / "vp.pkl"
+    write_snapshot(vp, edm_modules, net, edm_kwargs, {"ema": Persistent(fn, "VPPrecond", {})})
+    with pytest.raises(ValueError, match="vp.pkl: 'ema' is 'VPPrecond'"):
+        load_edm_pickle(vp)
 
     class System:
         def __reduce__(self):
@@ -129,7 +144,7 @@ def test_code_and_unknown_classes_are_refused(tmp_path, edm_modules):
 
     evil = tmp_path / "evil-global.pkl"
     write_snapshot(evil, edm_modules, net, edm_kwargs, {"augment_pipe": System()})
-    with pytest.raises(ValueError, match=r"evil-global.pkl.*refusing to load (posix|os)\.system"):
+    with pytest.raises(ValueError, match=r"evil-global.pkl: refusing to load (posix|os)\.system"):
         load_edm_pickle(evil)
     import os
     assert not os.path.exists(MARKER)
@@ -140,6 +155,10 @@ def test_mismatches_and_bad_files_name_the_problem(tmp_path, edm_modules):
     path = tmp_path / "wrong-width.pkl"
     write_snapshot(path, edm_modules, net, dict(edm_kwargs, model_channels=32))
     with pytest.raises(ValueError, match="wrong-width.pkl: weights do not match.*wrong shape"):
+        load_edm_pickle(path)
+    path = tmp_path / "huge.pkl"  # shapes are checked on the meta device: nothing is allocated
+    write_snapshot(path, edm_modules, net, dict(edm_kwargs, model_channels=1 << 20))
+    with pytest.raises(ValueError, match="huge.pkl: weights do not match"):
         load_edm_pickle(path)
     path = tmp_path / "adm.pkl"
     write_snapshot(path, edm_modules, net, dict(edm_kwargs, model_type="DhariwalUNet"))
@@ -160,17 +179,24 @@ def test_imported_pickle_is_a_teacher_checkpoint(tmp_path, edm_modules):
     from hkd.teacher.network import import_edm_pickle, load_teacher
     from torchvision.datasets.utils import calculate_md5
 
-    net, edm_kwargs = small_precond()
-    pkl = tmp_path / "edm-tiny-cond.pkl"
+    cond, cond_kwargs = small_precond()
+    path = tmp_path / "edm-tiny-cond.pkl"
+    write_snapshot(path, edm_modules, cond, cond_kwargs)
+    with pytest.raises(ValueError, match="class-conditional"):
+        import_edm_pickle(str(path), None, str(tmp_path / "c.pkl"), str(tmp_path / "c.pt"))
+    kw = {k: v for k, v in cond.init_kwargs.items() if k != "label_dim"}
+    torch.manual_seed(1)
+    net = EDMPrecond(**kw)
+    edm_kwargs = dict(cond_kwargs, label_dim=0)
+    pkl = tmp_path / "edm-tiny-uncond.pkl"
     write_snapshot(pkl, edm_modules, net, edm_kwargs)
     out = tmp_path / "teacher" / "teacher.pt"
     stats = import_edm_pickle(str(pkl), calculate_md5(str(pkl)), str(tmp_path / "cache.pkl"), str(out))
     assert stats["parameters"] == sum(p.numel() for p in net.parameters())
     teacher = load_teacher(str(out))
     x, sigma = torch.randn(2, 3, 16, 16), torch.tensor([0.5, 20.0])
-    labels = torch.nn.functional.one_hot(torch.tensor([3, 7]), 10).float()
     with torch.no_grad():
-        torch.testing.assert_close(teacher(x, sigma, labels), net.eval()(x, sigma, labels), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="edm-tiny-cond.pkl has md5"):
+        torch.testing.assert_close(teacher(x, sigma), net.eval()(x, sigma), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="edm-tiny-uncond.pkl has md5"):
         import_edm_pickle(str(pkl), "0" * 32, str(tmp_path / "cache.pkl"), str(tmp_path / "other.pt"))
     assert not (tmp_path / "other.pt").exists()

@@ -73,3 +73,17 @@ def test_errors_name_the_file(tmp_path):
     (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(ValueError, match="broken.zip"):
         read_image_dataset(tmp_path / "broken.zip", 64)
+
+
+def test_only_plain_image_decoders(tmp_path):
+    """A member named .png holding another format (EPS would run Ghostscript) is refused."""
+    root = tmp_path / "d"
+    root.mkdir()
+    (root / "a.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n")
+    with pytest.raises(ValueError, match="a.png: not a readable image"):
+        read_image_dataset(root, 8)
+    make_folder(root, n=2, size=8, labels=False)
+    (root / "a.png").unlink()
+    (root / "dataset.json").write_text(json.dumps({"labels": [["00000/img00000000.png", "x"]]}))
+    with pytest.raises(ValueError, match="dataset.json 'labels' must be"):
+        read_image_dataset(root, 8)

@@ -46,7 +46,7 @@ def _unpickle(raw: bytes, where: str) -> dict:
         raise ValueError(f"{where}: not a CIFAR-10 batch pickle ({exc})") from exc
     if not isinstance(obj, dict):
         raise ValueError(f"{where}: expected a dict, found {type(obj).__name__}")
-    # Python-2 pickles have bytes keys; latin1 decoding makes them str for the dict we read
+    # latin1 decoding turns Python 2's str keys into str; bytes keys (Python-3 writers) are decoded too
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
@@ -55,7 +55,10 @@ def _batch_arrays(batch: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
         if key not in batch:
             raise ValueError(f"{where}: batch lacks '{key}'")
     data = np.asarray(batch["data"])
-    labels = np.asarray(batch["labels"], dtype=np.int64)
+    try:
+        labels = np.asarray(batch["labels"], dtype=np.int64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: 'labels' are not integers ({exc})") from exc
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise ValueError(f"{where}: 'data' must be uint8 [N, 3072], got {data.dtype} {data.shape}")
     if labels.shape != (len(data),) or labels.min(initial=0) < 0 or labels.max(initial=0) > 9:

@@ -17,7 +17,7 @@ _URL_SCHEMES = ("http://", "https://", "ftp://", "file://")
 
 
 def is_url(source: str) -> bool:
-    return str(source).startswith(_URL_SCHEMES)
+    return str(source).lower().startswith(_URL_SCHEMES)
 
 
 def verify_md5(path: str | os.PathLike, md5: str | None, what: str = "file") -> None:
@@ -27,9 +27,9 @@ def verify_md5(path: str | os.PathLike, md5: str | None, what: str = "file") -> 
         raise FileNotFoundError(f"{what} not found: {path}")
     if md5 is None:
         return
-    actual = calculate_md5(str(path))
-    if actual != md5.lower():
-        raise ValueError(f"{what} {path} has md5 {actual}, expected {md5.lower()} "
+    actual, expected = calculate_md5(str(path)), md5.strip().lower()
+    if actual != expected:
+        raise ValueError(f"{what} {path} has md5 {actual}, expected {expected} "
                          "(wrong, truncated or corrupted file)")
 
 
@@ -41,7 +41,7 @@ def fetch_file(source: str, dest: str | os.PathLike, md5: str | None, what: str 
         verify_md5(source, md5, what)
         return Path(source)
     dest = Path(dest)
-    if dest.is_file() and (md5 is None or calculate_md5(str(dest)) == md5.lower()):
+    if dest.is_file() and (md5 is None or calculate_md5(str(dest)) == md5.strip().lower()):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.parent) as tmp:
@@ -50,6 +50,10 @@ def fetch_file(source: str, dest: str | os.PathLike, md5: str | None, what: str 
         except Exception as exc:
             raise RuntimeError(f"cannot download {what} from {source}: {exc}") from exc
         part = Path(tmp) / dest.name
-        verify_md5(part, md5, f"{what} downloaded from {source}")
+        if md5 is not None:  # the message names the URL and the destination, not the temporary file
+            actual, expected = calculate_md5(str(part)), md5.strip().lower()
+            if actual != expected:
+                raise ValueError(f"{what} downloaded from {source} (for {dest}) has md5 {actual}, expected "
+                                 f"{expected} (wrong, truncated or corrupted file)")
         os.replace(part, dest)
     return dest

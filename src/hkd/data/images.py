@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+#: decoders PIL may use: a member named .png holding e.g. EPS would otherwise reach Ghostscript
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 
 
 def _is_image(name: str) -> bool:
@@ -60,7 +62,7 @@ def _decode(raw: bytes, where: str, resolution: int) -> np.ndarray:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(raw)) as img:
+        with Image.open(io.BytesIO(raw), formats=FORMATS) as img:
             img.load()
             img = img.convert("RGB")
     except Exception as exc:
@@ -78,13 +80,14 @@ def read_image_dataset(path: str | Path, resolution: int, max_images: int | None
     labels from ``dataset.json`` (None when it is absent or says ``"labels": null``)."""
     src = _Source(path)
     try:
-        names = [n for n in src.names() if _is_image(n)]
+        all_names = src.names()
+        names = [n for n in all_names if _is_image(n)]
         if not names:
             raise ValueError(f"{src.path}: no images ({', '.join(EXTENSIONS)}) found")
         if max_images is not None:
             names = names[:max_images]
         labels = None
-        if "dataset.json" in src.names():
+        if "dataset.json" in all_names:
             try:
                 meta = json.loads(src.read("dataset.json"))
             except json.JSONDecodeError as exc:
@@ -92,7 +95,10 @@ def read_image_dataset(path: str | Path, resolution: int, max_images: int | None
             if not isinstance(meta, dict) or "labels" not in meta:
                 raise ValueError(f"{src.path}: dataset.json has no 'labels' entry")
             if meta["labels"] is not None:
-                table = {str(n): int(v) for n, v in meta["labels"]}
+                try:
+                    table = {str(n): int(v) for n, v in meta["labels"]}
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"{src.path}: dataset.json 'labels' must be [name, integer] pairs ({exc})") from exc
                 missing = [n for n in names if n not in table]
                 if missing:
                     raise ValueError(f"{src.path}: dataset.json has no label for {missing[0]}"

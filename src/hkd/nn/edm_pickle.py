@@ -5,7 +5,8 @@ EDM pickles every network through ``torch_utils.persistence``: each module is st
 its attributes and the *source code of its module*, which EDM's own loader executes.
 This loader never does. Its unpickler resolves only an allow-list of globals (tensor
 rebuilding, ordered dicts, torch's ``ModuleDict``); every persistent object becomes a
-plain record of (class name, state); the top-level ``ema`` network is then rebuilt as
+plain record of (class name, state), and numpy scalars become Python numbers; the
+top-level ``ema`` network is then rebuilt as
 *our* ``EDMPrecond`` from its stored constructor arguments, and its parameters and
 buffers are loaded by name with strict name and shape checks. Anything else is an error
 that names the class or global.
@@ -22,11 +23,10 @@ import torch
 
 from hkd.nn.precond import EDMPrecond
 
-#: EDM's network classes (training/networks.py) whose records may appear in the ``ema`` tree
+#: EDM's network classes (training/networks.py) that may appear in the ``ema`` tree; other
+#: persistent objects of a snapshot (EDMLoss, AugmentPipe, ...) stay inert records
 NETWORK_CLASSES = frozenset({"EDMPrecond", "SongUNet", "UNetBlock", "Linear", "Conv2d", "GroupNorm",
                              "PositionalEmbedding", "FourierEmbedding"})
-#: other persistent objects of a training snapshot, read as records and not used
-IGNORED_CLASSES = frozenset({"EDMLoss", "VPLoss", "VELoss", "AugmentPipe"})
 #: EDMPrecond arguments that do not change the weights or the function (fp32 is used here)
 _DROPPED_KWARGS = ("use_fp16",)
 
@@ -42,16 +42,43 @@ class _Container:
     """torch.nn.ModuleDict / ModuleList rebuilt as a plain attribute holder."""
 
 
+def _plain_dict(obj, what: str) -> dict:
+    """A copy of a dict-typed pickle value. The unbound dict methods ignore instance
+    attributes that BUILD may have put on an OrderedDict (e.g. a fake ``items``)."""
+    if type(obj) not in (dict, collections.OrderedDict):
+        raise ValueError(f"{what} is a {type(obj).__name__}, expected a dict")
+    return dict(dict.items(obj))
+
+
 def _reconstruct_persistent(meta):
-    if not isinstance(meta, dict) or meta.get("type") != "class":
-        raise pickle.UnpicklingError("unexpected persistent object (not a class record)")
-    name = meta.get("class_name")
-    if name not in NETWORK_CLASSES | IGNORED_CLASSES:
-        raise pickle.UnpicklingError(f"unrecognised EDM class {name!r}")
-    state = meta.get("state")
-    if not isinstance(state, dict):
-        raise pickle.UnpicklingError(f"EDM class {name!r} has no attribute state")
-    return _Record(name, state)
+    """Any persistent object becomes an inert record; which classes are acceptable is
+    decided where the records are used (``load_edm_pickle``)."""
+    try:
+        meta = _plain_dict(meta, "persistent object")
+        if meta.get("type") != "class" or not isinstance(meta.get("class_name"), str):
+            raise ValueError("not a class record")
+        return _Record(meta["class_name"], _plain_dict(meta.get("state"), f"state of {meta['class_name']!r}"))
+    except ValueError as exc:
+        raise pickle.UnpicklingError(f"unexpected persistent object: {exc}") from None
+
+
+def _numpy_scalar(dtype, data=None):
+    """numpy scalars (EDM stores e.g. ``skip_scale = np.sqrt(0.5)``) as Python numbers;
+    only numeric dtypes."""
+    import numpy as np
+
+    if not isinstance(dtype, np.dtype) or dtype.kind not in "biuf" or not isinstance(data, bytes) \
+            or len(data) != dtype.itemsize:
+        raise pickle.UnpicklingError("unexpected numpy scalar")
+    return np.frombuffer(data, dtype=dtype, count=1)[0].item()
+
+
+def _numpy_dtype(spec, align=False, copy=True):
+    import numpy as np
+
+    if not isinstance(spec, str):
+        raise pickle.UnpicklingError("unexpected numpy dtype")
+    return np.dtype(spec, align, copy)
 
 
 def _storage_from_bytes(b: bytes):
@@ -76,6 +103,9 @@ _GLOBALS = {
     ("torch.nn.modules.container", "ModuleDict"): _Container,
     ("torch.nn.modules.container", "ModuleList"): _Container,
     ("dnnlib.util", "EasyDict"): dict,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy", "dtype"): _numpy_dtype,
 }
 
 
@@ -87,22 +117,27 @@ class _SnapshotUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from an EDM pickle") from None
 
 
-def _module_state(node, prefix: str, out: dict) -> None:
+def _module_state(node, prefix: str, out: dict, seen: set | None = None) -> None:
     """Parameters and buffers of a record tree, by their state_dict names."""
-    state = node.state if isinstance(node, _Record) else vars(node)
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        raise ValueError(f"{prefix or 'the network'} contains itself")
+    seen.add(id(node))
+    where = prefix.rstrip(".") or "the network"
     if isinstance(node, _Record) and node.class_name not in NETWORK_CLASSES:
-        raise ValueError(f"EDM class {node.class_name!r} inside the network")
+        raise ValueError(f"unrecognised EDM class {node.class_name!r} at {where}")
+    state = node.state if isinstance(node, _Record) else _plain_dict(vars(node), where)
     for key in ("_parameters", "_buffers"):
-        for name, t in (state.get(key) or {}).items():
+        for name, t in _plain_dict(state.get(key) or {}, f"{where}.{key}").items():
             if t is not None:
-                if not isinstance(t, torch.Tensor):
+                if type(t) not in (torch.Tensor, torch.nn.Parameter):
                     raise ValueError(f"{prefix}{name} is a {type(t).__name__}, not a tensor")
                 out[prefix + name] = t
-    for name, child in (state.get("_modules") or {}).items():
+    for name, child in _plain_dict(state.get("_modules") or {}, f"{where}._modules").items():
         if child is not None:
             if not isinstance(child, (_Record, _Container)):
                 raise ValueError(f"{prefix}{name} is a {type(child).__name__}, not an EDM module")
-            _module_state(child, f"{prefix}{name}.", out)
+            _module_state(child, f"{prefix}{name}.", out, seen)
 
 
 def read_snapshot(path: str | Path) -> dict:
@@ -128,9 +163,13 @@ def load_edm_pickle(path: str | Path) -> EDMPrecond:
     if not isinstance(ema, _Record) or ema.class_name != "EDMPrecond":
         found = ema.class_name if isinstance(ema, _Record) else type(ema).__name__
         raise ValueError(f"{path}: 'ema' is {found!r}; only EDMPrecond networks are supported")
-    args, kwargs = ema.state.get("_init_args", ()), dict(ema.state.get("_init_kwargs", {}))
+    args = ema.state.get("_init_args", ())
     if args:
         raise ValueError(f"{path}: EDMPrecond was built with positional arguments {args!r}")
+    try:
+        kwargs = _plain_dict(ema.state.get("_init_kwargs"), "EDMPrecond's constructor arguments")
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     model_type = kwargs.pop("model_type", "DhariwalUNet")
     if model_type != "SongUNet":
         raise ValueError(f"{path}: model_type {model_type!r} is not supported (only SongUNet, EDM's "
@@ -138,17 +177,21 @@ def load_edm_pickle(path: str | Path) -> EDMPrecond:
     for key in _DROPPED_KWARGS:
         kwargs.pop(key, None)
     try:
-        net = EDMPrecond(**kwargs)
-    except TypeError as exc:
+        with torch.device("meta"):  # shapes first, so absurd arguments allocate nothing
+            expected = EDMPrecond(**kwargs).state_dict()
+    except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: unsupported EDMPrecond arguments ({exc})") from exc
     tensors: dict[str, torch.Tensor] = {}
-    _module_state(ema, "", tensors)
-    expected = net.state_dict()
+    try:
+        _module_state(ema, "", tensors)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     missing = sorted(expected.keys() - tensors.keys())
     unexpected = sorted(tensors.keys() - expected.keys())
     wrong = sorted(k for k in expected.keys() & tensors.keys() if expected[k].shape != tensors[k].shape)
     if missing or unexpected or wrong:
         raise ValueError(f"{path}: weights do not match EDMPrecond({kwargs}): missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}")
+    net = EDMPrecond(**kwargs)
     net.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
     return net.eval().requires_grad_(False)

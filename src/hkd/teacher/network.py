@@ -44,6 +44,9 @@ def import_edm_pickle(source: str, md5: str | None, download_to: str, out_path: 
 
     path = fetch_file(source, download_to, md5, "EDM network pickle")
     net = load_edm_pickle(path)
+    if net.label_dim:
+        raise ValueError(f"{path}: a class-conditional teacher (label_dim {net.label_dim}); the trajectory and "
+                         "sample stages do not pass class labels yet, so it would run with zero labels")
     stats = {"source": source, "file_sha256": sha256_file(path),
              "parameters": sum(p.numel() for p in net.parameters())}
     save_torch({"kind": "edm_teacher", "network_kwargs": net.init_kwargs,
