@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from hkd.nn.edm_pickle import load_edm_pickle, read_snapshot
+from hkd.teacher.edm_pickle import load_edm_pickle, read_snapshot
 from hkd.nn.precond import EDMPrecond
 
 MARKER = "/tmp/hkd-edm-pickle-code-ran"
@@ -176,7 +176,8 @@ def test_mismatches_and_bad_files_name_the_problem(tmp_path, edm_modules):
 
 def test_imported_pickle_is_a_teacher_checkpoint(tmp_path, edm_modules):
     """`import_edm_pickle` writes the checkpoint every later stage reads (`load_teacher`)."""
-    from hkd.teacher.network import import_edm_pickle, load_teacher
+    from hkd.teacher.edm_pickle import import_edm_pickle
+    from hkd.teacher.network import load_teacher
     from torchvision.datasets.utils import calculate_md5
 
     cond, cond_kwargs = small_precond()

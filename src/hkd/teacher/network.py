@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hkd.io import load_torch, save_torch, sha256_file
+from hkd.io import load_torch
 from hkd.nn.precond import EDMPrecond
 
 
@@ -33,22 +33,3 @@ def load_teacher(path: str, device: torch.device | str = "cpu") -> EDMPrecond:
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not match the stored network arguments: {exc}") from exc
     return net.eval().requires_grad_(False).to(device)
-
-
-def import_edm_pickle(source: str, md5: str | None, download_to: str, out_path: str) -> dict:
-    """A released EDM snapshot (URL or local path; md5-checked when ``md5`` is given) as a
-    teacher checkpoint in the format of ``hkd teacher``, so every later stage reads it the
-    same way. The pickle's code is never run (``hkd.nn.edm_pickle``)."""
-    from hkd.data.fetch import fetch_file
-    from hkd.nn.edm_pickle import load_edm_pickle
-
-    path = fetch_file(source, download_to, md5, "EDM network pickle")
-    net = load_edm_pickle(path)
-    if net.label_dim:
-        raise ValueError(f"{path}: a class-conditional teacher (label_dim {net.label_dim}); the trajectory and "
-                         "sample stages do not pass class labels yet, so it would run with zero labels")
-    stats = {"source": source, "file_sha256": sha256_file(path),
-             "parameters": sum(p.numel() for p in net.parameters())}
-    save_torch({"kind": "edm_teacher", "network_kwargs": net.init_kwargs,
-                "ema": {k: v.contiguous() for k, v in net.state_dict().items()}, "stats": stats}, out_path)
-    return stats

@@ -1,4 +1,5 @@
-"""Load the networks of released EDM snapshots (``edm-*.pkl``) without running their code.
+"""Teacher source ``edm_pickle``: the networks of released EDM snapshots (``edm-*.pkl``),
+loaded without running their code.
 
 EDM pickles every network through ``torch_utils.persistence``: each module is stored as
 ``_reconstruct_persistent_obj(meta)`` with its class name, its constructor arguments,
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from hkd.io import save_torch, sha256_file
 from hkd.nn.precond import EDMPrecond
 
 #: EDM's network classes (training/networks.py) that may appear in the ``ema`` tree; other
@@ -195,3 +197,21 @@ def load_edm_pickle(path: str | Path) -> EDMPrecond:
     net = EDMPrecond(**kwargs)
     net.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
     return net.eval().requires_grad_(False)
+
+
+def import_edm_pickle(source: str, md5: str | None, download_to: str, out_path: str) -> dict:
+    """A released EDM snapshot (URL or local path; md5-checked when ``md5`` is given) as a
+    teacher checkpoint in the format of ``hkd teacher``, so every later stage reads it the
+    same way. The pickle's code is never run (see the module docstring)."""
+    from hkd.data.fetch import fetch_file
+
+    path = fetch_file(source, download_to, md5, "EDM network pickle")
+    net = load_edm_pickle(path)
+    if net.label_dim:
+        raise ValueError(f"{path}: a class-conditional teacher (label_dim {net.label_dim}); the trajectory and "
+                         "sample stages do not pass class labels yet, so it would run with zero labels")
+    stats = {"source": source, "file_sha256": sha256_file(path),
+             "parameters": sum(p.numel() for p in net.parameters())}
+    save_torch({"kind": "edm_teacher", "network_kwargs": net.init_kwargs,
+                "ema": {k: v.contiguous() for k, v in net.state_dict().items()}, "stats": stats}, out_path)
+    return stats
