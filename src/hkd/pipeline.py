@@ -54,29 +54,32 @@ class Stage:
 
 #: modules every torch stage runs through (device, precision, atomic file writes)
 _RUNTIME = ("src/hkd/runtime.py", "src/hkd/io.py")
+#: how the teacher checkpoint is built from the config and read back (teacher_kwargs, load_teacher)
+_TEACHER_CKPT = ("src/hkd/teacher/network.py",)
 
 STAGES: tuple[Stage, ...] = (
     Stage("data", "data", (), ("data", "data_manifest"), ("seed", "data"),
-          ("src/hkd/data", "src/hkd/io.py")),
+          ("src/hkd/data/mnist.py", "src/hkd/io.py")),
     Stage("classifier", "classifier", ("data",), ("classifier",), ("seed", "evaluate"),
           ("src/hkd/metrics/classifier.py",) + _RUNTIME),
     Stage("teacher", "teacher", ("data",), ("teacher", "teacher_tb"),
           ("seed", "device", "precision", "compile", "network", "edm", "teacher"),
-          ("src/hkd/nn", "src/hkd/teacher/train.py", "src/hkd/ema.py") + _RUNTIME),
+          ("src/hkd/nn", "src/hkd/teacher/train.py", "src/hkd/ema.py") + _TEACHER_CKPT + _RUNTIME),
     Stage("trajectories", "trajectories", ("teacher",), ("trajectories",),
           ("device", "precision", "compile", "edm", "trajectories"),
-          ("src/hkd/nn", "src/hkd/teacher/sampler.py", "src/hkd/teacher/trajectories.py") + _RUNTIME),
+          ("src/hkd/nn", "src/hkd/teacher/sampler.py", "src/hkd/teacher/trajectories.py")
+          + _TEACHER_CKPT + _RUNTIME),
     Stage("hkd_train", "hkd-train", ("teacher", "trajectories"), ("hkd", "hkd_tb"),
           ("seed", "device", "precision", "compile", "edm", "hkd"),
-          ("src/hkd/nn", "src/hkd/koopman", "src/hkd/train", "src/hkd/ema.py") + _RUNTIME),
+          ("src/hkd/nn", "src/hkd/koopman", "src/hkd/train", "src/hkd/ema.py") + _TEACHER_CKPT + _RUNTIME),
     Stage("sample", "sample", ("teacher", "hkd"), ("samples_teacher", "samples_hkd"),
           ("device", "precision", "compile", "edm", "trajectories", "sample"),
           ("src/hkd/nn", "src/hkd/sample.py", "src/hkd/teacher/sampler.py", "src/hkd/teacher/trajectories.py",
-           "src/hkd/koopman") + _RUNTIME),
+           "src/hkd/koopman") + _TEACHER_CKPT + _RUNTIME),
     Stage("evaluate", "evaluate",
           ("data", "classifier", "teacher", "hkd", "samples_teacher", "samples_hkd"),
           ("metrics",), ("device", "precision", "trajectories", "evaluate"),
-          ("src/hkd/metrics",) + _RUNTIME),
+          ("src/hkd/metrics",) + _TEACHER_CKPT + _RUNTIME),
     Stage("spectral", "spectral", ("hkd",), ("spectral",), (), ("src/hkd/analysis",)),
     Stage("report", "report",
           ("data", "data_manifest", "classifier", "samples_teacher", "samples_hkd", "metrics",
