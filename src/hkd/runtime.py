@@ -60,7 +60,7 @@ class _FirstCallChecked:
     happen) turns any failure into an error that names the config key switching it off."""
 
     def __init__(self, module: torch.nn.Module, what: str):
-        self.module, self.what, self.compiled, self.checked = module, what, torch.compile(module), False
+        self.what, self.compiled, self.checked = what, torch.compile(module), False
 
     def __call__(self, *args, **kwargs):
         if self.checked:

@@ -6,8 +6,9 @@ trajectories (e.g. after `snakemake --cores 2 all`), each scored by one-step FID
 
 Each --set overrides keys of the config's `hkd:` section for one run, or top-level scalars
 such as `compile` (values are read as JSON where they parse, e.g. 3e-4, false).
---trajectories N trains on the run's first N trajectories only. Prints one JSON line per run. Nothing under results/ is modified
-(weights go to a temporary folder). With a GPU, the config's `device: auto` uses it.
+--trajectories N trains on the run's first N trajectories only. Prints one JSON line per
+run. Nothing under results/ is modified (weights go to a temporary folder). With a GPU,
+the config's `device: auto` uses it.
 """
 
 import argparse

@@ -20,17 +20,23 @@ def is_url(source: str) -> bool:
     return str(source).lower().startswith(_URL_SCHEMES)
 
 
-def verify_md5(path: str | os.PathLike, md5: str | None, what: str = "file") -> None:
-    """Raise naming ``path`` when it is missing or its md5 differs from ``md5`` (None: skip)."""
+def _md5_mismatch(path: Path, md5: str | None) -> str | None:
+    """None when ``md5`` is None or matches the file; else 'md5 <actual>, expected <md5>'."""
+    if md5 is None:
+        return None
+    actual, expected = calculate_md5(str(path)), md5.strip().lower()
+    return None if actual == expected else f"md5 {actual}, expected {expected}"
+
+
+def verify_md5(path: str | os.PathLike, md5: str | None, what: str = "file", label: str | None = None) -> None:
+    """Raise naming ``path`` (or ``label``) when it is missing or its md5 differs from ``md5``
+    (None: skip the checksum)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
-    if md5 is None:
-        return
-    actual, expected = calculate_md5(str(path)), md5.strip().lower()
-    if actual != expected:
-        raise ValueError(f"{what} {path} has md5 {actual}, expected {expected} "
-                         "(wrong, truncated or corrupted file)")
+    mismatch = _md5_mismatch(path, md5)
+    if mismatch:
+        raise ValueError(f"{what} {label or path} has {mismatch} (wrong, truncated or corrupted file)")
 
 
 def fetch_file(source: str, dest: str | os.PathLike, md5: str | None, what: str = "file") -> Path:
@@ -41,7 +47,7 @@ def fetch_file(source: str, dest: str | os.PathLike, md5: str | None, what: str 
         verify_md5(source, md5, what)
         return Path(source)
     dest = Path(dest)
-    if dest.is_file() and (md5 is None or calculate_md5(str(dest)) == md5.strip().lower()):
+    if dest.is_file() and _md5_mismatch(dest, md5) is None:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.parent) as tmp:
@@ -50,10 +56,7 @@ def fetch_file(source: str, dest: str | os.PathLike, md5: str | None, what: str 
         except Exception as exc:
             raise RuntimeError(f"cannot download {what} from {source}: {exc}") from exc
         part = Path(tmp) / dest.name
-        if md5 is not None:  # the message names the URL and the destination, not the temporary file
-            actual, expected = calculate_md5(str(part)), md5.strip().lower()
-            if actual != expected:
-                raise ValueError(f"{what} downloaded from {source} (for {dest}) has md5 {actual}, expected "
-                                 f"{expected} (wrong, truncated or corrupted file)")
+        # the message names the URL and the destination, not the temporary file
+        verify_md5(part, md5, what, label=f"downloaded from {source} (for {dest})")
         os.replace(part, dest)
     return dest
