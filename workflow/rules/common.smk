@@ -7,7 +7,9 @@ SRC = os.path.join(workflow.basedir, "src")
 sys.path.insert(0, SRC)
 
 from hkd.config import load_config  # noqa: E402
-from hkd.pipeline import DIRECTORY_OUTPUTS, log_path, stage_inputs, stage_outputs, stage_params  # noqa: E402
+from hkd.pipeline import (  # noqa: E402
+    DIRECTORY_OUTPUTS, log_path, stage_inputs, stage_outputs, stage_params, trajectory_shard_paths,
+    trajectory_shard_pattern)
 
 validate(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
 
@@ -17,7 +19,11 @@ if len(workflow.overwrite_configfiles) > 1 or workflow.config_settings.config:
         "settings from that one file, so write overrides into a config file of their own")
 CONFIG_FILE = str(workflow.overwrite_configfiles[-1] if workflow.overwrite_configfiles
                   else os.path.join(workflow.basedir, "configs/default.yaml"))
-load_config(CONFIG_FILE)  # the stages read this file alone: it must be complete and valid
+# The stages read this file alone, so the rules see exactly it too: Snakemake has merged it
+# over configs/default.yaml, which would leave keys of the default in other runs' params.
+_RUN_CONFIG = load_config(CONFIG_FILE)
+config.clear()
+config.update(_RUN_CONFIG)
 
 # Stages run `python -m hkd <stage>` from this checkout: the interpreter running
 # Snakemake (e.g. the project's .venv), or the rule's conda env with --use-conda.

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from hkd.config import load_config, validate_config
-from hkd.data.mnist import load_dataset
+from hkd.data.dataset import load_dataset
 from hkd.io import save_npz
 from hkd.koopman.model import load_hkd
 from hkd.metrics.fidelity import fidelity_metrics
@@ -29,7 +29,6 @@ from hkd.pipeline import run_paths
 from hkd.runtime import torch_setup
 from hkd.sample import draw, evaluation_seeds, hkd_sampler, to_uint8
 from hkd.teacher.network import load_teacher
-from hkd.teacher.trajectories import load_trajectories
 from hkd.train.hkd_train import train_hkd
 
 
@@ -45,14 +44,7 @@ def main():
     paths = run_paths(base)
     device, dtype = torch_setup(base, args.threads)
     teacher = load_teacher(paths["teacher"], device)
-    reference = to_uint8(load_dataset(paths["data"])["heldout_images"])
-    traj_path = paths["trajectories"]
-    if args.trajectories:
-        traj_dir = tempfile.TemporaryDirectory()  # removed when the script ends
-        traj = load_trajectories(traj_path)
-        traj_path = os.path.join(traj_dir.name, "trajectories.npz")
-        n = args.trajectories
-        save_npz(traj_path, states=traj["states"][:n], sigmas=traj["sigmas"], seeds=traj["seeds"][:n])
+    reference = to_uint8(load_dataset(paths["data"])[f"{base['evaluate']['reference']}_images"])
     for overrides in args.set:
         cfg = json.loads(json.dumps(base))
         for item in overrides:
@@ -66,13 +58,13 @@ def main():
         validate_config(cfg, f"--set {' '.join(overrides)}")
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.time()
-            stats = train_hkd(cfg, teacher, traj_path, str(Path(tmp) / "hkd.pt"),
-                              str(Path(tmp) / "tb"), device, dtype)
+            stats = train_hkd(cfg, teacher, paths["trajectories"], str(Path(tmp) / "hkd.pt"),
+                              str(Path(tmp) / "tb"), device, dtype, max_trajectories=args.trajectories)
             model = load_hkd(str(Path(tmp) / "hkd.pt"), device)
-            images = draw(hkd_sampler(model, device, dtype), evaluation_seeds(cfg),
-                          (model.img_channels, model.img_resolution, model.img_resolution),
-                          cfg["sample"]["batch_size"], device, "sample")
-            m = fidelity_metrics(to_uint8(images), reference, paths["classifier"], cuda=device.type == "cuda")
+            images, _ = draw(hkd_sampler(model, device, dtype), evaluation_seeds(cfg),
+                             (model.img_channels, model.img_resolution, model.img_resolution),
+                             model.label_dim, cfg["sample"]["batch_size"], device, "sample")
+            m = fidelity_metrics(to_uint8(images), reference, weights_path=paths["classifier"], cuda=device.type == "cuda")
         print(json.dumps({"set": overrides, "trajectories": stats["trajectories"], "steps": stats["steps"],
                           "seconds": round(time.time() - t0, 1), "fid": m["frechet_inception_distance"],
                           "is": m["inception_score_mean"]}), flush=True)

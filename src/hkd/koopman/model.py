@@ -26,6 +26,7 @@ class HKD(nn.Module):
         self.sigma_data = float(teacher.sigma_data)
         self.img_resolution = teacher.img_resolution
         self.img_channels = teacher.img_channels
+        self.label_dim = teacher.label_dim
         self.eps = float(eps)
         self.sigma_max = float(sigma_max)
         self.time_unit = float(time_unit)

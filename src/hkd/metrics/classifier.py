@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from hkd.data.mnist import load_dataset
+from hkd.data.dataset import load_dataset
 from hkd.io import load_torch, save_torch
 from hkd.runtime import progress_enabled
 

@@ -1,63 +1,88 @@
-"""The evaluate stage: FID / IS rows against the held-out split, plus sampler throughput."""
+"""The evaluate stage: FID / IS rows of both samplers against the configured reference
+images (held-out split, or the training split as in the paper), plus sampler throughput."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from hkd.data.mnist import load_dataset
+from hkd.data.dataset import load_dataset
 from hkd.io import load_npz, save_json
-from hkd.metrics.classifier import accuracy_on, load_classifier
 from hkd.metrics.fidelity import EXTRACTOR_NAME, fidelity_metrics
 from hkd.metrics.throughput import measure
 from hkd.runtime import device_name
 from hkd.sample import hkd_sampler, teacher_sampler, to_uint8
-from hkd.teacher.sampler import nfe, seeded_noise
+from hkd.teacher.sampler import nfe, seeded_inputs
+
+
+def _extractor(cfg: dict, paths: dict, data: dict) -> tuple[str, str | None, dict]:
+    """(torch-fidelity extractor name, its weights path, description for the report)."""
+    ecfg = cfg["evaluate"]
+    if ecfg["feature_extractor"] == "digit_classifier":
+        from hkd.metrics.classifier import accuracy_on, load_classifier
+
+        classifier, acc = load_classifier(paths["classifier"])
+        info = {"name": EXTRACTOR_NAME,
+                "description": "digit classifier trained on the training split; FID on its 128-d "
+                               "penultimate features, IS on its 10-class logits",
+                "heldout_accuracy": acc}
+        if len(data["heldout_images"]):
+            info["accuracy_on_heldout_recomputed"] = accuracy_on(classifier, data["heldout_images"],
+                                                                 data["heldout_labels"])
+        return EXTRACTOR_NAME, paths["classifier"], info
+    weights = ecfg["inception_weights"]
+    return "inception-v3-compat", weights, {
+        "name": "inception-v3-compat",
+        "description": "torch-fidelity's Inception-v3 port of the TF FID network: FID on pool3 (2048-d), "
+                       "IS on its logits",
+        "weights": weights or "torch-fidelity download (torch hub cache)"}
 
 
 def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype) -> dict:
     data = load_dataset(paths["data"])
-    heldout = data["heldout_images"]
-    n = len(heldout)
-    rng = np.random.default_rng(cfg["seed"] + 3)
-    train_subset = data["train_images"][np.sort(rng.choice(len(data["train_images"]), n, replace=False))]
+    ref_split = cfg["evaluate"]["reference"]
+    reference = data[f"{ref_split}_images"]
     generated = {
         "teacher": load_npz(paths["samples_teacher"], ("images",))["images"],
         "hkd": load_npz(paths["samples_hkd"], ("images",))["images"],
     }
+    n = cfg["sample"]["count"]
     for name, imgs in generated.items():
-        if imgs.shape[1:] != heldout.shape[1:] or len(imgs) != n:
+        if imgs.shape[1:] != reference.shape[1:] or len(imgs) != n:
             raise ValueError(f"{paths['samples_' + name]}: expected {n} images of shape "
-                             f"{heldout.shape[1:]}, got {imgs.shape}")
+                             f"{reference.shape[1:]}, got {imgs.shape}")
+    # the real-image floor: images of the other split, as many as each sampler is given
+    other = data["train_images" if ref_split == "heldout" else "heldout_images"]
+    rng = np.random.default_rng(cfg["seed"] + 3)
+    real = other[np.sort(rng.choice(len(other), min(n, len(other)), replace=False))] if len(other) else None
+    extractor, weights, extractor_info = _extractor(cfg, paths, data)
     cuda = device.type == "cuda"
-    ref = to_uint8(heldout)
+    ref = to_uint8(reference)
     steps = cfg["trajectories"]["num_steps"]
     rows = []
-    for label, key, images, nfe_ in (("Real images (training split)", "real", train_subset, None),
-                                     ("EDM teacher (Heun)", "teacher", generated["teacher"], nfe(steps)),
-                                     ("HKD (one step)", "hkd", generated["hkd"], 1)):
-        m = fidelity_metrics(to_uint8(images), ref, paths["classifier"], cuda=cuda)
+    candidates = [("EDM teacher (Heun)", "teacher", generated["teacher"], nfe(steps)),
+                  ("HKD (one step)", "hkd", generated["hkd"], 1)]
+    if real is not None:
+        split = "training" if ref_split == "heldout" else "held-out"
+        candidates.insert(0, (f"Real images ({split} split)", "real", real, None))
+    for label, key, images, nfe_ in candidates:
+        m = fidelity_metrics(to_uint8(images), ref, extractor, weights, cuda=cuda)
         rows.append({"key": key, "method": label, "nfe": nfe_, "images": int(len(images)),
                      "fid": float(m["frechet_inception_distance"]),
                      "is_mean": float(m["inception_score_mean"]),
                      "is_std": float(m["inception_score_std"])})
-    classifier, acc = load_classifier(paths["classifier"])
 
-    noise = seeded_noise(np.arange(cfg["evaluate"]["throughput_batch"]) + cfg["sample"]["seed_offset"],
-                         (teacher.img_channels, teacher.img_resolution, teacher.img_resolution), device)
+    noise, labels = seeded_inputs(np.arange(cfg["evaluate"]["throughput_batch"]) + cfg["sample"]["seed_offset"],
+                                  (teacher.img_channels, teacher.img_resolution, teacher.img_resolution),
+                                  teacher.label_dim, device)
     # both eager (compile=False): the ratio compares the same kind of code
     speed = measure({"teacher": teacher_sampler(cfg, teacher, device, dtype, compile=False),
-                     "hkd": hkd_sampler(model, device, dtype)}, noise, cfg["evaluate"]["throughput_repeats"])
+                     "hkd": hkd_sampler(model, device, dtype)}, noise, cfg["evaluate"]["throughput_repeats"],
+                    labels)
     result = {
         "rows": rows,
-        "reference": {"split": "held-out", "images": int(n)},
-        "feature_extractor": {
-            "name": EXTRACTOR_NAME,
-            "description": "digit classifier trained on the training split; FID on its 128-d "
-                           "penultimate features, IS on its 10-class logits",
-            "heldout_accuracy": acc,
-            "accuracy_on_heldout_recomputed": accuracy_on(classifier, heldout, data["heldout_labels"]),
-        },
+        "reference": {"split": ref_split, "images": int(len(reference))},
+        "feature_extractor": extractor_info,
         "throughput": speed,
         "speedup_hkd_vs_teacher": speed["hkd"]["images_per_second"] / speed["teacher"]["images_per_second"],
         "device": device_name(device),

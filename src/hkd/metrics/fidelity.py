@@ -67,14 +67,17 @@ class Uint8Images(torch.utils.data.Dataset):
         return self.images[i]
 
 
-def fidelity_metrics(generated: np.ndarray, reference: np.ndarray, weights_path: str,
-                     cuda: bool = False, kid: bool = False) -> dict:
-    """torch_fidelity.calculate_metrics on uint8 arrays; IS is of ``generated``."""
-    register()
+def fidelity_metrics(generated: np.ndarray, reference: np.ndarray, extractor: str = EXTRACTOR_NAME,
+                     weights_path: str | None = None, cuda: bool = False, kid: bool = False) -> dict:
+    """torch_fidelity.calculate_metrics on uint8 arrays; IS is of ``generated``. ``extractor``:
+    the digit classifier (``weights_path`` = its checkpoint) or a torch-fidelity extractor such
+    as ``inception-v3-compat`` (``weights_path`` None = torch-fidelity's download)."""
+    if extractor == EXTRACTOR_NAME:
+        register()
     kid_subset = min(len(generated), len(reference), 1000)
     return torch_fidelity.calculate_metrics(
         input1=Uint8Images(generated), input2=Uint8Images(reference), cuda=cuda,
         isc=True, fid=True, kid=kid, kid_subset_size=kid_subset, isc_splits=10,
-        feature_extractor=EXTRACTOR_NAME, feature_extractor_weights_path=weights_path,
+        feature_extractor=extractor, feature_extractor_weights_path=weights_path,
         save_cpu_ram=True, cache=False, verbose=False, batch_size=250,
     )

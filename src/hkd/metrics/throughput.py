@@ -8,17 +8,17 @@ import time
 import torch
 
 
-def measure(samplers: dict, noise: torch.Tensor, repeats: int) -> dict:
-    """images/s of each ``samplers[name](noise)``, after one warm-up call each; median of repeats."""
+def measure(samplers: dict, noise: torch.Tensor, repeats: int, labels=None) -> dict:
+    """images/s of each ``samplers[name](noise, labels)``, after one warm-up call each; median of repeats."""
     out = {}
     for name, fn in samplers.items():
-        fn(noise)  # warm-up: allocations, kernel selection
+        fn(noise, labels)  # warm-up: allocations, kernel selection
         times = []
         for _ in range(repeats):
             if noise.is_cuda:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            fn(noise)
+            fn(noise, labels)
             if noise.is_cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)

@@ -36,6 +36,15 @@ class EDMPrecond(nn.Module):
         self.model = SongUNet(img_resolution=img_resolution, in_channels=img_channels,
                               out_channels=img_channels, label_dim=label_dim, **model_kwargs)
 
+    def effective_kwargs(self) -> dict:
+        """Constructor arguments with SongUNet's defaults filled in (EDM pickles store only
+        the arguments that were passed)."""
+        import inspect
+
+        defaults = {k: p.default for k, p in inspect.signature(SongUNet).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+        return {**defaults, **self.init_kwargs}
+
     def forward(self, x, sigma, class_labels=None):
         x = x.to(torch.float32)
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)

@@ -15,6 +15,7 @@ import pandas as pd
 import yaml
 from PIL import Image
 
+from hkd.data.dataset import load_dataset
 from hkd.io import atomic_path, load_json, load_npz
 
 PACKAGES = ("hkd-repro", "torch", "torchvision", "torch-fidelity", "snakemake", "dvc", "numpy",
@@ -74,11 +75,12 @@ def throughput_table(metrics: dict) -> pd.DataFrame:
 def build_report(cfg: dict, paths: dict, out_html: str) -> None:
     metrics = load_json(paths["metrics"])
     manifest = load_json(paths["data_manifest"])
-    heldout = load_npz(paths["data"], ("heldout_images",))["heldout_images"]
+    data = load_dataset(paths["data"])
+    split = "heldout" if len(data["heldout_images"]) else "train"
     k = cfg["report"]["grid_images"]
     grids = {
-        "Real (held-out split)": image_grid(heldout[:k]),
-        f"EDM teacher, {metrics['rows'][1]['nfe']} NFE": image_grid(load_npz(paths["samples_teacher"])["images"][:k]),
+        f"Real ({'held-out' if split == 'heldout' else 'training'} split)": image_grid(data[f"{split}_images"][:k]),
+        f"EDM teacher, {next(r['nfe'] for r in metrics['rows'] if r['key'] == 'teacher')} NFE": image_grid(load_npz(paths["samples_teacher"])["images"][:k]),
         "HKD, 1 NFE (same noise seeds as the teacher)": image_grid(load_npz(paths["samples_hkd"])["images"][:k]),
     }
     fmt = {"FID": "{:.3f}".format, "FID / teacher FID": "{:.2f}".format,

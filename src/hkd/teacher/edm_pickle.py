@@ -199,17 +199,19 @@ def load_edm_pickle(path: str | Path) -> EDMPrecond:
     return net.eval().requires_grad_(False)
 
 
-def import_edm_pickle(source: str, md5: str | None, download_to: str, out_path: str) -> dict:
+def import_edm_pickle(source: str, md5: str | None, download_to: str, out_path: str,
+                      cfg: dict | None = None) -> dict:
     """A released EDM snapshot (URL or local path; md5-checked when ``md5`` is given) as a
     teacher checkpoint in the format of ``hkd teacher``, so every later stage reads it the
-    same way. The pickle's code is never run (see the module docstring)."""
+    same way. With ``cfg``, the network must be the architecture its ``network`` / ``data``
+    sections describe. The pickle's code is never run (see the module docstring)."""
     from hkd.data.fetch import fetch_file
+    from hkd.teacher.network import check_matches_config
 
     path = fetch_file(source, download_to, md5, "EDM network pickle")
     net = load_edm_pickle(path)
-    if net.label_dim:
-        raise ValueError(f"{path}: a class-conditional teacher (label_dim {net.label_dim}); the trajectory and "
-                         "sample stages do not pass class labels yet, so it would run with zero labels")
+    if cfg is not None:
+        check_matches_config(net.effective_kwargs(), cfg, f"EDM network pickle {path}")
     stats = {"source": source, "file_sha256": sha256_file(path),
              "parameters": sum(p.numel() for p in net.parameters())}
     save_torch({"kind": "edm_teacher", "network_kwargs": net.init_kwargs,

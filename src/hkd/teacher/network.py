@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import torch
 
+from hkd.config import SOURCE_CHANNELS
 from hkd.io import load_torch
 from hkd.nn.precond import EDMPrecond
 
+#: EDMPrecond arguments that the config's ``network`` / ``data`` sections fix: the architecture,
+#: and dropout, which HKD training inherits with the teacher's U-Net
+_ARCHITECTURE = ("img_resolution", "img_channels", "label_dim", "augment_dim", "model_channels",
+                 "channel_mult", "channel_mult_emb", "num_blocks", "attn_resolutions", "dropout",
+                 "embedding_type", "channel_mult_noise", "encoder_type", "decoder_type", "resample_filter")
+
 
 def teacher_kwargs(cfg: dict) -> dict:
-    """Constructor arguments of the teacher's EDMPrecond (stored in its checkpoint)."""
+    """Constructor arguments of the teacher's EDMPrecond (stored in its checkpoint): EDM's
+    DDPM++ settings with the widths of ``network``."""
     net, edm = cfg["network"], cfg["edm"]
     return dict(
-        img_resolution=cfg["data"]["resolution"], img_channels=1, label_dim=0,
+        img_resolution=cfg["data"]["resolution"], img_channels=SOURCE_CHANNELS[cfg["data"]["source"]],
+        label_dim=net["label_dim"], augment_dim=net["augment_dim"],
         sigma_min=edm["sigma_min"], sigma_max=edm["sigma_max"], sigma_data=edm["sigma_data"],
         model_channels=net["model_channels"], channel_mult=list(net["channel_mult"]),
         channel_mult_emb=net["channel_mult_emb"], num_blocks=net["num_blocks"],
@@ -20,6 +29,21 @@ def teacher_kwargs(cfg: dict) -> dict:
         embedding_type="positional", channel_mult_noise=1, encoder_type="standard",
         decoder_type="standard", resample_filter=[1, 1],
     )
+
+
+def check_matches_config(kwargs: dict, cfg: dict, where: str) -> None:
+    """An imported network must be the one the config describes (the HKD model, the data and
+    the report all follow the config); name every differing argument."""
+    want = teacher_kwargs(cfg)
+    diff = [f"{k}: {kwargs.get(k)!r} in the network, {want[k]!r} from the config"
+            for k in _ARCHITECTURE if _plain(kwargs.get(k)) != _plain(want[k])]
+    if diff:
+        raise ValueError(f"{where} does not match the config's 'network' / 'data' sections:\n  "
+                         + "\n  ".join(diff))
+
+
+def _plain(v):
+    return list(v) if isinstance(v, tuple) else v
 
 
 def load_teacher(path: str, device: torch.device | str = "cpu") -> EDMPrecond:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -16,21 +17,42 @@ def edm_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float) -
     return torch.cat([s, torch.zeros(1, dtype=torch.float64)])
 
 
+def seeded_inputs(seeds, shape, label_dim: int = 0, device="cpu"):
+    """(noise [B, *shape], class labels int64 [B] or None): per seed, its own CPU generator
+    draws the standard-normal noise and then, when ``label_dim`` > 0, the class label (EDM's
+    convention of one generator per seed), so any single trajectory or sample can be
+    regenerated from its seed alone, on any device."""
+    noise, labels = [], []
+    for s in seeds:
+        gen = torch.Generator().manual_seed(int(s))
+        noise.append(torch.randn(list(shape), generator=gen, dtype=torch.float32))
+        if label_dim:
+            labels.append(torch.randint(label_dim, [], generator=gen))
+    return torch.stack(noise).to(device), (torch.stack(labels).to(device) if label_dim else None)
+
+
 def seeded_noise(seeds, shape, device="cpu") -> torch.Tensor:
-    """One standard-normal tensor per seed, each from its own generator (EDM's convention),
-    so any single trajectory can be regenerated from its seed alone."""
-    out = [torch.randn(list(shape), generator=torch.Generator().manual_seed(int(s)), dtype=torch.float32)
-           for s in seeds]
-    return torch.stack(out).to(device)
+    """The noise of ``seeded_inputs`` alone."""
+    return seeded_inputs(seeds, shape, 0, device)[0]
+
+
+def one_hot(labels: torch.Tensor | None, label_dim: int):
+    """int64 labels -> float one-hot [B, label_dim] (None stays None)."""
+    if labels is None:
+        return None
+    return torch.nn.functional.one_hot(labels, label_dim).float()
 
 
 def heun_sample(denoise: Denoiser, noise: torch.Tensor, sigmas: torch.Tensor,
-                keep_states: bool = False):
+                keep_states: bool = False, class_labels=None):
     """Integrate the probability-flow ODE from sigmas[0] down to sigmas[-1] = 0.
 
-    ``denoise(x, sigma)`` returns D(x; sigma). NFE = 2 * (len(sigmas) - 1) - 1.
+    ``denoise(x, sigma)`` returns D(x; sigma) (``denoise(x, sigma, class_labels)`` when labels
+    are given). NFE = 2 * (len(sigmas) - 1) - 1.
     Returns the final state, or (final, states) with every grid state when ``keep_states``.
     """
+    if class_labels is not None:
+        denoise = functools.partial(_with_labels, denoise, class_labels)
     sigmas = sigmas.to(torch.float64)
     x = noise.to(torch.float64) * sigmas[0]
     states = [x] if keep_states else None
@@ -46,6 +68,10 @@ def heun_sample(denoise: Denoiser, noise: torch.Tensor, sigmas: torch.Tensor,
         if keep_states:
             states.append(x)
     return (x, states) if keep_states else x
+
+
+def _with_labels(denoise, class_labels, x, sigma):
+    return denoise(x, sigma, class_labels)
 
 
 def nfe(num_steps: int) -> int:

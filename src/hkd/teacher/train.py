@@ -9,7 +9,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from hkd.data.mnist import load_dataset
+from hkd.data.dataset import load_dataset
 from hkd.ema import EMA
 from hkd.io import save_torch
 from hkd.nn.precond import EDMPrecond
@@ -18,15 +18,16 @@ from hkd.teacher.network import teacher_kwargs
 
 
 def edm_loss(net: EDMPrecond, images: torch.Tensor, gen: torch.Generator, P_mean: float,
-             P_std: float, sigma_data: float, device, dtype) -> torch.Tensor:
-    """Per-pixel weighted denoising loss with log-normal noise levels."""
+             P_std: float, sigma_data: float, device, dtype, class_labels=None) -> torch.Tensor:
+    """Per-pixel weighted denoising loss with log-normal noise levels (``class_labels``:
+    one-hot [B, label_dim] for a conditional network)."""
     b = images.shape[0]
     rnd = torch.randn([b, 1, 1, 1], generator=gen).to(device)
     sigma = (rnd * P_std + P_mean).exp()
     weight = (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
     noise = torch.randn(images.shape, generator=gen).to(device) * sigma
     with autocast(device, dtype):
-        denoised = net((images + noise).contiguous(memory_format=torch.channels_last), sigma)
+        denoised = net((images + noise).contiguous(memory_format=torch.channels_last), sigma, class_labels)
     return weight * (denoised.float() - images) ** 2
 
 
@@ -35,8 +36,12 @@ def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
     tcfg, edm = cfg["teacher"], cfg["edm"]
     gen = torch.Generator().manual_seed(cfg["seed"])
     torch.manual_seed(cfg["seed"])
-    images = torch.from_numpy(load_dataset(data_path)["train_images"]).float()
+    data = load_dataset(data_path)
+    images = torch.from_numpy(data["train_images"]).float()
     kwargs = teacher_kwargs(cfg)
+    label_dim = kwargs["label_dim"]
+    onehot = (torch.nn.functional.one_hot(torch.from_numpy(data["train_labels"]), label_dim).float()
+              if label_dim else None)
     net = EDMPrecond(**kwargs).to(device).to(memory_format=torch.channels_last).train()
     ema = EMA(net, tcfg["ema_halflife_kimg"], tcfg["ema_rampup_ratio"])
     opt = torch.optim.Adam(net.parameters(), lr=tcfg["lr"], betas=(0.9, 0.999), eps=1e-8)
@@ -55,12 +60,15 @@ def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
     for step in bar:
         if cursor + batch > len(order):
             order, cursor = torch.randperm(len(images), generator=gen), 0
-        y = images[order[cursor:cursor + batch]].to(device)
+        rows = order[cursor:cursor + batch]
+        y = images[rows].to(device)
+        labels = onehot[rows].to(device) if onehot is not None else None
         cursor += batch
         lr = tcfg["lr"] * min(nimg / max(tcfg["lr_rampup_kimg"] * 1000, 1e-8), 1.0)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss = edm_loss(forward, y, gen, edm["P_mean"], edm["P_std"], edm["sigma_data"], device, dtype).mean()
+        loss = edm_loss(forward, y, gen, edm["P_mean"], edm["P_std"], edm["sigma_data"], device, dtype,
+                        labels).mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"teacher loss is {loss.item()} at step {step}; stopping")
         opt.zero_grad(set_to_none=True)

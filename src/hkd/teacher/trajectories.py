@@ -1,54 +1,213 @@
-"""Teacher probability-flow ODE trajectories: every grid state, fp16, with its noise seed."""
+"""Teacher probability-flow ODE trajectories, written as a few large shard files.
+
+Layout of the trajectories folder::
+
+    shard-00000.npz   trajectories of seeds [seed_offset, seed_offset + shard_size)
+    shard-00001.npz   ...
+    manifest.json     counts, grid, per-shard sha256 and size: what later stages read
+
+Each shard holds ``states`` fp16 [n, S, C, H, W] (the S stored grid states, T first and the
+final state last), ``sigmas`` float64 [S] and ``grid_index`` [S] of those states, ``seeds``,
+``labels`` (-1 when unconditional) and ``fingerprint``: a hash of everything that decides
+the states (teacher weights, sampler grid, stored states, precision). A shard whose file
+exists with the right seeds and fingerprint is finished: an interrupted run keeps it and
+generates only the rest; a shard from another teacher or grid is regenerated. Shards are
+independent, so Snakemake runs one job per shard (``hkd trajectories --shard K``), and
+under ``torchrun`` the processes split the pending shards. Trajectory i uses noise seed
+``seed_offset + i`` (and its class label from the same generator), so it can be regenerated
+alone. Files are written by a background thread while the next shard is generated.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from hkd.io import save_npz
+from hkd import distributed
+from hkd.io import load_json, load_npz, save_json, save_npz, sha256_file
+from hkd.pipeline import shard_count, shard_name
 from hkd.runtime import autocast, maybe_compile, progress_enabled
-from hkd.teacher.sampler import edm_sigmas, heun_sample, seeded_noise
+from hkd.teacher.sampler import edm_sigmas, heun_sample, nfe, one_hot, seeded_inputs
+
+MANIFEST = "manifest.json"
+STATE_DTYPE = np.float16
 
 
 def make_denoiser(net, device, dtype, compile: bool = False):
-    """D(x; sigma) in fp32 out, autocast inside, channels-last for CPU convolutions;
-    ``compile``: through torch.compile (one graph per batch shape, sigma is a tensor input)."""
+    """D(x; sigma[, class_labels]) in fp32 out, autocast inside, channels-last for CPU
+    convolutions; ``compile``: through torch.compile (one graph per batch shape, sigma is a
+    tensor input)."""
     net = maybe_compile(net, compile, "the teacher denoiser")
 
-    def denoise(x, sigma):
+    def denoise(x, sigma, class_labels=None):
         with torch.no_grad(), autocast(device, dtype):
-            out = net(x.contiguous(memory_format=torch.channels_last), sigma)
+            out = net(x.contiguous(memory_format=torch.channels_last), sigma, class_labels)
         return out.float()
     return denoise
 
 
-def generate_trajectories(cfg: dict, teacher, out_path: str, device, dtype) -> dict:
+def shard_seeds(tcfg: dict, k: int) -> np.ndarray:
+    start = tcfg["seed_offset"] + k * tcfg["shard_size"]
+    stop = min(tcfg["seed_offset"] + tcfg["count"], start + tcfg["shard_size"])
+    return np.arange(start, stop, dtype=np.int64)
+
+
+def stored_indices(num_steps: int, store_every: int) -> np.ndarray:
+    """Grid indices kept: every ``store_every``-th from T, plus the last noisy state (eps) and
+    the final one, which training always needs."""
+    return np.array(sorted(set(range(0, num_steps + 1, store_every)) | {num_steps - 1, num_steps}))
+
+
+def fingerprint(cfg: dict, teacher_sha256: str, dtype) -> str:
     tcfg, edm = cfg["trajectories"], cfg["edm"]
+    spec = {"teacher_sha256": teacher_sha256, "sigma_min": edm["sigma_min"], "sigma_max": edm["sigma_max"],
+            "rho": edm["rho"], "num_steps": tcfg["num_steps"], "store_every": tcfg["store_every"],
+            "autocast": str(dtype), "state_dtype": np.dtype(STATE_DTYPE).name}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _shard_status(path: Path, seeds: np.ndarray, fp: str) -> str | None:
+    """None when ``path`` is a finished shard for these seeds and fingerprint, else why not."""
+    if not path.is_file():
+        return "missing"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            same_seeds = np.array_equal(z["seeds"], seeds)
+            same_fp = str(z["fingerprint"]) == fp
+    except Exception as exc:  # not a finished shard (files only appear complete: atomic rename)
+        return f"unreadable ({exc})"
+    if not same_seeds:
+        return "made for other seeds"
+    if not same_fp:
+        return "made by another teacher, grid or precision"
+    return None
+
+
+def generate_batch(denoise, seeds, shape, label_dim, sigmas, keep, device) -> tuple[np.ndarray, np.ndarray]:
+    """(states fp16 [B, len(keep), C, H, W], labels [B]) of the trajectories of ``seeds``."""
+    noise, labels = seeded_inputs(seeds, shape, label_dim, device)
+    _, traj = heun_sample(denoise, noise, sigmas, keep_states=True,
+                          class_labels=one_hot(labels, label_dim))
+    block = torch.stack([traj[i] for i in keep], dim=1).to(torch.float16).cpu().numpy()
+    if not np.isfinite(block).all():
+        raise FloatingPointError(f"non-finite teacher states for seeds {seeds[0]}..{seeds[-1]}")
+    labels = labels.cpu().numpy() if labels is not None else np.full(len(seeds), -1, np.int64)
+    return block, labels
+
+
+def generate_trajectories(cfg: dict, teacher, teacher_path: str, out_dir: str, device, dtype,
+                          shards: list[int] | None = None, write: bool = True) -> dict:
+    """Generate the pending shards (all, or ``shards``), then, when all were asked for, write
+    the manifest. Under torchrun each process takes every world-th pending shard and rank 0
+    writes the manifest. ``write=False`` generates without writing (the writer benchmark)."""
+    tcfg, edm = cfg["trajectories"], cfg["edm"]
+    out = Path(out_dir)
     sigmas = edm_sigmas(tcfg["num_steps"], edm["sigma_min"], edm["sigma_max"], edm["rho"])
-    seeds = np.arange(tcfg["seed_offset"], tcfg["seed_offset"] + tcfg["count"], dtype=np.int64)
-    res = teacher.img_resolution
-    shape = (teacher.img_channels, res, res)
-    states = np.empty((len(seeds), len(sigmas)) + shape, dtype=np.float16)
+    keep = stored_indices(tcfg["num_steps"], tcfg["store_every"])
+    shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
+    fp = fingerprint(cfg, sha256_file(teacher_path), dtype)
+    all_shards = range(shard_count(cfg))
+    asked = list(all_shards) if shards is None else list(shards)
+    bad = [k for k in asked if k not in all_shards]
+    if bad:
+        raise ValueError(f"shard {bad[0]} does not exist: trajectories.count / shard_size gives "
+                         f"{len(all_shards)} shards (0..{len(all_shards) - 1})")
+    pending = []
+    for k in asked:
+        why = _shard_status(out / shard_name(k), shard_seeds(tcfg, k), fp) if write else "benchmark"
+        if why is None:
+            continue
+        if why != "missing" and write:
+            print(f"regenerating {out / shard_name(k)}: {why}")
+        pending.append(k)
+    rank, size, _ = distributed.world()
+    mine = pending[rank::size]
     denoise = make_denoiser(teacher, device, dtype, compile=cfg["compile"])
     bs = tcfg["batch_size"]
-    for start in tqdm(range(0, len(seeds), bs), desc="trajectories", unit="batch", mininterval=2,
-                      disable=not progress_enabled()):
-        batch = seeds[start:start + bs]
-        _, traj = heun_sample(denoise, seeded_noise(batch, shape, device), sigmas, keep_states=True)
-        block = torch.stack(traj, dim=1).float().cpu().numpy()
-        if not np.isfinite(block).all():
-            raise FloatingPointError(f"non-finite teacher states for seeds {batch[0]}..{batch[-1]}")
-        states[start:start + len(batch)] = block.astype(np.float16)
-    save_npz(out_path, states=states, sigmas=sigmas.numpy(), seeds=seeds)
-    return {"count": int(len(seeds)), "grid_points": int(len(sigmas)), "nfe": 2 * tcfg["num_steps"] - 1}
+    total = sum(len(shard_seeds(tcfg, k)) for k in mine)
+    bar = tqdm(total=total, desc="trajectories", unit="traj", mininterval=2, disable=not progress_enabled())
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        writing = None
+        for k in mine:
+            seeds = shard_seeds(tcfg, k)
+            states = np.empty((len(seeds), len(keep)) + shape, dtype=STATE_DTYPE)
+            labels = np.empty(len(seeds), dtype=np.int64)
+            for start in range(0, len(seeds), bs):
+                batch = seeds[start:start + bs]
+                states[start:start + len(batch)], labels[start:start + len(batch)] = generate_batch(
+                    denoise, batch, shape, teacher.label_dim, sigmas, keep, device)
+                bar.update(len(batch))
+            if writing is not None:
+                writing.result()  # one shard in flight at a time; a failed write stops the run
+            if write:
+                writing = writer.submit(save_npz, out / shard_name(k), states=states, labels=labels,
+                                        seeds=seeds, sigmas=sigmas.numpy()[keep], grid_index=keep,
+                                        fingerprint=np.array(fp))
+        if writing is not None:
+            writing.result()
+    bar.close()
+    distributed.barrier()
+    summary = {"generated_shards": len(mine), "trajectories_generated": total, "process": rank}
+    if shards is None and rank == 0 and write:
+        summary.update(write_manifest(cfg, out, fp, teacher))
+    return summary
 
 
-def load_trajectories(path: str) -> dict[str, np.ndarray]:
-    from hkd.io import load_npz
+def write_manifest(cfg: dict, out: Path, fp: str, teacher) -> dict:
+    """Check that every shard is finished, then record counts, grid and per-shard hashes."""
+    tcfg = cfg["trajectories"]
+    entries = []
+    for k in range(shard_count(cfg)):
+        path, seeds = out / shard_name(k), shard_seeds(tcfg, k)
+        why = _shard_status(path, seeds, fp)
+        if why is not None:
+            raise RuntimeError(f"cannot write the trajectory manifest: {path} is {why}")
+        entries.append({"file": path.name, "first_seed": int(seeds[0]), "count": int(len(seeds)),
+                        "bytes": path.stat().st_size, "sha256": sha256_file(path)})
+    edm = cfg["edm"]
+    sigmas = edm_sigmas(tcfg["num_steps"], edm["sigma_min"], edm["sigma_max"], edm["rho"])
+    keep = stored_indices(tcfg["num_steps"], tcfg["store_every"])
+    c, r = teacher.img_channels, teacher.img_resolution
+    manifest = {
+        "count": int(tcfg["count"]), "seed_offset": int(tcfg["seed_offset"]),
+        "num_steps": int(tcfg["num_steps"]), "nfe": nfe(tcfg["num_steps"]),
+        "grid_sigmas": sigmas.tolist(), "stored_grid_index": keep.tolist(),
+        "shape": [c, r, r], "label_dim": int(teacher.label_dim), "state_dtype": np.dtype(STATE_DTYPE).name,
+        "bytes_per_trajectory_states": int(len(keep) * c * r * r * np.dtype(STATE_DTYPE).itemsize),
+        "bytes_total": int(sum(e["bytes"] for e in entries)),
+        "fingerprint": fp, "shards": entries,
+    }
+    save_json(manifest, out / MANIFEST)
+    return {"count": manifest["count"], "shards": len(entries), "grid_points_stored": len(keep),
+            "nfe": manifest["nfe"], "bytes_total": manifest["bytes_total"]}
 
-    d = load_npz(path, ("states", "sigmas", "seeds"))
-    s = d["states"]
-    if s.ndim != 5 or s.shape[1] != len(d["sigmas"]) or s.shape[0] != len(d["seeds"]):
-        raise ValueError(f"{path}: 'states' has shape {s.shape}, expected [N, {len(d['sigmas'])}, C, H, W]")
-    return d
+
+def load_trajectories(manifest_path: str, verify: bool = True) -> dict[str, np.ndarray]:
+    """All shards of a manifest, concatenated: ``states`` fp16 [N, S, C, H, W], ``sigmas`` of
+    the S stored states, ``seeds``, ``labels``. ``verify`` checks each file's sha256, so a
+    truncated or replaced shard is named instead of silently read."""
+    manifest_path = Path(manifest_path)
+    m = load_json(manifest_path)
+    parts = []
+    for e in m["shards"]:
+        path = manifest_path.parent / e["file"]
+        if not path.is_file():
+            raise FileNotFoundError(f"trajectory shard listed in {manifest_path} not found: {path}")
+        if verify and sha256_file(path) != e["sha256"]:
+            raise ValueError(f"{path}: sha256 differs from {manifest_path} (truncated, corrupted or "
+                             "regenerated since); rerun the trajectories stage")
+        d = load_npz(path, ("states", "sigmas", "seeds", "labels"))
+        s = d["states"]
+        if s.ndim != 5 or s.shape[1] != len(d["sigmas"]) or not s.shape[0] == len(d["seeds"]) == e["count"]:
+            raise ValueError(f"{path}: 'states' has shape {s.shape}, expected [{e['count']}, "
+                             f"{len(d['sigmas'])}, C, H, W]")
+        parts.append(d)
+    return {"states": np.concatenate([p["states"] for p in parts]), "sigmas": parts[0]["sigmas"],
+            "seeds": np.concatenate([p["seeds"] for p in parts]),
+            "labels": np.concatenate([p["labels"] for p in parts]), "label_dim": int(m["label_dim"])}

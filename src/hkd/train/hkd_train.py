@@ -65,25 +65,37 @@ def states_at(states: torch.Tensor, sigmas: torch.Tensor, t: torch.Tensor) -> to
 
 
 def hkd_loss(model, states: torch.Tensor, sigmas: torch.Tensor, t: torch.Tensor,
-             device, dtype) -> torch.Tensor:
-    """Squared error per (example, time point): [B, K] for times ``t`` [B, K]."""
+             device, dtype, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared error per (example, time point): [B, K] for times ``t`` [B, K];
+    ``class_labels``: one-hot [B, label_dim] of a conditional run."""
     b, k = t.shape
     x_t = states_at(states, sigmas, t).reshape(b * k, *states.shape[2:]).to(device)
     target = states[:, -1].float().to(device)
+    if class_labels is not None:
+        class_labels = class_labels.repeat_interleave(k, dim=0).to(device)
     with autocast(device, dtype):
-        pred = model(x_t, t.reshape(-1).float().to(device))
+        pred = model(x_t, t.reshape(-1).float().to(device), class_labels)
     err = (pred.float().reshape(b, k, *pred.shape[1:]) - target[:, None]).square()
     return err.flatten(2).mean(2)
 
 
 def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
-              device: torch.device, dtype) -> dict:
+              device: torch.device, dtype, max_trajectories: int | None = None) -> dict:
+    """Train on the trajectories of ``traj_path`` (a manifest; the first ``max_trajectories``
+    only when given) and write the checkpoint to ``out_path``."""
     hcfg, edm = cfg["hkd"], cfg["edm"]
     gen = torch.Generator().manual_seed(cfg["seed"] + 1)
     torch.manual_seed(cfg["seed"] + 1)
     traj = load_trajectories(traj_path)
-    states = torch.from_numpy(traj["states"])  # fp16 [N, S+1, C, H, W], converted per batch
-    sigmas = torch.from_numpy(traj["sigmas"]).double()
+    if max_trajectories:
+        traj.update(states=traj["states"][:max_trajectories], labels=traj["labels"][:max_trajectories])
+    states = torch.from_numpy(traj["states"])  # fp16 [N, S, C, H, W], converted per batch
+    sigmas = torch.from_numpy(traj["sigmas"]).double()  # of the stored states, T .. eps, 0
+    if traj["label_dim"] != teacher.label_dim:
+        raise ValueError(f"{traj_path}: trajectories have label_dim {traj['label_dim']}, the teacher "
+                         f"{teacher.label_dim}; rerun the trajectories stage")
+    onehot = (torch.nn.functional.one_hot(torch.from_numpy(traj["labels"]), teacher.label_dim).float()
+              if teacher.label_dim else None)
     n_traj = states.shape[0]
     model = HKD(teacher, eps=edm["sigma_min"], sigma_max=edm["sigma_max"],
                 time_unit=hcfg["koopman_time_unit"]).to(device)
@@ -114,7 +126,8 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
             rows = order[start:start + batch]
             b = len(rows)
             t = sample_times(b, k, sigmas, gen)
-            err = hkd_loss(forward, states[rows], sigmas, t, device, dtype)
+            err = hkd_loss(forward, states[rows], sigmas, t, device, dtype,
+                           onehot[rows] if onehot is not None else None)
             loss = lam * err.sum(1).mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"HKD loss is {loss.item()} at epoch {epoch}, step {step}; stopping")

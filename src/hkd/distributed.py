@@ -1,0 +1,44 @@
+"""torch.distributed for stages launched by ``torchrun``: which process this is, and a
+barrier. Outside torchrun (WORLD_SIZE unset) everything is a single process."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def world() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init(device: torch.device) -> torch.device:
+    """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU); return
+    this process's device (one GPU per local rank)."""
+    rank, size, local = world()
+    if size == 1:
+        return device
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=size)
+    return device
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def finish() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
