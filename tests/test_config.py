@@ -8,10 +8,47 @@ import yaml
 from hkd.config import ConfigError, load_config, validate_config
 
 
-@pytest.mark.parametrize("name", ["default", "smoke"])
+@pytest.mark.parametrize("name", ["default", "smoke", "cifar10", "cifar10_cond", "ffhq64"])
 def test_shipped_configs_are_valid(repo, name):
     cfg = load_config(repo / "configs" / f"{name}.yaml")
     assert cfg["run"] == name
+
+
+def _set(cfg, dotted, value):
+    *parents, last = dotted.split(".")
+    for p in parents:
+        cfg = cfg[p]
+    if value is _DROP:
+        del cfg[last]
+    else:
+        cfg[last] = value
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize("config,changes,match", [
+    ("cifar10", {"teacher.kimg": 5}, r"'teacher\.kimg' is only read when teacher\.source is 'train'"),
+    ("default", {"teacher.path": "x.pkl"}, r"'teacher\.path' is only read when teacher\.source is 'edm_pickle'"),
+    ("cifar10", {"evaluate.classifier_lr": 0.1}, r"'evaluate\.classifier_lr' is only read"),
+    ("cifar10", {"teacher.path": _DROP}, r"key 'teacher': 'path' is a required property"),
+    ("cifar10", {"evaluate.feature_extractor": "digit_classifier", "evaluate.classifier_epochs": 1,
+                 "evaluate.classifier_batch_size": 8, "evaluate.classifier_lr": 0.1}, r"evaluate\.feature_extractor"),
+    ("default", {"data.heldout": 0, "evaluate.reference": "train"}, r"data\.heldout"),
+    ("cifar10", {"evaluate.reference": "heldout"}, r"evaluate\.reference"),
+    ("cifar10", {"data.count": 50001}, r"data\.count.*50000"),
+    ("cifar10", {"data.resolution": 64}, r"data\.resolution"),
+    ("ffhq64", {"data.path": None}, r"data\.path"),
+    ("cifar10_cond", {"network.label_dim": 5}, r"network\.label_dim.*10 classes"),
+    ("default", {"data.md5": "0" * 32}, r"data\.path"),
+    ("cifar10", {"data.md5": "abc"}, r"data\.md5"),
+])
+def test_cross_key_rules_name_the_key(repo, config, changes, match):
+    cfg = copy.deepcopy(load_config(repo / "configs" / f"{config}.yaml"))
+    for k, v in changes.items():
+        _set(cfg, k, v)
+    with pytest.raises(ConfigError, match=match):
+        validate_config(cfg)
 
 
 def test_unknown_key_is_named(smoke_cfg):

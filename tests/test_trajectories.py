@@ -181,3 +181,17 @@ def test_torchrun_processes_split_the_shards(setup, tmp_path):
     a = tj.load_trajectories(str(traj / "manifest.json"))
     b = tj.load_trajectories(str(single / "manifest.json"))
     np.testing.assert_allclose(a["states"].astype(np.float32), b["states"].astype(np.float32), rtol=2e-3, atol=2e-3)
+
+
+def test_stale_files_removed_and_bad_manifest_named(setup):
+    cfg, teacher, teacher_path, out = setup
+    generate(cfg, teacher, teacher_path, out)
+    (out / ".shard-00001.npz.k1l2m3.tmp").write_bytes(b"half")  # left by a killed writer
+    cfg["trajectories"]["count"] = 6  # now 2 shards: shard 2 no longer belongs to the set
+    summary = generate(cfg, teacher, teacher_path, out)
+    assert summary["generated_shards"] == 1 and summary["shards"] == 2  # shard 1 shrank to 2 trajectories
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard-00000.npz", "shard-00001.npz"]
+    assert len(tj.load_trajectories(str(out / "manifest.json"))["seeds"]) == 6
+    (out / "manifest.json").write_text("{")
+    with pytest.raises(ValueError, match="manifest.json: not a trajectory manifest"):
+        tj.load_trajectories(str(out / "manifest.json"))

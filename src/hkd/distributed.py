@@ -3,6 +3,7 @@ barrier. Outside torchrun (WORLD_SIZE unset) everything is a single process."""
 
 from __future__ import annotations
 
+import datetime
 import os
 
 import torch
@@ -26,7 +27,10 @@ def init(device: torch.device) -> torch.device:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=size)
+        # processes with fewer (or no) shards wait at the barrier while the others generate:
+        # far longer than the default 10-minute collective timeout
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=size,
+                                timeout=datetime.timedelta(hours=48))
     return device
 
 

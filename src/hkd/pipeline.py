@@ -83,18 +83,19 @@ STAGES: tuple[Stage, ...] = (
     Stage("data", "data", (), ("data", "data_manifest"), ("seed", "downloads", "data", "network"),
           ("src/hkd/data", "src/hkd/io.py")),
     Stage("classifier", "classifier", ("data",), ("classifier",), ("seed", "evaluate"),
-          ("src/hkd/metrics/classifier.py",) + _RUNTIME),
+          ("src/hkd/metrics/classifier.py", "src/hkd/data/dataset.py") + _RUNTIME),
     Stage("teacher", "teacher", ("data",), ("teacher", "teacher_tb"),
           ("seed", "downloads", "device", "precision", "compile", "data", "network", "edm", "teacher"),
           ("src/hkd/nn", "src/hkd/teacher/train.py", "src/hkd/teacher/edm_pickle.py", "src/hkd/data/fetch.py",
-           "src/hkd/ema.py") + _TEACHER_CKPT + _RUNTIME),
+           "src/hkd/data/dataset.py", "src/hkd/ema.py") + _TEACHER_CKPT + _RUNTIME),
     Stage("trajectories", "trajectories", ("teacher",), ("trajectories",),
           ("device", "precision", "compile", "edm", "trajectories"),
           ("src/hkd/nn", "src/hkd/teacher/sampler.py", "src/hkd/teacher/trajectories.py",
            "src/hkd/distributed.py") + _TEACHER_CKPT + _RUNTIME),
     Stage("hkd_train", "hkd-train", ("teacher", "trajectories"), ("hkd", "hkd_tb"),
           ("seed", "device", "precision", "compile", "edm", "hkd"),
-          ("src/hkd/nn", "src/hkd/koopman", "src/hkd/train", "src/hkd/ema.py") + _TEACHER_CKPT + _RUNTIME),
+          ("src/hkd/nn", "src/hkd/koopman", "src/hkd/train", "src/hkd/teacher/trajectories.py", "src/hkd/ema.py")
+          + _TEACHER_CKPT + _RUNTIME),
     Stage("sample", "sample", ("teacher", "hkd"), ("samples_teacher", "samples_hkd"),
           ("device", "precision", "compile", "edm", "trajectories", "sample"),
           ("src/hkd/nn", "src/hkd/sample.py", "src/hkd/teacher/sampler.py", "src/hkd/teacher/trajectories.py",
@@ -102,12 +103,13 @@ STAGES: tuple[Stage, ...] = (
     Stage("evaluate", "evaluate",
           ("data", "classifier", "teacher", "hkd", "samples_teacher", "samples_hkd"),
           ("metrics",), ("device", "precision", "trajectories", "evaluate"),
-          ("src/hkd/metrics",) + _TEACHER_CKPT + _RUNTIME),
+          ("src/hkd/metrics", "src/hkd/data/dataset.py") + _TEACHER_CKPT + _RUNTIME),
     Stage("spectral", "spectral", ("hkd",), ("spectral",), (), ("src/hkd/analysis",)),
     Stage("report", "report",
           ("data", "data_manifest", "classifier", "samples_teacher", "samples_hkd", "metrics",
            "spectral"),
-          ("report",), ("run", "report_dir", "trajectories", "hkd", "report"), ("src/hkd/report",)),
+          ("report",), ("run", "report_dir", "trajectories", "hkd", "report"),
+          ("src/hkd/report", "src/hkd/data/dataset.py")),
 )
 
 STAGE_BY_NAME = {s.name: s for s in STAGES}
@@ -142,7 +144,24 @@ def stage_outputs(cfg: dict, name: str) -> dict[str, str]:
 
 
 def stage_params(cfg: dict, name: str) -> dict:
-    return {k: cfg[k] for k in STAGE_BY_NAME[name].params}
+    """The config sections whose change reruns the stage (Snakemake ``params``)."""
+    return {k: _param_value(cfg, k) for k in _param_keys(cfg, name)}
+
+
+def _param_keys(cfg: dict, name: str) -> tuple[str, ...]:
+    keys = STAGE_BY_NAME[name].params
+    if name == "teacher" and cfg["teacher"]["source"] != "train":
+        # an imported network depends on the file and on the architecture the config states,
+        # not on the seed, precision or which images the data stage reads
+        keys = ("downloads", "data.source", "data.resolution", "network", "teacher")
+    return keys
+
+
+def _param_value(cfg: dict, key: str):
+    value = cfg
+    for part in key.split("."):
+        value = value[part]
+    return value
 
 
 def dvc_stages(cfg: dict, config_file: str) -> dict:
@@ -167,8 +186,8 @@ def dvc_stages(cfg: dict, config_file: str) -> dict:
             "cmd": f"hkd {st.command} --config {config_file}",
             "deps": [as_dvc.get(k, p) for k, p in stage_inputs(cfg, st.name).items()] + list(st.code),
         }
-        if st.params:
-            entry["params"] = [{config_file: list(st.params)}]
+        if _param_keys(cfg, st.name):
+            entry["params"] = [{config_file: list(_param_keys(cfg, st.name))}]
         entry["outs"] = outs
         stages[st.name] = entry
     return {"stages": stages}

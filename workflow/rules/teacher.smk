@@ -16,8 +16,9 @@ rule teacher:
         hkd_shell("teacher")
 
 
-# One job per shard: Snakemake runs them in parallel (or as separate cluster jobs), and a
-# finished shard is kept when the run is interrupted.
+# One job per shard: on a cluster each is its own (GPU) job; locally they run one after
+# another, each with all cores (several GPUs on one machine: torchrun, README). A finished
+# shard is kept when the run is interrupted.
 rule trajectory_shard:
     input:
         **stage_inputs(config, "trajectories"),

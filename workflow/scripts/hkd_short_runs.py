@@ -13,7 +13,6 @@ the config's `device: auto` uses it.
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -22,8 +21,8 @@ import torch
 
 from hkd.config import load_config, validate_config
 from hkd.data.dataset import load_dataset
-from hkd.io import save_npz
 from hkd.koopman.model import load_hkd
+from hkd.metrics.evaluate import feature_extractor
 from hkd.metrics.fidelity import fidelity_metrics
 from hkd.pipeline import run_paths
 from hkd.runtime import torch_setup
@@ -44,7 +43,9 @@ def main():
     paths = run_paths(base)
     device, dtype = torch_setup(base, args.threads)
     teacher = load_teacher(paths["teacher"], device)
-    reference = to_uint8(load_dataset(paths["data"])[f"{base['evaluate']['reference']}_images"])
+    data = load_dataset(paths["data"])
+    reference = to_uint8(data[f"{base['evaluate']['reference']}_images"])
+    extractor, weights, _ = feature_extractor(base, paths, data)
     for overrides in args.set:
         cfg = json.loads(json.dumps(base))
         for item in overrides:
@@ -64,7 +65,7 @@ def main():
             images, _ = draw(hkd_sampler(model, device, dtype), evaluation_seeds(cfg),
                              (model.img_channels, model.img_resolution, model.img_resolution),
                              model.label_dim, cfg["sample"]["batch_size"], device, "sample")
-            m = fidelity_metrics(to_uint8(images), reference, weights_path=paths["classifier"], cuda=device.type == "cuda")
+            m = fidelity_metrics(to_uint8(images), reference, extractor, weights, cuda=device.type == "cuda")
         print(json.dumps({"set": overrides, "trajectories": stats["trajectories"], "steps": stats["steps"],
                           "seconds": round(time.time() - t0, 1), "fid": m["frechet_inception_distance"],
                           "is": m["inception_score_mean"]}), flush=True)

@@ -15,7 +15,7 @@ from hkd.sample import hkd_sampler, teacher_sampler, to_uint8
 from hkd.teacher.sampler import nfe, seeded_inputs
 
 
-def _extractor(cfg: dict, paths: dict, data: dict) -> tuple[str, str | None, dict]:
+def feature_extractor(cfg: dict, paths: dict, data: dict) -> tuple[str, str | None, dict]:
     """(torch-fidelity extractor name, its weights path, description for the report)."""
     ecfg = cfg["evaluate"]
     if ecfg["feature_extractor"] == "digit_classifier":
@@ -55,7 +55,7 @@ def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype) -> dict:
     other = data["train_images" if ref_split == "heldout" else "heldout_images"]
     rng = np.random.default_rng(cfg["seed"] + 3)
     real = other[np.sort(rng.choice(len(other), min(n, len(other)), replace=False))] if len(other) else None
-    extractor, weights, extractor_info = _extractor(cfg, paths, data)
+    extractor, weights, extractor_info = feature_extractor(cfg, paths, data)
     cuda = device.type == "cuda"
     ref = to_uint8(reference)
     steps = cfg["trajectories"]["num_steps"]

@@ -118,16 +118,17 @@ def generate_trajectories(cfg: dict, teacher, teacher_path: str, out_dir: str, d
     if bad:
         raise ValueError(f"shard {bad[0]} does not exist: trajectories.count / shard_size gives "
                          f"{len(all_shards)} shards (0..{len(all_shards) - 1})")
-    pending = []
-    for k in asked:
+    # Each process takes a fixed share of the asked shards (not of the pending ones: another
+    # process may finish a shard while this one is still looking) and skips its finished ones.
+    rank, size, _ = distributed.world()
+    mine = []
+    for k in asked[rank::size]:
         why = _shard_status(out / shard_name(k), shard_seeds(tcfg, k), fp) if write else "benchmark"
         if why is None:
             continue
         if why != "missing" and write:
             print(f"regenerating {out / shard_name(k)}: {why}")
-        pending.append(k)
-    rank, size, _ = distributed.world()
-    mine = pending[rank::size]
+        mine.append(k)
     denoise = make_denoiser(teacher, device, dtype, compile=cfg["compile"])
     bs = tcfg["batch_size"]
     total = sum(len(shard_seeds(tcfg, k)) for k in mine)
@@ -160,8 +161,14 @@ def generate_trajectories(cfg: dict, teacher, teacher_path: str, out_dir: str, d
 
 
 def write_manifest(cfg: dict, out: Path, fp: str, teacher) -> dict:
-    """Check that every shard is finished, then record counts, grid and per-shard hashes."""
+    """Check that every shard is finished, remove files that are not part of this set (shards
+    beyond the count, temporary files of killed writers), then record counts, grid and
+    per-shard hashes."""
     tcfg = cfg["trajectories"]
+    wanted = {shard_name(k) for k in range(shard_count(cfg))}
+    for stale in [*out.glob("shard-*.npz"), *out.glob(".shard-*.tmp")]:
+        if stale.name not in wanted:
+            stale.unlink()
     entries = []
     for k in range(shard_count(cfg)):
         path, seeds = out / shard_name(k), shard_seeds(tcfg, k)
@@ -193,9 +200,19 @@ def load_trajectories(manifest_path: str, verify: bool = True) -> dict[str, np.n
     the S stored states, ``seeds``, ``labels``. ``verify`` checks each file's sha256, so a
     truncated or replaced shard is named instead of silently read."""
     manifest_path = Path(manifest_path)
-    m = load_json(manifest_path)
-    parts = []
-    for e in m["shards"]:
+    try:
+        m = load_json(manifest_path)
+        entries, label_dim = m["shards"], int(m["label_dim"])
+        n_states, shape = len(m["stored_grid_index"]), tuple(m["shape"])
+        total = sum(int(e["count"]) for e in entries)
+    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{manifest_path}: not a trajectory manifest ({exc!r}); rerun the trajectories stage") from exc
+    # one array filled shard by shard: peak memory is the set plus one shard, not twice the set
+    states = np.empty((total, n_states) + shape, dtype=STATE_DTYPE)
+    seeds = np.empty(total, dtype=np.int64)
+    labels = np.empty(total, dtype=np.int64)
+    sigmas, row = None, 0
+    for e in entries:
         path = manifest_path.parent / e["file"]
         if not path.is_file():
             raise FileNotFoundError(f"trajectory shard listed in {manifest_path} not found: {path}")
@@ -203,11 +220,11 @@ def load_trajectories(manifest_path: str, verify: bool = True) -> dict[str, np.n
             raise ValueError(f"{path}: sha256 differs from {manifest_path} (truncated, corrupted or "
                              "regenerated since); rerun the trajectories stage")
         d = load_npz(path, ("states", "sigmas", "seeds", "labels"))
-        s = d["states"]
-        if s.ndim != 5 or s.shape[1] != len(d["sigmas"]) or not s.shape[0] == len(d["seeds"]) == e["count"]:
-            raise ValueError(f"{path}: 'states' has shape {s.shape}, expected [{e['count']}, "
-                             f"{len(d['sigmas'])}, C, H, W]")
-        parts.append(d)
-    return {"states": np.concatenate([p["states"] for p in parts]), "sigmas": parts[0]["sigmas"],
-            "seeds": np.concatenate([p["seeds"] for p in parts]),
-            "labels": np.concatenate([p["labels"] for p in parts]), "label_dim": int(m["label_dim"])}
+        s, n = d["states"], int(e["count"])
+        if s.shape != (n, n_states) + shape or len(d["seeds"]) != n or len(d["labels"]) != n:
+            raise ValueError(f"{path}: 'states' has shape {s.shape}, expected {(n, n_states) + shape}")
+        states[row:row + n], seeds[row:row + n], labels[row:row + n] = s, d["seeds"], d["labels"]
+        sigmas = d["sigmas"] if sigmas is None else sigmas
+        row += n
+        del d, s
+    return {"states": states, "sigmas": sigmas, "seeds": seeds, "labels": labels, "label_dim": label_dim}
