@@ -65,9 +65,16 @@ def stage_hkd_train(cfg, paths, args):
     from hkd.teacher.network import load_teacher
     from hkd.train.hkd_train import train_hkd
 
+    from hkd import distributed
+
     device, dtype = _torch_setup(cfg, args.threads)
-    teacher = load_teacher(paths["teacher"], device)
-    return train_hkd(cfg, teacher, paths["trajectories"], paths["hkd"], paths["hkd_tb"], device, dtype)
+    device = distributed.init(device)
+    try:
+        teacher = load_teacher(paths["teacher"], device)
+        return train_hkd(cfg, teacher, paths["trajectories"], paths["hkd"], paths["hkd_tb"], device, dtype,
+                         resume_path=paths["hkd_resume"])
+    finally:
+        distributed.finish()
 
 
 def stage_sample(cfg, paths, args):

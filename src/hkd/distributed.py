@@ -41,6 +41,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_finite(value: torch.Tensor) -> bool:
+    """Whether ``value`` is finite in every process (so all of them stop together)."""
+    ok = torch.isfinite(value.detach()).all().float().reshape(1)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
+
+
 def finish() -> None:
     import torch.distributed as dist
 

@@ -27,6 +27,9 @@ def run_paths(cfg: dict) -> dict[str, str]:
         "trajectories": root / "trajectories" / "manifest.json",
         "hkd": root / "hkd" / "hkd.pt",
         "hkd_tb": root / "hkd" / "tensorboard",
+        # training state for resuming; deliberately not a declared output (Snakemake deletes
+        # the outputs of a killed job, DVC those of a rerun stage)
+        "hkd_resume": root / "hkd" / "resume.pt",
         "samples_teacher": root / "samples" / "teacher.npz",
         "samples_hkd": root / "samples" / "hkd.npz",
         "metrics": root / "eval" / "metrics.json",

@@ -6,6 +6,11 @@ c_in / c_noise; the decoder always sees sigma = eps. The Koopman flow runs over
 ``dt = (s - t) / time_unit``; ``time_unit = 1`` is the paper's clock (t = sigma), and
 eigenvalues per unit of t are alpha / time_unit, beta / time_unit.
 The decoder's raw output is multiplied by sigma_data, the EDM output scale at high noise.
+
+Ablations of the paper's Table 3: ``koopman=False`` evolves nothing (the encoder-decoder
+maps x_t to x_eps directly, a one-step distillation baseline); ``hierarchy=False`` evolves
+only the bottleneck (the last level) and passes the skips through unevolved. Operators
+that are never applied are frozen, so the optimiser and DDP see only what is trained.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from hkd.nn.precond import EDMPrecond, edm_coefficients
 
 
 class HKD(nn.Module):
-    def __init__(self, teacher: EDMPrecond, eps: float, sigma_max: float, time_unit: float = 1.0):
+    def __init__(self, teacher: EDMPrecond, eps: float, sigma_max: float, time_unit: float = 1.0,
+                 koopman: bool = True, hierarchy: bool = True):
         super().__init__()
         self.unet = copy.deepcopy(teacher.model).train().requires_grad_(True)
         self.sigma_data = float(teacher.sigma_data)
@@ -31,8 +37,20 @@ class HKD(nn.Module):
         self.sigma_max = float(sigma_max)
         self.time_unit = float(time_unit)
         #: constructor arguments besides the teacher, stored in checkpoints to rebuild the model
-        self.init_kwargs = {"eps": self.eps, "sigma_max": self.sigma_max, "time_unit": self.time_unit}
+        self.init_kwargs = {"eps": self.eps, "sigma_max": self.sigma_max, "time_unit": self.time_unit,
+                            "koopman": bool(koopman), "hierarchy": bool(hierarchy)}
         self.koopman = KoopmanOperators(self.unet.skip_channels, self.unet.skip_resolutions)
+        n = self.koopman.num_levels
+        #: levels whose features evolve in time (all; the bottleneck alone; none)
+        self.evolved_levels = list(range(n)) if hierarchy else [n - 1]
+        if not koopman:
+            self.evolved_levels = []
+        for l in range(n):
+            if l not in self.evolved_levels:
+                self.koopman.alpha[l].requires_grad_(False)
+                self.koopman.beta[l].requires_grad_(False)
+        if self.unet.map_augment is not None:  # HKD never passes augmentation labels
+            self.unet.map_augment.requires_grad_(False)
 
     def encode(self, x_t: torch.Tensor, sigma_t: torch.Tensor, class_labels=None) -> list[torch.Tensor]:
         sigma = sigma_t.float().reshape(-1, 1, 1, 1)
@@ -43,7 +61,7 @@ class HKD(nn.Module):
 
     def evolve(self, feats, t_from: torch.Tensor, t_to: torch.Tensor | float):
         t_to = torch.as_tensor(t_to, dtype=torch.float32, device=t_from.device).expand_as(t_from)
-        return self.koopman.evolve(feats, (t_to - t_from.float()) / self.time_unit)
+        return self.koopman.evolve(feats, (t_to - t_from.float()) / self.time_unit, self.evolved_levels)
 
     def decode(self, feats: list[torch.Tensor], class_labels=None) -> torch.Tensor:
         b = feats[0].shape[0]

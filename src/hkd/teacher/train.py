@@ -32,7 +32,9 @@ def edm_loss(net: EDMPrecond, images: torch.Tensor, gen: torch.Generator, P_mean
 
 
 def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
-                  device: torch.device, dtype) -> dict:
+                  device: torch.device, dtype, stop_after: int | None = None) -> dict:
+    """Train the teacher and write its checkpoint. ``stop_after``: return after that many
+    steps without writing anything (throughput benchmarks)."""
     tcfg, edm = cfg["teacher"], cfg["edm"]
     gen = torch.Generator().manual_seed(cfg["seed"])
     torch.manual_seed(cfg["seed"])
@@ -57,7 +59,13 @@ def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
     running = 0.0
     bar = tqdm(range(total_steps), desc="teacher", unit="step", mininterval=2,
                disable=not progress_enabled())
+    t_first = None
     for step in bar:
+        if step == 1:
+            t_first = time.time()  # after the first (compiling) step
+        if stop_after is not None and step == stop_after:
+            writer.close()
+            return {"steps": step, "batch": batch, "seconds_after_first_step": time.time() - t_first}
         if cursor + batch > len(order):
             order, cursor = torch.randperm(len(images), generator=gen), 0
         rows = order[cursor:cursor + batch]

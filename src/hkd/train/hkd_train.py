@@ -12,21 +12,39 @@ second-moment average lags the falling gradients, that acts as a learning-rate d
 to ~100x (README). ``constant`` keeps lambda1 = 1.
 Every step uses a full batch (the remainder of a shuffled epoch is left for the next
 shuffle), so a compiled forward pass sees one shape.
+
+Training state (weights, EMA, optimiser, schedule, random generators, position in the
+epoch) is saved every ``hkd.checkpoint_every`` steps to a resume file beside the final
+checkpoint, outside the files Snakemake and DVC declare, so a killed run continues where
+it stopped and ends with the same weights. A non-finite loss stops the run and leaves that
+last good state. Under torchrun every process draws the same global batch and times and
+trains on its slice; DDP averages the gradients, so N processes match one at the same
+global batch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import shutil
 import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from hkd import distributed
 from hkd.ema import EMA
-from hkd.io import save_torch
+from hkd.io import save_torch, sha256_file
 from hkd.koopman.model import HKD
 from hkd.runtime import autocast, maybe_compile, progress_enabled
+from hkd.teacher.sampler import one_hot, seeded_inputs
 from hkd.teacher.trajectories import load_trajectories
+from hkd.train.perceptual import build_perceptual
+
+#: weight of the perceptual term (paper: lambda2 = 1)
+LAMBDA2 = 1.0
 
 
 def lambda1(epoch: int, epochs: int, schedule: str = "annealed") -> float:
@@ -64,9 +82,9 @@ def states_at(states: torch.Tensor, sigmas: torch.Tensor, t: torch.Tensor) -> to
     return (1 - w) * states[rows, idx].float() + w * states[rows, idx + 1].float()
 
 
-def hkd_loss(model, states: torch.Tensor, sigmas: torch.Tensor, t: torch.Tensor,
-             device, dtype, class_labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Squared error per (example, time point): [B, K] for times ``t`` [B, K];
+def hkd_distances(model, states: torch.Tensor, sigmas: torch.Tensor, t: torch.Tensor, device, dtype,
+                  class_labels: torch.Tensor | None = None, perceptual=None):
+    """(MSE, LPIPS or None) per (example, time point), each [B, K], for times ``t`` [B, K];
     ``class_labels``: one-hot [B, label_dim] of a conditional run."""
     b, k = t.shape
     x_t = states_at(states, sigmas, t).reshape(b * k, *states.shape[2:]).to(device)
@@ -75,17 +93,54 @@ def hkd_loss(model, states: torch.Tensor, sigmas: torch.Tensor, t: torch.Tensor,
         class_labels = class_labels.repeat_interleave(k, dim=0).to(device)
     with autocast(device, dtype):
         pred = model(x_t, t.reshape(-1).float().to(device), class_labels)
-    err = (pred.float().reshape(b, k, *pred.shape[1:]) - target[:, None]).square()
-    return err.flatten(2).mean(2)
+    pred = pred.float().reshape(b, k, *pred.shape[1:])
+    mse = (pred - target[:, None]).square().flatten(2).mean(2)
+    if perceptual is None:
+        return mse, None
+    with autocast(device, dtype):
+        lp = perceptual(pred.flatten(0, 1), target.repeat_interleave(k, dim=0))
+    return mse, lp.float().reshape(b, k)
+
+
+def hkd_loss(model, states, sigmas, t, device, dtype, class_labels=None) -> torch.Tensor:
+    """Squared error per (example, time point), [B, K]."""
+    return hkd_distances(model, states, sigmas, t, device, dtype, class_labels)[0]
+
+
+def _fingerprint(cfg: dict, teacher, traj_path: str, max_trajectories, world: int) -> str:
+    """What a resume state must have been made with: settings, teacher weights, trajectories."""
+    h = hashlib.sha256(json.dumps({k: cfg[k] for k in ("seed", "precision", "compile", "edm", "hkd")},
+                                  sort_keys=True).encode())
+    h.update(json.dumps([max_trajectories, world, sha256_file(traj_path)]).encode())
+    for name, v in teacher.state_dict().items():
+        h.update(name.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _load_resume(path: Path, fingerprint: str) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # written atomically, so only a foreign file gets here
+        print(f"hkd-train: ignoring unreadable resume state {path} ({exc})")
+        return None
+    if state.get("fingerprint") != fingerprint:
+        print(f"hkd-train: ignoring {path}: made with other settings, teacher or trajectories")
+        return None
+    return state
 
 
 def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
-              device: torch.device, dtype, max_trajectories: int | None = None) -> dict:
+              device: torch.device, dtype, max_trajectories: int | None = None,
+              resume_path: str | None = None, stop_after: int | None = None) -> dict:
     """Train on the trajectories of ``traj_path`` (a manifest; the first ``max_trajectories``
-    only when given) and write the checkpoint to ``out_path``."""
+    only when given) and write the checkpoint to ``out_path``. ``resume_path``: where the
+    training state is saved every ``hkd.checkpoint_every`` steps and resumed from.
+    ``stop_after``: return after that many steps without writing ``out_path`` (benchmarks)."""
     hcfg, edm = cfg["hkd"], cfg["edm"]
-    gen = torch.Generator().manual_seed(cfg["seed"] + 1)
-    torch.manual_seed(cfg["seed"] + 1)
+    rank, world, _ = distributed.world()
     traj = load_trajectories(traj_path)
     if max_trajectories:
         traj.update(states=traj["states"][:max_trajectories], labels=traj["labels"][:max_trajectories])
@@ -97,54 +152,124 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
     onehot = (torch.nn.functional.one_hot(torch.from_numpy(traj["labels"]), teacher.label_dim).float()
               if teacher.label_dim else None)
     n_traj = states.shape[0]
-    model = HKD(teacher, eps=edm["sigma_min"], sigma_max=edm["sigma_max"],
-                time_unit=hcfg["koopman_time_unit"]).to(device)
+    batch = min(hcfg["batch_size"], n_traj)
+    if batch % world:
+        raise ValueError(f"hkd.batch_size {batch} is the global batch and must be divisible by the "
+                         f"{world} torchrun processes")
+    local = slice(rank * batch // world, (rank + 1) * batch // world)
+    steps_per_epoch = n_traj // batch
+    total_steps = hcfg["epochs"] * steps_per_epoch
+    k = hcfg["time_points"]
+    micro = hcfg["micro_batch"] or batch  # examples per forward/backward pass in each process
+    perceptual = build_perceptual(hcfg, device)
+
+    torch.manual_seed(cfg["seed"] + 1)
+    gen = torch.Generator().manual_seed(cfg["seed"] + 1)
+    model = HKD(teacher, eps=edm["sigma_min"], sigma_max=edm["sigma_max"], time_unit=hcfg["koopman_time_unit"],
+                koopman=hcfg["koopman"], hierarchy=hcfg["hierarchy"]).to(device)
     model.unet.to(memory_format=torch.channels_last)
     ema = (EMA(model, hcfg["ema_halflife_kimg"], hcfg["ema_rampup_ratio"])
            if hcfg["ema_halflife_kimg"] > 0 else None)
-    opt = torch.optim.Adam(model.parameters(), lr=hcfg["lr"])
-    # With `compile: true` the first step traces and builds kernels (1.5-2.5 minutes on 2 CPU
-    # cores); later steps run the fused forward/backward, ~1.2x faster there (README).
-    forward = maybe_compile(model, cfg["compile"], "the HKD training step")
-    batch = min(hcfg["batch_size"], n_traj)
-    steps_per_epoch = n_traj // batch
-    k = hcfg["time_points"]
-
-    from torch.utils.tensorboard import SummaryWriter
-    shutil.rmtree(tb_dir, ignore_errors=True)
-    writer = SummaryWriter(tb_dir)
-    t0, step, seen = time.time(), 0, 0
-    total_steps = hcfg["epochs"] * steps_per_epoch
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=hcfg["lr"])
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, total_steps, hcfg["lr_rampdown"]))
-    bar = tqdm(total=total_steps, desc="hkd-train", unit="step", mininterval=2,
-               disable=not progress_enabled())
-    for epoch in range(hcfg["epochs"]):
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    resume = Path(resume_path) if resume_path else None
+    fingerprint = _fingerprint(cfg, teacher, traj_path, max_trajectories, world) if resume else None
+    step, seen, epoch0, pos0, order = 0, 0, 0, 0, None
+    last_saved = None
+    state = _load_resume(resume, fingerprint) if resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        if ema is not None:
+            ema.net.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        schedule.load_state_dict(state["schedule"])
+        scaler.load_state_dict(state["scaler"])
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        step, seen, epoch0, pos0, order = state["step"], state["seen"], state["epoch"], state["pos"], state["order"]
+        last_saved = step
+        print(f"hkd-train: resuming from step {step} of {total_steps} ({resume})")
+
+    def save_state(epoch: int, pos: int, order: torch.Tensor) -> None:
+        if rank == 0:
+            save_torch({"fingerprint": fingerprint, "step": step, "seen": seen, "epoch": epoch, "pos": pos,
+                        "order": order, "model": model.state_dict(),
+                        "ema": ema.net.state_dict() if ema is not None else None,
+                        "opt": opt.state_dict(), "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
+                        "gen": gen.get_state(), "torch_rng": torch.get_rng_state()}, resume)
+
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    # With `compile: true` the first step traces and builds kernels (1.5-2.5 minutes on 2 CPU
+    # cores); later steps run the fused forward/backward, ~1.2x faster there (README).
+    forward = maybe_compile(net, cfg["compile"], "the HKD training step")
+
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+        if state is None:
+            shutil.rmtree(tb_dir, ignore_errors=True)
+        writer = SummaryWriter(tb_dir, purge_step=step if state is not None else None)
+    grid_seeds = range(cfg["sample"]["seed_offset"], cfg["sample"]["seed_offset"] + 16)
+    grid_noise, grid_labels = seeded_inputs(grid_seeds, (model.img_channels, model.img_resolution,
+                                                         model.img_resolution), model.label_dim, device)
+    t0, step0, t_first = time.time(), step, None
+    bar = tqdm(total=total_steps, initial=step, desc="hkd-train", unit="step", mininterval=2,
+               disable=not progress_enabled() or rank != 0)
+    for epoch in range(epoch0, hcfg["epochs"]):
         lam = lambda1(epoch, hcfg["epochs"], hcfg["lambda1"])
-        order = torch.randperm(n_traj, generator=gen)
-        for start in range(0, steps_per_epoch * batch, batch):
+        if not (state is not None and epoch == epoch0):
+            order, pos0 = torch.randperm(n_traj, generator=gen), 0
+        for start in range(pos0, steps_per_epoch * batch, batch):
             rows = order[start:start + batch]
-            b = len(rows)
-            t = sample_times(b, k, sigmas, gen)
-            err = hkd_loss(forward, states[rows], sigmas, t, device, dtype,
-                           onehot[rows] if onehot is not None else None)
-            loss = lam * err.sum(1).mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"HKD loss is {loss.item()} at epoch {epoch}, step {step}; stopping")
+            t = sample_times(batch, k, sigmas, gen)  # the global batch's times, the same in every process
+            mine, t_mine = rows[local], t[local]
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
-            opt.step()
-            seen += b
+            errs, n_local = [], len(mine)
+            parts = list(zip(mine.split(micro), t_mine.split(micro)))
+            for i, (part, t_part) in enumerate(parts):
+                # gradients accumulate over the parts; DDP synchronises only after the last
+                sync = world == 1 or i == len(parts) - 1
+                with contextlib.nullcontext() if sync else net.no_sync():
+                    mse, lp = hkd_distances(forward, states[part], sigmas, t_part, device, dtype,
+                                            onehot[part] if onehot is not None else None, perceptual)
+                    err = lam * mse if lp is None else lam * mse + LAMBDA2 * lp  # d of the paper
+                    loss = err.sum(1).sum() / n_local  # the parts add up to the batch mean
+                    if not distributed.all_finite(loss):
+                        where = (f"the last good state (step {last_saved}) is in {resume}"
+                                 if last_saved is not None else "no resume state was saved yet")
+                        raise FloatingPointError(f"HKD loss is {loss.item()} at epoch {epoch}, step {step}; "
+                                                 f"stopping ({where})")
+                    scaler.scale(loss).backward()
+                errs.append((err.detach(), mse.detach(), lp.detach() if lp is not None else None))
+            err = torch.cat([e[0] for e in errs])
+            mse = torch.cat([e[1] for e in errs])
+            lp = torch.cat([e[2] for e in errs]) if perceptual is not None else None
+            loss = err.sum(1).mean()
+            scaler.unscale_(opt)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
+            scaler.step(opt)
+            scaler.update()
+            seen += batch
             if ema is not None:
-                ema.update(model, seen, b)
+                ema.update(model, seen, batch)
             step += 1
+            if step == step0 + 1:
+                t_first = time.time()  # after the first (compiling) step
             bar.update(1)
-            if step % hcfg["log_every"] == 0:
+            if writer is not None and step % hcfg["log_every"] == 0:
                 writer.add_scalar("hkd/loss_total", loss.item(), step)
                 writer.add_scalar("hkd/loss_reconstruction_T", err[:, 0].mean().item(), step)
                 if k:
                     writer.add_scalar("hkd/loss_trajectory", err[:, 1:].mean().item(), step)
+                writer.add_scalar("hkd/mse", mse.mean().item(), step)
+                if lp is not None:
+                    writer.add_scalar("hkd/lpips", lp.mean().item(), step)
                 writer.add_scalar("hkd/lambda1", lam, step)
                 writer.add_scalar("hkd/lr", opt.param_groups[0]["lr"], step)
                 writer.add_scalar("hkd/grad_norm", grad_norm.item(), step)
@@ -152,19 +277,38 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
                     writer.add_scalar(f"koopman/alpha_mean_level{l}", a.mean().item(), step)
                     writer.add_scalar(f"koopman/abs_beta_mean_level{l}", be.abs().mean().item(), step)
                 bar.set_postfix(loss=f"{err.mean().item():.4f}", epoch=epoch)
+            if writer is not None and hcfg["sample_every"] and step % hcfg["sample_every"] == 0:
+                shown = ema.net if ema is not None else model
+                with torch.no_grad(), autocast(device, dtype):
+                    imgs = shown.sample(grid_noise, one_hot(grid_labels, model.label_dim)).float()
+                writer.add_images("samples/hkd_one_step", ((imgs + 1) / 2).clamp(0, 1).cpu(), step)
             schedule.step()  # after logging, so hkd/lr is the rate this step used
+            if resume and step % hcfg["checkpoint_every"] == 0:
+                save_state(epoch, start + batch, order)
+                last_saved = step
+            if stop_after is not None and step - step0 >= stop_after:
+                bar.close()
+                if writer is not None:
+                    writer.close()
+                return {"steps": step - step0, "batch": batch, "time_points": k + 1,
+                        "seconds": time.time() - t0, "seconds_after_first_step": time.time() - t_first}
     bar.close()
-    writer.close()
+    if writer is not None:
+        writer.close()
     elapsed = time.time() - t0
     final = ema.net if ema is not None else model
-    state = {k_: v.contiguous() for k_, v in final.state_dict().items()}
-    stats = {"epochs": hcfg["epochs"], "steps": step, "examples": seen, "lambda1": hcfg["lambda1"],
-             "seconds": elapsed,
-             "examples_per_second": seen / elapsed,
-             "example_time_points_per_second": seen * (k + 1) / elapsed,
-             "trajectories": int(n_traj)}
-    save_torch({"kind": "hkd", "teacher_kwargs": teacher.init_kwargs,
-                "hkd_kwargs": model.init_kwargs,
-                "state": state, "ema": ema is not None, "stats": stats}, out_path)
+    out_state = {k_: v.contiguous() for k_, v in final.state_dict().items()}
+    done = step - step0
+    stats = {"epochs": hcfg["epochs"], "steps": step, "steps_this_run": done, "examples": seen,
+             "lambda1": hcfg["lambda1"], "seconds": elapsed, "processes": world,
+             "examples_per_second": done * batch / elapsed if done else None,
+             "example_time_points_per_second": done * batch * (k + 1) / elapsed if done else None,
+             "trajectories": int(n_traj), "resumed_from_step": step0 if state is not None else None}
+    if rank == 0:
+        save_torch({"kind": "hkd", "teacher_kwargs": teacher.init_kwargs,
+                    "hkd_kwargs": model.init_kwargs,
+                    "state": out_state, "ema": ema is not None, "stats": stats}, out_path)
+        if resume and resume.is_file():
+            resume.unlink()  # finished: a later forced rerun trains afresh
+    distributed.barrier()
     return stats
-
