@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from hkd.io import load_json, save_torch
+from hkd.io import load_json
 from hkd.nn.precond import EDMPrecond
 from hkd.teacher import trajectories as tj
-from hkd.teacher.network import load_teacher
+from hkd.teacher.network import load_teacher, save_teacher
 from hkd.teacher.sampler import edm_sigmas, seeded_inputs
 
 KW = dict(img_resolution=16, img_channels=1, label_dim=0, model_channels=8, channel_mult=[1, 2],
@@ -26,7 +26,7 @@ def write_teacher(path, seed=0, **over):
     with torch.no_grad():  # EDM zero-initialises output layers: make the network do something
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    save_torch({"kind": "edm_teacher", "network_kwargs": net.init_kwargs, "ema": net.state_dict()}, path)
+    save_teacher(net, path)
     return load_teacher(str(path))
 
 

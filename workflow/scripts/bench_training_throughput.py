@@ -26,10 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from hkd.config import load_config  # noqa: E402
 from hkd.data.dataset import build_dataset  # noqa: E402
-from hkd.io import save_torch  # noqa: E402
 from hkd.nn.precond import EDMPrecond  # noqa: E402
 from hkd.runtime import device_name, torch_setup  # noqa: E402
-from hkd.teacher.network import load_teacher, teacher_kwargs  # noqa: E402
+from hkd.teacher.network import load_teacher, save_teacher, teacher_kwargs  # noqa: E402
 from hkd.teacher.train import train_teacher  # noqa: E402
 from hkd.teacher.trajectories import generate_trajectories  # noqa: E402
 from hkd.train.hkd_train import train_hkd  # noqa: E402
@@ -62,8 +61,7 @@ def main() -> int:
                                       stop_after=args.steps + 1)
         torch.manual_seed(0)
         net = EDMPrecond(**teacher_kwargs(cfg))
-        save_torch({"kind": "edm_teacher", "network_kwargs": net.init_kwargs, "ema": net.state_dict()},
-                   tmp / "teacher.pt")
+        save_teacher(net, tmp / "teacher.pt")
         teacher = load_teacher(str(tmp / "teacher.pt"), device)
         tcfg = cfg["trajectories"]
         n = 2 * cfg["hkd"]["batch_size"]

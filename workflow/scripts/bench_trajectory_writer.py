@@ -27,10 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from hkd.config import load_config  # noqa: E402
-from hkd.io import save_torch  # noqa: E402
 from hkd.nn.precond import EDMPrecond  # noqa: E402
 from hkd.runtime import device_name, torch_setup  # noqa: E402
-from hkd.teacher.network import load_teacher, teacher_kwargs  # noqa: E402
+from hkd.teacher.network import load_teacher, save_teacher, teacher_kwargs  # noqa: E402
 from hkd.teacher.sampler import nfe  # noqa: E402
 from hkd.teacher.trajectories import generate_trajectories  # noqa: E402
 
@@ -66,8 +65,7 @@ def main() -> int:
             torch.manual_seed(0)
             net = EDMPrecond(**teacher_kwargs(cfg))
             teacher_path = str(tmp / "teacher.pt")
-            save_torch({"kind": "edm_teacher", "network_kwargs": net.init_kwargs, "ema": net.state_dict()},
-                       teacher_path)
+            save_teacher(net, teacher_path)
         teacher = load_teacher(teacher_path, device)
 
         def run(write: bool, tag: str) -> float:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from hkd.io import save_torch, sha256_file
+from hkd.io import sha256_file
 from hkd.nn.precond import EDMPrecond
 
 #: EDM's network classes (training/networks.py) that may appear in the ``ema`` tree; other
@@ -206,7 +206,7 @@ def import_edm_pickle(source: str, md5: str | None, download_to: str, out_path: 
     same way. With ``cfg``, the network must be the architecture its ``network`` / ``data``
     sections describe. The pickle's code is never run (see the module docstring)."""
     from hkd.data.fetch import fetch_file
-    from hkd.teacher.network import check_matches_config
+    from hkd.teacher.network import check_matches_config, save_teacher
 
     path = fetch_file(source, download_to, md5, "EDM network pickle")
     net = load_edm_pickle(path)
@@ -214,6 +214,5 @@ def import_edm_pickle(source: str, md5: str | None, download_to: str, out_path: 
         check_matches_config(net.effective_kwargs(), cfg, f"EDM network pickle {path}")
     stats = {"source": source, "file_sha256": sha256_file(path),
              "parameters": sum(p.numel() for p in net.parameters())}
-    save_torch({"kind": "edm_teacher", "network_kwargs": net.init_kwargs,
-                "ema": {k: v.contiguous() for k, v in net.state_dict().items()}, "stats": stats}, out_path)
+    save_teacher(net, out_path, stats)
     return stats

@@ -46,6 +46,14 @@ def _plain(v):
     return list(v) if isinstance(v, tuple) else v
 
 
+def save_teacher(net: EDMPrecond, path, stats: dict | None = None) -> None:
+    """The teacher checkpoint every later stage reads with ``load_teacher`` (written atomically)."""
+    from hkd.io import save_torch
+
+    save_torch({"kind": "edm_teacher", "network_kwargs": net.init_kwargs,
+                "ema": {k: v.contiguous() for k, v in net.state_dict().items()}, "stats": stats or {}}, path)
+
+
 def load_teacher(path: str, device: torch.device | str = "cpu") -> EDMPrecond:
     """EMA weights of a teacher written by ``hkd teacher``; shapes checked strictly."""
     ckpt = load_torch(path, "teacher checkpoint")

@@ -11,10 +11,10 @@ from tqdm import tqdm
 
 from hkd.data.dataset import load_dataset
 from hkd.ema import EMA
-from hkd.io import save_torch
 from hkd.nn.precond import EDMPrecond
 from hkd.runtime import autocast, maybe_compile, progress_enabled
-from hkd.teacher.network import teacher_kwargs
+from hkd.teacher.network import save_teacher, teacher_kwargs
+from hkd.teacher.sampler import one_hot
 
 
 def edm_loss(net: EDMPrecond, images: torch.Tensor, gen: torch.Generator, P_mean: float,
@@ -42,8 +42,7 @@ def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
     images = torch.from_numpy(data["train_images"]).float()
     kwargs = teacher_kwargs(cfg)
     label_dim = kwargs["label_dim"]
-    onehot = (torch.nn.functional.one_hot(torch.from_numpy(data["train_labels"]), label_dim).float()
-              if label_dim else None)
+    onehot = one_hot(torch.from_numpy(data["train_labels"]), label_dim) if label_dim else None
     net = EDMPrecond(**kwargs).to(device).to(memory_format=torch.channels_last).train()
     ema = EMA(net, tcfg["ema_halflife_kimg"], tcfg["ema_rampup_ratio"])
     opt = torch.optim.Adam(net.parameters(), lr=tcfg["lr"], betas=(0.9, 0.999), eps=1e-8)
@@ -99,7 +98,5 @@ def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
     stats = {"kimg": nimg / 1000, "steps": total_steps, "seconds": elapsed,
              "images_per_second": nimg / elapsed,
              "parameters": sum(p.numel() for p in net.parameters())}
-    ema_state = {k: v.contiguous() for k, v in ema.net.state_dict().items()}
-    save_torch({"kind": "edm_teacher", "network_kwargs": kwargs, "ema": ema_state,
-                "stats": stats}, out_path)
+    save_teacher(ema.net, out_path, stats)  # ema.net.init_kwargs are teacher_kwargs(cfg)
     return stats

@@ -149,8 +149,7 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
     if traj["label_dim"] != teacher.label_dim:
         raise ValueError(f"{traj_path}: trajectories have label_dim {traj['label_dim']}, the teacher "
                          f"{teacher.label_dim}; rerun the trajectories stage")
-    onehot = (torch.nn.functional.one_hot(torch.from_numpy(traj["labels"]), teacher.label_dim).float()
-              if teacher.label_dim else None)
+    onehot = one_hot(torch.from_numpy(traj["labels"]), teacher.label_dim) if teacher.label_dim else None
     n_traj = states.shape[0]
     batch = min(hcfg["batch_size"], n_traj)
     if batch % world:
