@@ -36,6 +36,13 @@ def test_smoke_dag_with_snakemake(tmp_path):
         # the table in the report shows the same numbers
         assert f"{value:.3f}" in html, key
     assert re.search(r"HKD FID / teacher FID = <strong>[0-9.]+</strong>", html)
+    assert "Table 3: ablations" in html
+    for variant in ("no_koopman", "no_trajectory", "no_hierarchy"):  # configs/smoke.yaml lists all three
+        abl = json.loads((work / "results" / "smoke" / "ablations" / variant / "metrics.json").read_text())
+        assert abl["variant"] == variant and abl["images"] == next(r["images"] for r in metrics["rows"] if r["key"] == "hkd")
+        assert f"{abl['fid']:.3f}" in html, variant
+    koop = json.loads((work / "results" / "smoke" / "ablations" / "no_koopman" / "metrics.json").read_text())
+    assert koop["koopman"] is False and koop["training"]["steps"] > 0
     assert "data:image/png;base64," in html and "src=\"results" not in html
     for stage in ("data", "teacher", "trajectories", "hkd_train", "evaluate", "report"):
         assert (work / "results" / "smoke" / "logs" / f"{stage}.log").stat().st_size > 0

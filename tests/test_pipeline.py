@@ -7,7 +7,7 @@ import sys
 import yaml
 
 from hkd.config import load_config
-from hkd.pipeline import STAGES, run_paths, shard_count
+from hkd.pipeline import ABLATIONS, STAGES, ablation_config, run_paths, shard_count, variant_paths
 
 
 def snakemake_dag(repo, configfile):
@@ -29,11 +29,16 @@ def snakemake_dag(repo, configfile):
 
 
 def dvc_dag(repo):
+    """{stage: {"outputs", "deps", "cmds"}}, the per-ablation stages (``<stage>_<variant>``)
+    merged under their stage name as Snakemake's dry run merges the jobs of one rule."""
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    per_variant = {f"{s.name}_{v}": s.name for s in STAGES if s.per_variant for v in ABLATIONS}
     dag = {}
     for name, st in stages.items():
-        outs = {o if isinstance(o, str) else next(iter(o)) for o in st["outs"]}
-        dag[name] = {"outputs": outs, "deps": set(st["deps"]), "cmd": st["cmd"]}
+        entry = dag.setdefault(per_variant.get(name, name), {"outputs": set(), "deps": set(), "cmds": []})
+        entry["outputs"] |= {o if isinstance(o, str) else next(iter(o)) for o in st["outs"]}
+        entry["deps"] |= set(st["deps"])
+        entry["cmds"].append(st["cmd"])
     return dag
 
 
@@ -49,7 +54,7 @@ def test_snakemake_and_dvc_agree(repo):
     cfg = load_config(repo / "configs" / "default.yaml")
     paths = run_paths(cfg)
     traj_dir = paths["trajectories_dir"]
-    produced = set(paths.values())
+    produced = set(paths.values()) | {p for v in cfg["ablations"] for p in variant_paths(cfg, v).values()}
 
     def norm(files):
         return {traj_dir if f.startswith(traj_dir + "/") else f for f in files}
@@ -65,7 +70,7 @@ def test_snakemake_and_dvc_agree(repo):
         assert norm(smk[name]["outputs"]) == st["outputs"], name
         data_deps = {d for d in st["deps"] if d in produced}
         assert norm(smk[name]["inputs"]) == data_deps, name
-        assert "--config configs/default.yaml" in st["cmd"]
+        assert all("--config configs/default.yaml" in c for c in st["cmds"])
     for name, st in dvc.items():  # every dependency is a file, a stage output or code
         for d in st["deps"]:
             assert d in produced or (repo / d).exists(), f"{name}: unknown dependency {d}"
@@ -84,3 +89,35 @@ def test_paper_configs_plan_the_sharded_dag(repo, tmp_path):
         assert "classifier" not in dag and len(dag["trajectory_shard"]["outputs"]) == shards, name
         assert dag["teacher"]["inputs"] == set(), name
         assert dag["hkd_train"]["inputs"] == {run_paths(cfg)["teacher"], run_paths(cfg)["trajectories"]}
+
+
+def test_ablation_stages_follow_the_config(repo, tmp_path):
+    """Table 3: one training and one evaluation job per listed ablation, gathered by the
+    report; none when the list is empty; each variant changes only its hkd: keys."""
+    from conftest import copy_workflow
+
+    cfg = load_config(repo / "configs" / "default.yaml")
+    assert cfg["ablations"] == ["no_koopman", "no_trajectory", "no_hierarchy"]
+    dvc = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    assert dvc["ablation_train_no_koopman"]["cmd"].endswith("--variant no_koopman")
+    assert "results/default/ablations/no_hierarchy/metrics.json" in dvc["report"]["deps"]
+    for variant, keys in ABLATIONS.items():
+        changed = ablation_config(cfg, variant)
+        assert {k for k in cfg["hkd"] if changed["hkd"][k] != cfg["hkd"][k]} == set(keys), variant
+        assert {k: v for k, v in changed.items() if k != "hkd"} == {k: v for k, v in cfg.items() if k != "hkd"}
+    assert ABLATIONS["no_koopman"] == {"koopman": False, "time_points": 0}  # the paper's no/no/yes row
+
+    work = copy_workflow(tmp_path)
+    text = (work / "configs" / "default.yaml").read_text()
+    (work / "configs" / "none.yaml").write_text(text.replace(
+        "ablations: [no_koopman, no_trajectory, no_hierarchy]", "ablations: [no_hierarchy]"))
+    dag = snakemake_dag(work, "configs/none.yaml")
+    assert dag["ablation_train"]["outputs"] == {"results/default/ablations/no_hierarchy/hkd.pt",
+                                                "results/default/ablations/no_hierarchy/tensorboard"}
+    (work / "configs" / "none.yaml").write_text(text.replace(
+        "ablations: [no_koopman, no_trajectory, no_hierarchy]", "ablations: []"))
+    dag = snakemake_dag(work, "configs/none.yaml")
+    assert "ablation_train" not in dag and "ablation_evaluate" not in dag
+    r = subprocess.run([sys.executable, "-m", "hkd", "ablation-train", "--config", "configs/none.yaml",
+                        "--variant", "no_koopman"], cwd=work, capture_output=True, text=True)
+    assert r.returncode == 1 and "key 'ablations' does not list 'no_koopman'" in r.stderr

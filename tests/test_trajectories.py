@@ -96,6 +96,27 @@ def test_interrupted_run_keeps_finished_shards(setup, monkeypatch):
     np.testing.assert_array_equal(a["states"], b["states"])
 
 
+
+def test_streamed_states_are_memory_mapped_and_equal_the_loaded_set(setup):
+    cfg, teacher, teacher_path, out = setup
+    generate(cfg, teacher, teacher_path, out)
+    full = tj.load_trajectories(str(out / "manifest.json"))
+    streamed = tj.load_trajectories(str(out / "manifest.json"), stream=True)
+    st = streamed["states"]
+    assert isinstance(st, tj.ShardedStates) and st.shape == full["states"].shape
+    assert all(isinstance(m, np.memmap) for m in st.maps) and len(st.maps) == 3
+    for key in ("seeds", "labels", "sigmas"):
+        np.testing.assert_array_equal(streamed[key], full[key])
+    rows = np.array([9, 0, 5, 4, 3, 8, 0])  # across all three shards, unsorted, one repeat
+    np.testing.assert_array_equal(st.take(rows), full["states"][rows])
+    np.testing.assert_array_equal(st.head(6).take(np.arange(6)), full["states"][:6])
+    with pytest.raises(IndexError, match="out of range"):
+        st.head(6).take([6])
+    shard = out / "shard-00002.npz"  # truncated in the states' bytes: named even without verify
+    shard.write_bytes(shard.read_bytes()[:600])
+    with pytest.raises(RuntimeError, match="shard-00002.npz"):
+        tj.load_trajectories(str(out / "manifest.json"), verify=False, stream=True)
+
 def test_other_teacher_regenerates_and_corruption_is_named(setup, capsys):
     cfg, teacher, teacher_path, out = setup
     generate(cfg, teacher, teacher_path, out)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from hkd.config import ConfigError, load_config
-from hkd.pipeline import STAGES, run_paths
+from hkd.pipeline import ABLATIONS, STAGES, ablation_config, run_paths, variant_paths
 
 
 def _torch_setup(cfg: dict, threads: int | None):
@@ -77,6 +77,31 @@ def stage_hkd_train(cfg, paths, args):
         distributed.finish()
 
 
+def stage_ablation_train(cfg, paths, args):
+    """HKD with one Table 3 ablation's ``hkd:`` keys, from the run's teacher and trajectories."""
+    from hkd.teacher.network import load_teacher
+    from hkd.train.hkd_train import train_hkd
+
+    from hkd import distributed
+
+    device, dtype = _torch_setup(cfg, args.threads)
+    device = distributed.init(device)
+    try:
+        teacher = load_teacher(paths["teacher"], device)
+        return train_hkd(ablation_config(cfg, args.variant), teacher, paths["trajectories"], paths["ablation_hkd"],
+                         paths["ablation_tb"], device, dtype, resume_path=paths["ablation_resume"])
+    finally:
+        distributed.finish()
+
+
+def stage_ablation_evaluate(cfg, paths, args):
+    from hkd.koopman.model import load_hkd
+    from hkd.metrics.evaluate import evaluate_ablation
+
+    device, dtype = _torch_setup(cfg, args.threads)
+    return evaluate_ablation(cfg, paths, args.variant, load_hkd(paths["ablation_hkd"], device), device, dtype)
+
+
 def stage_sample(cfg, paths, args):
     from hkd.koopman.model import load_hkd
     from hkd.sample import write_samples
@@ -116,7 +141,10 @@ STAGE_FUNCTIONS = {
     "data": stage_data, "classifier": stage_classifier, "teacher": stage_teacher,
     "trajectories": stage_trajectories, "hkd-train": stage_hkd_train, "sample": stage_sample,
     "evaluate": stage_evaluate, "spectral": stage_spectral, "report": stage_report,
+    "ablation-train": stage_ablation_train, "ablation-evaluate": stage_ablation_evaluate,
 }
+#: commands that run once per Table 3 ablation (``--variant``)
+PER_VARIANT = {s.command for s in STAGES if s.per_variant}
 assert set(STAGE_FUNCTIONS) == {s.command for s in STAGES}
 
 
@@ -151,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         if name == "trajectories":
             p.add_argument("--shard", type=int, default=None,
                            help="generate this shard only (no manifest); Snakemake runs one job per shard")
+        if name in PER_VARIANT:
+            p.add_argument("--variant", required=True, choices=sorted(ABLATIONS),
+                           help="the Table 3 ablation (README)")
     p = sub.add_parser("dvc-yaml", help="write (or --check) dvc.yaml from the pipeline definition")
     p.add_argument("--config", default="configs/default.yaml")
     p.add_argument("--out", default="dvc.yaml")
@@ -161,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
             return write_dvc_yaml(args.config, args.out, args.check)
         cfg = load_config(args.config)
         paths = run_paths(cfg)
+        if args.stage in PER_VARIANT:
+            if args.variant not in cfg["ablations"]:
+                raise ConfigError(f"{args.config}: key 'ablations' does not list {args.variant!r}")
+            paths = variant_paths(cfg, args.variant)
         t0 = time.time()
         summary = STAGE_FUNCTIONS[args.stage](cfg, paths, args)
         print(f"hkd {args.stage}: done in {time.time() - t0:.1f} s")

@@ -6,7 +6,9 @@ import contextlib
 import hashlib
 import json
 import os
+import struct
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +88,38 @@ def load_npz(path, keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     if missing:
         raise KeyError(f"{path} lacks arrays {missing}")
     return out
+
+
+def npz_memmap(path, key: str) -> np.memmap:
+    """Array ``key`` of an uncompressed .npz (``np.savez``) memory-mapped, read-only: its
+    bytes are read from disk only where indexed. Errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(f"{key}.npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ValueError(f"'{key}' is compressed; only np.savez (stored) files can be mapped")
+        with open(path, "rb") as f:
+            f.seek(info.header_offset)
+            local = f.read(30)  # the zip local file header; name and extra field follow
+            if local[:4] != b"PK\x03\x04":
+                raise ValueError("bad zip local header")
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            f.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+            offset = f.tell()
+        if offset + int(np.prod(shape)) * dtype.itemsize > path.stat().st_size:
+            raise ValueError(f"'{key}' runs past the end of the file (truncated)")
+    except KeyError as exc:
+        raise KeyError(f"{path} lacks array '{key}'") from exc
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise RuntimeError(f"cannot map {path}: {exc}") from exc
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
 
 
 def sha256_file(path) -> str:

@@ -8,9 +8,30 @@ Snakemake starts quickly.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
+#: the paper's Table 3 ablations: the ``hkd:`` keys each one changes (the full model is the
+#: run's own HKD). Table 3 rows are (Koopman evolution / trajectory-consistency / hierarchy).
+ABLATIONS = {
+    # no/no/yes: the same encoder-decoder mapping x_T straight to x_eps (one-step distillation)
+    "no_koopman": {"koopman": False, "time_points": 0},
+    # yes/no/yes: Koopman evolution, trained at t = T only
+    "no_trajectory": {"time_points": 0},
+    # yes/yes/no: only the bottleneck evolves; skips pass unevolved
+    "no_hierarchy": {"hierarchy": False},
+}
+
+
+def ablation_config(cfg: dict, variant: str) -> dict:
+    """The run's config with the ``hkd:`` keys of one Table 3 ablation changed."""
+    if variant not in ABLATIONS:
+        raise ValueError(f"unknown ablation {variant!r}; one of {sorted(ABLATIONS)}")
+    out = copy.deepcopy(cfg)
+    out["hkd"].update(ABLATIONS[variant])
+    return out
 
 
 def run_paths(cfg: dict) -> dict[str, str]:
@@ -33,13 +54,25 @@ def run_paths(cfg: dict) -> dict[str, str]:
         "samples_teacher": root / "samples" / "teacher.npz",
         "samples_hkd": root / "samples" / "hkd.npz",
         "metrics": root / "eval" / "metrics.json",
+        # Table 3 ablations, one folder per variant ({variant}: a key of ABLATIONS)
+        "ablation_hkd": root / "ablations" / "{variant}" / "hkd.pt",
+        "ablation_tb": root / "ablations" / "{variant}" / "tensorboard",
+        "ablation_resume": root / "ablations" / "{variant}" / "resume.pt",
+        "ablation_samples": root / "ablations" / "{variant}" / "samples.npz",
+        "ablation_metrics": root / "ablations" / "{variant}" / "metrics.json",
         "spectral": root / "analysis" / "spectral.png",
         "report": report / "index.html",
     }
     return {k: str(v) for k, v in p.items()}
 
 
+def variant_paths(cfg: dict, variant: str) -> dict[str, str]:
+    """``run_paths`` with the ablation files of ``variant`` filled in."""
+    return {k: v.replace("{variant}", variant) for k, v in run_paths(cfg).items()}
+
+
 def log_path(cfg: dict, stage: str) -> str:
+    """Log of a stage; ``{variant}`` in ``stage`` stays a Snakemake wildcard."""
     return str(Path("results") / cfg["run"] / "logs" / f"{stage}.log")
 
 
@@ -64,7 +97,7 @@ def trajectory_shard_pattern(cfg: dict) -> str:
 
 
 #: outputs that are folders (Snakemake ``directory()``; DVC ``cache: false``)
-DIRECTORY_OUTPUTS = frozenset({"teacher_tb", "hkd_tb"})
+DIRECTORY_OUTPUTS = frozenset({"teacher_tb", "hkd_tb", "ablation_tb"})
 
 
 @dataclass(frozen=True)
@@ -75,6 +108,7 @@ class Stage:
     outputs: tuple[str, ...]
     params: tuple[str, ...]    # top-level config sections the stage reads
     code: tuple[str, ...]      # source folders/files whose change reruns it under DVC
+    per_variant: bool = False  # one job per Table 3 ablation (paths carry ``{variant}``)
 
 
 #: modules every torch stage runs through (device, precision, atomic file writes)
@@ -107,11 +141,19 @@ STAGES: tuple[Stage, ...] = (
           ("data", "classifier", "teacher", "hkd", "samples_teacher", "samples_hkd"),
           ("metrics",), ("device", "precision", "trajectories", "evaluate"),
           ("src/hkd/metrics", "src/hkd/data/dataset.py") + _TEACHER_CKPT + _RUNTIME),
+    Stage("ablation_train", "ablation-train", ("teacher", "trajectories"), ("ablation_hkd", "ablation_tb"),
+          ("seed", "device", "precision", "compile", "edm", "hkd"),
+          ("src/hkd/nn", "src/hkd/koopman", "src/hkd/train", "src/hkd/teacher/trajectories.py", "src/hkd/ema.py",
+           "src/hkd/pipeline.py") + _TEACHER_CKPT + _RUNTIME, per_variant=True),
+    Stage("ablation_evaluate", "ablation-evaluate", ("data", "classifier", "ablation_hkd"),
+          ("ablation_samples", "ablation_metrics"), ("device", "precision", "sample", "evaluate"),
+          ("src/hkd/nn", "src/hkd/koopman", "src/hkd/sample.py", "src/hkd/metrics", "src/hkd/data/dataset.py")
+          + _TEACHER_CKPT + _RUNTIME, per_variant=True),
     Stage("spectral", "spectral", ("hkd",), ("spectral",), (), ("src/hkd/analysis",)),
     Stage("report", "report",
           ("data", "data_manifest", "classifier", "samples_teacher", "samples_hkd", "metrics",
-           "spectral"),
-          ("report",), ("run", "report_dir", "trajectories", "hkd", "report"),
+           "spectral", "ablation_metrics", "ablation_samples"),
+          ("report",), ("run", "report_dir", "trajectories", "hkd", "ablations", "report"),
           ("src/hkd/report", "src/hkd/data/dataset.py")),
 )
 
@@ -119,9 +161,12 @@ STAGE_BY_NAME = {s.name: s for s in STAGES}
 
 
 def stage_enabled(cfg: dict, name: str) -> bool:
-    """The digit classifier exists only as the embedded default's feature extractor."""
+    """The digit classifier exists only as the embedded default's feature extractor; the
+    ablation stages only when the config lists ablations."""
     if name == "classifier":
         return cfg["evaluate"]["feature_extractor"] == "digit_classifier"
+    if STAGE_BY_NAME[name].per_variant:
+        return bool(cfg["ablations"])
     return True
 
 
@@ -130,20 +175,35 @@ def _path_enabled(cfg: dict, key: str) -> bool:
         return cfg["teacher"]["source"] == "train"
     if key == "classifier":
         return stage_enabled(cfg, "classifier")
+    if key.startswith("ablation_"):
+        return bool(cfg["ablations"])
     return True
 
 
-def stage_inputs(cfg: dict, name: str) -> dict[str, str]:
-    paths = run_paths(cfg)
+def _resolve(cfg: dict, name: str, key: str, variant: str | None):
+    """A stage's file: ``{variant}`` filled in for one variant (``variant``), left as a
+    wildcard (per-variant stages, ``variant=None``), or expanded to every configured
+    ablation (a stage that gathers them, such as the report)."""
+    path = run_paths(cfg)[key]
+    if "{variant}" not in path:
+        return path
+    if variant is not None:
+        return path.replace("{variant}", variant)
+    if STAGE_BY_NAME[name].per_variant:
+        return path
+    return [path.replace("{variant}", v) for v in cfg["ablations"]]
+
+
+def stage_inputs(cfg: dict, name: str, variant: str | None = None) -> dict:
     keys = STAGE_BY_NAME[name].inputs
     if name == "teacher" and cfg["teacher"]["source"] != "train":
         keys = ()  # an imported EDM network needs no dataset
-    return {k: paths[k] for k in keys if _path_enabled(cfg, k)}
+    out = {k: _resolve(cfg, name, k, variant) for k in keys if _path_enabled(cfg, k)}
+    return {k: v for k, v in out.items() if v != []}
 
 
-def stage_outputs(cfg: dict, name: str) -> dict[str, str]:
-    paths = run_paths(cfg)
-    return {k: paths[k] for k in STAGE_BY_NAME[name].outputs if _path_enabled(cfg, k)}
+def stage_outputs(cfg: dict, name: str, variant: str | None = None) -> dict:
+    return {k: _resolve(cfg, name, k, variant) for k in STAGE_BY_NAME[name].outputs if _path_enabled(cfg, k)}
 
 
 def stage_params(cfg: dict, name: str) -> dict:
@@ -177,20 +237,25 @@ def dvc_stages(cfg: dict, config_file: str) -> dict:
     for st in STAGES:
         if not stage_enabled(cfg, st.name):
             continue
-        outs = []
-        for k, path in stage_outputs(cfg, st.name).items():
-            if k in DIRECTORY_OUTPUTS:
-                outs.append({path: {"cache": False}})
-            elif k == "trajectories":
-                outs.append({as_dvc[k]: {"persist": True}})
-            else:
-                outs.append(path)
-        entry = {
-            "cmd": f"hkd {st.command} --config {config_file}",
-            "deps": [as_dvc.get(k, p) for k, p in stage_inputs(cfg, st.name).items()] + list(st.code),
-        }
-        if _param_keys(cfg, st.name):
-            entry["params"] = [{config_file: list(_param_keys(cfg, st.name))}]
-        entry["outs"] = outs
-        stages[st.name] = entry
+        for variant in (cfg["ablations"] if st.per_variant else [None]):
+            outs = []
+            for k, path in stage_outputs(cfg, st.name, variant).items():
+                for p in path if isinstance(path, list) else [path]:
+                    if k in DIRECTORY_OUTPUTS:
+                        outs.append({p: {"cache": False}})
+                    elif k == "trajectories":
+                        outs.append({as_dvc[k]: {"persist": True}})
+                    else:
+                        outs.append(p)
+            deps = []
+            for k, path in stage_inputs(cfg, st.name, variant).items():
+                deps += [as_dvc.get(k, p) for p in (path if isinstance(path, list) else [path])]
+            entry = {
+                "cmd": f"hkd {st.command} --config {config_file}" + (f" --variant {variant}" if variant else ""),
+                "deps": deps + list(st.code),
+            }
+            if _param_keys(cfg, st.name):
+                entry["params"] = [{config_file: list(_param_keys(cfg, st.name))}]
+            entry["outs"] = outs
+            stages[st.name + (f"_{variant}" if variant else "")] = entry
     return {"stages": stages}

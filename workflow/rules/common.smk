@@ -32,10 +32,13 @@ from snakemake.settings.types import DeploymentMethod  # noqa: E402
 _PY = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else sys.executable
 HKD = f"env PYTHONPATH={SRC} {_PY} -m hkd"
 ENV = "../envs/hkd.yaml"
+# the Table 3 ablations this run trains (a regex for the {variant} wildcard)
+VARIANTS = "|".join(config["ablations"]) or "(?!)"
 
 
 def outputs(stage):
-    """Named outputs of a stage, folders wrapped in directory()."""
+    """Named outputs of a stage (per-variant stages: with the {variant} wildcard), folders
+    wrapped in directory()."""
     return {k: directory(v) if k in DIRECTORY_OUTPUTS else v
             for k, v in stage_outputs(config, stage).items()}
 

@@ -98,4 +98,5 @@ def load_hkd(path: str, device="cpu") -> HKD:
         model.load_state_dict(ckpt["state"], strict=True)
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not match the stored network arguments: {exc}") from exc
+    model.train_stats = ckpt.get("stats")  # what hkd-train recorded: steps, seconds, examples/s
     return model.eval().requires_grad_(False).to(device)

@@ -1,5 +1,6 @@
 """The evaluate stage: FID / IS rows of both samplers against the configured reference
-images (held-out split, or the training split as in the paper), plus sampler throughput."""
+images (held-out split, or the training split as in the paper), plus sampler throughput;
+and the same one-step row for each Table 3 ablation."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ import numpy as np
 import torch
 
 from hkd.data.dataset import load_dataset
-from hkd.io import load_npz, save_json
+from hkd.io import load_npz, save_json, save_npz
 from hkd.metrics.fidelity import EXTRACTOR_NAME, fidelity_metrics
 from hkd.metrics.throughput import measure
 from hkd.runtime import device_name
-from hkd.sample import hkd_sampler, teacher_sampler, to_uint8
+from hkd.sample import draw, evaluation_seeds, hkd_sampler, teacher_sampler, to_uint8
 from hkd.teacher.sampler import nfe, seeded_inputs
 
 
@@ -91,3 +92,28 @@ def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype) -> dict:
     }
     save_json(result, paths["metrics"])
     return result
+
+
+def evaluate_ablation(cfg: dict, paths: dict, variant: str, model, device, dtype) -> dict:
+    """One-step samples of a Table 3 ablation from the evaluation seeds the full HKD row uses,
+    scored against the same reference with the same extractor: ``paths`` holds this
+    variant's files (``pipeline.variant_paths``)."""
+    from hkd.pipeline import ABLATIONS
+
+    data = load_dataset(paths["data"])
+    ref_split = cfg["evaluate"]["reference"]
+    shape = (model.img_channels, model.img_resolution, model.img_resolution)
+    images, labels = draw(hkd_sampler(model, device, dtype), evaluation_seeds(cfg), shape, model.label_dim,
+                          cfg["sample"]["batch_size"], device, f"sample {variant}")
+    save_npz(paths["ablation_samples"], images=images, seeds=evaluation_seeds(cfg), labels=labels)
+    extractor, weights, extractor_info = feature_extractor(cfg, paths, data)
+    m = fidelity_metrics(to_uint8(images), to_uint8(data[f"{ref_split}_images"]), extractor, weights,
+                         cuda=device.type == "cuda")
+    result = {"variant": variant, "hkd_overrides": ABLATIONS[variant], "nfe": 1, "images": int(len(images)),
+              "koopman": bool(model.init_kwargs["koopman"]), "hierarchy": bool(model.init_kwargs["hierarchy"]),
+              "fid": float(m["frechet_inception_distance"]), "is_mean": float(m["inception_score_mean"]),
+              "is_std": float(m["inception_score_std"]),
+              "reference": {"split": ref_split, "images": int(len(data[f"{ref_split}_images"]))},
+              "feature_extractor": extractor_info["name"], "training": model.train_stats}
+    save_json(result, paths["ablation_metrics"])
+    return {k: result[k] for k in ("variant", "fid", "is_mean")}

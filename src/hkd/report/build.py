@@ -17,6 +17,7 @@ from PIL import Image
 
 from hkd.data.dataset import load_dataset
 from hkd.io import atomic_path, load_json, load_npz
+from hkd.report.paper import TABLE3_FID
 
 PACKAGES = ("hkd-repro", "torch", "torchvision", "torch-fidelity", "snakemake", "dvc", "numpy",
             "pandas", "jinja2", "mlxtend", "matplotlib", "tensorboard")
@@ -72,6 +73,33 @@ def throughput_table(metrics: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: Table 3 columns: is each component on? (Koopman evolution, trajectory-consistency, hierarchy)
+_COMPONENTS = {"no_koopman": (False, False, True), "no_trajectory": (True, False, True),
+               "no_hierarchy": (True, True, False), "full": (True, True, True)}
+
+
+def ablation_table(metrics: dict, ablations: dict[str, dict]) -> tuple[pd.DataFrame, dict]:
+    """Table 3: the full HKD (this run's evaluate row) and each trained ablation, in the
+    paper's row order, with the paper's CIFAR-10 FID beside the reproduced one; plus
+    whether the paper's ordering (full best, no Koopman worst) holds here."""
+    fid = {k: m["fid"] for k, m in ablations.items()}
+    fid["full"] = next(r["fid"] for r in metrics["rows"] if r["key"] == "hkd")
+    rows = []
+    for key in ("no_koopman", "no_trajectory", "no_hierarchy", "full"):
+        if key not in fid:
+            continue
+        on = _COMPONENTS[key]
+        rows.append({"Koopman evolution": "yes" if on[0] else "no", "Trajectory consistency": "yes" if on[1] else "no",
+                     "Hierarchy": "yes" if on[2] else "no", "FID (this run)": fid[key],
+                     "FID / full HKD (this run)": fid[key] / fid["full"],
+                     "FID (paper, CIFAR-10)": TABLE3_FID[key],
+                     "FID / full (paper)": TABLE3_FID[key] / TABLE3_FID["full"]})
+    ordering = {"full_best": all(fid["full"] < v for k, v in fid.items() if k != "full"),
+                "no_koopman_worst": (all(fid["no_koopman"] > v for k, v in fid.items() if k != "no_koopman")
+                                     if "no_koopman" in fid else None)}
+    return pd.DataFrame(rows), ordering
+
+
 def build_report(cfg: dict, paths: dict, out_html: str) -> None:
     metrics = load_json(paths["metrics"])
     manifest = load_json(paths["data_manifest"])
@@ -89,12 +117,23 @@ def build_report(cfg: dict, paths: dict, out_html: str) -> None:
         "metrics": metrics_table(metrics).to_html(index=False, formatters=fmt, classes="tbl", border=0),
         "throughput": throughput_table(metrics).to_html(index=False, formatters=fmt, classes="tbl", border=0),
     }
+    ablations = {v: load_json(paths["ablation_metrics"].replace("{variant}", v)) for v in cfg["ablations"]}
+    table3 = None
+    if ablations:
+        df, ordering = ablation_table(metrics, ablations)
+        for v in cfg["ablations"]:
+            samples = load_npz(paths["ablation_samples"].replace("{variant}", v))["images"][:k]
+            grids[f"Ablation {v.replace('_', ' ')}, 1 NFE"] = image_grid(samples)
+        fmt3 = {c: "{:.3f}".format for c in ("FID (this run)", "FID (paper, CIFAR-10)")}
+        fmt3.update({c: "{:.2f}".format for c in ("FID / full HKD (this run)", "FID / full (paper)")})
+        table3 = {"html": df.to_html(index=False, formatters=fmt3, classes="tbl", border=0), "ordering": ordering,
+                  "steps": {v: (a.get("training") or {}).get("steps") for v, a in ablations.items()}}
     rows = {r["key"]: r for r in metrics["rows"]}
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
                              autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
     html = env.get_template("index.html.j2").render(
         run=cfg["run"], generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        manifest=manifest, metrics=metrics, rows=rows, tables=tables,
+        manifest=manifest, metrics=metrics, rows=rows, tables=tables, table3=table3,
         hkd=cfg["hkd"], trajectories=cfg["trajectories"]["count"],
         fid_ratio=rows["hkd"]["fid"] / rows["teacher"]["fid"],
         grids={name: png_data_uri(img) for name, img in grids.items()},

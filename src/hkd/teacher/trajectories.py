@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from hkd import distributed
-from hkd.io import load_json, load_npz, save_json, save_npz, sha256_file
+from hkd.io import load_json, load_npz, npz_memmap, save_json, save_npz, sha256_file
 from hkd.pipeline import shard_count, shard_name
 from hkd.runtime import autocast, maybe_compile, progress_enabled
 from hkd.teacher.sampler import edm_sigmas, heun_sample, nfe, one_hot, seeded_inputs
@@ -195,10 +195,47 @@ def write_manifest(cfg: dict, out: Path, fp: str, teacher) -> dict:
             "nfe": manifest["nfe"], "bytes_total": manifest["bytes_total"]}
 
 
-def load_trajectories(manifest_path: str, verify: bool = True) -> dict[str, np.ndarray]:
-    """All shards of a manifest, concatenated: ``states`` fp16 [N, S, C, H, W], ``sigmas`` of
-    the S stored states, ``seeds``, ``labels``. ``verify`` checks each file's sha256, so a
-    truncated or replaced shard is named instead of silently read."""
+class ShardedStates:
+    """The ``states`` of several shards as one [N, S, C, H, W] array, memory-mapped: rows are
+    read from disk when taken, so training holds a batch in RAM, not the set (50 GB for
+    FFHQ-64), and every torchrun process reads only its own slice of each batch."""
+
+    def __init__(self, maps: list[np.ndarray], count: int | None = None):
+        self.maps = maps
+        self.starts = np.cumsum([0] + [len(m) for m in maps])
+        total = int(self.starts[-1])
+        n = total if count is None else min(int(count), total)
+        self.shape = (n,) + tuple(maps[0].shape[1:])
+        self.dtype = maps[0].dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def head(self, count: int) -> ShardedStates:
+        """The first ``count`` trajectories only."""
+        return ShardedStates(self.maps, count)
+
+    def take(self, rows) -> np.ndarray:
+        """Rows ``rows`` (any order, repeats allowed) as an in-memory array; each shard is
+        read in increasing file order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"trajectory rows out of range [0, {len(self)})")
+        out = np.empty((len(rows),) + self.shape[1:], dtype=self.dtype)
+        shard = np.searchsorted(self.starts, rows, side="right") - 1
+        for k in np.unique(shard):
+            at = np.nonzero(shard == k)[0]
+            local = rows[at] - self.starts[k]
+            order = np.argsort(local, kind="stable")
+            out[at[order]] = self.maps[k][local[order]]
+        return out
+
+
+def load_trajectories(manifest_path: str, verify: bool = True, stream: bool = False) -> dict:
+    """All shards of a manifest: ``states`` fp16 [N, S, C, H, W], ``sigmas`` of the S stored
+    states, ``seeds``, ``labels``. ``verify`` checks each file's sha256, so a truncated or
+    replaced shard is named instead of silently read. ``stream``: ``states`` is a
+    :class:`ShardedStates` over memory-mapped shards instead of one array in RAM."""
     manifest_path = Path(manifest_path)
     try:
         m = load_json(manifest_path)
@@ -207,8 +244,11 @@ def load_trajectories(manifest_path: str, verify: bool = True) -> dict[str, np.n
         total = sum(int(e["count"]) for e in entries)
     except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
         raise ValueError(f"{manifest_path}: not a trajectory manifest ({exc!r}); rerun the trajectories stage") from exc
-    # one array filled shard by shard: peak memory is the set plus one shard, not twice the set
-    states = np.empty((total, n_states) + shape, dtype=STATE_DTYPE)
+    if not entries:
+        raise ValueError(f"{manifest_path}: lists no shards; rerun the trajectories stage")
+    # in RAM: one array filled shard by shard, so the peak is the set plus one shard
+    states = None if stream else np.empty((total, n_states) + shape, dtype=STATE_DTYPE)
+    maps = []
     seeds = np.empty(total, dtype=np.int64)
     labels = np.empty(total, dtype=np.int64)
     sigmas, row = None, 0
@@ -219,12 +259,28 @@ def load_trajectories(manifest_path: str, verify: bool = True) -> dict[str, np.n
         if verify and sha256_file(path) != e["sha256"]:
             raise ValueError(f"{path}: sha256 differs from {manifest_path} (truncated, corrupted or "
                              "regenerated since); rerun the trajectories stage")
-        d = load_npz(path, ("states", "sigmas", "seeds", "labels"))
-        s, n = d["states"], int(e["count"])
-        if s.shape != (n, n_states) + shape or len(d["seeds"]) != n or len(d["labels"]) != n:
-            raise ValueError(f"{path}: 'states' has shape {s.shape}, expected {(n, n_states) + shape}")
-        states[row:row + n], seeds[row:row + n], labels[row:row + n] = s, d["seeds"], d["labels"]
+        if stream:
+            s = npz_memmap(path, "states")
+            with np.load(path, allow_pickle=False) as z:  # reads only the named members
+                d = {k: z[k] for k in ("sigmas", "seeds", "labels") if k in z.files}
+            missing = {"sigmas", "seeds", "labels"} - set(d)
+            if missing:
+                raise KeyError(f"{path} lacks arrays {sorted(missing)}")
+        else:
+            d = load_npz(path, ("states", "sigmas", "seeds", "labels"))
+            s = d["states"]
+        n = int(e["count"])
+        if s.shape != (n, n_states) + shape or s.dtype != STATE_DTYPE or len(d["seeds"]) != n or len(d["labels"]) != n:
+            raise ValueError(f"{path}: 'states' is {s.dtype} {s.shape}, expected "
+                             f"{np.dtype(STATE_DTYPE).name} {(n, n_states) + shape}")
+        if stream:
+            maps.append(s)
+        else:
+            states[row:row + n] = s
+        seeds[row:row + n], labels[row:row + n] = d["seeds"], d["labels"]
         sigmas = d["sigmas"] if sigmas is None else sigmas
         row += n
         del d, s
+    if stream:
+        states = ShardedStates(maps)
     return {"states": states, "sigmas": sigmas, "seeds": seeds, "labels": labels, "label_dim": label_dim}

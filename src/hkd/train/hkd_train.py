@@ -11,7 +11,9 @@ without a perceptual term it only rescales the whole loss, and under Adam, whose
 second-moment average lags the falling gradients, that acts as a learning-rate decay of up
 to ~100x (README). ``constant`` keeps lambda1 = 1.
 Every step uses a full batch (the remainder of a shuffled epoch is left for the next
-shuffle), so a compiled forward pass sees one shape.
+shuffle), so a compiled forward pass sees one shape. Trajectory shards are memory-mapped,
+not loaded: each step reads its rows (a background thread reads the next step's), so RAM
+holds batches, not the set, and every torchrun process reads only its own rows.
 
 Training state (weights, EMA, optimiser, schedule, random generators, position in the
 epoch) is saved every ``hkd.checkpoint_every`` steps to a resume file beside the final
@@ -29,6 +31,7 @@ import hashlib
 import json
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -141,10 +144,10 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
     ``stop_after``: return after that many steps without writing ``out_path`` (benchmarks)."""
     hcfg, edm = cfg["hkd"], cfg["edm"]
     rank, world, _ = distributed.world()
-    traj = load_trajectories(traj_path)
+    traj = load_trajectories(traj_path, stream=True)
+    states = traj["states"]  # memory-mapped fp16 [N, S, C, H, W]; each step reads its rows
     if max_trajectories:
-        traj.update(states=traj["states"][:max_trajectories], labels=traj["labels"][:max_trajectories])
-    states = torch.from_numpy(traj["states"])  # fp16 [N, S, C, H, W], converted per batch
+        states, traj["labels"] = states.head(max_trajectories), traj["labels"][:max_trajectories]
     sigmas = torch.from_numpy(traj["sigmas"]).double()  # of the stored states, T .. eps, 0
     if traj["label_dim"] != teacher.label_dim:
         raise ValueError(f"{traj_path}: trajectories have label_dim {traj['label_dim']}, the teacher "
@@ -217,6 +220,12 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
     grid_seeds = range(cfg["sample"]["seed_offset"], cfg["sample"]["seed_offset"] + 16)
     grid_noise, grid_labels = seeded_inputs(grid_seeds, (model.img_channels, model.img_resolution,
                                                          model.img_resolution), model.label_dim, device)
+    # the next step's rows are read from the shard files while this step computes
+    reader = ThreadPoolExecutor(1, thread_name_prefix="hkd-trajectory-reader")
+
+    def read_rows(rows: torch.Tensor):
+        return reader.submit(lambda: torch.from_numpy(states.take(rows.numpy())))
+
     t0, step0, t_first = time.time(), step, None
     bar = tqdm(total=total_steps, initial=step, desc="hkd-train", unit="step", mininterval=2,
                disable=not progress_enabled() or rank != 0)
@@ -224,18 +233,23 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
         lam = lambda1(epoch, hcfg["epochs"], hcfg["lambda1"])
         if not (state is not None and epoch == epoch0):
             order, pos0 = torch.randperm(n_traj, generator=gen), 0
-        for start in range(pos0, steps_per_epoch * batch, batch):
+        end = steps_per_epoch * batch
+        pending = read_rows(order[pos0:pos0 + batch][local]) if pos0 < end else None
+        for start in range(pos0, end, batch):
             rows = order[start:start + batch]
             t = sample_times(batch, k, sigmas, gen)  # the global batch's times, the same in every process
             mine, t_mine = rows[local], t[local]
+            my_states = pending.result()  # this process's rows of the batch, in the order of `mine`
+            if start + batch < end:
+                pending = read_rows(order[start + batch:start + 2 * batch][local])
             opt.zero_grad(set_to_none=True)
             errs, n_local = [], len(mine)
-            parts = list(zip(mine.split(micro), t_mine.split(micro)))
-            for i, (part, t_part) in enumerate(parts):
+            parts = list(zip(mine.split(micro), my_states.split(micro), t_mine.split(micro)))
+            for i, (part, part_states, t_part) in enumerate(parts):
                 # gradients accumulate over the parts; DDP synchronises only after the last
                 sync = world == 1 or i == len(parts) - 1
                 with contextlib.nullcontext() if sync else net.no_sync():
-                    mse, lp = hkd_distances(forward, states[part], sigmas, t_part, device, dtype,
+                    mse, lp = hkd_distances(forward, part_states, sigmas, t_part, device, dtype,
                                             onehot[part] if onehot is not None else None, perceptual)
                     err = lam * mse if lp is None else lam * mse + LAMBDA2 * lp  # d of the paper
                     loss = err.sum(1).sum() / n_local  # the parts add up to the batch mean
@@ -286,11 +300,13 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
                 save_state(epoch, start + batch, order)
                 last_saved = step
             if stop_after is not None and step - step0 >= stop_after:
+                reader.shutdown(cancel_futures=True)
                 bar.close()
                 if writer is not None:
                     writer.close()
                 return {"steps": step - step0, "batch": batch, "time_points": k + 1,
                         "seconds": time.time() - t0, "seconds_after_first_step": time.time() - t_first}
+    reader.shutdown()
     bar.close()
     if writer is not None:
         writer.close()
