@@ -30,7 +30,7 @@ def test_smoke_dag_with_snakemake(tmp_path):
     html = (work / "reports" / "smoke" / "index.html").read_text()
     metrics = json.loads((work / "results" / "smoke" / "eval" / "metrics.json").read_text())
     fids = {r["key"]: r["fid"] for r in metrics["rows"]}
-    assert set(fids) == {"real", "teacher", "hkd"}
+    assert set(fids) == {"real", "teacher", "teacher_nfe3", "hkd"}
     for key, value in fids.items():
         assert isinstance(value, float) and value == value and value >= 0, key
         # the table in the report shows the same numbers
@@ -41,6 +41,14 @@ def test_smoke_dag_with_snakemake(tmp_path):
         abl = json.loads((work / "results" / "smoke" / "ablations" / variant / "metrics.json").read_text())
         assert abl["variant"] == variant and abl["images"] == next(r["images"] for r in metrics["rows"] if r["key"] == "hkd")
         assert f"{abl['fid']:.3f}" in html, variant
+    tables = work / "reports" / "smoke" / "tables"
+    assert sorted(f.name for f in tables.glob("table*")) == sorted(f"table{n}.{fmt}" for n in (1, 3, 6)
+                                                               for fmt in ("html", "md", "tex"))
+    hkd_fid = next(r["fid"] for r in metrics["rows"] if r["key"] == "hkd")
+    for fmt in ("md", "tex"):  # the paper's HKD row beside this run's
+        assert f"{hkd_fid:.3f}" in (tables / f"table1.{fmt}").read_text()
+    assert {r["key"] for r in metrics["rows"]} >= {"teacher_nfe3"} and "kd" in metrics["throughput"]
+    assert "config sha256" in html and "hkd-train" in html  # provenance with per-stage wall time
     koop = json.loads((work / "results" / "smoke" / "ablations" / "no_koopman" / "metrics.json").read_text())
     assert koop["koopman"] is False and koop["training"]["steps"] > 0
     assert "data:image/png;base64," in html and "src=\"results" not in html

@@ -31,3 +31,80 @@ def test_torch_fidelity_with_offline_extractor(weights):
 def test_to_uint8_rounds_like_edm():
     x = np.array([-1.0, -0.5, 0.0, 1.0, 2.0], np.float32)
     np.testing.assert_array_equal(to_uint8(x), [0, 64, 128, 255, 255])
+
+
+def _random_inception_weights(path, monkeypatch):
+    """A state dict in torch-fidelity's inception-v3-compat format with random weights: the
+    real file cannot be downloaded offline, and equality does not depend on the values."""
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    with monkeypatch.context() as m:
+        m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: None)
+        m.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+        torch.manual_seed(0)
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    torch.save(net.state_dict(), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("extractor", ["hkd-digit-classifier", "inception-v3-compat"])
+def test_suite_fid_equals_torch_fidelity_on_the_saved_images(extractor, smoke_cfg, weights, tmp_path, monkeypatch):
+    """A stage's FID / IS / KID equal torch_fidelity.calculate_metrics run directly on the
+    images the stage saved, written as PNG files the way EDM writes samples."""
+    import copy
+    import json
+
+    import torch_fidelity
+    from PIL import Image
+
+    from hkd.data.dataset import build_dataset, load_dataset
+    from hkd.koopman.model import HKD
+    from hkd.metrics.evaluate import evaluate_ablation
+    from hkd.metrics.fidelity import register
+    from hkd.nn.precond import EDMPrecond
+    from hkd.pipeline import variant_paths
+
+    cfg = copy.deepcopy(smoke_cfg)
+    cfg["data"].update(count=60, heldout=24)
+    cfg["sample"].update(count=24, batch_size=12)
+    if extractor == "inception-v3-compat":
+        for k in ("classifier_epochs", "classifier_batch_size", "classifier_lr"):
+            cfg["evaluate"].pop(k)
+        cfg["evaluate"].update(feature_extractor="inception-v3-compat",
+                               inception_weights=_random_inception_weights(tmp_path / "incep.pth", monkeypatch))
+    monkeypatch.chdir(tmp_path)
+    paths = variant_paths(cfg, "no_hierarchy")
+    paths["classifier"] = weights
+    build_dataset(cfg, paths["data"], paths["data_manifest"])
+    torch.manual_seed(0)
+    teacher = EDMPrecond(img_resolution=32, img_channels=1, label_dim=0, model_channels=8, channel_mult=[1, 2],
+                         num_blocks=1, attn_resolutions=[8], dropout=0.0, channel_mult_emb=2)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model = HKD(teacher, eps=0.002, sigma_max=80.0).eval()
+    model.train_stats = None
+    evaluate_ablation(cfg, paths, "no_hierarchy", model, torch.device("cpu"), None)
+    suite = json.loads((tmp_path / paths["ablation_metrics"]).read_text())
+
+    def write_pngs(images, folder, from_float):
+        folder.mkdir()
+        u8 = np.clip(images * 127.5 + 128, 0, 255).astype(np.uint8) if from_float else images  # EDM's rounding
+        for i, im in enumerate(u8):
+            rgb = np.repeat(im, 3, axis=0) if extractor == "inception-v3-compat" else im
+            Image.fromarray(rgb.transpose(1, 2, 0).squeeze(-1) if rgb.shape[0] == 1 else rgb.transpose(1, 2, 0)
+                            ).save(folder / f"{i:06d}.png")
+        return str(folder)
+
+    gen = write_pngs(np.load(tmp_path / paths["ablation_samples"])["images"], tmp_path / "gen", True)
+    ref = write_pngs(load_dataset(paths["data"])["heldout_images"], tmp_path / "ref", True)
+    if extractor == "hkd-digit-classifier":
+        register()
+    direct = torch_fidelity.calculate_metrics(
+        input1=gen, input2=ref, cuda=False, isc=True, fid=True, kid=True, kid_subset_size=24, isc_splits=10,
+        feature_extractor=extractor, feature_extractor_weights_path=weights if extractor != "inception-v3-compat"
+        else cfg["evaluate"]["inception_weights"], verbose=False, cache=False)
+    assert suite["fid"] > 0
+    assert suite["fid"] == pytest.approx(direct["frechet_inception_distance"], rel=1e-5)
+    assert suite["is_mean"] == pytest.approx(direct["inception_score_mean"], rel=1e-5)
+    assert suite["kid_mean"] == pytest.approx(direct["kernel_inception_distance_mean"], rel=1e-4, abs=1e-7)

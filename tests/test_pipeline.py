@@ -7,7 +7,7 @@ import sys
 import yaml
 
 from hkd.config import load_config
-from hkd.pipeline import ABLATIONS, STAGES, ablation_config, run_paths, shard_count, variant_paths
+from hkd.pipeline import ABLATIONS, STAGES, ablation_config, run_paths, shard_count, stage_outputs
 
 
 def snakemake_dag(repo, configfile):
@@ -54,7 +54,11 @@ def test_snakemake_and_dvc_agree(repo):
     cfg = load_config(repo / "configs" / "default.yaml")
     paths = run_paths(cfg)
     traj_dir = paths["trajectories_dir"]
-    produced = set(paths.values()) | {p for v in cfg["ablations"] for p in variant_paths(cfg, v).values()}
+    produced = set(paths.values())
+    for st in STAGES:  # every output, per-variant and per-NFE files expanded
+        for v in (cfg["ablations"] if st.per_variant else [None]):
+            for path in stage_outputs(cfg, st.name, v).values():
+                produced |= set(path if isinstance(path, list) else [path])
 
     def norm(files):
         return {traj_dir if f.startswith(traj_dir + "/") else f for f in files}

@@ -1,30 +1,107 @@
-"""Report tables built from metrics files."""
+"""The paper's tables: built from metrics files, rendered in HTML, LaTeX and Markdown."""
 
+import copy
+
+import pandas as pd
 import pytest
 
-from hkd.report.build import ablation_table
-from hkd.report.paper import TABLE3_FID
+from hkd.report.paper import TABLE1, TABLE3_FID, TABLE4
+from hkd.report.tables import FORMATS, ablation_table, main_table, render, table3, table6, write_tables
 
 
-def metrics(hkd_fid):
-    return {"rows": [{"key": "teacher", "fid": 10.0}, {"key": "hkd", "fid": hkd_fid}]}
+def metrics(hkd_fid=20.0):
+    """A metrics.json as the evaluate stage writes it (small fixture)."""
+    speed = {"teacher": {"images_per_second": 10.0, "batch": 64, "repeats": 3, "seconds_per_batch": 6.4, "nfe": 35},
+             "teacher_nfe15": {"images_per_second": 23.0, "batch": 64, "repeats": 3, "seconds_per_batch": 2.78,
+                               "nfe": 15},
+             "hkd": {"images_per_second": 400.0, "batch": 64, "repeats": 3, "seconds_per_batch": 0.16, "nfe": 1},
+             "kd": {"images_per_second": 410.0, "batch": 64, "repeats": 3, "seconds_per_batch": 0.156, "nfe": 1}}
+    return {"rows": [{"key": "real", "fid": 5.0}, {"key": "teacher", "fid": 10.0},
+                     {"key": "teacher_nfe15", "fid": 12.5}, {"key": "hkd", "fid": hkd_fid}],
+            "throughput": speed, "device": "test CPU", "threads": 2, "precision": "bfloat16",
+            "reference": {"split": "heldout", "images": 1000},
+            "feature_extractor": {"name": "hkd-digit-classifier"}}
+
+
+ABL = {"no_koopman": {"fid": 30.0}, "no_trajectory": {"fid": 25.0}, "no_hierarchy": {"fid": 22.0}}
 
 
 def test_table3_rows_ordering_and_paper_column():
-    abl = {"no_koopman": {"fid": 30.0}, "no_trajectory": {"fid": 25.0}, "no_hierarchy": {"fid": 22.0}}
-    df, ordering = ablation_table(metrics(20.0), abl)
+    df, ordering = ablation_table(metrics(), ABL)
     assert list(df["Koopman evolution"]) == ["no", "yes", "yes", "yes"]
     assert list(df["Trajectory consistency"]) == ["no", "no", "yes", "yes"]
     assert list(df["Hierarchy"]) == ["yes", "yes", "no", "yes"]
     assert list(df["FID (this run)"]) == [30.0, 25.0, 22.0, 20.0]
-    assert list(df["FID (paper, CIFAR-10)"]) == [TABLE3_FID[k] for k in
-                                                   ("no_koopman", "no_trajectory", "no_hierarchy", "full")]
-    assert df["FID / full HKD (this run)"].iloc[0] == pytest.approx(1.5)
+    assert list(df["FID (paper)"]) == [TABLE3_FID[k] for k in ("no_koopman", "no_trajectory", "no_hierarchy", "full")]
+    assert df["FID / full (this run)"].iloc[0] == pytest.approx(1.5)
+    assert df["Difference"].iloc[3] == pytest.approx(20.0 - 3.30)
     assert ordering == {"full_best": True, "no_koopman_worst": True}
 
-    _, ordering = ablation_table(metrics(23.0), abl)  # an ablation beats the full model
+    _, ordering = ablation_table(metrics(23.0), ABL)  # an ablation beats the full model
     assert ordering == {"full_best": False, "no_koopman_worst": True}
-    _, ordering = ablation_table(metrics(20.0), dict(abl, no_trajectory={"fid": 31.0}))
+    _, ordering = ablation_table(metrics(), dict(ABL, no_trajectory={"fid": 31.0}))
     assert ordering == {"full_best": True, "no_koopman_worst": False}
-    df, ordering = ablation_table(metrics(20.0), {"no_hierarchy": {"fid": 22.0}})
+    df, ordering = ablation_table(metrics(), {"no_hierarchy": {"fid": 22.0}})
     assert len(df) == 2 and ordering == {"full_best": True, "no_koopman_worst": None}
+
+
+def test_main_table_reproduces_only_the_rows_it_has(smoke_cfg):
+    cfg = copy.deepcopy(smoke_cfg)
+    cfg["trajectories"]["num_steps"] = 18  # 35 NFE, the paper's EDM row
+    t = main_table(cfg, metrics(), ABL)
+    assert t.key == "table1" and len(t.frame) == len(TABLE1)
+    mine = dict(zip(zip(t.frame["Method"].str.split(" ").str[0], t.frame["NFE"]), t.frame["FID (this run)"]))
+    assert mine[("EDM", 35)] == 10.0 and mine[("EDM", 15)] == 12.5
+    assert mine[("KD", 1)] == 30.0 and mine[("HKD", 1)] == 20.0
+    assert all(pd.isna(v) for (m, _), v in mine.items() if m not in ("EDM", "KD", "HKD"))
+    hkd = t.frame[t.frame["Method"] == "HKD"].iloc[0]
+    assert hkd["Difference"] == pytest.approx(20.0 - 3.30)
+    assert "embedded MNIST" in t.caption and "hkd-digit-classifier" in t.caption
+
+    cond = copy.deepcopy(cfg)
+    cond["network"]["label_dim"] = 10
+    t4 = main_table(cond, metrics(), {})
+    assert t4.key == "table4" and len(t4.frame) == len(TABLE4)
+    assert t4.frame[t4.frame["Method"] == "EDM"]["FID (this run)"].iloc[0] == 10.0
+
+
+def test_table6_times_and_speedups(smoke_cfg):
+    cfg = copy.deepcopy(smoke_cfg)
+    cfg["trajectories"]["num_steps"] = 18
+    t = table6(cfg, metrics())
+    row = {(m.split(" ")[0], n): r for m, n, r in zip(t.frame["Method"], t.frame["NFE"], t.frame.to_dict("records"))}
+    assert row[("EDM", 35)]["s / image (this run)"] == pytest.approx(0.1)
+    assert row[("HKD", 1)]["Speed-up vs EDM 35 (this run)"] == pytest.approx(40.0)
+    assert row[("HKD", 1)]["Speed-up vs EDM 35 (paper)"] == pytest.approx(0.69 / 0.03)
+    assert row[("KD", 1)]["s / image (this run)"] == pytest.approx(1 / 410.0)
+    assert pd.isna(row[("DDPM", 1000)]["s / image (this run)"])
+    assert "test CPU" in t.caption
+
+
+def test_every_template_renders_every_table(smoke_cfg, tmp_path):
+    """HTML, LaTeX (booktabs) and Markdown of each table from the fixture: every value and
+    header appears, special characters are escaped, missing values are dashes."""
+    cfg = copy.deepcopy(smoke_cfg)
+    cfg["trajectories"]["num_steps"] = 18
+    t3, _ = table3(cfg, metrics(), ABL)
+    tables = [main_table(cfg, metrics(), ABL), t3, table6(cfg, metrics())]
+    for t in tables:
+        html, tex, md = (render(t, f) for f in FORMATS)
+        assert html.startswith("<table") and f'id="{t.key}"' in html and t.title in html
+        assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "\\begin{tabular}" in tex
+        assert tex.count(" \\\\\n") == len(t.frame) + 1  # header + one line per row
+        assert md.count("\n| ") == len(t.frame) + 1 and ("|---:|" in md or "|:---|" in md)
+        for line in t.cells():
+            for cell in line:
+                assert cell in html and cell.replace("—", "---") in tex.replace("\\_", "_").replace("\\%", "%")
+    t1 = tables[0]
+    assert "20.000" in render(t1, "md") and "3.30" in render(t1, "md") and "16.700" in render(t1, "md")
+    assert "2-Rectified flow++" in render(t1, "tex")
+    assert "s / image" in render(tables[2], "tex")
+    written = write_tables(tables, str(tmp_path / "tables"))
+    assert sorted(p.split("/")[-1] for p in written) == sorted(f"{t.key}.{f}" for t in tables for f in FORMATS)
+    (tmp_path / "tables" / "table9.md").write_text("stale")
+    write_tables(tables[:1], str(tmp_path / "tables"))
+    assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == ["table1.html", "table1.md", "table1.tex"]
+    with pytest.raises(ValueError, match="unknown table format"):
+        render(t1, "pdf")

@@ -109,7 +109,7 @@ def stage_sample(cfg, paths, args):
 
     device, dtype = _torch_setup(cfg, args.threads)
     return write_samples(cfg, load_teacher(paths["teacher"], device), load_hkd(paths["hkd"], device),
-                         paths["samples_teacher"], paths["samples_hkd"], device, dtype)
+                         paths, device, dtype)
 
 
 def stage_evaluate(cfg, paths, args):
@@ -118,8 +118,9 @@ def stage_evaluate(cfg, paths, args):
     from hkd.teacher.network import load_teacher
 
     device, dtype = _torch_setup(cfg, args.threads)
+    kd = load_hkd(paths["kd"], device) if "no_koopman" in cfg["ablations"] else None
     res = evaluate(cfg, paths, load_teacher(paths["teacher"], device), load_hkd(paths["hkd"], device),
-                   device, dtype)
+                   device, dtype, kd=kd)
     return {"rows": res["rows"], "speedup_hkd_vs_teacher": res["speedup_hkd_vs_teacher"]}
 
 
@@ -169,6 +170,25 @@ def write_dvc_yaml(config_file: str, out: str, check: bool) -> int:
     return 0
 
 
+def _record_time(paths: dict, args, seconds: float) -> None:
+    """The stage's wall time for the report's provenance block (process 0 under torchrun)."""
+    import os
+    from datetime import datetime, timezone
+
+    from hkd.io import save_json
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    name = args.stage
+    if getattr(args, "variant", None):
+        name += f"-{args.variant}"
+    if getattr(args, "shard", None) is not None:
+        name += f"-shard{args.shard:05d}"
+    save_json({"stage": name, "seconds": round(seconds, 1),
+               "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")},
+              Path(paths["timings"]) / f"{name}.json")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hkd", description=__doc__)
     sub = parser.add_subparsers(dest="stage", required=True)
@@ -198,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             paths = variant_paths(cfg, args.variant)
         t0 = time.time()
         summary = STAGE_FUNCTIONS[args.stage](cfg, paths, args)
-        print(f"hkd {args.stage}: done in {time.time() - t0:.1f} s")
+        seconds = time.time() - t0
+        print(f"hkd {args.stage}: done in {seconds:.1f} s")
+        _record_time(paths, args, seconds)
         if summary:
             print(json.dumps(summary, indent=1, default=str))
         return 0

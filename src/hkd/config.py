@@ -59,6 +59,11 @@ _ONLY_FOR = {
 }
 
 
+def nfe_of_steps(steps: int) -> int:
+    """Network evaluations of EDM's Heun sampler with ``steps`` steps (the last one is Euler)."""
+    return 2 * steps - 1
+
+
 def check_config(cfg: dict, source: str = "config") -> None:
     """Rules spanning several keys."""
     for (section, key, choice), keys in _ONLY_FOR.items():
@@ -97,6 +102,10 @@ def check_config(cfg: dict, source: str = "config") -> None:
         raise ConfigError(
             f"{source}: key 'sample.seed_offset': evaluation seeds {eval_seeds[0]}..{eval_seeds[1] - 1} "
             f"overlap the trajectory seeds {train_seeds[0]}..{train_seeds[1] - 1}")
+    for n in cfg["sample"]["extra_teacher_nfe"]:
+        if n % 2 == 0 or n == nfe_of_steps(traj["num_steps"]):
+            raise ConfigError(f"{source}: key 'sample.extra_teacher_nfe': {n} must be odd (Heun: 2 steps - 1) "
+                              f"and differ from the trajectories' {nfe_of_steps(traj['num_steps'])} NFE")
     net = cfg["network"]
     for mult in net["channel_mult"]:
         if (net["model_channels"] * mult) % 2:

@@ -53,6 +53,8 @@ def run_paths(cfg: dict) -> dict[str, str]:
         "hkd_resume": root / "hkd" / "resume.pt",
         "samples_teacher": root / "samples" / "teacher.npz",
         "samples_hkd": root / "samples" / "hkd.npz",
+        # the teacher at each NFE of sample.extra_teacher_nfe ({nfe})
+        "samples_teacher_nfe": root / "samples" / "teacher_nfe{nfe}.npz",
         "metrics": root / "eval" / "metrics.json",
         # Table 3 ablations, one folder per variant ({variant}: a key of ABLATIONS)
         "ablation_hkd": root / "ablations" / "{variant}" / "hkd.pt",
@@ -61,7 +63,12 @@ def run_paths(cfg: dict) -> dict[str, str]:
         "ablation_samples": root / "ablations" / "{variant}" / "samples.npz",
         "ablation_metrics": root / "ablations" / "{variant}" / "metrics.json",
         "spectral": root / "analysis" / "spectral.png",
+        # the no-Koopman ablation is the suite's one-step distillation (KD) row of Tables 1 and 6
+        "kd": root / "ablations" / "no_koopman" / "hkd.pt",
         "report": report / "index.html",
+        "tables": report / "tables",
+        # per-stage wall time, written by `hkd <stage>` for the report's provenance block
+        "timings": root / "logs" / "timings",
     }
     return {k: str(v) for k, v in p.items()}
 
@@ -97,7 +104,7 @@ def trajectory_shard_pattern(cfg: dict) -> str:
 
 
 #: outputs that are folders (Snakemake ``directory()``; DVC ``cache: false``)
-DIRECTORY_OUTPUTS = frozenset({"teacher_tb", "hkd_tb", "ablation_tb"})
+DIRECTORY_OUTPUTS = frozenset({"teacher_tb", "hkd_tb", "ablation_tb", "tables"})
 
 
 @dataclass(frozen=True)
@@ -133,14 +140,15 @@ STAGES: tuple[Stage, ...] = (
           ("seed", "device", "precision", "compile", "edm", "hkd"),
           ("src/hkd/nn", "src/hkd/koopman", "src/hkd/train", "src/hkd/teacher/trajectories.py", "src/hkd/ema.py")
           + _TEACHER_CKPT + _RUNTIME),
-    Stage("sample", "sample", ("teacher", "hkd"), ("samples_teacher", "samples_hkd"),
+    Stage("sample", "sample", ("teacher", "hkd"), ("samples_teacher", "samples_hkd", "samples_teacher_nfe"),
           ("device", "precision", "compile", "edm", "trajectories", "sample"),
           ("src/hkd/nn", "src/hkd/sample.py", "src/hkd/teacher/sampler.py", "src/hkd/teacher/trajectories.py",
            "src/hkd/koopman") + _TEACHER_CKPT + _RUNTIME),
     Stage("evaluate", "evaluate",
-          ("data", "classifier", "teacher", "hkd", "samples_teacher", "samples_hkd"),
-          ("metrics",), ("device", "precision", "trajectories", "evaluate"),
-          ("src/hkd/metrics", "src/hkd/data/dataset.py") + _TEACHER_CKPT + _RUNTIME),
+          ("data", "classifier", "teacher", "hkd", "kd", "samples_teacher", "samples_hkd", "samples_teacher_nfe"),
+          ("metrics",), ("device", "precision", "trajectories", "ablations", "sample", "evaluate"),
+          ("src/hkd/metrics", "src/hkd/data/dataset.py", "src/hkd/sample.py", "src/hkd/koopman")
+          + _TEACHER_CKPT + _RUNTIME),
     Stage("ablation_train", "ablation-train", ("teacher", "trajectories"), ("ablation_hkd", "ablation_tb"),
           ("seed", "device", "precision", "compile", "edm", "hkd"),
           ("src/hkd/nn", "src/hkd/koopman", "src/hkd/train", "src/hkd/teacher/trajectories.py", "src/hkd/ema.py",
@@ -151,9 +159,10 @@ STAGES: tuple[Stage, ...] = (
           + _TEACHER_CKPT + _RUNTIME, per_variant=True),
     Stage("spectral", "spectral", ("hkd",), ("spectral",), (), ("src/hkd/analysis",)),
     Stage("report", "report",
-          ("data", "data_manifest", "classifier", "samples_teacher", "samples_hkd", "metrics",
-           "spectral", "ablation_metrics", "ablation_samples"),
-          ("report",), ("run", "report_dir", "trajectories", "hkd", "ablations", "report"),
+          ("data", "data_manifest", "classifier", "samples_teacher", "samples_hkd", "samples_teacher_nfe",
+           "metrics", "spectral", "ablation_metrics", "ablation_samples"),
+          ("report", "tables"), ("run", "report_dir", "data", "network", "trajectories", "hkd", "ablations", "sample",
+                                 "evaluate", "report"),
           ("src/hkd/report", "src/hkd/data/dataset.py")),
 )
 
@@ -177,6 +186,8 @@ def _path_enabled(cfg: dict, key: str) -> bool:
         return stage_enabled(cfg, "classifier")
     if key.startswith("ablation_"):
         return bool(cfg["ablations"])
+    if key == "kd":
+        return "no_koopman" in cfg["ablations"]
     return True
 
 
@@ -185,6 +196,8 @@ def _resolve(cfg: dict, name: str, key: str, variant: str | None):
     wildcard (per-variant stages, ``variant=None``), or expanded to every configured
     ablation (a stage that gathers them, such as the report)."""
     path = run_paths(cfg)[key]
+    if "{nfe}" in path:
+        return [path.replace("{nfe}", str(n)) for n in cfg["sample"]["extra_teacher_nfe"]]
     if "{variant}" not in path:
         return path
     if variant is not None:
@@ -203,7 +216,8 @@ def stage_inputs(cfg: dict, name: str, variant: str | None = None) -> dict:
 
 
 def stage_outputs(cfg: dict, name: str, variant: str | None = None) -> dict:
-    return {k: _resolve(cfg, name, k, variant) for k in STAGE_BY_NAME[name].outputs if _path_enabled(cfg, k)}
+    out = {k: _resolve(cfg, name, k, variant) for k in STAGE_BY_NAME[name].outputs if _path_enabled(cfg, k)}
+    return {k: v for k, v in out.items() if v != []}
 
 
 def stage_params(cfg: dict, name: str) -> dict:

@@ -20,9 +20,11 @@ def evaluation_seeds(cfg: dict) -> np.ndarray:
     return np.arange(start, start + cfg["sample"]["count"], dtype=np.int64)
 
 
-def teacher_sampler(cfg: dict, teacher, device, dtype, compile: bool = False):
+def teacher_sampler(cfg: dict, teacher, device, dtype, compile: bool = False, nfe: int | None = None):
+    """EDM's Heun sampler on the EDM grid: the trajectories' step count, or ``nfe`` (odd)."""
     edm = cfg["edm"]
-    sigmas = edm_sigmas(cfg["trajectories"]["num_steps"], edm["sigma_min"], edm["sigma_max"], edm["rho"])
+    steps = cfg["trajectories"]["num_steps"] if nfe is None else (nfe + 1) // 2
+    sigmas = edm_sigmas(steps, edm["sigma_min"], edm["sigma_max"], edm["rho"])
     denoise = make_denoiser(teacher, device, dtype, compile=compile)
 
     def sample(noise, labels=None):
@@ -53,16 +55,21 @@ def draw(sampler, seeds: np.ndarray, shape, label_dim: int, batch_size: int, dev
     return images, np.concatenate(labels)
 
 
-def write_samples(cfg: dict, teacher, model, out_teacher: str, out_hkd: str, device, dtype) -> dict:
+def write_samples(cfg: dict, teacher, model, paths: dict, device, dtype) -> dict:
+    """Teacher (at the trajectories' NFE and each ``sample.extra_teacher_nfe``) and HKD
+    samples from the evaluation seeds, to the files named in ``paths``."""
     seeds = evaluation_seeds(cfg)
     shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
     bs = cfg["sample"]["batch_size"]
     times = {}
-    # The 35-NFE teacher dominates this stage, so it runs compiled when the config says so;
-    # the one-step HKD sampler is cheap eagerly.
-    for name, sampler, path in (("teacher", teacher_sampler(cfg, teacher, device, dtype, cfg["compile"]),
-                                 out_teacher),
-                                ("hkd", hkd_sampler(model, device, dtype), out_hkd)):
+    # The teacher dominates this stage, so it runs compiled when the config says so; the
+    # one-step HKD sampler is cheap eagerly.
+    jobs = [("teacher", teacher_sampler(cfg, teacher, device, dtype, cfg["compile"]), paths["samples_teacher"])]
+    for n in cfg["sample"]["extra_teacher_nfe"]:
+        jobs.append((f"teacher_nfe{n}", teacher_sampler(cfg, teacher, device, dtype, cfg["compile"], nfe=n),
+                     paths["samples_teacher_nfe"].replace("{nfe}", str(n))))
+    jobs.append(("hkd", hkd_sampler(model, device, dtype), paths["samples_hkd"]))
+    for name, sampler, path in jobs:
         t0 = time.time()
         images, labels = draw(sampler, seeds, shape, teacher.label_dim, bs, device, f"sample {name}")
         times[name] = time.time() - t0

@@ -39,18 +39,30 @@ def feature_extractor(cfg: dict, paths: dict, data: dict) -> tuple[str, str | No
         "weights": weights or "torch-fidelity download (torch hub cache)"}
 
 
-def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype) -> dict:
+def _row(key: str, label: str, nfe_: int | None, images: np.ndarray, m: dict) -> dict:
+    return {"key": key, "method": label, "nfe": nfe_, "images": int(len(images)),
+            "fid": float(m["frechet_inception_distance"]),
+            "is_mean": float(m["inception_score_mean"]), "is_std": float(m["inception_score_std"]),
+            "kid_mean": float(m["kernel_inception_distance_mean"]),
+            "kid_std": float(m["kernel_inception_distance_std"])}
+
+
+def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> dict:
+    """FID / IS / KID rows (real floor, teacher at each NFE, HKD) and the time per image of
+    every sampler (teacher at each NFE, HKD, and ``kd``, the no-Koopman one-step
+    distillation, when trained), measured in this one process."""
     data = load_dataset(paths["data"])
     ref_split = cfg["evaluate"]["reference"]
     reference = data[f"{ref_split}_images"]
-    generated = {
-        "teacher": load_npz(paths["samples_teacher"], ("images",))["images"],
-        "hkd": load_npz(paths["samples_hkd"], ("images",))["images"],
-    }
+    steps = cfg["trajectories"]["num_steps"]
+    extra = cfg["sample"]["extra_teacher_nfe"]
+    sample_files = {"teacher": paths["samples_teacher"], "hkd": paths["samples_hkd"]}
+    sample_files.update({f"teacher_nfe{n}": paths["samples_teacher_nfe"].replace("{nfe}", str(n)) for n in extra})
+    generated = {k: load_npz(f, ("images",))["images"] for k, f in sample_files.items()}
     n = cfg["sample"]["count"]
     for name, imgs in generated.items():
         if imgs.shape[1:] != reference.shape[1:] or len(imgs) != n:
-            raise ValueError(f"{paths['samples_' + name]}: expected {n} images of shape "
+            raise ValueError(f"{sample_files[name]}: expected {n} images of shape "
                              f"{reference.shape[1:]}, got {imgs.shape}")
     # the real-image floor: images of the other split, as many as each sampler is given
     other = data["train_images" if ref_split == "heldout" else "heldout_images"]
@@ -59,27 +71,34 @@ def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype) -> dict:
     extractor, weights, extractor_info = feature_extractor(cfg, paths, data)
     cuda = device.type == "cuda"
     ref = to_uint8(reference)
-    steps = cfg["trajectories"]["num_steps"]
-    rows = []
-    candidates = [("EDM teacher (Heun)", "teacher", generated["teacher"], nfe(steps)),
-                  ("HKD (one step)", "hkd", generated["hkd"], 1)]
+    candidates = [("EDM teacher (Heun)", "teacher", generated["teacher"], nfe(steps))]
+    candidates += [("EDM teacher (Heun)", f"teacher_nfe{k}", generated[f"teacher_nfe{k}"], k) for k in extra]
+    candidates.append(("HKD (one step)", "hkd", generated["hkd"], 1))
     if real is not None:
         split = "training" if ref_split == "heldout" else "held-out"
         candidates.insert(0, (f"Real images ({split} split)", "real", real, None))
+    rows = []
     for label, key, images, nfe_ in candidates:
-        m = fidelity_metrics(to_uint8(images), ref, extractor, weights, cuda=cuda)
-        rows.append({"key": key, "method": label, "nfe": nfe_, "images": int(len(images)),
-                     "fid": float(m["frechet_inception_distance"]),
-                     "is_mean": float(m["inception_score_mean"]),
-                     "is_std": float(m["inception_score_std"])})
+        m = fidelity_metrics(to_uint8(images), ref, extractor, weights, cuda=cuda, kid=True)
+        rows.append(_row(key, label, nfe_, images, m))
 
     noise, labels = seeded_inputs(np.arange(cfg["evaluate"]["throughput_batch"]) + cfg["sample"]["seed_offset"],
                                   (teacher.img_channels, teacher.img_resolution, teacher.img_resolution),
                                   teacher.label_dim, device)
-    # both eager (compile=False): the ratio compares the same kind of code
-    speed = measure({"teacher": teacher_sampler(cfg, teacher, device, dtype, compile=False),
-                     "hkd": hkd_sampler(model, device, dtype)}, noise, cfg["evaluate"]["throughput_repeats"],
-                    labels)
+    # all eager (compile=False): the ratios compare the same kind of code
+    samplers = {"teacher": teacher_sampler(cfg, teacher, device, dtype, compile=False)}
+    samplers.update({f"teacher_nfe{k}": teacher_sampler(cfg, teacher, device, dtype, compile=False, nfe=k)
+                     for k in extra})
+    samplers["hkd"] = hkd_sampler(model, device, dtype)
+    if kd is not None:
+        samplers["kd"] = hkd_sampler(kd, device, dtype)
+    speed = measure(samplers, noise, cfg["evaluate"]["throughput_repeats"], labels)
+    speed["teacher"]["nfe"] = nfe(steps)
+    for k in extra:
+        speed[f"teacher_nfe{k}"]["nfe"] = k
+    for k in ("hkd", "kd"):
+        if k in speed:
+            speed[k]["nfe"] = 1
     result = {
         "rows": rows,
         "reference": {"split": ref_split, "images": int(len(reference))},
@@ -108,11 +127,12 @@ def evaluate_ablation(cfg: dict, paths: dict, variant: str, model, device, dtype
     save_npz(paths["ablation_samples"], images=images, seeds=evaluation_seeds(cfg), labels=labels)
     extractor, weights, extractor_info = feature_extractor(cfg, paths, data)
     m = fidelity_metrics(to_uint8(images), to_uint8(data[f"{ref_split}_images"]), extractor, weights,
-                         cuda=device.type == "cuda")
+                         cuda=device.type == "cuda", kid=True)
     result = {"variant": variant, "hkd_overrides": ABLATIONS[variant], "nfe": 1, "images": int(len(images)),
               "koopman": bool(model.init_kwargs["koopman"]), "hierarchy": bool(model.init_kwargs["hierarchy"]),
               "fid": float(m["frechet_inception_distance"]), "is_mean": float(m["inception_score_mean"]),
-              "is_std": float(m["inception_score_std"]),
+              "is_std": float(m["inception_score_std"]), "kid_mean": float(m["kernel_inception_distance_mean"]),
+              "kid_std": float(m["kernel_inception_distance_std"]),
               "reference": {"split": ref_split, "images": int(len(data[f"{ref_split}_images"]))},
               "feature_extractor": extractor_info["name"], "training": model.train_stats}
     save_json(result, paths["ablation_metrics"])

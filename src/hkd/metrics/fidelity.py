@@ -74,6 +74,8 @@ def fidelity_metrics(generated: np.ndarray, reference: np.ndarray, extractor: st
     as ``inception-v3-compat`` (``weights_path`` None = torch-fidelity's download)."""
     if extractor == EXTRACTOR_NAME:
         register()
+    elif generated.shape[1] == 1:  # Inception reads RGB: grey images as three equal channels
+        generated, reference = generated.repeat(3, axis=1), reference.repeat(3, axis=1)
     kid_subset = min(len(generated), len(reference), 1000)
     return torch_fidelity.calculate_metrics(
         input1=Uint8Images(generated), input2=Uint8Images(reference), cuda=cuda,

@@ -4,7 +4,11 @@ displays correctly when opened straight from disk."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import json
+import os
+import subprocess
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -17,7 +21,7 @@ from PIL import Image
 
 from hkd.data.dataset import load_dataset
 from hkd.io import atomic_path, load_json, load_npz
-from hkd.report.paper import TABLE3_FID
+from hkd.report.tables import main_table, render, table3, table6, write_tables
 
 PACKAGES = ("hkd-repro", "torch", "torchvision", "torch-fidelity", "snakemake", "dvc", "numpy",
             "pandas", "jinja2", "mlxtend", "matplotlib", "tensorboard")
@@ -59,45 +63,46 @@ def metrics_table(metrics: dict) -> pd.DataFrame:
     teacher_fid = df.loc[df["key"] == "teacher", "fid"].iloc[0]
     df["FID / teacher FID"] = df["fid"] / teacher_fid
     df["IS"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(df["is_mean"], df["is_std"])]
+    df["KID × 10³"] = [f"{1e3 * m:.2f} ± {1e3 * s:.2f}" for m, s in zip(df["kid_mean"], df["kid_std"])]
     df["NFE"] = [("—" if pd.isna(v) else str(int(v))) for v in df["nfe"]]
     df = df.rename(columns={"method": "Method", "images": "Images", "fid": "FID"})
-    return df[["Method", "NFE", "Images", "FID", "FID / teacher FID", "IS"]]
+    return df[["Method", "NFE", "Images", "FID", "FID / teacher FID", "IS", "KID × 10³"]]
+
+
+_SAMPLER_LABELS = {"teacher": "EDM teacher (Heun)", "hkd": "HKD (one step)",
+                   "kd": "HKD without Koopman evolution (one step)"}
 
 
 def throughput_table(metrics: dict) -> pd.DataFrame:
     rows = []
-    for key, label in (("teacher", "EDM teacher (Heun)"), ("hkd", "HKD (one step)")):
-        t = metrics["throughput"][key]
-        rows.append({"Sampler": label, "Batch": t["batch"], "Seconds / batch": t["seconds_per_batch"],
+    for key, t in metrics["throughput"].items():
+        rows.append({"Sampler": _SAMPLER_LABELS.get(key, "EDM teacher (Heun)"), "NFE": t.get("nfe"),
+                     "Batch": t["batch"], "Seconds / batch": t["seconds_per_batch"],
                      "Images / s": t["images_per_second"]})
     return pd.DataFrame(rows)
 
 
-#: Table 3 columns: is each component on? (Koopman evolution, trajectory-consistency, hierarchy)
-_COMPONENTS = {"no_koopman": (False, False, True), "no_trajectory": (True, False, True),
-               "no_hierarchy": (True, True, False), "full": (True, True, True)}
-
-
-def ablation_table(metrics: dict, ablations: dict[str, dict]) -> tuple[pd.DataFrame, dict]:
-    """Table 3: the full HKD (this run's evaluate row) and each trained ablation, in the
-    paper's row order, with the paper's CIFAR-10 FID beside the reproduced one; plus
-    whether the paper's ordering (full best, no Koopman worst) holds here."""
-    fid = {k: m["fid"] for k, m in ablations.items()}
-    fid["full"] = next(r["fid"] for r in metrics["rows"] if r["key"] == "hkd")
-    rows = []
-    for key in ("no_koopman", "no_trajectory", "no_hierarchy", "full"):
-        if key not in fid:
-            continue
-        on = _COMPONENTS[key]
-        rows.append({"Koopman evolution": "yes" if on[0] else "no", "Trajectory consistency": "yes" if on[1] else "no",
-                     "Hierarchy": "yes" if on[2] else "no", "FID (this run)": fid[key],
-                     "FID / full HKD (this run)": fid[key] / fid["full"],
-                     "FID (paper, CIFAR-10)": TABLE3_FID[key],
-                     "FID / full (paper)": TABLE3_FID[key] / TABLE3_FID["full"]})
-    ordering = {"full_best": all(fid["full"] < v for k, v in fid.items() if k != "full"),
-                "no_koopman_worst": (all(fid["no_koopman"] > v for k, v in fid.items() if k != "no_koopman")
-                                     if "no_koopman" in fid else None)}
-    return pd.DataFrame(rows), ordering
+def provenance(cfg: dict, paths: dict, metrics: dict) -> dict:
+    """Where the numbers come from: commit, config hash, device, and each stage's wall time
+    (written by ``hkd <stage>`` under ``results/<run>/logs/timings``)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=10, check=True).stdout.strip()
+        commit += " (with uncommitted changes)" if dirty else ""
+    except (OSError, subprocess.SubprocessError):
+        commit = "not a git checkout"
+    timings = []
+    folder = Path(paths["timings"])
+    if folder.is_dir():
+        for f in sorted(folder.glob("*.json")):
+            t = load_json(f)
+            timings.append({"stage": t["stage"], "seconds": t["seconds"], "finished": t["finished"]})
+    return {"commit": commit,
+            "config_sha256": hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest(),
+            "device": metrics["device"], "threads": metrics["threads"], "precision": metrics["precision"],
+            "timings": timings}
 
 
 def build_report(cfg: dict, paths: dict, out_html: str) -> None:
@@ -117,23 +122,30 @@ def build_report(cfg: dict, paths: dict, out_html: str) -> None:
         "metrics": metrics_table(metrics).to_html(index=False, formatters=fmt, classes="tbl", border=0),
         "throughput": throughput_table(metrics).to_html(index=False, formatters=fmt, classes="tbl", border=0),
     }
+    for n in cfg["sample"]["extra_teacher_nfe"]:
+        grids[f"EDM teacher, {n} NFE"] = image_grid(load_npz(paths["samples_teacher_nfe"].replace("{nfe}", str(n)))
+                                                    ["images"][:k])
     ablations = {v: load_json(paths["ablation_metrics"].replace("{variant}", v)) for v in cfg["ablations"]}
-    table3 = None
+    paper_tables = [main_table(cfg, metrics, ablations)]
+    ordering = None
     if ablations:
-        df, ordering = ablation_table(metrics, ablations)
+        t3, ordering = table3(cfg, metrics, ablations)
+        paper_tables.append(t3)
         for v in cfg["ablations"]:
             samples = load_npz(paths["ablation_samples"].replace("{variant}", v))["images"][:k]
             grids[f"Ablation {v.replace('_', ' ')}, 1 NFE"] = image_grid(samples)
-        fmt3 = {c: "{:.3f}".format for c in ("FID (this run)", "FID (paper, CIFAR-10)")}
-        fmt3.update({c: "{:.2f}".format for c in ("FID / full HKD (this run)", "FID / full (paper)")})
-        table3 = {"html": df.to_html(index=False, formatters=fmt3, classes="tbl", border=0), "ordering": ordering,
-                  "steps": {v: (a.get("training") or {}).get("steps") for v, a in ablations.items()}}
+    paper_tables.append(table6(cfg, metrics))
+    write_tables(paper_tables, paths["tables"])
+    tables_rel = os.path.relpath(paths["tables"], Path(out_html).parent)
+    rendered = [{"key": t.key, "html": render(t, "html"),
+                 "files": {fmt: f"{tables_rel}/{t.key}.{fmt}" for fmt in ("tex", "md")}} for t in paper_tables]
     rows = {r["key"]: r for r in metrics["rows"]}
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
-                             autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
+                             autoescape=jinja2.select_autoescape(["html.j2"]), undefined=jinja2.StrictUndefined)
     html = env.get_template("index.html.j2").render(
         run=cfg["run"], generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        manifest=manifest, metrics=metrics, rows=rows, tables=tables, table3=table3,
+        manifest=manifest, metrics=metrics, rows=rows, tables=tables, paper_tables=rendered, ordering=ordering,
+        provenance=provenance(cfg, paths, metrics),
         hkd=cfg["hkd"], trajectories=cfg["trajectories"]["count"],
         fid_ratio=rows["hkd"]["fid"] / rows["teacher"]["fid"],
         grids={name: png_data_uri(img) for name, img in grids.items()},

