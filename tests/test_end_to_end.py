@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import copy_workflow
+from hkd.pipeline import ABLATIONS
 
 BIN = Path(sys.executable).parent
 
@@ -37,19 +38,26 @@ def test_smoke_dag_with_snakemake(tmp_path):
         assert f"{value:.3f}" in html, key
     assert re.search(r"HKD FID / teacher FID = <strong>[0-9.]+</strong>", html)
     assert "Table 3: ablations" in html
-    for variant in ("no_koopman", "no_trajectory", "no_hierarchy"):  # configs/smoke.yaml lists all three
-        abl = json.loads((work / "results" / "smoke" / "ablations" / variant / "metrics.json").read_text())
+    for variant in ("no_koopman", "no_trajectory", "no_hierarchy", "seed1"):  # as configs/smoke.yaml lists
+        abl = json.loads((work / "results" / "smoke" / "variants" / variant / "metrics.json").read_text())
         assert abl["variant"] == variant and abl["images"] == next(r["images"] for r in metrics["rows"] if r["key"] == "hkd")
-        assert f"{abl['fid']:.3f}" in html, variant
+        if variant in ABLATIONS:
+            assert f"{abl['fid']:.3f}" in html, variant
     tables = work / "reports" / "smoke" / "tables"
-    assert sorted(f.name for f in tables.glob("table*")) == sorted(f"table{n}.{fmt}" for n in (1, 3, 6)
+    assert sorted(f.name for f in tables.glob("table*")) == sorted(f"table{n}.{fmt}" for n in (1, 2, 3, 5, 6)
                                                                for fmt in ("html", "md", "tex"))
     hkd_fid = next(r["fid"] for r in metrics["rows"] if r["key"] == "hkd")
     for fmt in ("md", "tex"):  # the paper's HKD row beside this run's
         assert f"{hkd_fid:.3f}" in (tables / f"table1.{fmt}").read_text()
     assert {r["key"] for r in metrics["rows"]} >= {"teacher_nfe3"} and "kd" in metrics["throughput"]
     assert "config sha256" in html and "hkd-train" in html  # provenance with per-stage wall time
-    koop = json.loads((work / "results" / "smoke" / "ablations" / "no_koopman" / "metrics.json").read_text())
+    stability = json.loads((work / "results" / "smoke" / "eval" / "stability.json").read_text())
+    assert list(stability["runs"]) == ["seed0", "seed1"] and stability["epochs"] == [0, 1]
+    assert f"{stability['fid_by_epoch']['1']['mean']:.3f}" in (tables / "table5.md").read_text()
+    # the last snapshot is the final weights: Table 5 scores them as variant_evaluate does
+    seed1 = json.loads((work / "results" / "smoke" / "variants" / "seed1" / "metrics.json").read_text())
+    assert stability["runs"]["seed1"]["1"]["fid"] == pytest.approx(seed1["fid"], rel=1e-6)
+    koop = json.loads((work / "results" / "smoke" / "variants" / "no_koopman" / "metrics.json").read_text())
     assert koop["koopman"] is False and koop["training"]["steps"] > 0
     assert "data:image/png;base64," in html and "src=\"results" not in html
     for stage in ("data", "teacher", "trajectories", "hkd_train", "evaluate", "report"):

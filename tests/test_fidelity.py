@@ -59,7 +59,7 @@ def test_suite_fid_equals_torch_fidelity_on_the_saved_images(extractor, smoke_cf
 
     from hkd.data.dataset import build_dataset, load_dataset
     from hkd.koopman.model import HKD
-    from hkd.metrics.evaluate import evaluate_ablation
+    from hkd.metrics.evaluate import evaluate_variant
     from hkd.metrics.fidelity import register
     from hkd.nn.precond import EDMPrecond
     from hkd.pipeline import variant_paths
@@ -84,8 +84,8 @@ def test_suite_fid_equals_torch_fidelity_on_the_saved_images(extractor, smoke_cf
             p.add_(torch.randn_like(p) * 0.05)
     model = HKD(teacher, eps=0.002, sigma_max=80.0).eval()
     model.train_stats = None
-    evaluate_ablation(cfg, paths, "no_hierarchy", model, torch.device("cpu"), None)
-    suite = json.loads((tmp_path / paths["ablation_metrics"]).read_text())
+    evaluate_variant(cfg, paths, "no_hierarchy", model, torch.device("cpu"), None)
+    suite = json.loads((tmp_path / paths["variant_metrics"]).read_text())
 
     def write_pngs(images, folder, from_float):
         folder.mkdir()
@@ -96,7 +96,7 @@ def test_suite_fid_equals_torch_fidelity_on_the_saved_images(extractor, smoke_cf
                             ).save(folder / f"{i:06d}.png")
         return str(folder)
 
-    gen = write_pngs(np.load(tmp_path / paths["ablation_samples"])["images"], tmp_path / "gen", True)
+    gen = write_pngs(np.load(tmp_path / paths["variant_samples"])["images"], tmp_path / "gen", True)
     ref = write_pngs(load_dataset(paths["data"])["heldout_images"], tmp_path / "ref", True)
     if extractor == "hkd-digit-classifier":
         register()

@@ -116,10 +116,17 @@ def test_sigkill_then_resume_through_the_cli(run):
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"resuming from step {killed_at}" in r.stdout
     resumed = weights(out)
+    snaps = work / "results/r/hkd/snapshots"  # hkd.snapshot_epochs [0, 1]: saved before the kill
+    assert killed_at > 6 and not list((snaps / ".partial").iterdir())
+    resumed_snaps = {e: weights(snaps / f"epoch-{e:04d}.pt") for e in (0, 1)}
+    assert load_torch(snaps / "epoch-0001.pt")["stats"]["steps"] == 6  # 3 steps per epoch
     out.rename(work / "resumed.pt")
     r = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "resuming" not in r.stdout
     assert_same(resumed, weights(out))
+    for e in (0, 1):
+        assert_same(resumed_snaps[e], weights(snaps / f"epoch-{e:04d}.pt"))
+    assert not torch.equal(resumed_snaps[0]["koopman.alpha.0"], resumed["koopman.alpha.0"])
 
 
 def assert_same_training(a, b):

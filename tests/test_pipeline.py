@@ -7,7 +7,7 @@ import sys
 import yaml
 
 from hkd.config import load_config
-from hkd.pipeline import ABLATIONS, STAGES, ablation_config, run_paths, shard_count, stage_outputs
+from hkd.pipeline import ABLATIONS, STAGES, run_paths, run_variants, shard_count, stage_outputs, variant_config
 
 
 def snakemake_dag(repo, configfile):
@@ -32,7 +32,8 @@ def dvc_dag(repo):
     """{stage: {"outputs", "deps", "cmds"}}, the per-ablation stages (``<stage>_<variant>``)
     merged under their stage name as Snakemake's dry run merges the jobs of one rule."""
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    per_variant = {f"{s.name}_{v}": s.name for s in STAGES if s.per_variant for v in ABLATIONS}
+    cfg = load_config(repo / "configs" / "default.yaml")
+    per_variant = {f"{s.name}_{v}": s.name for s in STAGES if s.per_variant for v in run_variants(cfg)}
     dag = {}
     for name, st in stages.items():
         entry = dag.setdefault(per_variant.get(name, name), {"outputs": set(), "deps": set(), "cmds": []})
@@ -56,7 +57,7 @@ def test_snakemake_and_dvc_agree(repo):
     traj_dir = paths["trajectories_dir"]
     produced = set(paths.values())
     for st in STAGES:  # every output, per-variant and per-NFE files expanded
-        for v in (cfg["ablations"] if st.per_variant else [None]):
+        for v in (run_variants(cfg) if st.per_variant else [None]):
             for path in stage_outputs(cfg, st.name, v).values():
                 produced |= set(path if isinstance(path, list) else [path])
 
@@ -95,33 +96,41 @@ def test_paper_configs_plan_the_sharded_dag(repo, tmp_path):
         assert dag["hkd_train"]["inputs"] == {run_paths(cfg)["teacher"], run_paths(cfg)["trajectories"]}
 
 
-def test_ablation_stages_follow_the_config(repo, tmp_path):
-    """Table 3: one training and one evaluation job per listed ablation, gathered by the
-    report; none when the list is empty; each variant changes only its hkd: keys."""
+def test_variant_stages_follow_the_config(repo, tmp_path):
+    """Table 3 and Table 5: one training and one evaluation job per listed ablation and
+    stability seed, gathered by the report; none when both lists are empty; an ablation
+    changes only its hkd: keys, a seed run only the seed."""
     from conftest import copy_workflow
 
     cfg = load_config(repo / "configs" / "default.yaml")
     assert cfg["ablations"] == ["no_koopman", "no_trajectory", "no_hierarchy"]
+    assert run_variants(cfg) == ["no_koopman", "no_trajectory", "no_hierarchy", "seed1", "seed2"]
     dvc = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    assert dvc["ablation_train_no_koopman"]["cmd"].endswith("--variant no_koopman")
-    assert "results/default/ablations/no_hierarchy/metrics.json" in dvc["report"]["deps"]
+    assert dvc["variant_train_no_koopman"]["cmd"].endswith("--variant no_koopman")
+    assert "results/default/variants/seed2/snapshots/epoch-0027.pt" in dvc["stability"]["deps"]
+    assert not any("no_koopman/snapshots" in d for d in dvc["stability"]["deps"])
+    assert "results/default/variants/no_hierarchy/metrics.json" in dvc["report"]["deps"]
     for variant, keys in ABLATIONS.items():
-        changed = ablation_config(cfg, variant)
+        changed = variant_config(cfg, variant)
         assert {k for k in cfg["hkd"] if changed["hkd"][k] != cfg["hkd"][k]} == set(keys), variant
         assert {k: v for k, v in changed.items() if k != "hkd"} == {k: v for k, v in cfg.items() if k != "hkd"}
     assert ABLATIONS["no_koopman"] == {"koopman": False, "time_points": 0}  # the paper's no/no/yes row
+    seeded = variant_config(cfg, "seed2")
+    assert seeded["seed"] == 2 and {k: v for k, v in seeded.items() if k != "seed"} == \
+        {k: v for k, v in cfg.items() if k != "seed"}
 
     work = copy_workflow(tmp_path)
     text = (work / "configs" / "default.yaml").read_text()
-    (work / "configs" / "none.yaml").write_text(text.replace(
-        "ablations: [no_koopman, no_trajectory, no_hierarchy]", "ablations: [no_hierarchy]"))
+    one = text.replace("ablations: [no_koopman, no_trajectory, no_hierarchy]", "ablations: [no_hierarchy]")
+    (work / "configs" / "one.yaml").write_text(one.replace("seeds: [1, 2]", "seeds: []"))
+    dag = snakemake_dag(work, "configs/one.yaml")
+    snaps = {f"results/default/variants/no_hierarchy/snapshots/epoch-{e:04d}.pt" for e in (0, 5, 10, 27)}
+    assert dag["variant_train"]["outputs"] == {"results/default/variants/no_hierarchy/hkd.pt",
+                                               "results/default/variants/no_hierarchy/tensorboard"} | snaps
+    none = text.replace("ablations: [no_koopman, no_trajectory, no_hierarchy]", "ablations: []")
+    (work / "configs" / "none.yaml").write_text(none.replace("seeds: [1, 2]", "seeds: []"))
     dag = snakemake_dag(work, "configs/none.yaml")
-    assert dag["ablation_train"]["outputs"] == {"results/default/ablations/no_hierarchy/hkd.pt",
-                                                "results/default/ablations/no_hierarchy/tensorboard"}
-    (work / "configs" / "none.yaml").write_text(text.replace(
-        "ablations: [no_koopman, no_trajectory, no_hierarchy]", "ablations: []"))
-    dag = snakemake_dag(work, "configs/none.yaml")
-    assert "ablation_train" not in dag and "ablation_evaluate" not in dag
-    r = subprocess.run([sys.executable, "-m", "hkd", "ablation-train", "--config", "configs/none.yaml",
+    assert "variant_train" not in dag and "variant_evaluate" not in dag and "stability" in dag
+    r = subprocess.run([sys.executable, "-m", "hkd", "variant-train", "--config", "configs/none.yaml",
                         "--variant", "no_koopman"], cwd=work, capture_output=True, text=True)
-    assert r.returncode == 1 and "key 'ablations' does not list 'no_koopman'" in r.stderr
+    assert r.returncode == 1 and "neither key 'ablations' nor 'stability.seeds' lists 'no_koopman'" in r.stderr

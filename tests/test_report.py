@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from hkd.report.paper import TABLE1, TABLE3_FID, TABLE4
-from hkd.report.tables import FORMATS, ablation_table, main_table, render, table3, table6, write_tables
+from hkd.report.tables import FORMATS, ablation_table, main_table, render, table3, table5, table6, write_tables
 
 
 def metrics(hkd_fid=20.0):
@@ -22,6 +22,11 @@ def metrics(hkd_fid=20.0):
             "reference": {"split": "heldout", "images": 1000},
             "feature_extractor": {"name": "hkd-digit-classifier"}}
 
+
+STABILITY = {"epochs": [0, 5, 10, 27], "total_epochs": 28, "before_training": {"fid": 300.0},
+             "runs": {"seed0": {}, "seed1": {}, "seed2": {}},
+             "fid_by_epoch": {"0": {"mean": 60.0, "std": 2.0}, "5": {"mean": 40.0, "std": 1.5},
+                              "10": {"mean": 30.0, "std": 1.0}, "27": {"mean": 25.0, "std": 0.5}}}
 
 ABL = {"no_koopman": {"fid": 30.0}, "no_trajectory": {"fid": 25.0}, "no_hierarchy": {"fid": 22.0}}
 
@@ -58,6 +63,10 @@ def test_main_table_reproduces_only_the_rows_it_has(smoke_cfg):
     assert hkd["Difference"] == pytest.approx(20.0 - 3.30)
     assert "embedded MNIST" in t.caption and "hkd-digit-classifier" in t.caption
 
+    t2 = main_table(cfg, metrics(), ABL, "table2")  # the embedded default fills Table 2 too
+    assert t2.key == "table2" and t2.frame[t2.frame["NFE"] == 15]["FID (this run)"].iloc[0] == 12.5
+    assert pd.isna(t2.frame[t2.frame["NFE"] == 79]["FID (this run)"].iloc[0])  # no 79-NFE teacher here
+
     cond = copy.deepcopy(cfg)
     cond["network"]["label_dim"] = 10
     t4 = main_table(cond, metrics(), {})
@@ -78,13 +87,24 @@ def test_table6_times_and_speedups(smoke_cfg):
     assert "test CPU" in t.caption
 
 
+def test_table5_pairs_epochs_by_fraction_of_training(smoke_cfg):
+    t = table5(smoke_cfg, metrics(), STABILITY)
+    f = t.frame
+    assert list(f["Epoch (this run)"]) == ["before training", "0 of 28", "5 of 28", "10 of 28", "27 of 28"]
+    assert list(f["Epoch (paper)"]) == ["before training", "0 of 53", "10 of 53", "20 of 53", "52 of 53"]
+    assert list(f["FID mean (this run)"]) == [300.0, 60.0, 40.0, 30.0, 25.0]
+    assert f["FID mean (paper)"].iloc[4] == 3.31 and f["FID std (paper)"].iloc[4] == 0.02
+    assert f["Difference (mean)"].iloc[0] == pytest.approx(300.0 - 447.13)
+    assert "seed0, seed1, seed2" in " ".join(t.notes)
+
+
 def test_every_template_renders_every_table(smoke_cfg, tmp_path):
     """HTML, LaTeX (booktabs) and Markdown of each table from the fixture: every value and
     header appears, special characters are escaped, missing values are dashes."""
     cfg = copy.deepcopy(smoke_cfg)
     cfg["trajectories"]["num_steps"] = 18
     t3, _ = table3(cfg, metrics(), ABL)
-    tables = [main_table(cfg, metrics(), ABL), t3, table6(cfg, metrics())]
+    tables = [main_table(cfg, metrics(), ABL), t3, table5(cfg, metrics(), STABILITY), table6(cfg, metrics())]
     for t in tables:
         html, tex, md = (render(t, f) for f in FORMATS)
         assert html.startswith("<table") and f'id="{t.key}"' in html and t.title in html
@@ -97,7 +117,7 @@ def test_every_template_renders_every_table(smoke_cfg, tmp_path):
     t1 = tables[0]
     assert "20.000" in render(t1, "md") and "3.30" in render(t1, "md") and "16.700" in render(t1, "md")
     assert "2-Rectified flow++" in render(t1, "tex")
-    assert "s / image" in render(tables[2], "tex")
+    assert "s / image" in render(tables[3], "tex") and "before training" in render(tables[2], "md")
     written = write_tables(tables, str(tmp_path / "tables"))
     assert sorted(p.split("/")[-1] for p in written) == sorted(f"{t.key}.{f}" for t in tables for f in FORMATS)
     (tmp_path / "tables" / "table9.md").write_text("stale")

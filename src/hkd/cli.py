@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from hkd.config import ConfigError, load_config
-from hkd.pipeline import ABLATIONS, STAGES, ablation_config, run_paths, variant_paths
+from hkd.pipeline import ABLATIONS, STAGES, run_paths, run_variants, variant_config, variant_paths
 
 
 def _torch_setup(cfg: dict, threads: int | None):
@@ -61,6 +61,10 @@ def stage_trajectories(cfg, paths, args):
         distributed.finish()
 
 
+def _snapshots(cfg: dict, template: str) -> dict[int, str]:
+    return {e: template.replace("{epoch}", f"{e:04d}") for e in cfg["hkd"]["snapshot_epochs"]}
+
+
 def stage_hkd_train(cfg, paths, args):
     from hkd.teacher.network import load_teacher
     from hkd.train.hkd_train import train_hkd
@@ -72,13 +76,14 @@ def stage_hkd_train(cfg, paths, args):
     try:
         teacher = load_teacher(paths["teacher"], device)
         return train_hkd(cfg, teacher, paths["trajectories"], paths["hkd"], paths["hkd_tb"], device, dtype,
-                         resume_path=paths["hkd_resume"])
+                         resume_path=paths["hkd_resume"], snapshot_paths=_snapshots(cfg, paths["hkd_snapshots"]))
     finally:
         distributed.finish()
 
 
-def stage_ablation_train(cfg, paths, args):
-    """HKD with one Table 3 ablation's ``hkd:`` keys, from the run's teacher and trajectories."""
+def stage_variant_train(cfg, paths, args):
+    """HKD of one variant (a Table 3 ablation's ``hkd:`` keys, or a Table 5 seed), from the
+    run's teacher and trajectories."""
     from hkd.teacher.network import load_teacher
     from hkd.train.hkd_train import train_hkd
 
@@ -88,18 +93,27 @@ def stage_ablation_train(cfg, paths, args):
     device = distributed.init(device)
     try:
         teacher = load_teacher(paths["teacher"], device)
-        return train_hkd(ablation_config(cfg, args.variant), teacher, paths["trajectories"], paths["ablation_hkd"],
-                         paths["ablation_tb"], device, dtype, resume_path=paths["ablation_resume"])
+        return train_hkd(variant_config(cfg, args.variant), teacher, paths["trajectories"], paths["variant_hkd"],
+                         paths["variant_tb"], device, dtype, resume_path=paths["variant_resume"],
+                         snapshot_paths=_snapshots(cfg, paths["variant_snapshots"]))
     finally:
         distributed.finish()
 
 
-def stage_ablation_evaluate(cfg, paths, args):
+def stage_variant_evaluate(cfg, paths, args):
     from hkd.koopman.model import load_hkd
-    from hkd.metrics.evaluate import evaluate_ablation
+    from hkd.metrics.evaluate import evaluate_variant
 
     device, dtype = _torch_setup(cfg, args.threads)
-    return evaluate_ablation(cfg, paths, args.variant, load_hkd(paths["ablation_hkd"], device), device, dtype)
+    return evaluate_variant(cfg, paths, args.variant, load_hkd(paths["variant_hkd"], device), device, dtype)
+
+
+def stage_stability(cfg, paths, args):
+    from hkd.metrics.stability import evaluate_stability
+    from hkd.teacher.network import load_teacher
+
+    device, dtype = _torch_setup(cfg, args.threads)
+    return evaluate_stability(cfg, paths, load_teacher(paths["teacher"], device), device, dtype)
 
 
 def stage_sample(cfg, paths, args):
@@ -142,9 +156,10 @@ STAGE_FUNCTIONS = {
     "data": stage_data, "classifier": stage_classifier, "teacher": stage_teacher,
     "trajectories": stage_trajectories, "hkd-train": stage_hkd_train, "sample": stage_sample,
     "evaluate": stage_evaluate, "spectral": stage_spectral, "report": stage_report,
-    "ablation-train": stage_ablation_train, "ablation-evaluate": stage_ablation_evaluate,
+    "variant-train": stage_variant_train, "variant-evaluate": stage_variant_evaluate,
+    "stability": stage_stability,
 }
-#: commands that run once per Table 3 ablation (``--variant``)
+#: commands that run once per variant (``--variant``: a Table 3 ablation or a Table 5 seed)
 PER_VARIANT = {s.command for s in STAGES if s.per_variant}
 assert set(STAGE_FUNCTIONS) == {s.command for s in STAGES}
 
@@ -200,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--shard", type=int, default=None,
                            help="generate this shard only (no manifest); Snakemake runs one job per shard")
         if name in PER_VARIANT:
-            p.add_argument("--variant", required=True, choices=sorted(ABLATIONS),
-                           help="the Table 3 ablation (README)")
+            p.add_argument("--variant", required=True,
+                           help=f"a Table 3 ablation ({', '.join(ABLATIONS)}) or a Table 5 run seed<N> (README)")
     p = sub.add_parser("dvc-yaml", help="write (or --check) dvc.yaml from the pipeline definition")
     p.add_argument("--config", default="configs/default.yaml")
     p.add_argument("--out", default="dvc.yaml")
@@ -213,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config)
         paths = run_paths(cfg)
         if args.stage in PER_VARIANT:
-            if args.variant not in cfg["ablations"]:
-                raise ConfigError(f"{args.config}: key 'ablations' does not list {args.variant!r}")
+            if args.variant not in run_variants(cfg):
+                raise ConfigError(f"{args.config}: neither key 'ablations' nor 'stability.seeds' lists "
+                                  f"{args.variant!r}")
             paths = variant_paths(cfg, args.variant)
         t0 = time.time()
         summary = STAGE_FUNCTIONS[args.stage](cfg, paths, args)

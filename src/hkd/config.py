@@ -106,6 +106,15 @@ def check_config(cfg: dict, source: str = "config") -> None:
         if n % 2 == 0 or n == nfe_of_steps(traj["num_steps"]):
             raise ConfigError(f"{source}: key 'sample.extra_teacher_nfe': {n} must be odd (Heun: 2 steps - 1) "
                               f"and differ from the trajectories' {nfe_of_steps(traj['num_steps'])} NFE")
+    hk = cfg["hkd"]
+    late = [e for e in hk["snapshot_epochs"] if e >= hk["epochs"]]
+    if late:
+        raise ConfigError(f"{source}: key 'hkd.snapshot_epochs': {late} not below hkd.epochs ({hk['epochs']}; "
+                          "epochs count from 0)")
+    if cfg["seed"] in cfg["stability"]["seeds"]:
+        raise ConfigError(f"{source}: key 'stability.seeds': {cfg['seed']} is the run's own seed, already trained")
+    if cfg["stability"]["seeds"] and not hk["snapshot_epochs"]:
+        raise ConfigError(f"{source}: key 'stability.seeds' needs hkd.snapshot_epochs (the epochs Table 5 scores)")
     net = cfg["network"]
     for mult in net["channel_mult"]:
         if (net["model_channels"] * mult) % 2:

@@ -25,12 +25,28 @@ ABLATIONS = {
 }
 
 
-def ablation_config(cfg: dict, variant: str) -> dict:
-    """The run's config with the ``hkd:`` keys of one Table 3 ablation changed."""
-    if variant not in ABLATIONS:
-        raise ValueError(f"unknown ablation {variant!r}; one of {sorted(ABLATIONS)}")
+def seed_variants(cfg: dict) -> list[str]:
+    """The extra HKD trainings of Table 5 (training stability): ``seed<N>`` for each of
+    ``stability.seeds``; the run's own HKD is the run with the config's ``seed``."""
+    return [f"seed{n}" for n in cfg["stability"]["seeds"]]
+
+
+def run_variants(cfg: dict) -> list[str]:
+    """Every HKD training besides the run's own: the Table 3 ablations, then the Table 5 seeds."""
+    return list(cfg["ablations"]) + seed_variants(cfg)
+
+
+def variant_config(cfg: dict, variant: str) -> dict:
+    """The run's config for one variant: a Table 3 ablation changes its ``hkd:`` keys, a
+    Table 5 run ``seed<N>`` the seed of HKD's initialisation and minibatches (the teacher
+    and the trajectories are the run's)."""
     out = copy.deepcopy(cfg)
-    out["hkd"].update(ABLATIONS[variant])
+    if variant in ABLATIONS:
+        out["hkd"].update(ABLATIONS[variant])
+    elif variant.startswith("seed") and variant[4:].isdigit():
+        out["seed"] = int(variant[4:])
+    else:
+        raise ValueError(f"unknown variant {variant!r}; one of {sorted(ABLATIONS)} or seed<N>")
     return out
 
 
@@ -51,20 +67,27 @@ def run_paths(cfg: dict) -> dict[str, str]:
         # training state for resuming; deliberately not a declared output (Snakemake deletes
         # the outputs of a killed job, DVC those of a rerun stage)
         "hkd_resume": root / "hkd" / "resume.pt",
+        # weights at the end of each epoch of hkd.snapshot_epochs ({epoch}), for Table 5
+        "hkd_snapshots": root / "hkd" / "snapshots" / "epoch-{epoch}.pt",
         "samples_teacher": root / "samples" / "teacher.npz",
         "samples_hkd": root / "samples" / "hkd.npz",
         # the teacher at each NFE of sample.extra_teacher_nfe ({nfe})
         "samples_teacher_nfe": root / "samples" / "teacher_nfe{nfe}.npz",
         "metrics": root / "eval" / "metrics.json",
-        # Table 3 ablations, one folder per variant ({variant}: a key of ABLATIONS)
-        "ablation_hkd": root / "ablations" / "{variant}" / "hkd.pt",
-        "ablation_tb": root / "ablations" / "{variant}" / "tensorboard",
-        "ablation_resume": root / "ablations" / "{variant}" / "resume.pt",
-        "ablation_samples": root / "ablations" / "{variant}" / "samples.npz",
-        "ablation_metrics": root / "ablations" / "{variant}" / "metrics.json",
+        # other HKD trainings, one folder per variant ({variant}: a Table 3 ablation, a key of
+        # ABLATIONS, or a Table 5 run seed<N>)
+        "variant_hkd": root / "variants" / "{variant}" / "hkd.pt",
+        "variant_tb": root / "variants" / "{variant}" / "tensorboard",
+        "variant_resume": root / "variants" / "{variant}" / "resume.pt",
+        "variant_samples": root / "variants" / "{variant}" / "samples.npz",
+        "variant_metrics": root / "variants" / "{variant}" / "metrics.json",
+        "variant_snapshots": root / "variants" / "{variant}" / "snapshots" / "epoch-{epoch}.pt",
+        # the Table 5 runs' snapshots (only seed<N> variants), read by the stability stage
+        "seed_snapshots": root / "variants" / "{variant}" / "snapshots" / "epoch-{epoch}.pt",
+        "stability": root / "eval" / "stability.json",
         "spectral": root / "analysis" / "spectral.png",
         # the no-Koopman ablation is the suite's one-step distillation (KD) row of Tables 1 and 6
-        "kd": root / "ablations" / "no_koopman" / "hkd.pt",
+        "kd": root / "variants" / "no_koopman" / "hkd.pt",
         "report": report / "index.html",
         "tables": report / "tables",
         # per-stage wall time, written by `hkd <stage>` for the report's provenance block
@@ -74,7 +97,7 @@ def run_paths(cfg: dict) -> dict[str, str]:
 
 
 def variant_paths(cfg: dict, variant: str) -> dict[str, str]:
-    """``run_paths`` with the ablation files of ``variant`` filled in."""
+    """``run_paths`` with the files of ``variant`` filled in."""
     return {k: v.replace("{variant}", variant) for k, v in run_paths(cfg).items()}
 
 
@@ -104,7 +127,7 @@ def trajectory_shard_pattern(cfg: dict) -> str:
 
 
 #: outputs that are folders (Snakemake ``directory()``; DVC ``cache: false``)
-DIRECTORY_OUTPUTS = frozenset({"teacher_tb", "hkd_tb", "ablation_tb", "tables"})
+DIRECTORY_OUTPUTS = frozenset({"teacher_tb", "hkd_tb", "variant_tb", "tables"})
 
 
 @dataclass(frozen=True)
@@ -115,7 +138,7 @@ class Stage:
     outputs: tuple[str, ...]
     params: tuple[str, ...]    # top-level config sections the stage reads
     code: tuple[str, ...]      # source folders/files whose change reruns it under DVC
-    per_variant: bool = False  # one job per Table 3 ablation (paths carry ``{variant}``)
+    per_variant: bool = False  # one job per variant of run_variants (paths carry ``{variant}``)
 
 
 #: modules every torch stage runs through (device, precision, atomic file writes)
@@ -136,7 +159,7 @@ STAGES: tuple[Stage, ...] = (
           ("device", "precision", "compile", "edm", "trajectories"),
           ("src/hkd/nn", "src/hkd/teacher/sampler.py", "src/hkd/teacher/trajectories.py",
            "src/hkd/distributed.py") + _TEACHER_CKPT + _RUNTIME),
-    Stage("hkd_train", "hkd-train", ("teacher", "trajectories"), ("hkd", "hkd_tb"),
+    Stage("hkd_train", "hkd-train", ("teacher", "trajectories"), ("hkd", "hkd_tb", "hkd_snapshots"),
           ("seed", "device", "precision", "compile", "edm", "hkd"),
           ("src/hkd/nn", "src/hkd/koopman", "src/hkd/train", "src/hkd/teacher/trajectories.py", "src/hkd/ema.py")
           + _TEACHER_CKPT + _RUNTIME),
@@ -149,20 +172,24 @@ STAGES: tuple[Stage, ...] = (
           ("metrics",), ("device", "precision", "trajectories", "ablations", "sample", "evaluate"),
           ("src/hkd/metrics", "src/hkd/data/dataset.py", "src/hkd/sample.py", "src/hkd/koopman")
           + _TEACHER_CKPT + _RUNTIME),
-    Stage("ablation_train", "ablation-train", ("teacher", "trajectories"), ("ablation_hkd", "ablation_tb"),
+    Stage("variant_train", "variant-train", ("teacher", "trajectories"), ("variant_hkd", "variant_tb", "variant_snapshots"),
           ("seed", "device", "precision", "compile", "edm", "hkd"),
           ("src/hkd/nn", "src/hkd/koopman", "src/hkd/train", "src/hkd/teacher/trajectories.py", "src/hkd/ema.py",
            "src/hkd/pipeline.py") + _TEACHER_CKPT + _RUNTIME, per_variant=True),
-    Stage("ablation_evaluate", "ablation-evaluate", ("data", "classifier", "ablation_hkd"),
-          ("ablation_samples", "ablation_metrics"), ("device", "precision", "sample", "evaluate"),
+    Stage("variant_evaluate", "variant-evaluate", ("data", "classifier", "variant_hkd"),
+          ("variant_samples", "variant_metrics"), ("device", "precision", "sample", "evaluate"),
           ("src/hkd/nn", "src/hkd/koopman", "src/hkd/sample.py", "src/hkd/metrics", "src/hkd/data/dataset.py")
           + _TEACHER_CKPT + _RUNTIME, per_variant=True),
+    Stage("stability", "stability", ("data", "classifier", "teacher", "hkd_snapshots", "seed_snapshots"),
+          ("stability",), ("seed", "device", "precision", "edm", "hkd", "stability", "sample", "evaluate"),
+          ("src/hkd/nn", "src/hkd/koopman", "src/hkd/sample.py", "src/hkd/metrics", "src/hkd/data/dataset.py")
+          + _TEACHER_CKPT + _RUNTIME),
     Stage("spectral", "spectral", ("hkd",), ("spectral",), (), ("src/hkd/analysis",)),
     Stage("report", "report",
           ("data", "data_manifest", "classifier", "samples_teacher", "samples_hkd", "samples_teacher_nfe",
-           "metrics", "spectral", "ablation_metrics", "ablation_samples"),
-          ("report", "tables"), ("run", "report_dir", "data", "network", "trajectories", "hkd", "ablations", "sample",
-                                 "evaluate", "report"),
+           "metrics", "spectral", "variant_metrics", "variant_samples", "stability"),
+          ("report", "tables"), ("run", "report_dir", "data", "network", "trajectories", "hkd", "ablations",
+                                 "stability", "sample", "evaluate", "report"),
           ("src/hkd/report", "src/hkd/data/dataset.py")),
 )
 
@@ -171,11 +198,14 @@ STAGE_BY_NAME = {s.name: s for s in STAGES}
 
 def stage_enabled(cfg: dict, name: str) -> bool:
     """The digit classifier exists only as the embedded default's feature extractor; the
-    ablation stages only when the config lists ablations."""
+    variant stages only when the config asks for ablations or stability seeds; the
+    stability stage only with snapshot epochs."""
     if name == "classifier":
         return cfg["evaluate"]["feature_extractor"] == "digit_classifier"
     if STAGE_BY_NAME[name].per_variant:
-        return bool(cfg["ablations"])
+        return bool(run_variants(cfg))
+    if name == "stability":
+        return bool(cfg["hkd"]["snapshot_epochs"])
     return True
 
 
@@ -184,27 +214,33 @@ def _path_enabled(cfg: dict, key: str) -> bool:
         return cfg["teacher"]["source"] == "train"
     if key == "classifier":
         return stage_enabled(cfg, "classifier")
-    if key.startswith("ablation_"):
-        return bool(cfg["ablations"])
+    if key.startswith("variant_"):
+        return bool(run_variants(cfg))
     if key == "kd":
         return "no_koopman" in cfg["ablations"]
+    if key == "stability":
+        return stage_enabled(cfg, "stability")
     return True
 
 
 def _resolve(cfg: dict, name: str, key: str, variant: str | None):
-    """A stage's file: ``{variant}`` filled in for one variant (``variant``), left as a
-    wildcard (per-variant stages, ``variant=None``), or expanded to every configured
-    ablation (a stage that gathers them, such as the report)."""
-    path = run_paths(cfg)[key]
-    if "{nfe}" in path:
-        return [path.replace("{nfe}", str(n)) for n in cfg["sample"]["extra_teacher_nfe"]]
-    if "{variant}" not in path:
-        return path
-    if variant is not None:
-        return path.replace("{variant}", variant)
-    if STAGE_BY_NAME[name].per_variant:
-        return path
-    return [path.replace("{variant}", v) for v in cfg["ablations"]]
+    """A stage's file or files. ``{nfe}`` and ``{epoch}`` expand to the configured extra
+    teacher NFEs and snapshot epochs (a list); ``{variant}`` is filled in for one variant
+    (``variant``), left as a wildcard for per-variant stages, or expanded to every variant
+    for a stage that gathers them (the seed runs only for ``seed_snapshots``)."""
+    template = run_paths(cfg)[key]
+    paths, listed = [template], False
+    if "{nfe}" in template:
+        paths, listed = [p.replace("{nfe}", str(n)) for p in paths for n in cfg["sample"]["extra_teacher_nfe"]], True
+    if "{epoch}" in template:
+        paths, listed = [p.replace("{epoch}", f"{e:04d}") for p in paths for e in cfg["hkd"]["snapshot_epochs"]], True
+    if "{variant}" in template:
+        if variant is not None:
+            paths = [p.replace("{variant}", variant) for p in paths]
+        elif not STAGE_BY_NAME[name].per_variant:
+            variants = seed_variants(cfg) if key == "seed_snapshots" else run_variants(cfg)
+            paths, listed = [p.replace("{variant}", v) for v in variants for p in paths], True
+    return paths if listed else paths[0]
 
 
 def stage_inputs(cfg: dict, name: str, variant: str | None = None) -> dict:
@@ -251,7 +287,7 @@ def dvc_stages(cfg: dict, config_file: str) -> dict:
     for st in STAGES:
         if not stage_enabled(cfg, st.name):
             continue
-        for variant in (cfg["ablations"] if st.per_variant else [None]):
+        for variant in (run_variants(cfg) if st.per_variant else [None]):
             outs = []
             for k, path in stage_outputs(cfg, st.name, variant).items():
                 for p in path if isinstance(path, list) else [path]:

@@ -8,7 +8,7 @@ sys.path.insert(0, SRC)
 
 from hkd.config import load_config  # noqa: E402
 from hkd.pipeline import (  # noqa: E402
-    DIRECTORY_OUTPUTS, log_path, stage_inputs, stage_outputs, stage_params, trajectory_shard_paths,
+    DIRECTORY_OUTPUTS, log_path, run_variants, stage_inputs, stage_outputs, stage_params, trajectory_shard_paths,
     trajectory_shard_pattern)
 
 validate(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
@@ -32,8 +32,8 @@ from snakemake.settings.types import DeploymentMethod  # noqa: E402
 _PY = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else sys.executable
 HKD = f"env PYTHONPATH={SRC} {_PY} -m hkd"
 ENV = "../envs/hkd.yaml"
-# the Table 3 ablations this run trains (a regex for the {variant} wildcard)
-VARIANTS = "|".join(config["ablations"]) or "(?!)"
+# the other HKD trainings of this run: Table 3 ablations, Table 5 seeds (a regex for {variant})
+VARIANTS = "|".join(run_variants(config)) or "(?!)"
 
 
 def outputs(stage):

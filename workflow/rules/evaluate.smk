@@ -30,3 +30,22 @@ rule evaluate:
         gpu=1 if config["device"] == "cuda" else 0,
     shell:
         hkd_shell("evaluate")
+
+
+# Table 5: FID after each hkd.snapshot_epochs of the run's HKD and the stability.seeds runs
+rule stability:
+    input:
+        **stage_inputs(config, "stability"),
+    output:
+        **outputs("stability"),
+    params:
+        cfg=stage_params(config, "stability"),
+    log:
+        log_path(config, "stability"),
+    conda:
+        ENV
+    threads: workflow.cores
+    resources:
+        gpu=1 if config["device"] == "cuda" else 0,
+    shell:
+        hkd_shell("stability")

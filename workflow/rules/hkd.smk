@@ -36,41 +36,41 @@ rule sample:
 
 # Table 3 ablations (config key `ablations`): one training and one evaluation job per
 # variant, from the run's teacher and trajectories; {variant} is a key of pipeline.ABLATIONS.
-rule ablation_train:
+rule variant_train:
     input:
-        **stage_inputs(config, "ablation_train"),
+        **stage_inputs(config, "variant_train"),
     output:
-        **outputs("ablation_train"),
+        **outputs("variant_train"),
     wildcard_constraints:
         variant=VARIANTS,
     params:
-        cfg=stage_params(config, "ablation_train"),
+        cfg=stage_params(config, "variant_train"),
     log:
-        log_path(config, "ablation_train-{variant}"),
+        log_path(config, "variant_train-{variant}"),
     conda:
         ENV
     threads: workflow.cores
     resources:
         gpu=1 if config["device"] == "cuda" else 0,
     shell:
-        hkd_shell("ablation-train --variant {wildcards.variant}")
+        hkd_shell("variant-train --variant {wildcards.variant}")
 
 
-rule ablation_evaluate:
+rule variant_evaluate:
     input:
-        **stage_inputs(config, "ablation_evaluate"),
+        **stage_inputs(config, "variant_evaluate"),
     output:
-        **outputs("ablation_evaluate"),
+        **outputs("variant_evaluate"),
     wildcard_constraints:
         variant=VARIANTS,
     params:
-        cfg=stage_params(config, "ablation_evaluate"),
+        cfg=stage_params(config, "variant_evaluate"),
     log:
-        log_path(config, "ablation_evaluate-{variant}"),
+        log_path(config, "variant_evaluate-{variant}"),
     conda:
         ENV
     threads: workflow.cores
     resources:
         gpu=1 if config["device"] == "cuda" else 0,
     shell:
-        hkd_shell("ablation-evaluate --variant {wildcards.variant}")
+        hkd_shell("variant-evaluate --variant {wildcards.variant}")

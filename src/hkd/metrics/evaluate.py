@@ -113,27 +113,35 @@ def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> 
     return result
 
 
-def evaluate_ablation(cfg: dict, paths: dict, variant: str, model, device, dtype) -> dict:
-    """One-step samples of a Table 3 ablation from the evaluation seeds the full HKD row uses,
-    scored against the same reference with the same extractor: ``paths`` holds this
-    variant's files (``pipeline.variant_paths``)."""
-    from hkd.pipeline import ABLATIONS
-
-    data = load_dataset(paths["data"])
-    ref_split = cfg["evaluate"]["reference"]
+def score_one_step(cfg: dict, model, data: dict, extractor: str, weights, device, dtype,
+                   desc: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(images, labels, FID / IS / KID) of an HKD model's one-step samples from the
+    evaluation seeds the full HKD row uses, against the configured reference."""
+    ref = data[f"{cfg['evaluate']['reference']}_images"]
     shape = (model.img_channels, model.img_resolution, model.img_resolution)
     images, labels = draw(hkd_sampler(model, device, dtype), evaluation_seeds(cfg), shape, model.label_dim,
-                          cfg["sample"]["batch_size"], device, f"sample {variant}")
-    save_npz(paths["ablation_samples"], images=images, seeds=evaluation_seeds(cfg), labels=labels)
+                          cfg["sample"]["batch_size"], device, desc)
+    m = fidelity_metrics(to_uint8(images), to_uint8(ref), extractor, weights, cuda=device.type == "cuda", kid=True)
+    return images, labels, {"fid": float(m["frechet_inception_distance"]), "is_mean": float(m["inception_score_mean"]),
+                            "is_std": float(m["inception_score_std"]),
+                            "kid_mean": float(m["kernel_inception_distance_mean"]),
+                            "kid_std": float(m["kernel_inception_distance_std"])}
+
+
+def evaluate_variant(cfg: dict, paths: dict, variant: str, model, device, dtype) -> dict:
+    """One variant (a Table 3 ablation or a Table 5 seed) scored like the full HKD row:
+    ``paths`` holds this variant's files (``pipeline.variant_paths``)."""
+    from hkd.pipeline import ABLATIONS, variant_config
+
+    data = load_dataset(paths["data"])
     extractor, weights, extractor_info = feature_extractor(cfg, paths, data)
-    m = fidelity_metrics(to_uint8(images), to_uint8(data[f"{ref_split}_images"]), extractor, weights,
-                         cuda=device.type == "cuda", kid=True)
-    result = {"variant": variant, "hkd_overrides": ABLATIONS[variant], "nfe": 1, "images": int(len(images)),
+    images, labels, m = score_one_step(cfg, model, data, extractor, weights, device, dtype, f"sample {variant}")
+    save_npz(paths["variant_samples"], images=images, seeds=evaluation_seeds(cfg), labels=labels)
+    ref_split = cfg["evaluate"]["reference"]
+    result = {"variant": variant, "hkd_overrides": ABLATIONS.get(variant, {}),
+              "seed": variant_config(cfg, variant)["seed"], "nfe": 1, "images": int(len(images)),
               "koopman": bool(model.init_kwargs["koopman"]), "hierarchy": bool(model.init_kwargs["hierarchy"]),
-              "fid": float(m["frechet_inception_distance"]), "is_mean": float(m["inception_score_mean"]),
-              "is_std": float(m["inception_score_std"]), "kid_mean": float(m["kernel_inception_distance_mean"]),
-              "kid_std": float(m["kernel_inception_distance_std"]),
-              "reference": {"split": ref_split, "images": int(len(data[f"{ref_split}_images"]))},
+              **m, "reference": {"split": ref_split, "images": int(len(data[f"{ref_split}_images"]))},
               "feature_extractor": extractor_info["name"], "training": model.train_stats}
-    save_json(result, paths["ablation_metrics"])
+    save_json(result, paths["variant_metrics"])
     return {k: result[k] for k in ("variant", "fid", "is_mean")}

@@ -21,7 +21,7 @@ from PIL import Image
 
 from hkd.data.dataset import load_dataset
 from hkd.io import atomic_path, load_json, load_npz
-from hkd.report.tables import main_table, render, table3, table6, write_tables
+from hkd.report.tables import main_table, main_table_keys, render, table3, table5, table6, write_tables
 
 PACKAGES = ("hkd-repro", "torch", "torchvision", "torch-fidelity", "snakemake", "dvc", "numpy",
             "pandas", "jinja2", "mlxtend", "matplotlib", "tensorboard")
@@ -125,15 +125,17 @@ def build_report(cfg: dict, paths: dict, out_html: str) -> None:
     for n in cfg["sample"]["extra_teacher_nfe"]:
         grids[f"EDM teacher, {n} NFE"] = image_grid(load_npz(paths["samples_teacher_nfe"].replace("{nfe}", str(n)))
                                                     ["images"][:k])
-    ablations = {v: load_json(paths["ablation_metrics"].replace("{variant}", v)) for v in cfg["ablations"]}
-    paper_tables = [main_table(cfg, metrics, ablations)]
+    ablations = {v: load_json(paths["variant_metrics"].replace("{variant}", v)) for v in cfg["ablations"]}
+    paper_tables = [main_table(cfg, metrics, ablations, key) for key in main_table_keys(cfg)]
     ordering = None
     if ablations:
         t3, ordering = table3(cfg, metrics, ablations)
         paper_tables.append(t3)
         for v in cfg["ablations"]:
-            samples = load_npz(paths["ablation_samples"].replace("{variant}", v))["images"][:k]
+            samples = load_npz(paths["variant_samples"].replace("{variant}", v))["images"][:k]
             grids[f"Ablation {v.replace('_', ' ')}, 1 NFE"] = image_grid(samples)
+    if cfg["hkd"]["snapshot_epochs"]:
+        paper_tables.append(table5(cfg, metrics, load_json(paths["stability"])))
     paper_tables.append(table6(cfg, metrics))
     write_tables(paper_tables, paths["tables"])
     tables_rel = os.path.relpath(paths["tables"], Path(out_html).parent)

