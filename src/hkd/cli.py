@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from hkd.config import ConfigError, load_config
-from hkd.pipeline import ABLATIONS, STAGES, run_paths, run_variants, variant_config, variant_paths
+from hkd.pipeline import (ABLATIONS, STAGES, run_paths, run_variants, snapshot_paths, variant_config,
+                          variant_paths)
 
 
 def _torch_setup(cfg: dict, threads: int | None):
@@ -61,10 +62,6 @@ def stage_trajectories(cfg, paths, args):
         distributed.finish()
 
 
-def _snapshots(cfg: dict, template: str) -> dict[int, str]:
-    return {e: template.replace("{epoch}", f"{e:04d}") for e in cfg["hkd"]["snapshot_epochs"]}
-
-
 def stage_hkd_train(cfg, paths, args):
     from hkd.teacher.network import load_teacher
     from hkd.train.hkd_train import train_hkd
@@ -76,7 +73,7 @@ def stage_hkd_train(cfg, paths, args):
     try:
         teacher = load_teacher(paths["teacher"], device)
         return train_hkd(cfg, teacher, paths["trajectories"], paths["hkd"], paths["hkd_tb"], device, dtype,
-                         resume_path=paths["hkd_resume"], snapshot_paths=_snapshots(cfg, paths["hkd_snapshots"]))
+                         resume_path=paths["hkd_resume"], snapshot_paths=snapshot_paths(cfg, paths["hkd_snapshots"]))
     finally:
         distributed.finish()
 
@@ -95,7 +92,7 @@ def stage_variant_train(cfg, paths, args):
         teacher = load_teacher(paths["teacher"], device)
         return train_hkd(variant_config(cfg, args.variant), teacher, paths["trajectories"], paths["variant_hkd"],
                          paths["variant_tb"], device, dtype, resume_path=paths["variant_resume"],
-                         snapshot_paths=_snapshots(cfg, paths["variant_snapshots"]))
+                         snapshot_paths=snapshot_paths(cfg, paths["variant_snapshots"]))
     finally:
         distributed.finish()
 

@@ -101,6 +101,11 @@ def variant_paths(cfg: dict, variant: str) -> dict[str, str]:
     return {k: v.replace("{variant}", variant) for k, v in run_paths(cfg).items()}
 
 
+def snapshot_paths(cfg: dict, template: str) -> dict[int, str]:
+    """{epoch: file} of ``hkd.snapshot_epochs`` for a path with ``{epoch}``."""
+    return {e: template.replace("{epoch}", f"{e:04d}") for e in cfg["hkd"]["snapshot_epochs"]}
+
+
 def log_path(cfg: dict, stage: str) -> str:
     """Log of a stage; ``{variant}`` in ``stage`` stays a Snakemake wildcard."""
     return str(Path("results") / cfg["run"] / "logs" / f"{stage}.log")
@@ -233,7 +238,7 @@ def _resolve(cfg: dict, name: str, key: str, variant: str | None):
     if "{nfe}" in template:
         paths, listed = [p.replace("{nfe}", str(n)) for p in paths for n in cfg["sample"]["extra_teacher_nfe"]], True
     if "{epoch}" in template:
-        paths, listed = [p.replace("{epoch}", f"{e:04d}") for p in paths for e in cfg["hkd"]["snapshot_epochs"]], True
+        paths, listed = [f for p in paths for f in snapshot_paths(cfg, p).values()], True
     if "{variant}" in template:
         if variant is not None:
             paths = [p.replace("{variant}", variant) for p in paths]

@@ -39,12 +39,16 @@ def feature_extractor(cfg: dict, paths: dict, data: dict) -> tuple[str, str | No
         "weights": weights or "torch-fidelity download (torch hub cache)"}
 
 
-def _row(key: str, label: str, nfe_: int | None, images: np.ndarray, m: dict) -> dict:
-    return {"key": key, "method": label, "nfe": nfe_, "images": int(len(images)),
-            "fid": float(m["frechet_inception_distance"]),
+def _scores(m: dict) -> dict:
+    """torch-fidelity's result under the names the metrics files use."""
+    return {"fid": float(m["frechet_inception_distance"]),
             "is_mean": float(m["inception_score_mean"]), "is_std": float(m["inception_score_std"]),
             "kid_mean": float(m["kernel_inception_distance_mean"]),
             "kid_std": float(m["kernel_inception_distance_std"])}
+
+
+def _row(key: str, label: str, nfe_: int | None, images: np.ndarray, m: dict) -> dict:
+    return {"key": key, "method": label, "nfe": nfe_, "images": int(len(images)), **_scores(m)}
 
 
 def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> dict:
@@ -122,10 +126,7 @@ def score_one_step(cfg: dict, model, data: dict, extractor: str, weights, device
     images, labels = draw(hkd_sampler(model, device, dtype), evaluation_seeds(cfg), shape, model.label_dim,
                           cfg["sample"]["batch_size"], device, desc)
     m = fidelity_metrics(to_uint8(images), to_uint8(ref), extractor, weights, cuda=device.type == "cuda", kid=True)
-    return images, labels, {"fid": float(m["frechet_inception_distance"]), "is_mean": float(m["inception_score_mean"]),
-                            "is_std": float(m["inception_score_std"]),
-                            "kid_mean": float(m["kernel_inception_distance_mean"]),
-                            "kid_std": float(m["kernel_inception_distance_std"])}
+    return images, labels, _scores(m)
 
 
 def evaluate_variant(cfg: dict, paths: dict, variant: str, model, device, dtype) -> dict:

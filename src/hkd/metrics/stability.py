@@ -13,16 +13,15 @@ from hkd.data.dataset import load_dataset
 from hkd.io import save_json
 from hkd.koopman.model import HKD, load_hkd
 from hkd.metrics.evaluate import feature_extractor, score_one_step
-from hkd.pipeline import run_paths, seed_variants
+from hkd.pipeline import run_paths, seed_variants, snapshot_paths
 
 
 def snapshot_files(cfg: dict) -> dict[str, dict[int, str]]:
     """{run name: {epoch: snapshot file}} of every Table 5 run, the run's own first."""
     p = run_paths(cfg)
-    epochs = cfg["hkd"]["snapshot_epochs"]
-    runs = {f"seed{cfg['seed']}": {e: p["hkd_snapshots"].replace("{epoch}", f"{e:04d}") for e in epochs}}
+    runs = {f"seed{cfg['seed']}": snapshot_paths(cfg, p["hkd_snapshots"])}
     for v in seed_variants(cfg):
-        runs[v] = {e: p["variant_snapshots"].replace("{variant}", v).replace("{epoch}", f"{e:04d}") for e in epochs}
+        runs[v] = snapshot_paths(cfg, p["variant_snapshots"].replace("{variant}", v))
     return runs
 
 
