@@ -48,6 +48,10 @@ _DROP = object()
     ("ffhq64", {"data.path": None}, r"data\.path"),
     ("cifar10_cond", {"network.label_dim": 5}, r"network\.label_dim.*10 classes"),
     ("default", {"data.md5": "0" * 32}, r"data\.path"),
+    ("cifar10_cond", {"conditional": True}, r"key 'conditional': the run is already class-conditional"),
+    ("cifar10", {"conditional": True}, r"key 'conditional'.*needs teacher\.source 'train'"),
+    ("ffhq64", {"conditional": True}, r"key 'conditional': the image_folder source has no class labels"),
+    ("default", {"conditional": "yes"}, r"conditional"),
     ("cifar10", {"data.md5": "abc"}, r"data\.md5"),
 ])
 def test_cross_key_rules_name_the_key(repo, config, changes, match):

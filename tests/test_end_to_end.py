@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import copy_workflow
@@ -44,7 +45,7 @@ def test_smoke_dag_with_snakemake(tmp_path):
         if variant in ABLATIONS:
             assert f"{abl['fid']:.3f}" in html, variant
     tables = work / "reports" / "smoke" / "tables"
-    assert sorted(f.name for f in tables.glob("table*")) == sorted(f"table{n}.{fmt}" for n in (1, 2, 3, 5, 6)
+    assert sorted(f.name for f in tables.glob("table*")) == sorted(f"table{n}.{fmt}" for n in (1, 2, 3, 4, 5, 6)
                                                                for fmt in ("html", "md", "tex"))
     hkd_fid = next(r["fid"] for r in metrics["rows"] if r["key"] == "hkd")
     for fmt in ("md", "tex"):  # the paper's HKD row beside this run's
@@ -57,6 +58,18 @@ def test_smoke_dag_with_snakemake(tmp_path):
     # the last snapshot is the final weights: Table 5 scores them as variant_evaluate does
     seed1 = json.loads((work / "results" / "smoke" / "variants" / "seed1" / "metrics.json").read_text())
     assert stability["runs"]["seed1"]["1"]["fid"] == pytest.approx(seed1["fid"], rel=1e-6)
+    # Table 4: the class-conditional companion, scored with the run's classifier on the same seeds
+    cond = json.loads((work / "results" / "smoke" / "conditional" / "eval" / "metrics.json").read_text())
+    assert {r["key"] for r in cond["rows"]} == {"real", "teacher", "hkd"}
+    for r in cond["rows"]:
+        if r["key"] != "real":
+            assert 0.0 <= r["label_accuracy"] <= 1.0 and f"{r['fid']:.3f}" in (tables / "table4.md").read_text()
+    labels = np.load(work / "results" / "smoke" / "conditional" / "samples" / "hkd.npz")["labels"]
+    assert labels.min() == 0 and labels.max() == 9
+    assert json.loads((work / "results" / "smoke" / "conditional" / "trajectories" / "manifest.json").read_text())[
+        "label_dim"] == 10
+    assert 'id="table4"' in html and "Class-conditional HKD" in html
+    assert "conditional teacher" in html  # the companion's stage times in the provenance block
     koop = json.loads((work / "results" / "smoke" / "variants" / "no_koopman" / "metrics.json").read_text())
     assert koop["koopman"] is False and koop["training"]["steps"] > 0
     assert "data:image/png;base64," in html and "src=\"results" not in html

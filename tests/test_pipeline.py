@@ -7,20 +7,25 @@ import sys
 import yaml
 
 from hkd.config import load_config
-from hkd.pipeline import ABLATIONS, STAGES, run_paths, run_variants, shard_count, stage_outputs, variant_config
+from hkd.pipeline import (ABLATIONS, STAGES, conditional_config, dag_runs, run_paths, run_variants, shard_count,
+                          stage_inputs, stage_outputs, variant_config)
 
 
 def snakemake_dag(repo, configfile):
-    """{rule: {"outputs": set, "inputs": set}} from a forced Snakemake dry run."""
-    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--forceall", "--cores", "1",
+    """{rule: {"outputs": set, "inputs": set, "shell": set}} from a forced Snakemake dry run
+    (``shell``: the stage commands the jobs would run)."""
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--forceall", "--cores", "1",
                         "--configfile", configfile], cwd=repo, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     dag, current = {}, None
     for line in (r.stdout + r.stderr).splitlines():
         m = re.match(r"^(?:local)?rule (\w+):$", line)
         if m:
-            current = dag.setdefault(m.group(1), {"outputs": set(), "inputs": set()})
+            current = dag.setdefault(m.group(1), {"outputs": set(), "inputs": set(), "shell": set()})
             continue
+        m = re.match(r"^Shell command: .* -m hkd (.*?) --threads", line)
+        if m and current is not None:
+            current["shell"].add(re.sub(r"--config \S+", "--config X", m.group(1)))
         m = re.match(r"^    (input|output): (.*)$", line)
         if m and current is not None:
             key = "inputs" if m.group(1) == "input" else "outputs"
@@ -50,35 +55,80 @@ def test_dvc_yaml_is_generated_from_pipeline(repo):
 
 
 def test_snakemake_and_dvc_agree(repo):
-    """Same stages, files and dependencies. Snakemake runs trajectories as one job per shard
-    plus a manifest job; DVC as one stage whose output is the trajectories folder."""
+    """Same stages, files and dependencies, for the run and its class-conditional companion
+    (conditional_<stage>). Snakemake runs trajectories as one job per shard plus a manifest
+    job; DVC as one stage whose output is the trajectories folder."""
     cfg = load_config(repo / "configs" / "default.yaml")
-    paths = run_paths(cfg)
-    traj_dir = paths["trajectories_dir"]
-    produced = set(paths.values())
-    for st in STAGES:  # every output, per-variant and per-NFE files expanded
-        for v in (run_variants(cfg) if st.per_variant else [None]):
-            for path in stage_outputs(cfg, st.name, v).values():
-                produced |= set(path if isinstance(path, list) else [path])
+    runs = dag_runs(cfg)
+    assert [prefix for prefix, _, _ in runs] == ["", "conditional_"]
+    produced, traj_dirs = set(), set()
+    for prefix, run_cfg, _ in runs:
+        paths = run_paths(run_cfg)
+        traj_dirs.add(paths["trajectories_dir"])
+        produced |= set(paths.values())
+        for st in STAGES:  # every output, per-variant and per-NFE files expanded
+            for v in (run_variants(run_cfg) if st.per_variant else [None]):
+                for path in stage_outputs(run_cfg, st.name, v).values():
+                    produced |= set(path if isinstance(path, list) else [path])
 
     def norm(files):
-        return {traj_dir if f.startswith(traj_dir + "/") else f for f in files}
+        return {next((d for d in traj_dirs if f.startswith(d + "/")), f) for f in files}
 
     smk = snakemake_dag(repo, "configs/default.yaml")
-    shard_rule = smk.pop("trajectory_shard")
-    assert len(shard_rule["outputs"]) == shard_count(cfg) and norm(shard_rule["outputs"]) == {traj_dir}
-    assert shard_rule["inputs"] == {paths["teacher"]}
-    smk["trajectories"]["inputs"] -= shard_rule["outputs"]
+    for prefix, run_cfg, _ in runs:
+        paths = run_paths(run_cfg)
+        shard_rule = smk.pop(prefix + "trajectory_shard")
+        assert len(shard_rule["outputs"]) == shard_count(run_cfg)
+        assert norm(shard_rule["outputs"]) == {paths["trajectories_dir"]}
+        assert shard_rule["inputs"] == {paths["teacher"]}
+        smk[prefix + "trajectories"]["inputs"] -= shard_rule["outputs"]
     dvc = dvc_dag(repo)
-    assert set(smk) - {"all"} == set(dvc) == {s.name for s in STAGES}
+    expected = {s.name for s in STAGES} | {f"conditional_{s.name}" for s in STAGES if s.conditional}
+    assert set(smk) - {"all"} == set(dvc) == expected
     for name, st in dvc.items():
         assert norm(smk[name]["outputs"]) == st["outputs"], name
         data_deps = {d for d in st["deps"] if d in produced}
         assert norm(smk[name]["inputs"]) == data_deps, name
         assert all("--config configs/default.yaml" in c for c in st["cmds"])
+        assert all(c.endswith("--conditional") == name.startswith("conditional_") for c in st["cmds"]), name
+        # the command each job runs is the DVC stage's
+        def words(cmd):
+            return tuple(sorted(cmd.split()))
+        assert {words(c.replace("hkd ", "", 1).replace("configs/default.yaml", "X")) for c in st["cmds"]} \
+            == {words(c) for c in smk[name]["shell"]}, name
     for name, st in dvc.items():  # every dependency is a file, a stage output or code
         for d in st["deps"]:
             assert d in produced or (repo / d).exists(), f"{name}: unknown dependency {d}"
+
+
+def test_conditional_companion(repo):
+    """Table 4's companion: the run's settings with a class-conditional network and only the
+    main row, its own teacher, trajectories and HKD under results/<run>/conditional/, the
+    run's data and digit classifier; the report reads its metrics."""
+    cfg = load_config(repo / "configs" / "default.yaml")
+    cond = conditional_config(cfg)
+    assert cond["network"]["label_dim"] == 10 and cfg["network"]["label_dim"] == 0
+    assert cond["ablations"] == [] and cond["stability"]["seeds"] == [] and cond["hkd"]["snapshot_epochs"] == []
+    same = ("seed", "device", "precision", "data", "edm", "teacher", "trajectories", "evaluate")
+    assert all(cond[k] == cfg[k] for k in same)
+    assert {k: v for k, v in cond["hkd"].items() if k != "snapshot_epochs"} == \
+        {k: v for k, v in cfg["hkd"].items() if k != "snapshot_epochs"}
+    main, comp = run_paths(cfg), run_paths(cond)
+    for key in ("data", "data_manifest", "classifier"):
+        assert comp[key] == main[key]
+    for key in ("teacher", "trajectories", "hkd", "samples_hkd", "metrics"):
+        assert comp[key].startswith("results/default/conditional/") and comp[key] != main[key]
+    assert main["conditional_metrics"] == comp["metrics"]
+    dvc = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    assert comp["metrics"] in dvc["report"]["deps"]
+    assert dvc["conditional_teacher"]["params"] == [{"configs/default.yaml": list(dvc["teacher"]["params"][0][
+        "configs/default.yaml"]) + ["conditional"]}]
+    off = {**cfg, "conditional": False}
+    assert [p for p, _, _ in dag_runs(off)] == [""]
+    assert "conditional_metrics" in stage_inputs(cfg, "report") and "conditional_metrics" not in stage_inputs(off, "report")
+    r = subprocess.run([sys.executable, "-m", "hkd", "teacher", "--config", "configs/cifar10.yaml", "--conditional"],
+                       cwd=repo, capture_output=True, text=True)
+    assert r.returncode == 1 and "key 'conditional' is false" in r.stderr
 
 
 def test_paper_configs_plan_the_sharded_dag(repo, tmp_path):

@@ -2,10 +2,13 @@
 
 import copy
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from hkd.report.paper import TABLE1, TABLE3_FID, TABLE4
+from hkd.pipeline import conditional_config
+from hkd.report.build import class_grid, image_grid
+from hkd.report.paper import TABLE1, TABLE2, TABLE3_FID, TABLE4
 from hkd.report.tables import FORMATS, ablation_table, main_table, render, table3, table5, table6, write_tables
 
 
@@ -16,8 +19,10 @@ def metrics(hkd_fid=20.0):
                                "nfe": 15},
              "hkd": {"images_per_second": 400.0, "batch": 64, "repeats": 3, "seconds_per_batch": 0.16, "nfe": 1},
              "kd": {"images_per_second": 410.0, "batch": 64, "repeats": 3, "seconds_per_batch": 0.156, "nfe": 1}}
-    return {"rows": [{"key": "real", "fid": 5.0}, {"key": "teacher", "fid": 10.0},
-                     {"key": "teacher_nfe15", "fid": 12.5}, {"key": "hkd", "fid": hkd_fid}],
+    return {"rows": [{"key": "real", "method": "Real images", "nfe": None, "fid": 5.0},
+                     {"key": "teacher", "method": "EDM teacher (Heun)", "nfe": 35, "fid": 10.0},
+                     {"key": "teacher_nfe15", "method": "EDM teacher (Heun)", "nfe": 15, "fid": 12.5},
+                     {"key": "hkd", "method": "HKD (one step)", "nfe": 1, "fid": hkd_fid}],
             "throughput": speed, "device": "test CPU", "threads": 2, "precision": "bfloat16",
             "reference": {"split": "heldout", "images": 1000},
             "feature_extractor": {"name": "hkd-digit-classifier"}}
@@ -66,12 +71,47 @@ def test_main_table_reproduces_only_the_rows_it_has(smoke_cfg):
     t2 = main_table(cfg, metrics(), ABL, "table2")  # the embedded default fills Table 2 too
     assert t2.key == "table2" and t2.frame[t2.frame["NFE"] == 15]["FID (this run)"].iloc[0] == 12.5
     assert pd.isna(t2.frame[t2.frame["NFE"] == 79]["FID (this run)"].iloc[0])  # no 79-NFE teacher here
+    extra = t2.frame.iloc[len(TABLE2):]  # this run's 35-NFE teacher has no Table 2 row: listed after the paper's
+    assert list(extra["NFE"]) == [35] and extra["FID (this run)"].iloc[0] == 10.0 and pd.isna(extra["FID (paper)"].iloc[0])
 
-    cond = copy.deepcopy(cfg)
-    cond["network"]["label_dim"] = 10
-    t4 = main_table(cond, metrics(), {})
-    assert t4.key == "table4" and len(t4.frame) == len(TABLE4)
-    assert t4.frame[t4.frame["Method"] == "EDM"]["FID (this run)"].iloc[0] == 10.0
+    assert "Label accuracy (this run)" not in t.frame  # unconditional: no label to check
+
+
+def conditional_metrics():
+    m = metrics()
+    for row, acc in zip(m["rows"], (None, 0.97, None, 0.9)):
+        if acc is not None:
+            row["label_accuracy"] = acc
+    return m
+
+
+def test_table4_from_the_conditional_companion(smoke_cfg):
+    """The companion's metrics fill Table 4: its teacher and HKD rows, with how often the
+    digit classifier agrees with the requested label."""
+    cfg = copy.deepcopy(smoke_cfg)
+    cfg["trajectories"]["num_steps"] = 18
+    cond = conditional_config(cfg)
+    t4 = main_table(cond, conditional_metrics(), {})
+    assert t4.key == "table4" and len(t4.frame) == len(TABLE4) + 1  # + the teacher at 15 NFE, not in Table 4
+    by_method = t4.frame.set_index(["Method", "NFE"])
+    assert by_method.loc[("EDM", 35), "FID (this run)"] == 10.0 and by_method.loc[("HKD", 1), "FID (this run)"] == 20.0
+    assert by_method.loc[("EDM", 35), "Label accuracy (this run)"] == 0.97
+    assert by_method.loc[("HKD", 1), "Label accuracy (this run)"] == 0.9
+    assert pd.isna(by_method.loc[("DMD", 1), "Label accuracy (this run)"])
+    assert pd.isna(by_method.loc[("DMD", 1), "FID (this run)"])
+    assert by_method.loc[("EDM", 15), "FID (this run)"] == 12.5 and pd.isna(by_method.loc[("EDM", 15), "FID (paper)"])
+    assert any("Label accuracy" in n for n in t4.notes) and any("Class-conditional" in n for n in t4.notes)
+    assert "0.900" in render(t4, "md") and "Label accuracy" in render(t4, "tex")
+
+
+def test_class_grid_puts_one_class_per_row():
+    images = np.stack([np.full((1, 4, 4), v, np.float32) for v in np.linspace(-1, 0.5, 7)])
+    labels = np.array([2, 0, 2, 1, 0, 2, 2])
+    grid = np.asarray(class_grid(images, labels, per_class=3, ))
+    plain = np.asarray(image_grid(np.concatenate([images[[1, 4]], np.ones((1, 1, 4, 4), np.float32),
+                                                  images[[3]], np.ones((2, 1, 4, 4), np.float32),
+                                                  images[[0, 2, 5]]]), cols=3))
+    assert grid.shape == plain.shape and (grid == plain).all()
 
 
 def test_table6_times_and_speedups(smoke_cfg):
@@ -104,7 +144,8 @@ def test_every_template_renders_every_table(smoke_cfg, tmp_path):
     cfg = copy.deepcopy(smoke_cfg)
     cfg["trajectories"]["num_steps"] = 18
     t3, _ = table3(cfg, metrics(), ABL)
-    tables = [main_table(cfg, metrics(), ABL), t3, table5(cfg, metrics(), STABILITY), table6(cfg, metrics())]
+    tables = [main_table(cfg, metrics(), ABL), t3, main_table(conditional_config(cfg), conditional_metrics(), {}),
+              table5(cfg, metrics(), STABILITY), table6(cfg, metrics())]
     for t in tables:
         html, tex, md = (render(t, f) for f in FORMATS)
         assert html.startswith("<table") and f'id="{t.key}"' in html and t.title in html
@@ -117,7 +158,7 @@ def test_every_template_renders_every_table(smoke_cfg, tmp_path):
     t1 = tables[0]
     assert "20.000" in render(t1, "md") and "3.30" in render(t1, "md") and "16.700" in render(t1, "md")
     assert "2-Rectified flow++" in render(t1, "tex")
-    assert "s / image" in render(tables[3], "tex") and "before training" in render(tables[2], "md")
+    assert "s / image" in render(tables[4], "tex") and "before training" in render(tables[3], "md")
     written = write_tables(tables, str(tmp_path / "tables"))
     assert sorted(p.split("/")[-1] for p in written) == sorted(f"{t.key}.{f}" for t in tables for f in FORMATS)
     (tmp_path / "tables" / "table9.md").write_text("stale")

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from hkd.config import ConfigError, load_config
-from hkd.pipeline import (ABLATIONS, STAGES, run_paths, run_variants, snapshot_paths, variant_config,
-                          variant_paths)
+from hkd.pipeline import (ABLATIONS, CONDITIONAL, STAGES, conditional_config, run_paths, run_variants,
+                          snapshot_paths, variant_config, variant_paths)
 
 
 def _torch_setup(cfg: dict, threads: int | None):
@@ -158,6 +158,8 @@ STAGE_FUNCTIONS = {
 }
 #: commands that run once per variant (``--variant``: a Table 3 ablation or a Table 5 seed)
 PER_VARIANT = {s.command for s in STAGES if s.per_variant}
+#: commands that also run for the class-conditional companion (``--conditional``, Table 4)
+FOR_CONDITIONAL = {s.command for s in STAGES if s.conditional}
 assert set(STAGE_FUNCTIONS) == {s.command for s in STAGES}
 
 
@@ -211,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         if name == "trajectories":
             p.add_argument("--shard", type=int, default=None,
                            help="generate this shard only (no manifest); Snakemake runs one job per shard")
+        if name in FOR_CONDITIONAL:
+            p.add_argument(f"--{CONDITIONAL}", action="store_true",
+                           help="run the stage for the class-conditional companion run (config key conditional)")
         if name in PER_VARIANT:
             p.add_argument("--variant", required=True,
                            help=f"a Table 3 ablation ({', '.join(ABLATIONS)}) or a Table 5 run seed<N> (README)")
@@ -223,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "dvc-yaml":
             return write_dvc_yaml(args.config, args.out, args.check)
         cfg = load_config(args.config)
+        if getattr(args, CONDITIONAL, False):
+            if not cfg[CONDITIONAL]:
+                raise ConfigError(f"{args.config}: key '{CONDITIONAL}' is false: this run has no class-conditional "
+                                  "companion")
+            cfg = conditional_config(cfg)
         paths = run_paths(cfg)
         if args.stage in PER_VARIANT:
             if args.variant not in run_variants(cfg):

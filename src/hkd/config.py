@@ -96,6 +96,15 @@ def check_config(cfg: dict, source: str = "config") -> None:
     label_dim = cfg["network"]["label_dim"]
     if label_dim and classes is not None and label_dim != classes:
         raise ConfigError(f"{source}: key 'network.label_dim': {data['source']} has {classes} classes")
+    if cfg["conditional"]:
+        if label_dim:
+            raise ConfigError(f"{source}: key 'conditional': the run is already class-conditional "
+                              f"(network.label_dim {label_dim}); its own rows fill Table 4")
+        if classes is None:
+            raise ConfigError(f"{source}: key 'conditional': the {data['source']} source has no class labels")
+        if cfg["teacher"]["source"] != "train":
+            raise ConfigError(f"{source}: key 'conditional': the companion trains its own class-conditional "
+                              "teacher, so it needs teacher.source 'train'")
     train_seeds = (traj["seed_offset"], traj["seed_offset"] + traj["count"])
     eval_seeds = (cfg["sample"]["seed_offset"], cfg["sample"]["seed_offset"] + cfg["sample"]["count"])
     if train_seeds[0] < eval_seeds[1] and eval_seeds[0] < train_seeds[1]:

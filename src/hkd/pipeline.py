@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from hkd.config import SOURCE_CLASSES
+
 #: the paper's Table 3 ablations: the ``hkd:`` keys each one changes (the full model is the
 #: run's own HKD). Table 3 rows are (Koopman evolution / trajectory-consistency / hierarchy).
 ABLATIONS = {
@@ -50,14 +52,50 @@ def variant_config(cfg: dict, variant: str) -> dict:
     return out
 
 
+#: the class-conditional companion of a run (config key ``conditional``, Table 4): rule and DVC
+#: stage names start with ``conditional_``, stage commands take ``--conditional``, files go to
+#: results/<run>/conditional/
+CONDITIONAL = "conditional"
+
+
+def conditional_config(cfg: dict) -> dict:
+    """The companion run of Table 4: the run's settings with a class-conditional network
+    (``network.label_dim`` = the data's classes) and nothing but the main row (no
+    ablations, stability seeds, snapshots or extra teacher NFEs)."""
+    out = copy.deepcopy(cfg)
+    out["run"] = f"{cfg['run']}/{CONDITIONAL}"
+    out["network"]["label_dim"] = SOURCE_CLASSES[cfg["data"]["source"]]
+    out["conditional"] = False
+    out["ablations"] = []
+    out["stability"]["seeds"] = []
+    out["hkd"]["snapshot_epochs"] = []
+    out["sample"]["extra_teacher_nfe"] = []
+    return out
+
+
+def dag_runs(cfg: dict) -> list[tuple[str, dict, str]]:
+    """(rule-name prefix, config, extra stage-command flag) of every run in the DAG: the run
+    itself and, with ``conditional: true``, its class-conditional companion."""
+    runs = [("", cfg, "")]
+    if cfg["conditional"]:
+        runs.append((f"{CONDITIONAL}_", conditional_config(cfg), f" --{CONDITIONAL}"))
+    return runs
+
+
+#: the companion's files that the run's report reads, as ``conditional_<key>`` in run_paths
+_CONDITIONAL_KEYS = ("metrics", "samples_teacher", "samples_hkd", "timings")
+
+
 def run_paths(cfg: dict) -> dict[str, str]:
-    """Every file of a run, by name."""
+    """Every file of a run, by name. A companion run (``<run>/conditional``) reads its
+    parent's data and digit classifier."""
     root = Path("results") / cfg["run"]
+    shared = Path("results") / cfg["run"].split("/")[0]
     report = Path(cfg["report_dir"])
     p = {
-        "data": root / "data" / "images.npz",
-        "data_manifest": root / "data" / "manifest.json",
-        "classifier": root / "classifier" / "classifier.pt",
+        "data": shared / "data" / "images.npz",
+        "data_manifest": shared / "data" / "manifest.json",
+        "classifier": shared / "classifier" / "classifier.pt",
         "teacher": root / "teacher" / "teacher.pt",
         "teacher_tb": root / "teacher" / "tensorboard",
         "trajectories_dir": root / "trajectories",
@@ -85,6 +123,8 @@ def run_paths(cfg: dict) -> dict[str, str]:
         # the Table 5 runs' snapshots (only seed<N> variants), read by the stability stage
         "seed_snapshots": root / "variants" / "{variant}" / "snapshots" / "epoch-{epoch}.pt",
         "stability": root / "eval" / "stability.json",
+        # the run's own HKD samples before training and after each snapshot epoch (report grids)
+        "stability_samples": root / "eval" / "stability_samples.npz",
         "spectral": root / "analysis" / "spectral.png",
         # the no-Koopman ablation is the suite's one-step distillation (KD) row of Tables 1 and 6
         "kd": root / "variants" / "no_koopman" / "hkd.pt",
@@ -93,7 +133,11 @@ def run_paths(cfg: dict) -> dict[str, str]:
         # per-stage wall time, written by `hkd <stage>` for the report's provenance block
         "timings": root / "logs" / "timings",
     }
-    return {k: str(v) for k, v in p.items()}
+    out = {k: str(v) for k, v in p.items()}
+    if "/" not in cfg["run"]:
+        companion = run_paths({**cfg, "run": f"{cfg['run']}/{CONDITIONAL}"})
+        out.update({f"{CONDITIONAL}_{k}": companion[k] for k in _CONDITIONAL_KEYS})
+    return out
 
 
 def variant_paths(cfg: dict, variant: str) -> dict[str, str]:
@@ -144,8 +188,10 @@ class Stage:
     params: tuple[str, ...]    # top-level config sections the stage reads
     code: tuple[str, ...]      # source folders/files whose change reruns it under DVC
     per_variant: bool = False  # one job per variant of run_variants (paths carry ``{variant}``)
+    conditional: bool = False  # also runs for the class-conditional companion (dag_runs)
 
 
+_PIPELINE = "src/hkd/pipeline.py"
 #: modules every torch stage runs through (device, precision, atomic file writes)
 _RUNTIME = ("src/hkd/runtime.py", "src/hkd/io.py")
 #: how the teacher checkpoint is built from the config and read back (teacher_kwargs, load_teacher)
@@ -159,24 +205,24 @@ STAGES: tuple[Stage, ...] = (
     Stage("teacher", "teacher", ("data",), ("teacher", "teacher_tb"),
           ("seed", "downloads", "device", "precision", "compile", "data", "network", "edm", "teacher"),
           ("src/hkd/nn", "src/hkd/teacher/train.py", "src/hkd/teacher/edm_pickle.py", "src/hkd/data/fetch.py",
-           "src/hkd/data/dataset.py", "src/hkd/ema.py") + _TEACHER_CKPT + _RUNTIME),
+           "src/hkd/data/dataset.py", "src/hkd/ema.py") + _TEACHER_CKPT + _RUNTIME, conditional=True),
     Stage("trajectories", "trajectories", ("teacher",), ("trajectories",),
           ("device", "precision", "compile", "edm", "trajectories"),
           ("src/hkd/nn", "src/hkd/teacher/sampler.py", "src/hkd/teacher/trajectories.py",
-           "src/hkd/distributed.py") + _TEACHER_CKPT + _RUNTIME),
+           "src/hkd/distributed.py") + _TEACHER_CKPT + _RUNTIME, conditional=True),
     Stage("hkd_train", "hkd-train", ("teacher", "trajectories"), ("hkd", "hkd_tb", "hkd_snapshots"),
           ("seed", "device", "precision", "compile", "edm", "hkd"),
           ("src/hkd/nn", "src/hkd/koopman", "src/hkd/train", "src/hkd/teacher/trajectories.py", "src/hkd/ema.py")
-          + _TEACHER_CKPT + _RUNTIME),
+          + _TEACHER_CKPT + _RUNTIME, conditional=True),
     Stage("sample", "sample", ("teacher", "hkd"), ("samples_teacher", "samples_hkd", "samples_teacher_nfe"),
           ("device", "precision", "compile", "edm", "trajectories", "sample"),
           ("src/hkd/nn", "src/hkd/sample.py", "src/hkd/teacher/sampler.py", "src/hkd/teacher/trajectories.py",
-           "src/hkd/koopman") + _TEACHER_CKPT + _RUNTIME),
+           "src/hkd/koopman") + _TEACHER_CKPT + _RUNTIME, conditional=True),
     Stage("evaluate", "evaluate",
           ("data", "classifier", "teacher", "hkd", "kd", "samples_teacher", "samples_hkd", "samples_teacher_nfe"),
           ("metrics",), ("device", "precision", "trajectories", "ablations", "sample", "evaluate"),
           ("src/hkd/metrics", "src/hkd/data/dataset.py", "src/hkd/sample.py", "src/hkd/koopman")
-          + _TEACHER_CKPT + _RUNTIME),
+          + _TEACHER_CKPT + _RUNTIME, conditional=True),
     Stage("variant_train", "variant-train", ("teacher", "trajectories"), ("variant_hkd", "variant_tb", "variant_snapshots"),
           ("seed", "device", "precision", "compile", "edm", "hkd"),
           ("src/hkd/nn", "src/hkd/koopman", "src/hkd/train", "src/hkd/teacher/trajectories.py", "src/hkd/ema.py",
@@ -186,15 +232,17 @@ STAGES: tuple[Stage, ...] = (
           ("src/hkd/nn", "src/hkd/koopman", "src/hkd/sample.py", "src/hkd/metrics", "src/hkd/data/dataset.py")
           + _TEACHER_CKPT + _RUNTIME, per_variant=True),
     Stage("stability", "stability", ("data", "classifier", "teacher", "hkd_snapshots", "seed_snapshots"),
-          ("stability",), ("seed", "device", "precision", "edm", "hkd", "stability", "sample", "evaluate"),
+          ("stability", "stability_samples"),
+          ("seed", "device", "precision", "edm", "hkd", "stability", "sample", "evaluate", "report"),
           ("src/hkd/nn", "src/hkd/koopman", "src/hkd/sample.py", "src/hkd/metrics", "src/hkd/data/dataset.py")
           + _TEACHER_CKPT + _RUNTIME),
     Stage("spectral", "spectral", ("hkd",), ("spectral",), (), ("src/hkd/analysis",)),
     Stage("report", "report",
           ("data", "data_manifest", "classifier", "samples_teacher", "samples_hkd", "samples_teacher_nfe",
-           "metrics", "spectral", "variant_metrics", "variant_samples", "stability"),
+           "metrics", "spectral", "variant_metrics", "variant_samples", "stability", "stability_samples", "conditional_metrics",
+           "conditional_samples_teacher", "conditional_samples_hkd"),
           ("report", "tables"), ("run", "report_dir", "data", "network", "trajectories", "hkd", "ablations",
-                                 "stability", "sample", "evaluate", "report"),
+                                 "stability", "conditional", "sample", "evaluate", "report"),
           ("src/hkd/report", "src/hkd/data/dataset.py")),
 )
 
@@ -223,8 +271,10 @@ def _path_enabled(cfg: dict, key: str) -> bool:
         return bool(run_variants(cfg))
     if key == "kd":
         return "no_koopman" in cfg["ablations"]
-    if key == "stability":
+    if key in ("stability", "stability_samples"):
         return stage_enabled(cfg, "stability")
+    if key.startswith(f"{CONDITIONAL}_"):
+        return bool(cfg[CONDITIONAL])
     return True
 
 
@@ -283,34 +333,40 @@ def _param_value(cfg: dict, key: str):
 
 
 def dvc_stages(cfg: dict, config_file: str) -> dict:
-    """The ``stages:`` mapping of dvc.yaml for one config file."""
+    """The ``stages:`` mapping of dvc.yaml for one config file (the conditional companion's
+    stages named ``conditional_<stage>``)."""
     stages = {}
-    paths = run_paths(cfg)
-    # DVC sees the trajectories folder (shards + manifest) as one output, kept between runs
-    # (persist) so an interrupted stage resumes from its finished shards.
-    as_dvc = {"trajectories": paths["trajectories_dir"]}
-    for st in STAGES:
-        if not stage_enabled(cfg, st.name):
-            continue
-        for variant in (run_variants(cfg) if st.per_variant else [None]):
-            outs = []
-            for k, path in stage_outputs(cfg, st.name, variant).items():
-                for p in path if isinstance(path, list) else [path]:
-                    if k in DIRECTORY_OUTPUTS:
-                        outs.append({p: {"cache": False}})
-                    elif k == "trajectories":
-                        outs.append({as_dvc[k]: {"persist": True}})
-                    else:
-                        outs.append(p)
-            deps = []
-            for k, path in stage_inputs(cfg, st.name, variant).items():
-                deps += [as_dvc.get(k, p) for p in (path if isinstance(path, list) else [path])]
-            entry = {
-                "cmd": f"hkd {st.command} --config {config_file}" + (f" --variant {variant}" if variant else ""),
-                "deps": deps + list(st.code),
-            }
-            if _param_keys(cfg, st.name):
-                entry["params"] = [{config_file: list(_param_keys(cfg, st.name))}]
-            entry["outs"] = outs
-            stages[st.name + (f"_{variant}" if variant else "")] = entry
+    for prefix, run_cfg, flag in dag_runs(cfg):
+        paths = run_paths(run_cfg)
+        # DVC sees the trajectories folder (shards + manifest) as one output, kept between runs
+        # (persist) so an interrupted stage resumes from its finished shards.
+        as_dvc = {"trajectories": paths["trajectories_dir"]}
+        for st in STAGES:
+            if (prefix and not st.conditional) or not stage_enabled(run_cfg, st.name):
+                continue
+            for variant in (run_variants(run_cfg) if st.per_variant else [None]):
+                outs = []
+                for k, path in stage_outputs(run_cfg, st.name, variant).items():
+                    for p in path if isinstance(path, list) else [path]:
+                        if k in DIRECTORY_OUTPUTS:
+                            outs.append({p: {"cache": False}})
+                        elif k == "trajectories":
+                            outs.append({as_dvc[k]: {"persist": True}})
+                        else:
+                            outs.append(p)
+                deps = []
+                for k, path in stage_inputs(run_cfg, st.name, variant).items():
+                    deps += [as_dvc.get(k, p) for p in (path if isinstance(path, list) else [path])]
+                code = list(st.code)
+                if prefix and _PIPELINE not in code:  # conditional_config derives the companion's settings
+                    code.append(_PIPELINE)
+                entry = {
+                    "cmd": f"hkd {st.command} --config {config_file}{flag}" + (f" --variant {variant}" if variant else ""),
+                    "deps": deps + code,
+                }
+                params = _param_keys(run_cfg, st.name) + ((CONDITIONAL,) if prefix else ())
+                if params:
+                    entry["params"] = [{config_file: list(params)}]
+                entry["outs"] = outs
+                stages[prefix + st.name + (f"_{variant}" if variant else "")] = entry
     return {"stages": stages}

@@ -8,7 +8,7 @@ sys.path.insert(0, SRC)
 
 from hkd.config import load_config  # noqa: E402
 from hkd.pipeline import (  # noqa: E402
-    DIRECTORY_OUTPUTS, log_path, run_variants, stage_inputs, stage_outputs, stage_params, trajectory_shard_paths,
+    DIRECTORY_OUTPUTS, dag_runs, log_path, run_variants, stage_inputs, stage_outputs, stage_params, trajectory_shard_paths,
     trajectory_shard_pattern)
 
 validate(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
@@ -34,15 +34,20 @@ HKD = f"env PYTHONPATH={SRC} {_PY} -m hkd"
 ENV = "../envs/hkd.yaml"
 # the other HKD trainings of this run: Table 3 ablations, Table 5 seeds (a regex for {variant})
 VARIANTS = "|".join(run_variants(config)) or "(?!)"
+# (rule-name prefix, config, stage flag) of the run and, with `conditional: true`, its
+# class-conditional companion (Table 4): the rules of the stages both have are defined per run.
+# Snakemake evaluates a shell: expression when the job runs, after the loop has ended, so
+# those rules pass the flag through params (fixed when the rule is defined): {params.run_flag}.
+RUNS = dag_runs(config)
 
 
-def outputs(stage):
+def outputs(stage, cfg=None):
     """Named outputs of a stage (per-variant stages: with the {variant} wildcard), folders
     wrapped in directory()."""
     return {k: directory(v) if k in DIRECTORY_OUTPUTS else v
-            for k, v in stage_outputs(config, stage).items()}
+            for k, v in stage_outputs(cfg or config, stage).items()}
 
 
-def hkd_shell(command):
+def hkd_shell(command, flag=""):
     """Thin rule body: run one stage, tee its output into the rule's log."""
-    return HKD + f" {command} --config {CONFIG_FILE} --threads {{threads}} 2>&1 | tee {{log}}"
+    return HKD + f" {command} --config {CONFIG_FILE}{flag} --threads {{threads}} 2>&1 | tee {{log}}"

@@ -14,22 +14,29 @@ rule classifier:
         hkd_shell("classifier")
 
 
-rule evaluate:
-    input:
-        **stage_inputs(config, "evaluate"),
-    output:
-        **outputs("evaluate"),
-    params:
-        cfg=stage_params(config, "evaluate"),
-    log:
-        log_path(config, "evaluate"),
-    conda:
-        ENV
-    threads: workflow.cores
-    resources:
-        gpu=1 if config["device"] == "cuda" else 0,
-    shell:
-        hkd_shell("evaluate")
+# FID / IS / KID and time per image of the run and (conditional: true) of its
+# class-conditional companion (rule conditional_evaluate).
+for prefix, run_cfg, flag in RUNS:
+
+    rule:
+        name:
+            prefix + "evaluate"
+        input:
+            **stage_inputs(run_cfg, "evaluate"),
+        output:
+            **outputs("evaluate", run_cfg),
+        params:
+            cfg=stage_params(run_cfg, "evaluate"),
+            run_flag=flag,
+        log:
+            log_path(run_cfg, "evaluate"),
+        conda:
+            ENV
+        threads: workflow.cores
+        resources:
+            gpu=1 if run_cfg["device"] == "cuda" else 0,
+        shell:
+            hkd_shell("evaluate", "{params.run_flag}")
 
 
 # Table 5: FID after each hkd.snapshot_epochs of the run's HKD and the stability.seeds runs

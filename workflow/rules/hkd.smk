@@ -1,37 +1,46 @@
-rule hkd_train:
-    input:
-        **stage_inputs(config, "hkd_train"),
-    output:
-        **outputs("hkd_train"),
-    params:
-        cfg=stage_params(config, "hkd_train"),
-    log:
-        log_path(config, "hkd_train"),
-    conda:
-        ENV
-    threads: workflow.cores
-    resources:
-        gpu=1 if config["device"] == "cuda" else 0,
-    shell:
-        hkd_shell("hkd-train")
+# HKD training and sampling, for the run and (conditional: true) its class-conditional
+# companion (rules conditional_hkd_train, conditional_sample).
+for prefix, run_cfg, flag in RUNS:
 
+    rule:
+        name:
+            prefix + "hkd_train"
+        input:
+            **stage_inputs(run_cfg, "hkd_train"),
+        output:
+            **outputs("hkd_train", run_cfg),
+        params:
+            cfg=stage_params(run_cfg, "hkd_train"),
+            run_flag=flag,
+        log:
+            log_path(run_cfg, "hkd_train"),
+        conda:
+            ENV
+        threads: workflow.cores
+        resources:
+            gpu=1 if run_cfg["device"] == "cuda" else 0,
+        shell:
+            hkd_shell("hkd-train", "{params.run_flag}")
 
-rule sample:
-    input:
-        **stage_inputs(config, "sample"),
-    output:
-        **outputs("sample"),
-    params:
-        cfg=stage_params(config, "sample"),
-    log:
-        log_path(config, "sample"),
-    conda:
-        ENV
-    threads: workflow.cores
-    resources:
-        gpu=1 if config["device"] == "cuda" else 0,
-    shell:
-        hkd_shell("sample")
+    rule:
+        name:
+            prefix + "sample"
+        input:
+            **stage_inputs(run_cfg, "sample"),
+        output:
+            **outputs("sample", run_cfg),
+        params:
+            cfg=stage_params(run_cfg, "sample"),
+            run_flag=flag,
+        log:
+            log_path(run_cfg, "sample"),
+        conda:
+            ENV
+        threads: workflow.cores
+        resources:
+            gpu=1 if run_cfg["device"] == "cuda" else 0,
+        shell:
+            hkd_shell("sample", "{params.run_flag}")
 
 
 # Table 3 ablations (config key `ablations`): one training and one evaluation job per

@@ -1,56 +1,67 @@
-rule teacher:
-    input:
-        **stage_inputs(config, "teacher"),
-    output:
-        **outputs("teacher"),
-    params:
-        cfg=stage_params(config, "teacher"),
-    log:
-        log_path(config, "teacher"),
-    conda:
-        ENV
-    threads: workflow.cores
-    resources:
-        gpu=1 if config["device"] == "cuda" else 0,
-    shell:
-        hkd_shell("teacher")
+# The teacher and its trajectories, for the run and (conditional: true) for its
+# class-conditional companion, whose rules are named conditional_<rule>.
+for prefix, run_cfg, flag in RUNS:
 
+    rule:
+        name:
+            prefix + "teacher"
+        input:
+            **stage_inputs(run_cfg, "teacher"),
+        output:
+            **outputs("teacher", run_cfg),
+        params:
+            cfg=stage_params(run_cfg, "teacher"),
+            run_flag=flag,
+        log:
+            log_path(run_cfg, "teacher"),
+        conda:
+            ENV
+        threads: workflow.cores
+        resources:
+            gpu=1 if run_cfg["device"] == "cuda" else 0,
+        shell:
+            hkd_shell("teacher", "{params.run_flag}")
 
-# One job per shard: on a cluster each is its own (GPU) job; locally they run one after
-# another, each with all cores (several GPUs on one machine: torchrun, README). A finished
-# shard is kept when the run is interrupted.
-rule trajectory_shard:
-    input:
-        **stage_inputs(config, "trajectories"),
-    output:
-        trajectory_shard_pattern(config),
-    wildcard_constraints:
-        shard=r"\d{5}",
-    params:
-        cfg=stage_params(config, "trajectories"),
-    log:
-        log_path(config, "trajectories-{shard}"),
-    conda:
-        ENV
-    threads: workflow.cores
-    resources:
-        gpu=1 if config["device"] == "cuda" else 0,
-    shell:
-        HKD + f" trajectories --shard {{wildcards.shard}} --config {CONFIG_FILE} --threads {{threads}} 2>&1 | tee {{log}}"
+    # One job per shard: on a cluster each is its own (GPU) job; locally they run one after
+    # another, each with all cores (several GPUs on one machine: torchrun, README). A finished
+    # shard is kept when the run is interrupted.
+    rule:
+        name:
+            prefix + "trajectory_shard"
+        input:
+            **stage_inputs(run_cfg, "trajectories"),
+        output:
+            trajectory_shard_pattern(run_cfg),
+        wildcard_constraints:
+            shard=r"\d{5}",
+        params:
+            cfg=stage_params(run_cfg, "trajectories"),
+            run_flag=flag,
+        log:
+            log_path(run_cfg, "trajectories-{shard}"),
+        conda:
+            ENV
+        threads: workflow.cores
+        resources:
+            gpu=1 if run_cfg["device"] == "cuda" else 0,
+        shell:
+            hkd_shell("trajectories --shard {wildcards.shard}", "{params.run_flag}")
 
-
-rule trajectories:
-    input:
-        **stage_inputs(config, "trajectories"),
-        shards=trajectory_shard_paths(config),
-    output:
-        **outputs("trajectories"),
-    params:
-        cfg=stage_params(config, "trajectories"),
-    log:
-        log_path(config, "trajectories"),
-    conda:
-        ENV
-    threads: 1
-    shell:
-        hkd_shell("trajectories")
+    rule:
+        name:
+            prefix + "trajectories"
+        input:
+            **stage_inputs(run_cfg, "trajectories"),
+            shards=trajectory_shard_paths(run_cfg),
+        output:
+            **outputs("trajectories", run_cfg),
+        params:
+            cfg=stage_params(run_cfg, "trajectories"),
+            run_flag=flag,
+        log:
+            log_path(run_cfg, "trajectories"),
+        conda:
+            ENV
+        threads: 1
+        shell:
+            hkd_shell("trajectories", "{params.run_flag}")

@@ -62,7 +62,8 @@ def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> 
     extra = cfg["sample"]["extra_teacher_nfe"]
     sample_files = {"teacher": paths["samples_teacher"], "hkd": paths["samples_hkd"]}
     sample_files.update({f"teacher_nfe{n}": paths["samples_teacher_nfe"].replace("{nfe}", str(n)) for n in extra})
-    generated = {k: load_npz(f, ("images",))["images"] for k, f in sample_files.items()}
+    loaded = {k: load_npz(f, ("images", "labels")) for k, f in sample_files.items()}
+    generated = {k: d["images"] for k, d in loaded.items()}
     n = cfg["sample"]["count"]
     for name, imgs in generated.items():
         if imgs.shape[1:] != reference.shape[1:] or len(imgs) != n:
@@ -85,6 +86,14 @@ def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> 
     for label, key, images, nfe_ in candidates:
         m = fidelity_metrics(to_uint8(images), ref, extractor, weights, cuda=cuda, kid=True)
         rows.append(_row(key, label, nfe_, images, m))
+    if teacher.label_dim and extractor == EXTRACTOR_NAME:
+        # does a conditional sampler draw the digit it is asked for? (the classifier's call)
+        from hkd.metrics.classifier import accuracy_on, load_classifier
+
+        classifier = load_classifier(paths["classifier"])[0]
+        for row in rows:
+            if row["key"] in loaded:
+                row["label_accuracy"] = accuracy_on(classifier, generated[row["key"]], loaded[row["key"]]["labels"])
 
     noise, labels = seeded_inputs(np.arange(cfg["evaluate"]["throughput_batch"]) + cfg["sample"]["seed_offset"],
                                   (teacher.img_channels, teacher.img_resolution, teacher.img_resolution),

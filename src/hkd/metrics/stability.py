@@ -2,7 +2,8 @@
 own training and the ``stability.seeds`` trainings (same teacher and trajectories, other
 initialisation and minibatch seeds), as mean and standard deviation per epoch; plus the
 model before training (the teacher-initialised encoder/decoder with zero Koopman
-generators, the same for every seed)."""
+generators, the same for every seed). The first ``report.grid_images`` samples of the run's
+own training at each epoch are kept for the report's grids."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 
 from hkd.data.dataset import load_dataset
-from hkd.io import save_json
+from hkd.io import save_json, save_npz
 from hkd.koopman.model import HKD, load_hkd
 from hkd.metrics.evaluate import feature_extractor, score_one_step
 from hkd.pipeline import run_paths, seed_variants, snapshot_paths
@@ -32,14 +33,21 @@ def evaluate_stability(cfg: dict, paths: dict, teacher, device, dtype) -> dict:
     torch.manual_seed(cfg["seed"] + 1)  # as hkd-train builds it (nothing in it is random today)
     initial = HKD(teacher, eps=edm["sigma_min"], sigma_max=edm["sigma_max"], time_unit=hk["koopman_time_unit"],
                   koopman=hk["koopman"], hierarchy=hk["hierarchy"]).to(device).eval()
-    before = score_one_step(cfg, initial, data, extractor, weights, device, dtype, "stability: before training")[2]
+    k = cfg["report"]["grid_images"]
+    images, _, before = score_one_step(cfg, initial, data, extractor, weights, device, dtype,
+                                       "stability: before training")
+    grids = {"before": images[:k]}
     runs = {}
+    own = f"seed{cfg['seed']}"
     for name, files in snapshot_files(cfg).items():
         runs[name] = {}
         for epoch, path in files.items():
             model = load_hkd(path, device)
-            m = score_one_step(cfg, model, data, extractor, weights, device, dtype, f"stability: {name} epoch {epoch}")[2]
+            images, _, m = score_one_step(cfg, model, data, extractor, weights, device, dtype,
+                                          f"stability: {name} epoch {epoch}")
             runs[name][str(epoch)] = {**m, "steps": (model.train_stats or {}).get("steps")}
+            if name == own:
+                grids[f"epoch{epoch:04d}"] = images[:k]
     by_epoch = {}
     for epoch in hk["snapshot_epochs"]:
         fids = np.array([runs[r][str(epoch)]["fid"] for r in runs])
@@ -48,5 +56,6 @@ def evaluate_stability(cfg: dict, paths: dict, teacher, device, dtype) -> dict:
     result = {"epochs": hk["snapshot_epochs"], "total_epochs": hk["epochs"], "before_training": before,
               "runs": runs, "fid_by_epoch": by_epoch, "std": "sample standard deviation (ddof = 1) over the runs",
               "feature_extractor": info["name"], "images": cfg["sample"]["count"]}
+    save_npz(paths["stability_samples"], **grids)
     save_json(result, paths["stability"])
     return {"before": before["fid"], "fid_by_epoch": {e: v["mean"] for e, v in by_epoch.items()}}

@@ -21,6 +21,7 @@ from PIL import Image
 
 from hkd.data.dataset import load_dataset
 from hkd.io import atomic_path, load_json, load_npz
+from hkd.pipeline import CONDITIONAL, conditional_config
 from hkd.report.tables import main_table, main_table_keys, render, table3, table5, table6, write_tables
 
 PACKAGES = ("hkd-repro", "torch", "torchvision", "torch-fidelity", "snakemake", "dvc", "numpy",
@@ -38,6 +39,25 @@ def image_grid(images: np.ndarray, cols: int = 16, pad: int = 2, scale: int = 2)
         canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = u8[i]
     img = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+
+
+def class_grid(images: np.ndarray, labels: np.ndarray, per_class: int = 8) -> Image.Image:
+    """One row per class (ascending) of its first ``per_class`` samples; short rows are
+    padded with white."""
+    rows = []
+    for c in np.unique(labels[labels >= 0]):
+        picked = images[labels == c][:per_class]
+        pad = np.ones((per_class - len(picked),) + images.shape[1:], images.dtype)
+        rows.append(np.concatenate([picked, pad]))
+    return image_grid(np.concatenate(rows), cols=per_class)
+
+
+def sample_grid(samples: dict, k: int) -> Image.Image:
+    """A samples file's grid: by class for a conditional sampler, else its first ``k`` images."""
+    labels = samples.get("labels")
+    if labels is not None and (labels >= 0).any():
+        return class_grid(samples["images"], labels)
+    return image_grid(samples["images"][:k])
 
 
 def png_data_uri(img: Image.Image | bytes) -> str:
@@ -94,15 +114,50 @@ def provenance(cfg: dict, paths: dict, metrics: dict) -> dict:
     except (OSError, subprocess.SubprocessError):
         commit = "not a git checkout"
     timings = []
-    folder = Path(paths["timings"])
-    if folder.is_dir():
-        for f in sorted(folder.glob("*.json")):
+    folders = [("", paths["timings"])]
+    if cfg[CONDITIONAL]:
+        folders.append((f"{CONDITIONAL} ", paths[f"{CONDITIONAL}_timings"]))
+    for label, folder in folders:
+        for f in sorted(Path(folder).glob("*.json")):
             t = load_json(f)
-            timings.append({"stage": t["stage"], "seconds": t["seconds"], "finished": t["finished"]})
+            timings.append({"stage": label + t["stage"], "seconds": t["seconds"], "finished": t["finished"]})
     return {"commit": commit,
             "config_sha256": hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest(),
             "device": metrics["device"], "threads": metrics["threads"], "precision": metrics["precision"],
             "timings": timings}
+
+
+def table_grids(cfg: dict, paths: dict, metrics: dict, data: dict, split: str) -> dict[str, dict[str, Image.Image]]:
+    """{table key: {caption: grid}}: the samples behind each paper table's reproduced rows."""
+    k = cfg["report"]["grid_images"]
+    teacher_nfe = next(r["nfe"] for r in metrics["rows"] if r["key"] == "teacher")
+    main = {f"Real ({'held-out' if split == 'heldout' else 'training'} split)": image_grid(data[f"{split}_images"][:k]),
+            f"EDM teacher, {teacher_nfe} NFE": sample_grid(load_npz(paths["samples_teacher"]), k)}
+    for n in cfg["sample"]["extra_teacher_nfe"]:
+        main[f"EDM teacher, {n} NFE"] = sample_grid(load_npz(paths["samples_teacher_nfe"].replace("{nfe}", str(n))), k)
+    variant = {v: sample_grid(load_npz(paths["variant_samples"].replace("{variant}", v)), k) for v in cfg["ablations"]}
+    hkd = sample_grid(load_npz(paths["samples_hkd"]), k)
+    if "no_koopman" in variant:
+        main["KD: HKD without Koopman evolution, 1 NFE"] = variant["no_koopman"]
+    main["HKD, 1 NFE (same noise seeds as the teacher)"] = hkd
+    keys = main_table_keys(cfg)
+    out = {keys[0]: main}
+    if variant:
+        out["table3"] = {**{f"Ablation {v.replace('_', ' ')}, 1 NFE": g for v, g in variant.items()},
+                         "Full HKD, 1 NFE": hkd}
+    if cfg[CONDITIONAL]:
+        nfe = next(r["nfe"] for r in load_json(paths[f"{CONDITIONAL}_metrics"])["rows"] if r["key"] == "teacher")
+        out["table4"] = {
+            f"Class-conditional EDM teacher, {nfe} NFE (row = class 0-9)":
+                sample_grid(load_npz(paths[f"{CONDITIONAL}_samples_teacher"]), k),
+            "Class-conditional HKD, 1 NFE (same noise and labels)":
+                sample_grid(load_npz(paths[f"{CONDITIONAL}_samples_hkd"]), k)}
+    if cfg["hkd"]["snapshot_epochs"]:
+        snaps = load_npz(paths["stability_samples"])
+        out["table5"] = {"Before training (seed " + str(cfg["seed"]) + ")": image_grid(snaps["before"])}
+        for e in cfg["hkd"]["snapshot_epochs"]:
+            out["table5"][f"After epoch {e} of {cfg['hkd']['epochs']}"] = image_grid(snaps[f"epoch{e:04d}"])
+    return out
 
 
 def build_report(cfg: dict, paths: dict, out_html: str) -> None:
@@ -110,37 +165,34 @@ def build_report(cfg: dict, paths: dict, out_html: str) -> None:
     manifest = load_json(paths["data_manifest"])
     data = load_dataset(paths["data"])
     split = "heldout" if len(data["heldout_images"]) else "train"
-    k = cfg["report"]["grid_images"]
-    grids = {
-        f"Real ({'held-out' if split == 'heldout' else 'training'} split)": image_grid(data[f"{split}_images"][:k]),
-        f"EDM teacher, {next(r['nfe'] for r in metrics['rows'] if r['key'] == 'teacher')} NFE": image_grid(load_npz(paths["samples_teacher"])["images"][:k]),
-        "HKD, 1 NFE (same noise seeds as the teacher)": image_grid(load_npz(paths["samples_hkd"])["images"][:k]),
-    }
     fmt = {"FID": "{:.3f}".format, "FID / teacher FID": "{:.2f}".format,
            "Seconds / batch": "{:.4f}".format, "Images / s": "{:.1f}".format}
     tables = {
         "metrics": metrics_table(metrics).to_html(index=False, formatters=fmt, classes="tbl", border=0),
         "throughput": throughput_table(metrics).to_html(index=False, formatters=fmt, classes="tbl", border=0),
     }
-    for n in cfg["sample"]["extra_teacher_nfe"]:
-        grids[f"EDM teacher, {n} NFE"] = image_grid(load_npz(paths["samples_teacher_nfe"].replace("{nfe}", str(n)))
-                                                    ["images"][:k])
     ablations = {v: load_json(paths["variant_metrics"].replace("{variant}", v)) for v in cfg["ablations"]}
     paper_tables = [main_table(cfg, metrics, ablations, key) for key in main_table_keys(cfg)]
     ordering = None
     if ablations:
         t3, ordering = table3(cfg, metrics, ablations)
         paper_tables.append(t3)
-        for v in cfg["ablations"]:
-            samples = load_npz(paths["variant_samples"].replace("{variant}", v))["images"][:k]
-            grids[f"Ablation {v.replace('_', ' ')}, 1 NFE"] = image_grid(samples)
+    if cfg[CONDITIONAL]:
+        paper_tables.append(main_table(conditional_config(cfg), load_json(paths[f"{CONDITIONAL}_metrics"]), {},
+                                       "table4"))
     if cfg["hkd"]["snapshot_epochs"]:
         paper_tables.append(table5(cfg, metrics, load_json(paths["stability"])))
     paper_tables.append(table6(cfg, metrics))
+    paper_tables.sort(key=lambda t: t.key)
     write_tables(paper_tables, paths["tables"])
     tables_rel = os.path.relpath(paths["tables"], Path(out_html).parent)
-    rendered = [{"key": t.key, "html": render(t, "html"),
-                 "files": {fmt: f"{tables_rel}/{t.key}.{fmt}" for fmt in ("tex", "md")}} for t in paper_tables]
+    grids = table_grids(cfg, paths, metrics, data, split)
+    first_main = main_table_keys(cfg)[0]
+    rendered = [{"key": t.key, "title": t.title, "html": render(t, "html"),
+                 "files": {fmt: f"{tables_rel}/{t.key}.{fmt}" for fmt in ("tex", "md")},
+                 "grids": {name: png_data_uri(img) for name, img in grids.get(t.key, {}).items()},
+                 "grids_with": (first_main if t.key in main_table_keys(cfg)[1:] else None)}
+                for t in paper_tables]
     rows = {r["key"]: r for r in metrics["rows"]}
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
                              autoescape=jinja2.select_autoescape(["html.j2"]), undefined=jinja2.StrictUndefined)
@@ -150,7 +202,6 @@ def build_report(cfg: dict, paths: dict, out_html: str) -> None:
         provenance=provenance(cfg, paths, metrics),
         hkd=cfg["hkd"], trajectories=cfg["trajectories"]["count"],
         fid_ratio=rows["hkd"]["fid"] / rows["teacher"]["fid"],
-        grids={name: png_data_uri(img) for name, img in grids.items()},
         spectral=png_data_uri(Path(paths["spectral"]).read_bytes()),
         config_yaml=yaml.safe_dump(cfg, sort_keys=False), versions=package_versions(),
     )
