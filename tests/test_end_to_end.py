@@ -70,6 +70,16 @@ def test_smoke_dag_with_snakemake(tmp_path):
         "label_dim"] == 10
     assert 'id="table4"' in html and "Class-conditional HKD" in html
     assert "conditional teacher" in html  # the companion's stage times in the provenance block
+    # Figures 2, 4, 5, 6 and the viewer, with their exactness checks
+    figs = json.loads((work / "results" / "smoke" / "analysis" / "figures.json").read_text())
+    assert figs["figure4"]["all_bands_equal_unmasked"] and figs["figure5"]["ratio0_equals_unedited"]
+    assert figs["figure6"]["checks"]["inpaint"]["known_max_abs_error"] == 0.0
+    assert figs["figure6"]["checks"]["upsample"]["known_max_abs_error"] < 1e-5
+    assert len(figs["figure2"]["distance"]) == 6  # the smoke config's 6 Heun steps
+    for section in ("figure2", "figure4", "figure5", "figure6", "viewer"):
+        assert f'id="{section}"' in html, section
+    frames = re.search(r"var frames = (\[.*?\]);", html).group(1)
+    assert 'id="t-slider"' in html and len(json.loads(frames)) == 6  # one viewer frame per noisy state
     koop = json.loads((work / "results" / "smoke" / "variants" / "no_koopman" / "metrics.json").read_text())
     assert koop["koopman"] is False and koop["training"]["steps"] > 0
     assert "data:image/png;base64," in html and "src=\"results" not in html

@@ -42,6 +42,7 @@ def test_rule_env_files_parse_and_agree(repo):
 def test_every_rule_has_a_conda_env(repo):
     for smk in (repo / "workflow" / "rules").glob("*.smk"):
         text = smk.read_text()
-        rules = re.findall(r"^rule \w+:", text, flags=re.M)
-        assert len(rules) == len(re.findall(r"^    conda:", text, flags=re.M)), \
+        # top-level rules and the per-run rules defined in a loop (`rule:` with `name:`)
+        rules = re.findall(r"^\s*rule(?: \w+)?:", text, flags=re.M)
+        assert len(rules) == len(re.findall(r"^\s+conda:", text, flags=re.M)), \
             f"{smk.name}: a rule lacks a conda: directive"

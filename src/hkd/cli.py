@@ -142,6 +142,31 @@ def stage_spectral(cfg, paths, args):
     return plot_spectrum(load_hkd(paths["hkd"]), paths["spectral"])
 
 
+def stage_figures(cfg, paths, args):
+    from hkd.analysis.figures import make_figures
+    from hkd.koopman.model import load_hkd
+    from hkd.teacher.network import load_teacher
+
+    device, dtype = _torch_setup(cfg, args.threads)
+    return make_figures(cfg, paths, load_teacher(paths["teacher"], device), load_hkd(paths["hkd"], device),
+                        device, dtype)
+
+
+def run_edit(args) -> int:
+    """``hkd edit``: Figure 5 for chosen seeds or images, written as one PNG grid."""
+    from hkd.analysis.edit_command import edit_command
+
+    cfg = load_config(args.config)
+    if args.conditional:
+        if not cfg[CONDITIONAL]:
+            raise ConfigError(f"{args.config}: key '{CONDITIONAL}' is false: this run has no class-conditional "
+                              "companion")
+        cfg = conditional_config(cfg)
+    summary = edit_command(cfg, run_paths(cfg), args)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def stage_report(cfg, paths, args):
     from hkd.report.build import build_report
 
@@ -154,7 +179,7 @@ STAGE_FUNCTIONS = {
     "trajectories": stage_trajectories, "hkd-train": stage_hkd_train, "sample": stage_sample,
     "evaluate": stage_evaluate, "spectral": stage_spectral, "report": stage_report,
     "variant-train": stage_variant_train, "variant-evaluate": stage_variant_evaluate,
-    "stability": stage_stability,
+    "stability": stage_stability, "figures": stage_figures,
 }
 #: commands that run once per variant (``--variant``: a Table 3 ablation or a Table 5 seed)
 PER_VARIANT = {s.command for s in STAGES if s.per_variant}
@@ -219,6 +244,22 @@ def main(argv: list[str] | None = None) -> int:
         if name in PER_VARIANT:
             p.add_argument("--variant", required=True,
                            help=f"a Table 3 ablation ({', '.join(ABLATIONS)}) or a Table 5 run seed<N> (README)")
+    p = sub.add_parser("edit", help="frequency-aware one-step editing (Figure 5) of two seeds or two images")
+    p.add_argument("--config", required=True, help="run configuration (YAML); edits that run's HKD")
+    p.add_argument(f"--{CONDITIONAL}", action="store_true", help="edit with the class-conditional companion's HKD")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--seeds", type=int, nargs=2, metavar=("GENERATED", "REFERENCE"),
+                     help="noise seeds (absolute) of the generated and the reference image")
+    src.add_argument("--images", nargs=2, metavar=("GENERATED", "REFERENCE"),
+                     help="two image files (PNG/JPEG) of the run's resolution and channels")
+    p.add_argument("--band", type=int, default=None, help="band index of analysis.band_edges (default: analysis.edit.band)")
+    p.add_argument("--mask", default=None, help="region: lower_left, lower_half, upper_half, left_half, centre, all, "
+                                                "or a mask image (white = mixed); default analysis.edit.mask")
+    p.add_argument("--ratios", type=float, nargs="+", default=None, help="mixing ratios in [0, 1]")
+    p.add_argument("--label", type=int, default=None, help="class label for a conditional HKD (default: from the seed)")
+    p.add_argument("--noise-seed", type=int, default=0, help="seed of the noise that brings --images to the midpoint")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--threads", type=int, default=None)
     p = sub.add_parser("dvc-yaml", help="write (or --check) dvc.yaml from the pipeline definition")
     p.add_argument("--config", default="configs/default.yaml")
     p.add_argument("--out", default="dvc.yaml")
@@ -227,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.stage == "dvc-yaml":
             return write_dvc_yaml(args.config, args.out, args.check)
+        if args.stage == "edit":
+            return run_edit(args)
         cfg = load_config(args.config)
         if getattr(args, CONDITIONAL, False):
             if not cfg[CONDITIONAL]:

@@ -105,6 +105,17 @@ def check_config(cfg: dict, source: str = "config") -> None:
         if cfg["teacher"]["source"] != "train":
             raise ConfigError(f"{source}: key 'conditional': the companion trains its own class-conditional "
                               "teacher, so it needs teacher.source 'train'")
+    an = cfg["analysis"]
+    edges = an["band_edges"]
+    if edges[0] != 0 or edges[-1] != 1 or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ConfigError(f"{source}: key 'analysis.band_edges' must increase from 0 to 1, got {edges}")
+    if an["edit"]["band"] >= len(edges) - 1:
+        raise ConfigError(f"{source}: key 'analysis.edit.band': {an['edit']['band']} is not a band of "
+                          f"analysis.band_edges ({len(edges) - 1} bands, 0..{len(edges) - 2})")
+    used = max([an["seeds"] - 1] + [k for pair in an["edit"]["pairs"] for k in pair])
+    if used >= cfg["sample"]["count"]:
+        raise ConfigError(f"{source}: key 'analysis': seed offset {used} is not an evaluation seed "
+                          f"(sample.count {cfg['sample']['count']})")
     train_seeds = (traj["seed_offset"], traj["seed_offset"] + traj["count"])
     eval_seeds = (cfg["sample"]["seed_offset"], cfg["sample"]["seed_offset"] + cfg["sample"]["count"])
     if train_seeds[0] < eval_seeds[1] and eval_seeds[0] < train_seeds[1]:

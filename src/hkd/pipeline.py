@@ -126,6 +126,16 @@ def run_paths(cfg: dict) -> dict[str, str]:
         # the run's own HKD samples before training and after each snapshot epoch (report grids)
         "stability_samples": root / "eval" / "stability_samples.npz",
         "spectral": root / "analysis" / "spectral.png",
+        # Figures 2, 4, 5, 6, the viewer's frames and each figure's numbers and checks
+        "figures": root / "analysis" / "figures.json",
+        "fig2": root / "analysis" / "figure2_trajectory.png",
+        "fig2_consistency": root / "analysis" / "figure2_consistency.png",
+        "fig4": root / "analysis" / "figure4_bands.png",
+        "fig4_modes": root / "analysis" / "figure4_modes.png",
+        "fig4_spectrum": root / "analysis" / "figure4_spectrum.png",
+        "fig5": root / "analysis" / "figure5_editing.png",
+        "fig6": root / "analysis" / "figure6_inpainting.png",
+        "viewer": root / "analysis" / "viewer.npz",
         # the no-Koopman ablation is the suite's one-step distillation (KD) row of Tables 1 and 6
         "kd": root / "variants" / "no_koopman" / "hkd.pt",
         "report": report / "index.html",
@@ -192,6 +202,8 @@ class Stage:
 
 
 _PIPELINE = "src/hkd/pipeline.py"
+#: the figures stage's outputs (run_paths keys)
+FIGURES = ("figures", "fig2", "fig2_consistency", "fig4", "fig4_modes", "fig4_spectrum", "fig5", "fig6", "viewer")
 #: modules every torch stage runs through (device, precision, atomic file writes)
 _RUNTIME = ("src/hkd/runtime.py", "src/hkd/io.py")
 #: how the teacher checkpoint is built from the config and read back (teacher_kwargs, load_teacher)
@@ -236,13 +248,18 @@ STAGES: tuple[Stage, ...] = (
           ("seed", "device", "precision", "edm", "hkd", "stability", "sample", "evaluate", "report"),
           ("src/hkd/nn", "src/hkd/koopman", "src/hkd/sample.py", "src/hkd/metrics", "src/hkd/data/dataset.py")
           + _TEACHER_CKPT + _RUNTIME),
-    Stage("spectral", "spectral", ("hkd",), ("spectral",), (), ("src/hkd/analysis",)),
+    Stage("spectral", "spectral", ("hkd",), ("spectral",), (), ("src/hkd/analysis/spectral.py",)),
+    Stage("figures", "figures", ("data", "teacher", "hkd"), FIGURES,
+          ("seed", "device", "precision", "edm", "trajectories", "sample", "analysis"),
+          ("src/hkd/analysis", "src/hkd/koopman", "src/hkd/nn", "src/hkd/teacher/sampler.py",
+           "src/hkd/teacher/trajectories.py", "src/hkd/data/dataset.py") + _TEACHER_CKPT + _RUNTIME),
     Stage("report", "report",
           ("data", "data_manifest", "classifier", "samples_teacher", "samples_hkd", "samples_teacher_nfe",
-           "metrics", "spectral", "variant_metrics", "variant_samples", "stability", "stability_samples", "conditional_metrics",
-           "conditional_samples_teacher", "conditional_samples_hkd"),
+           "metrics", "spectral") + FIGURES + ("variant_metrics", "variant_samples", "stability", "stability_samples",
+                                               "conditional_metrics", "conditional_samples_teacher",
+                                               "conditional_samples_hkd"),
           ("report", "tables"), ("run", "report_dir", "data", "network", "trajectories", "hkd", "ablations",
-                                 "stability", "conditional", "sample", "evaluate", "report"),
+                                 "stability", "conditional", "sample", "evaluate", "analysis", "report"),
           ("src/hkd/report", "src/hkd/data/dataset.py")),
 )
 

@@ -26,3 +26,20 @@ rule report:
     threads: 1
     shell:
         hkd_shell("report")
+
+
+# Figures 2, 4, 5, 6 and the trajectory viewer of the run's HKD
+rule figures:
+    input:
+        **stage_inputs(config, "figures"),
+    output:
+        **outputs("figures"),
+    params:
+        cfg=stage_params(config, "figures"),
+    log:
+        log_path(config, "figures"),
+    conda:
+        ENV
+    threads: workflow.cores
+    shell:
+        hkd_shell("figures")

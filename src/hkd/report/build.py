@@ -131,7 +131,9 @@ def table_grids(cfg: dict, paths: dict, metrics: dict, data: dict, split: str) -
     """{table key: {caption: grid}}: the samples behind each paper table's reproduced rows."""
     k = cfg["report"]["grid_images"]
     teacher_nfe = next(r["nfe"] for r in metrics["rows"] if r["key"] == "teacher")
-    main = {f"Real ({'held-out' if split == 'heldout' else 'training'} split)": image_grid(data[f"{split}_images"][:k]),
+    real = {"images": data[f"{split}_images"], "labels": data[f"{split}_labels"]}
+    by_class = " (one row per class)" if (real["labels"] >= 0).any() else ""
+    main = {f"Real ({'held-out' if split == 'heldout' else 'training'} split){by_class}": sample_grid(real, k),
             f"EDM teacher, {teacher_nfe} NFE": sample_grid(load_npz(paths["samples_teacher"]), k)}
     for n in cfg["sample"]["extra_teacher_nfe"]:
         main[f"EDM teacher, {n} NFE"] = sample_grid(load_npz(paths["samples_teacher_nfe"].replace("{nfe}", str(n))), k)
@@ -158,6 +160,21 @@ def table_grids(cfg: dict, paths: dict, metrics: dict, data: dict, split: str) -
         for e in cfg["hkd"]["snapshot_epochs"]:
             out["table5"][f"After epoch {e} of {cfg['hkd']['epochs']}"] = image_grid(snaps[f"epoch{e:04d}"])
     return out
+
+
+def figure_context(paths: dict) -> dict:
+    """The figures stage's PNGs as data URIs, its numbers, and the viewer's frames (one
+    grid per time: rows = teacher state, HKD prediction, HKD latent decoded; columns = seeds)."""
+    figs = {k: png_data_uri(Path(paths[k]).read_bytes())
+            for k in ("fig2", "fig2_consistency", "fig4", "fig4_modes", "fig4_spectrum", "fig5", "fig6")}
+    viewer = load_npz(paths["viewer"], ("frames", "sigmas", "rows"))
+    frames = []
+    for f in viewer["frames"]:  # [3, B, C, H, W] uint8
+        rows, b = f.shape[0], f.shape[1]
+        flat = f.reshape((rows * b,) + f.shape[2:]).astype(np.float32) / 127.5 - 1.0
+        frames.append(png_data_uri(image_grid(flat, cols=b, scale=3)))
+    return {"images": figs, "numbers": load_json(paths["figures"]), "viewer_frames": frames,
+            "viewer_sigmas": [float(x) for x in viewer["sigmas"]], "viewer_rows": [str(r) for r in viewer["rows"]]}
 
 
 def build_report(cfg: dict, paths: dict, out_html: str) -> None:
@@ -202,7 +219,7 @@ def build_report(cfg: dict, paths: dict, out_html: str) -> None:
         provenance=provenance(cfg, paths, metrics),
         hkd=cfg["hkd"], trajectories=cfg["trajectories"]["count"],
         fid_ratio=rows["hkd"]["fid"] / rows["teacher"]["fid"],
-        spectral=png_data_uri(Path(paths["spectral"]).read_bytes()),
+        spectral=png_data_uri(Path(paths["spectral"]).read_bytes()), figures=figure_context(paths),
         config_yaml=yaml.safe_dump(cfg, sort_keys=False), versions=package_versions(),
     )
     with atomic_path(out_html) as tmp:

@@ -1,0 +1,94 @@
+"""Koopman modes of a trained HKD: which eigenvalue pairs a band keeps, and decoding with
+only some of them (Figure 4 of the paper).
+
+A mode is one 2x2 block: a channel pair (2k, 2k+1) at one position of one level, with
+eigenvalues alpha +- i beta. At every level the pairs of all positions are ranked by their
+real part alpha (signed, as the paper sorts them); a band is a range of that rank given as
+quantile edges, e.g. [0, 1/3) = the smallest third. Masking multiplies the features of the
+pairs outside the band by zero, so keeping every band returns the unmasked features
+bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def alpha_ranks(model) -> list[torch.Tensor]:
+    """Per level, each pair's rank quantile in [0, 1) by alpha (ties in a stable order)."""
+    out = []
+    for alpha, _ in model.koopman.eigenvalues():
+        flat = alpha.flatten()
+        order = torch.argsort(flat, stable=True)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(flat))
+        out.append((rank.float() / len(flat)).reshape(alpha.shape))
+    return out
+
+
+def band_masks(model, lo: float, hi: float) -> list[torch.Tensor]:
+    """Per level, a [C/2, H, W] 0/1 float mask of the pairs whose alpha rank quantile is in
+    [lo, hi) (``hi`` = 1 includes the largest)."""
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"band [{lo}, {hi}) must satisfy 0 <= lo < hi <= 1")
+    return [((q >= lo) & ((q < hi) if hi < 1.0 else torch.ones_like(q, dtype=torch.bool))).float()
+            for q in alpha_ranks(model)]
+
+
+def apply_pair_masks(feats: list[torch.Tensor], masks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Features [B, C, H, W] per level times a pair mask [C/2, H, W] (or [B, C/2, H, W]),
+    each pair's two channels alike."""
+    out = []
+    for z, m in zip(feats, masks):
+        m = m.to(z.device, z.dtype).repeat_interleave(2, dim=-3)
+        out.append(z * m)
+    return out
+
+
+def features_at(model, noise: torch.Tensor, s: float, class_labels=None) -> list[torch.Tensor]:
+    """HKD's latent trajectory from x_T = sigma_max * noise, evolved to time ``s``."""
+    t = torch.full((noise.shape[0],), model.sigma_max, device=noise.device)
+    return model.evolve(model.encode(noise * model.sigma_max, t, class_labels), t, s)
+
+
+def to_eps(model, feats: list[torch.Tensor], s: float) -> list[torch.Tensor]:
+    """Features at time ``s`` evolved to the end time eps."""
+    t = torch.full((feats[0].shape[0],), float(s), device=feats[0].device)
+    return model.evolve(feats, t, model.eps)
+
+
+@torch.no_grad()
+def band_decodes(model, noise: torch.Tensor, edges: list[float], class_labels=None) -> dict:
+    """Figure 4(b-d): the one-step sample decoded with every band of ``edges`` alone, and
+    with all modes; keys ``all`` and ``band<i>``."""
+    feats = features_at(model, noise, model.eps, class_labels)
+    out = {"all": model.decode(feats, class_labels)}
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        out[f"band{i}"] = model.decode(apply_pair_masks(feats, band_masks(model, lo, hi)), class_labels)
+    return out
+
+
+@torch.no_grad()
+def cumulative_contribution(model, noise: torch.Tensor, groups: int, sigmas: list[float],
+                            class_labels=None) -> torch.Tensor:
+    """Figure 4(a): [groups + 1, len(sigmas)] share of the decoded state explained by the
+    modes of the first k alpha-quantile groups (k = 0..groups) at each time s:
+    1 - |D_k(s) - D_all(s)|^2 / |D_0(s) - D_all(s)|^2, where D_k decodes the latent at s with
+    only those modes kept; 0 for k = 0 and 1 for k = groups by construction."""
+    edges = [i / groups for i in range(groups + 1)]
+    nothing = [torch.zeros_like(m) for m in band_masks(model, 0.0, 1.0)]
+    out = torch.zeros(groups + 1, len(sigmas))
+    for j, s in enumerate(sigmas):
+        feats = features_at(model, noise, s, class_labels)
+        full = model.decode(feats, class_labels)
+        none = model.decode(apply_pair_masks(feats, nothing), class_labels)
+        base = (none - full).pow(2).sum().item()
+        for k in range(groups + 1):
+            if k == 0:
+                dk = none
+            elif k == groups:
+                dk = full
+            else:
+                dk = model.decode(apply_pair_masks(feats, band_masks(model, 0.0, edges[k])), class_labels)
+            out[k, j] = 1.0 - (dk - full).pow(2).sum().item() / base if base > 0 else float("nan")
+    return out

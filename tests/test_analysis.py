@@ -1,0 +1,193 @@
+"""The figures' numerical checks (issue: interpretability and editing): each is a property
+that a wrong implementation breaks."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from hkd.analysis.editing import editing_grid, spatial_mask
+from hkd.analysis.inpainting import Transform, restore
+from hkd.analysis.modes import band_decodes, band_masks, cumulative_contribution, features_at, to_eps
+from hkd.analysis.trajectory import consistency, consistency_check, predictions_along
+from hkd.koopman.model import HKD
+from hkd.nn.precond import EDMPrecond
+from hkd.teacher.network import teacher_kwargs
+
+
+def small_hkd(cfg, channels=None, label_dim=0, seed=0):
+    """A teacher-initialised HKD of the smoke network with random Koopman generators, so
+    that every band holds different modes."""
+    torch.manual_seed(seed)
+    kw = teacher_kwargs(cfg)
+    if channels:
+        kw["img_channels"] = channels
+    kw["label_dim"] = label_dim
+    teacher = EDMPrecond(**kw).eval()
+    model = HKD(teacher, eps=cfg["edm"]["sigma_min"], sigma_max=cfg["edm"]["sigma_max"]).eval()
+    with torch.no_grad():
+        for a, b in zip(model.koopman.alpha, model.koopman.beta):
+            a.normal_(0, 0.02)
+            b.normal_(0, 0.05)
+    return model.requires_grad_(False)
+
+
+def noise_for(model, n=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, model.img_channels, model.img_resolution, model.img_resolution, generator=g)
+
+
+def test_bands_partition_the_modes_and_all_bands_give_the_unmasked_decode(smoke_cfg):
+    model = small_hkd(smoke_cfg)
+    edges = [0.0, 0.25, 0.7, 1.0]
+    masks = [band_masks(model, lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
+    for level, (alpha, _) in enumerate(model.koopman.eigenvalues()):
+        per_band = torch.stack([m[level] for m in masks])
+        assert torch.equal(per_band.sum(0), torch.ones_like(alpha))  # each pair in exactly one band
+        # the band of smaller alpha holds smaller alphas
+        lo_max = alpha[per_band[0].bool()].max()
+        hi_min = alpha[per_band[2].bool()].min()
+        assert lo_max <= hi_min
+        assert abs(per_band[0].mean().item() - 0.25) < 0.01
+    noise = noise_for(model)
+    d = band_decodes(model, noise, [0.0, 1.0])
+    assert torch.equal(d["band0"], d["all"])
+    assert torch.equal(d["all"], model.decode(features_at(model, noise, model.eps)))
+    split = band_decodes(model, noise, edges)
+    assert not torch.equal(split["band0"], split["all"])  # keeping one band is not the full decode
+    with pytest.raises(ValueError, match="band"):
+        band_masks(model, 0.5, 0.5)
+
+
+def test_cumulative_contribution_runs_from_zero_to_one(smoke_cfg):
+    model = small_hkd(smoke_cfg)
+    c = cumulative_contribution(model, noise_for(model), 4, [80.0, 1.0, 0.002])
+    assert c.shape == (5, 3)
+    assert torch.equal(c[0], torch.zeros(3)) and torch.equal(c[-1], torch.ones(3))
+    assert torch.isfinite(c).all()
+
+
+def test_editing_at_ratio_zero_is_the_unedited_image_and_full_mix_is_the_reference(smoke_cfg):
+    model = small_hkd(smoke_cfg)
+    noise = noise_for(model, 4)
+    gen, ref = {"noise": noise[:2]}, {"noise": noise[2:]}
+    res = model.img_resolution
+    out = editing_grid(model, gen, ref, (0.0, 1.0), spatial_mask("all", res), [0.5, 1.0], 1.0)
+    assert out["ratio0_equals_unedited"]
+    assert np.abs(out["edits"][1] - out["reference"]).max() < 1e-4  # every mode, everywhere, fully mixed
+    assert out["one_step_max_abs_diff"] < 1e-3  # T -> midpoint -> eps is the one-step sample up to rounding
+    part = editing_grid(model, gen, ref, (2 / 3, 1.0), spatial_mask("lower_left", res), [0.9], 0.9)
+    assert part["ratio0_equals_unedited"]
+    assert np.abs(part["edits"][0] - part["generated"]).max() > 0  # the edit changes something
+    assert not np.allclose(part["edits"][0], part["agnostic"])  # one band is not every mode
+    # an image reference enters at the midpoint with noise
+    img = {"image": torch.zeros(2, model.img_channels, res, res), "seed": 3}
+    assert editing_grid(model, gen, img, (0.0, 1.0), spatial_mask("centre", res), [0.5], 0.9)["ratio0_equals_unedited"]
+    with pytest.raises(ValueError, match="unknown mask"):
+        spatial_mask("middle", res)
+
+
+def test_mixing_commutes_with_the_flow(smoke_cfg):
+    """Why the midpoint is not special for HKD: a per-mode mask commutes with the per-mode
+    linear flow, so mixing at s and then evolving equals evolving and then mixing."""
+    model = small_hkd(smoke_cfg)
+    s = 40.0
+    a, b = features_at(model, noise_for(model, 1, 1), s), features_at(model, noise_for(model, 1, 2), s)
+    masks = band_masks(model, 0.3, 0.8)
+    from hkd.analysis.modes import apply_pair_masks
+
+    mixed_then_evolved = to_eps(model, [x + 0.7 * d for x, d in zip(a, apply_pair_masks(
+        [y - x for x, y in zip(a, b)], masks))], s)
+    ae, be = to_eps(model, a, s), to_eps(model, b, s)
+    evolved_then_mixed = [x + 0.7 * d for x, d in zip(ae, apply_pair_masks([y - x for x, y in zip(ae, be)], masks))]
+    for u, v in zip(mixed_then_evolved, evolved_then_mixed):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("task,channels", [("inpaint", 1), ("upsample", 1), ("colourise", 3), ("inpaint", 3)])
+def test_restoration_keeps_the_known_part(smoke_cfg, task, channels):
+    model = small_hkd(smoke_cfg, channels=channels)
+    res = model.img_resolution
+    tf = Transform(task, (channels, res, res), "lower_half")
+    x = torch.rand(3, channels, res, res) * 2 - 1
+    torch.testing.assert_close(tf.inverse(tf.forward(x)), x, rtol=0, atol=1e-5)  # orthonormal A
+    y = torch.rand(2, channels, res, res) * 2 - 1
+    out = restore(model, y, tf, steps=4, rho=7.0, seed=0)
+    assert out.shape == y.shape and torch.isfinite(out).all()
+    err = tf.known_error(out, y)
+    if task == "inpaint":
+        assert err == 0.0
+        known = (1 - tf.omega).bool()
+        assert torch.equal(out[:, known], y[:, known])  # the known pixels are the reference's exactly
+        assert not torch.equal(out, y)  # the unknown ones are generated
+    else:
+        assert err < 1e-5
+    again = restore(model, y, tf, steps=4, rho=7.0, seed=0)
+    assert torch.equal(out, again)  # seeded
+
+
+def test_colourisation_needs_colour(smoke_cfg):
+    with pytest.raises(ValueError, match="colourisation needs RGB"):
+        Transform("colourise", (1, 32, 32))
+
+
+def test_consistency_distance_and_check():
+    sigmas = torch.tensor([80.0, 10.0, 1.0, 0.1, 0.0])
+    final = torch.rand(2, 1, 4, 4)
+    states = torch.stack([final + s * torch.randn(2, 1, 4, 4) for s in sigmas])
+    states[-1] = final
+    # a model that returns its input: the distance is the noise left, large at T, small near eps
+    d = consistency(predictions_along(lambda x, t: x, sigmas, states), final)
+    check = consistency_check(d)
+    assert check["small_near_eps"] and check["grows_with_t"] and check["spearman_t_vs_distance"] == pytest.approx(1.0)
+    # a perfect model: every column is the final image
+    d = consistency(predictions_along(lambda x, t: final, sigmas, states), final)
+    assert np.allclose(d, 0.0)
+    # a model worse near eps fails the check
+    bad = consistency_check(np.array([0.1, 0.2, 0.3, 0.4]))
+    assert not bad["small_near_eps"] and not bad["grows_with_t"]
+
+
+def test_edit_command_from_seeds_and_images(smoke_cfg, repo, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from PIL import Image
+
+    from hkd.cli import main
+
+    model = small_hkd(smoke_cfg)
+    ckpt = {"kind": "hkd", "teacher_kwargs": teacher_kwargs(smoke_cfg), "hkd_kwargs": model.init_kwargs,
+            "state": model.state_dict(), "stats": None}
+    monkeypatch.chdir(tmp_path)
+    hkd_path = tmp_path / "results" / smoke_cfg["run"] / "hkd" / "hkd.pt"
+    hkd_path.parent.mkdir(parents=True)
+    torch.save(ckpt, hkd_path)
+    (tmp_path / "configs").mkdir()
+    shutil.copy(repo / "configs" / "smoke.yaml", tmp_path / "configs" / "smoke.yaml")
+    base = ["edit", "--config", "configs/smoke.yaml"]
+
+    assert main(base + ["--seeds", "1000000", "1000001", "--out", "seeds.png"]) == 0
+    assert '"ratio0_equals_unedited": true' in capsys.readouterr().out
+    assert Image.open("seeds.png").size[0] > 100
+
+    res = model.img_resolution
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 255, (res, res), dtype=np.uint8)).save(name)
+    mask = np.zeros((res, res), np.uint8)
+    mask[: res // 2] = 255
+    Image.fromarray(mask).save("mask.png")
+    assert main(base + ["--images", "a.png", "b.png", "--mask", "mask.png", "--band", "0", "--ratios", "0.3",
+                        "--out", "images.png"]) == 0
+    assert "mask image mask.png" in capsys.readouterr().out
+
+    Image.fromarray(np.zeros((res + 4, res + 4), np.uint8)).save("big.png")
+    for args, message in ((["--images", "a.png", "big.png"], "the model generates"),
+                          (["--seeds", "1", "2", "--band", "3"], "--band 3"),
+                          (["--seeds", "1", "2", "--mask", "nowhere"], "neither one of"),
+                          (["--seeds", "1", "2", "--ratios", "1.5"], "--ratios"),
+                          (["--images", "a.png", "missing.png"], "cannot read image missing.png")):
+        assert main(base + args + ["--out", "x.png"]) == 1, args
+        assert message in capsys.readouterr().err, args
+    assert not (tmp_path / "x.png").exists()
