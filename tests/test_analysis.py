@@ -9,7 +9,8 @@ import torch
 
 from hkd.analysis.editing import editing_grid, spatial_mask
 from hkd.analysis.inpainting import Transform, restore
-from hkd.analysis.modes import band_decodes, band_masks, cumulative_contribution, features_at, to_eps
+from hkd.analysis.modes import (band_decodes, band_masks, bands_partition, cumulative_contribution, features_at,
+                               to_eps)
 from hkd.analysis.trajectory import consistency, consistency_check, predictions_along
 from hkd.koopman.model import HKD
 from hkd.nn.precond import EDMPrecond
@@ -25,6 +26,9 @@ def small_hkd(cfg, channels=None, label_dim=0, seed=0):
         kw["img_channels"] = channels
     kw["label_dim"] = label_dim
     teacher = EDMPrecond(**kw).eval()
+    with torch.no_grad():  # EDM zero-initialises output layers: make the network do something
+        for p in teacher.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
     model = HKD(teacher, eps=cfg["edm"]["sigma_min"], sigma_max=cfg["edm"]["sigma_max"]).eval()
     with torch.no_grad():
         for a, b in zip(model.koopman.alpha, model.koopman.beta):
@@ -56,6 +60,7 @@ def test_bands_partition_the_modes_and_all_bands_give_the_unmasked_decode(smoke_
     assert torch.equal(d["all"], model.decode(features_at(model, noise, model.eps)))
     split = band_decodes(model, noise, edges)
     assert not torch.equal(split["band0"], split["all"])  # keeping one band is not the full decode
+    assert bands_partition(model, edges) and bands_partition(model, [0.0, 1.0])
     with pytest.raises(ValueError, match="band"):
         band_masks(model, 0.5, 0.5)
 
@@ -74,7 +79,7 @@ def test_editing_at_ratio_zero_is_the_unedited_image_and_full_mix_is_the_referen
     gen, ref = {"noise": noise[:2]}, {"noise": noise[2:]}
     res = model.img_resolution
     out = editing_grid(model, gen, ref, (0.0, 1.0), spatial_mask("all", res), [0.5, 1.0], 1.0)
-    assert out["ratio0_equals_unedited"]
+    assert out["ratio0_equals_unedited"] and out["full_mix_max_abs_diff_to_reference"] < 1e-4
     assert np.abs(out["edits"][1] - out["reference"]).max() < 1e-4  # every mode, everywhere, fully mixed
     assert out["one_step_max_abs_diff"] < 1e-3  # T -> midpoint -> eps is the one-step sample up to rounding
     part = editing_grid(model, gen, ref, (2 / 3, 1.0), spatial_mask("lower_left", res), [0.9], 0.9)
@@ -86,6 +91,20 @@ def test_editing_at_ratio_zero_is_the_unedited_image_and_full_mix_is_the_referen
     assert editing_grid(model, gen, img, (0.0, 1.0), spatial_mask("centre", res), [0.5], 0.9)["ratio0_equals_unedited"]
     with pytest.raises(ValueError, match="unknown mask"):
         spatial_mask("middle", res)
+
+
+def test_conditional_edit_encodes_the_reference_with_its_own_label(smoke_cfg):
+    model = small_hkd(smoke_cfg, label_dim=10)
+    noise = noise_for(model, 2)
+    gen_l = torch.nn.functional.one_hot(torch.tensor([3]), 10).float()
+    ref_l = torch.nn.functional.one_hot(torch.tensor([7]), 10).float()
+    res = model.img_resolution
+    out = editing_grid(model, {"noise": noise[:1]}, {"noise": noise[1:]}, (0.0, 1.0), spatial_mask("all", res),
+                       [0.5], 0.9, gen_l, ref_l)
+    own = model.sample(noise[1:], ref_l).numpy()
+    other = model.sample(noise[1:], gen_l).numpy()
+    assert np.abs(out["reference"] - own).max() < 1e-3 and np.abs(out["reference"] - other).max() > 1e-2
+    assert out["full_mix_max_abs_diff_to_reference"] < 1e-3 and out["ratio0_equals_unedited"]
 
 
 def test_mixing_commutes_with_the_flow(smoke_cfg):

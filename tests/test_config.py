@@ -52,6 +52,11 @@ _DROP = object()
     ("cifar10", {"conditional": True}, r"key 'conditional'.*needs teacher\.source 'train'"),
     ("ffhq64", {"conditional": True}, r"key 'conditional': the image_folder source has no class labels"),
     ("default", {"conditional": "yes"}, r"conditional"),
+    ("default", {"analysis.seeds": 1001}, r"key 'analysis\.seeds': 1001 seeds"),
+    ("default", {"analysis.edit.pairs": [[0, 1000]]}, r"key 'analysis\.edit\.pairs': seed offset 1000"),
+    ("default", {"analysis.inpaint.images": 1001}, r"key 'analysis\.inpaint\.images'.*held-out split has 1000"),
+    ("default", {"analysis.band_edges": [0.0, 0.5, 0.4, 1.0]}, r"key 'analysis\.band_edges' must increase"),
+    ("default", {"analysis.edit.band": 3}, r"key 'analysis\.edit\.band': 3 is not a band"),
     ("cifar10", {"data.md5": "abc"}, r"data\.md5"),
 ])
 def test_cross_key_rules_name_the_key(repo, config, changes, match):

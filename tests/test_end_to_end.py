@@ -107,3 +107,22 @@ def test_smoke_dag_with_dvc(tmp_path):
     assert "up to date" in r.stdout, r.stdout
     r = subprocess.run([str(BIN / "dvc"), "status"], cwd=work, capture_output=True, text=True, env=env)
     assert "up to date" in r.stdout, r.stdout
+
+    # a DVC remote: push the run's outputs, then a fresh clone pulls them and has nothing to redo
+    remote = tmp_path / "remote"
+    run([str(BIN / "dvc"), "remote", "add", "-d", "store", str(remote)], work)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    run(["git", "add", "-A"], work)
+    run(git + ["commit", "-q", "-m", "smoke run"], work)
+    run([str(BIN / "dvc"), "push"], work)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(work), str(clone)], tmp_path)
+    assert not (clone / "results").exists()
+    r = subprocess.run([str(BIN / "dvc"), "pull"], cwd=clone, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for rel in ("results/smoke/hkd/hkd.pt", "results/smoke/trajectories/manifest.json",
+                "results/smoke/hkd/tensorboard", "reports/smoke/index.html", "reports/smoke/tables/table1.md"):
+        assert (clone / rel).exists(), rel
+    assert (clone / "results/smoke/hkd/hkd.pt").read_bytes() == (work / "results/smoke/hkd/hkd.pt").read_bytes()
+    r = subprocess.run([str(BIN / "dvc"), "repro"], cwd=clone, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0 and "up to date" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]

@@ -42,7 +42,8 @@ def stage_teacher(cfg, paths, args):
     from hkd.teacher.train import train_teacher
 
     device, dtype = _torch_setup(cfg, args.threads)
-    return train_teacher(cfg, paths["data"], paths["teacher"], paths["teacher_tb"], device, dtype)
+    return train_teacher(cfg, paths["data"], paths["teacher"], paths["teacher_tb"], device, dtype,
+                         resume_path=paths["teacher_resume"])
 
 
 def stage_trajectories(cfg, paths, args):
@@ -204,7 +205,10 @@ def write_dvc_yaml(config_file: str, out: str, check: bool) -> int:
             return 1
         print(f"{out} is up to date")
         return 0
-    Path(out).write_text(text)
+    from hkd.io import atomic_path
+
+    with atomic_path(out) as tmp:
+        tmp.write_text(text)
     print(f"wrote {out}")
     return 0
 

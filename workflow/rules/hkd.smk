@@ -20,7 +20,7 @@ for prefix, run_cfg, flag in RUNS:
         resources:
             gpu=1 if run_cfg["device"] == "cuda" else 0,
         shell:
-            hkd_shell("hkd-train", "{params.run_flag}")
+            hkd_shell("hkd-train", "{params.run_flag}", multi_gpu=True)
 
     rule:
         name:
@@ -62,7 +62,7 @@ rule variant_train:
     resources:
         gpu=1 if config["device"] == "cuda" else 0,
     shell:
-        hkd_shell("variant-train --variant {wildcards.variant}")
+        hkd_shell("variant-train --variant {wildcards.variant}", multi_gpu=True)
 
 
 rule variant_evaluate:

@@ -41,5 +41,7 @@ rule figures:
     conda:
         ENV
     threads: workflow.cores
+    resources:
+        gpu=1 if config["device"] == "cuda" else 0,
     shell:
         hkd_shell("figures")

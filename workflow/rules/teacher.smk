@@ -45,7 +45,7 @@ for prefix, run_cfg, flag in RUNS:
         resources:
             gpu=1 if run_cfg["device"] == "cuda" else 0,
         shell:
-            hkd_shell("trajectories --shard {wildcards.shard}", "{params.run_flag}")
+            hkd_shell("trajectories --shard {wildcards.shard}", "{params.run_flag}", multi_gpu=True)
 
     rule:
         name:

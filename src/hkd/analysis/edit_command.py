@@ -53,27 +53,30 @@ def edit_command(cfg: dict, paths: dict, args) -> dict:
     model = load_hkd(paths["hkd"]).float()
     res, ch = model.img_resolution, model.img_channels
     mask, mask_name = read_mask(args.mask or ecfg["mask"], res)
-    labels = None
+    labels = ref_labels = None
     if args.seeds:
-        noise, labels = seeded_inputs([args.seeds[0], args.seeds[1]], (ch, res, res), model.label_dim)
+        noise, drawn = seeded_inputs([args.seeds[0], args.seeds[1]], (ch, res, res), model.label_dim)
         gen, ref, names = {"noise": noise[:1]}, {"noise": noise[1:]}, [f"seed {s}" for s in args.seeds]
-        labels = labels[:1] if labels is not None else None
+        if drawn is not None:  # each seed's own class label, as sampling draws it
+            labels, ref_labels = drawn[:1], drawn[1:]
     else:
         gen = {"image": read_image(args.images[0], ch, res), "seed": args.noise_seed}
         ref = {"image": read_image(args.images[1], ch, res), "seed": args.noise_seed + 1}
         names = list(args.images)
     if model.label_dim:
-        if args.label is not None:
+        if args.label is not None:  # the class of the edited image (and of an image reference)
             labels = torch.tensor([args.label])
+            ref_labels = ref_labels if args.seeds else labels
         if labels is None:
             raise ValueError("this HKD is class-conditional: give --label for image inputs")
         if not 0 <= int(labels[0]) < model.label_dim:
             raise ValueError(f"--label {int(labels[0])} is not a class (0..{model.label_dim - 1})")
     result = editing_grid(model, gen, ref, (edges[band], edges[band + 1]), mask, ratios, ecfg["agnostic_ratio"],
-                          one_hot(labels, model.label_dim))
+                          one_hot(labels, model.label_dim), one_hot(ref_labels, model.label_dim))
     cols = ["generated", "reference"] + [f"{100 * r:.0f} %" for r in ratios] + \
         [f"all modes {100 * ecfg['agnostic_ratio']:.0f} %"]
     labelled_grid(grid_rows(result), cols, [f"{names[0]} <- {names[1]}"],
                   f"{band_names(edges)[band]} mixed into {mask_name} at t = {result['midpoint']:.3g}", args.out)
     return {"out": args.out, "band": band_names(edges)[band], "mask": mask_name, "ratios": ratios,
-            "ratio0_equals_unedited": result["ratio0_equals_unedited"]}
+            "ratio0_equals_unedited": result["ratio0_equals_unedited"],
+            "full_mix_max_abs_diff_to_reference": result["full_mix_max_abs_diff_to_reference"]}

@@ -94,21 +94,26 @@ def start_features(model, source: dict, s: float, class_labels=None) -> list[tor
 
 @torch.no_grad()
 def editing_grid(model, gen: dict, ref: dict, band: tuple[float, float], mask: torch.Tensor,
-                 ratios: list[float], agnostic_ratio: float, class_labels=None) -> dict:
+                 ratios: list[float], agnostic_ratio: float, class_labels=None, ref_class_labels=None) -> dict:
     """Figure 5 for a batch of pairs: generated, reference, band edits at ``ratios`` and
     the frequency-agnostic edit (every mode) at ``agnostic_ratio``; ``gen`` / ``ref`` as
-    ``start_features`` takes them, ``mask`` [H, W] in [0, 1]. Returns arrays in [-1, 1], and
-    whether ratio 0 gives the unedited image bit for bit."""
+    ``start_features`` takes them, ``mask`` [H, W] in [0, 1]; a conditional model encodes
+    each with its own labels and decodes the edits with the generated image's. Returns
+    arrays in [-1, 1] and two checks: ratio 0 gives the unedited image bit for bit, and
+    mixing every mode everywhere at ratio 1 gives the reference (up to rounding)."""
     s = midpoint(model)
+    ref_labels = class_labels if ref_class_labels is None else ref_class_labels
     gen_feats = start_features(model, gen, s, class_labels)
-    ref_feats = start_features(model, ref, s, class_labels)
+    ref_feats = start_features(model, ref, s, ref_labels)
     unedited = model.decode(to_eps(model, gen_feats, s), class_labels)
-    reference = model.decode(to_eps(model, ref_feats, s), class_labels)
+    reference = model.decode(to_eps(model, ref_feats, s), ref_labels)
     edits = edit(model, gen_feats, ref_feats, s, band, mask, [0.0] + list(ratios), class_labels)
     agnostic = edit(model, gen_feats, ref_feats, s, (0.0, 1.0), mask, [agnostic_ratio], class_labels)[0]
+    full = edit(model, gen_feats, ref_feats, s, (0.0, 1.0), torch.ones_like(mask), [1.0], ref_labels)[0]
     out = {"midpoint": s, "generated": unedited.cpu().numpy(), "reference": reference.cpu().numpy(),
            "edits": edits[1:].cpu().numpy(), "agnostic": agnostic.cpu().numpy(),
-           "ratio0_equals_unedited": bool(torch.equal(edits[0], unedited))}
+           "ratio0_equals_unedited": bool(torch.equal(edits[0], unedited)),
+           "full_mix_max_abs_diff_to_reference": float((full - reference).abs().max())}
     if "noise" in gen:  # the midpoint path against the direct one-step sample T -> eps
         out["one_step_max_abs_diff"] = float((unedited - model.sample(gen["noise"], class_labels)).abs().max())
     return out

@@ -84,11 +84,14 @@ def cumulative_contribution(model, noise: torch.Tensor, groups: int, sigmas: lis
         none = model.decode(apply_pair_masks(feats, nothing), class_labels)
         base = (none - full).pow(2).sum().item()
         for k in range(groups + 1):
-            if k == 0:
-                dk = none
-            elif k == groups:
-                dk = full
-            else:
-                dk = model.decode(apply_pair_masks(feats, band_masks(model, 0.0, edges[k])), class_labels)
+            kept = nothing if k == 0 else band_masks(model, 0.0, edges[k])
+            dk = model.decode(apply_pair_masks(feats, kept), class_labels)
             out[k, j] = 1.0 - (dk - full).pow(2).sum().item() / base if base > 0 else float("nan")
     return out
+
+
+def bands_partition(model, edges: list[float]) -> bool:
+    """Every pair of every level lies in exactly one band of ``edges``."""
+    per_band = [band_masks(model, lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
+    return all(torch.equal(sum(m[level] for m in per_band), torch.ones_like(per_band[0][level]))
+               for level in range(len(per_band[0])))

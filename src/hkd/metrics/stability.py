@@ -2,8 +2,8 @@
 own training and the ``stability.seeds`` trainings (same teacher and trajectories, other
 initialisation and minibatch seeds), as mean and standard deviation per epoch; plus the
 model before training (the teacher-initialised encoder/decoder with zero Koopman
-generators, the same for every seed). The first ``report.grid_images`` samples of the run's
-own training at each epoch are kept for the report's grids."""
+generators, the same for every seed). The first ``GRID_SAMPLES`` samples of the run's own
+training at each epoch are kept for the report's grids."""
 
 from __future__ import annotations
 
@@ -15,6 +15,10 @@ from hkd.io import save_json, save_npz
 from hkd.koopman.model import HKD, load_hkd
 from hkd.metrics.evaluate import feature_extractor, score_one_step
 from hkd.pipeline import run_paths, seed_variants, snapshot_paths
+
+
+#: samples per epoch kept for the report (which shows the first report.grid_images of them)
+GRID_SAMPLES = 64
 
 
 def snapshot_files(cfg: dict) -> dict[str, dict[int, str]]:
@@ -33,7 +37,7 @@ def evaluate_stability(cfg: dict, paths: dict, teacher, device, dtype) -> dict:
     torch.manual_seed(cfg["seed"] + 1)  # as hkd-train builds it (nothing in it is random today)
     initial = HKD(teacher, eps=edm["sigma_min"], sigma_max=edm["sigma_max"], time_unit=hk["koopman_time_unit"],
                   koopman=hk["koopman"], hierarchy=hk["hierarchy"]).to(device).eval()
-    k = cfg["report"]["grid_images"]
+    k = GRID_SAMPLES
     images, _, before = score_one_step(cfg, initial, data, extractor, weights, device, dtype,
                                        "stability: before training")
     grids = {"before": images[:k]}

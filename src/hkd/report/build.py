@@ -53,10 +53,11 @@ def class_grid(images: np.ndarray, labels: np.ndarray, per_class: int = 8) -> Im
 
 
 def sample_grid(samples: dict, k: int) -> Image.Image:
-    """A samples file's grid: by class for a conditional sampler, else its first ``k`` images."""
+    """A samples file's grid: by class for a conditional sampler (about ``k`` images), else
+    its first ``k`` images."""
     labels = samples.get("labels")
     if labels is not None and (labels >= 0).any():
-        return class_grid(samples["images"], labels)
+        return class_grid(samples["images"], labels, per_class=max(1, k // len(np.unique(labels[labels >= 0]))))
     return image_grid(samples["images"][:k])
 
 
@@ -150,15 +151,15 @@ def table_grids(cfg: dict, paths: dict, metrics: dict, data: dict, split: str) -
     if cfg[CONDITIONAL]:
         nfe = next(r["nfe"] for r in load_json(paths[f"{CONDITIONAL}_metrics"])["rows"] if r["key"] == "teacher")
         out["table4"] = {
-            f"Class-conditional EDM teacher, {nfe} NFE (row = class 0-9)":
+            f"Class-conditional EDM teacher, {nfe} NFE (one row per class)":
                 sample_grid(load_npz(paths[f"{CONDITIONAL}_samples_teacher"]), k),
             "Class-conditional HKD, 1 NFE (same noise and labels)":
                 sample_grid(load_npz(paths[f"{CONDITIONAL}_samples_hkd"]), k)}
     if cfg["hkd"]["snapshot_epochs"]:
         snaps = load_npz(paths["stability_samples"])
-        out["table5"] = {"Before training (seed " + str(cfg["seed"]) + ")": image_grid(snaps["before"])}
+        out["table5"] = {"Before training (seed " + str(cfg["seed"]) + ")": image_grid(snaps["before"][:k])}
         for e in cfg["hkd"]["snapshot_epochs"]:
-            out["table5"][f"After epoch {e} of {cfg['hkd']['epochs']}"] = image_grid(snaps[f"epoch{e:04d}"])
+            out["table5"][f"After epoch {e} of {cfg['hkd']['epochs']}"] = image_grid(snaps[f"epoch{e:04d}"][:k])
     return out
 
 

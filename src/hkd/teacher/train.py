@@ -1,16 +1,25 @@
-"""Train the EDM teacher from scratch (Karras et al. 2022, EDM loss and preconditioning)."""
+"""Train the EDM teacher from scratch (Karras et al. 2022, EDM loss and preconditioning).
+
+The whole training state (weights, EMA, Adam, random generators, data order) is saved every
+``teacher.checkpoint_every`` steps to a resume file beside the checkpoint; a killed run
+started again continues from it and ends with the weights an uninterrupted run would have.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import shutil
 import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from hkd.data.dataset import load_dataset
 from hkd.ema import EMA
+from hkd.io import load_resume, save_torch, sha256_file
 from hkd.nn.precond import EDMPrecond
 from hkd.runtime import autocast, maybe_compile, progress_enabled
 from hkd.teacher.network import save_teacher, teacher_kwargs
@@ -31,10 +40,20 @@ def edm_loss(net: EDMPrecond, images: torch.Tensor, gen: torch.Generator, P_mean
     return weight * (denoised.float() - images) ** 2
 
 
+def _fingerprint(cfg: dict, data_path: str) -> str:
+    """What a resume state must have been made with: the teacher's settings and data."""
+    keys = ("seed", "precision", "compile", "data", "network", "edm", "teacher")
+    h = hashlib.sha256(json.dumps({k: cfg[k] for k in keys}, sort_keys=True).encode())
+    h.update(sha256_file(data_path).encode())
+    return h.hexdigest()
+
+
 def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
-                  device: torch.device, dtype, stop_after: int | None = None) -> dict:
+                  device: torch.device, dtype, stop_after: int | None = None,
+                  resume_path: str | None = None) -> dict:
     """Train the teacher and write its checkpoint. ``stop_after``: return after that many
-    steps without writing anything (throughput benchmarks)."""
+    steps without writing anything (throughput benchmarks). ``resume_path``: where the
+    training state is saved every ``teacher.checkpoint_every`` steps and resumed from."""
     tcfg, edm = cfg["teacher"], cfg["edm"]
     gen = torch.Generator().manual_seed(cfg["seed"])
     torch.manual_seed(cfg["seed"])
@@ -46,21 +65,35 @@ def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
     net = EDMPrecond(**kwargs).to(device).to(memory_format=torch.channels_last).train()
     ema = EMA(net, tcfg["ema_halflife_kimg"], tcfg["ema_rampup_ratio"])
     opt = torch.optim.Adam(net.parameters(), lr=tcfg["lr"], betas=(0.9, 0.999), eps=1e-8)
-    forward = maybe_compile(net, cfg["compile"], "the teacher training step")
     batch = tcfg["batch_size"]
     total_steps = math.ceil(tcfg["kimg"] * 1000 / batch)
+    order = torch.randperm(len(images), generator=gen)
+    step0, cursor, nimg = 0, 0, 0
+
+    resume = Path(resume_path) if resume_path else None
+    fingerprint = _fingerprint(cfg, data_path) if resume else None
+    state = load_resume(resume, fingerprint, "teacher", "settings or data") if resume else None
+    if state is not None:
+        net.load_state_dict(state["net"])
+        ema.net.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        step0, cursor, nimg, order = state["step"], state["cursor"], state["nimg"], state["order"]
+        print(f"teacher: resuming from step {step0} of {total_steps} ({resume})")
+    forward = maybe_compile(net, cfg["compile"], "the teacher training step")
 
     from torch.utils.tensorboard import SummaryWriter
-    shutil.rmtree(tb_dir, ignore_errors=True)
-    writer = SummaryWriter(tb_dir)
-    order = torch.randperm(len(images), generator=gen)
-    cursor, nimg, t0 = 0, 0, time.time()
+    if state is None:
+        shutil.rmtree(tb_dir, ignore_errors=True)
+    writer = SummaryWriter(tb_dir, purge_step=nimg if state is not None else None)
+    t0 = time.time()
     running = 0.0
-    bar = tqdm(range(total_steps), desc="teacher", unit="step", mininterval=2,
-               disable=not progress_enabled())
+    bar = tqdm(range(step0, total_steps), desc="teacher", unit="step", mininterval=2,
+               disable=not progress_enabled(), initial=step0, total=total_steps)
     t_first = None
     for step in bar:
-        if step == 1:
+        if step == step0 + 1:
             t_first = time.time()  # after the first (compiling) step
         if stop_after is not None and step == stop_after:
             writer.close()
@@ -77,7 +110,8 @@ def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
         loss = edm_loss(forward, y, gen, edm["P_mean"], edm["P_std"], edm["sigma_data"], device, dtype,
                         labels).mean()
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"teacher loss is {loss.item()} at step {step}; stopping")
+            where = f"the last saved state is in {resume}" if resume and resume.is_file() else "no state was saved"
+            raise FloatingPointError(f"teacher loss is {loss.item()} at step {step}; stopping ({where})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for p in net.parameters():
@@ -93,10 +127,18 @@ def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
             writer.add_scalar("teacher/lr", lr, nimg)
             bar.set_postfix(loss=f"{running / n:.4f}", kimg=f"{nimg / 1000:.1f}")
             running = 0.0
+        if resume and (step + 1) % tcfg["checkpoint_every"] == 0 and step + 1 < total_steps:
+            save_torch({"fingerprint": fingerprint, "step": step + 1, "cursor": cursor, "nimg": nimg,
+                        "order": order, "net": net.state_dict(), "ema": ema.net.state_dict(),
+                        "opt": opt.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state()},
+                       resume)
     writer.close()
     elapsed = time.time() - t0
     stats = {"kimg": nimg / 1000, "steps": total_steps, "seconds": elapsed,
-             "images_per_second": nimg / elapsed,
-             "parameters": sum(p.numel() for p in net.parameters())}
+             "images_per_second": (nimg - step0 * batch) / elapsed,
+             "parameters": sum(p.numel() for p in net.parameters()),
+             "resumed_from_step": step0 if state is not None else None}
     save_teacher(ema.net, out_path, stats)  # ema.net.init_kwargs are teacher_kwargs(cfg)
+    if resume and resume.is_file():
+        resume.unlink()  # finished: a later forced rerun trains afresh
     return stats

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from hkd import distributed
 from hkd.ema import EMA
-from hkd.io import save_torch, sha256_file
+from hkd.io import load_resume, save_torch, sha256_file
 from hkd.koopman.model import HKD
 from hkd.runtime import autocast, maybe_compile, progress_enabled
 from hkd.teacher.sampler import one_hot, seeded_inputs
@@ -121,20 +121,6 @@ def _fingerprint(cfg: dict, teacher, traj_path: str, max_trajectories, world: in
     return h.hexdigest()
 
 
-def _load_resume(path: Path, fingerprint: str) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # written atomically, so only a foreign file gets here
-        print(f"hkd-train: ignoring unreadable resume state {path} ({exc})")
-        return None
-    if state.get("fingerprint") != fingerprint:
-        print(f"hkd-train: ignoring {path}: made with other settings, teacher or trajectories")
-        return None
-    return state
-
-
 def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
               device: torch.device, dtype, max_trajectories: int | None = None,
               resume_path: str | None = None, stop_after: int | None = None,
@@ -186,7 +172,7 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
     fingerprint = _fingerprint(cfg, teacher, traj_path, max_trajectories, world) if resume else None
     step, seen, epoch0, pos0, order = 0, 0, 0, 0, None
     last_saved = None
-    state = _load_resume(resume, fingerprint) if resume else None
+    state = load_resume(resume, fingerprint, "hkd-train", "settings, teacher or trajectories") if resume else None
     if state is not None:
         model.load_state_dict(state["model"])
         if ema is not None:
