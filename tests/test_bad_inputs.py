@@ -1,0 +1,126 @@
+"""Bad inputs through the stage commands: each exits non-zero with an error naming the file
+or config key, and leaves the outputs already there untouched."""
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def hkd(work, *args):
+    r = subprocess.run([sys.executable, "-m", "hkd", *args], cwd=work, capture_output=True, text=True,
+                       timeout=300, env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin", "HKD_NO_PROGRESS": "1",
+                                         "OMP_NUM_THREADS": "1"})
+    return r.returncode, r.stdout + r.stderr
+
+
+def write(work, cfg, name="bad.yaml"):
+    (work / name).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return name
+
+
+def sentinel(work, cfg, key="teacher"):
+    """An output of an earlier stage, which a failing stage must not touch."""
+    from hkd.pipeline import run_paths
+
+    path = work / run_paths(cfg)[key]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"earlier output")
+    return path
+
+
+def case_unknown_key(work, cfg):
+    cfg["hkd"]["learnig_rate"] = 0.1
+    return ["data", "--config", write(work, cfg)], ["hkd", "learnig_rate"]
+
+
+def case_wrong_type(work, cfg):
+    cfg["hkd"]["epochs"] = "ten"
+    return ["data", "--config", write(work, cfg)], ["hkd.epochs", "ten"]
+
+
+def case_missing_dataset_file(work, cfg, paper):
+    cfg = copy.deepcopy(paper)
+    cfg["data"]["path"] = str(work / "nowhere" / "cifar-10-python.tar.gz")
+    return ["data", "--config", write(work, cfg)], ["nowhere/cifar-10-python.tar.gz", "not found"]
+
+
+def case_corrupt_archive(work, cfg, paper):
+    cfg = copy.deepcopy(paper)
+    bad = work / "cifar-10-python.tar.gz"
+    bad.write_bytes(b"\x1f\x8b\x08 this is not a tar archive")
+    cfg["data"]["path"] = str(bad)
+    return ["data", "--config", write(work, cfg)], [str(bad), "corrupt or truncated"]
+
+
+def case_nan_in_data(work, cfg):
+    from hkd.pipeline import run_paths
+
+    data = work / run_paths(cfg)["data"]
+    data.parent.mkdir(parents=True, exist_ok=True)
+    images = np.full((4, 1, 32, 32), np.nan, np.float32)
+    labels = np.zeros(4, np.int64)
+    np.savez(data, train_images=images, train_labels=labels, heldout_images=images, heldout_labels=labels)
+    return ["classifier", "--config", write(work, cfg)], [str(run_paths(cfg)["data"]), "must be uint8"]
+
+
+def case_not_a_checkpoint(work, cfg):
+    from hkd.pipeline import run_paths
+
+    hkd_path = work / run_paths(cfg)["hkd"]
+    hkd_path.parent.mkdir(parents=True, exist_ok=True)
+    hkd_path.write_bytes(b"not a checkpoint")
+    return ["spectral", "--config", write(work, cfg)], [str(run_paths(cfg)["hkd"])]
+
+
+CASES = {"unknown config key": case_unknown_key, "wrong type": case_wrong_type,
+         "missing dataset file": case_missing_dataset_file, "corrupt archive": case_corrupt_archive,
+         "NaN in data": case_nan_in_data, "unreadable checkpoint": case_not_a_checkpoint}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_named_and_earlier_outputs_survive(name, tmp_path, smoke_cfg, repo):
+    from hkd.config import load_config
+
+    cfg = copy.deepcopy(smoke_cfg)
+    paper = load_config(repo / "configs" / "cifar10.yaml")
+    paper["downloads"] = str(tmp_path / "downloads")
+    fn = CASES[name]
+    kept = [sentinel(tmp_path, cfg), sentinel(tmp_path, paper)]
+    args, words = fn(tmp_path, cfg, paper) if fn.__code__.co_argcount == 3 else fn(tmp_path, cfg)
+    rc, out = hkd(tmp_path, *args)
+    assert rc != 0, out
+    for w in words:
+        assert w in out, f"{name}: {w!r} not in:\n{out[-2000:]}"
+    assert "Traceback" not in out, out[-2000:]
+    for path in kept:
+        assert path.read_bytes() == b"earlier output", path
+
+
+def test_truncated_trajectory_shard_stops_training(tmp_path, smoke_cfg):
+    """A shard cut short (a copy interrupted, a full disk) fails the sha256 check against the
+    manifest before training starts; the previous HKD checkpoint stays."""
+    import torch
+
+    from hkd.teacher import trajectories as tj
+    from test_trajectories import write_teacher
+
+    cfg = copy.deepcopy(smoke_cfg)
+    cfg.update(run="r", precision="fp32", compile=False)
+    cfg["trajectories"].update(count=12, num_steps=4, shard_size=6, batch_size=6)
+    root = tmp_path / "results" / "r"
+    teacher = write_teacher(root / "teacher" / "teacher.pt")
+    tj.generate_trajectories(cfg, teacher, str(root / "teacher" / "teacher.pt"), str(root / "trajectories"),
+                             torch.device("cpu"), None)
+    shard = root / "trajectories" / "shard-00001.npz"
+    shard.write_bytes(shard.read_bytes()[:-1000])
+    previous = sentinel(tmp_path, cfg, "hkd")
+    rc, out = hkd(tmp_path, "hkd-train", "--config", write(tmp_path, cfg), "--threads", "1")
+    assert rc != 0 and "shard-00001.npz" in out and "Traceback" not in out, out[-2000:]
+    assert previous.read_bytes() == b"earlier output"
