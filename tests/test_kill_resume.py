@@ -1,8 +1,10 @@
-"""Kill and resume through Snakemake: a long stage killed with SIGKILL (Snakemake and the
+"""Kill and resume through Snakemake: each long stage (teacher, trajectories, HKD training,
+sampling, evaluation) killed with SIGKILL (Snakemake and the
 job, the whole process group) is rerun with `snakemake --unlock` then `snakemake
 --rerun-incomplete`; the work done before the kill is reused and the result equals an
 uninterrupted run's."""
 
+import json
 import os
 import signal
 import subprocess
@@ -33,6 +35,7 @@ def work(tmp_path, smoke_cfg):
     cfg["hkd"] = dict(cfg["hkd"], epochs=12, checkpoint_every=4, snapshot_epochs=[], sample_every=0)
     cfg["teacher"] = dict(cfg["teacher"], kimg=2.0, checkpoint_every=4)  # 40 steps
     cfg["trajectories"] = dict(cfg["trajectories"], count=60, shard_size=20, batch_size=20)
+    cfg["sample"] = dict(cfg["sample"], batch_size=10)  # 10 batches per sampler
     (w / "configs" / "kr.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return w
 
@@ -82,7 +85,7 @@ def assert_same(a, b):
 
 
 @pytest.mark.slow
-def test_teacher_trajectories_and_hkd_resume_after_sigkill(work):
+def test_every_long_stage_resumes_after_sigkill(work):
     # teacher: killed once a resume state is saved; the rerun continues from it
     teacher, resume = RUN / "teacher" / "teacher.pt", RUN / "teacher" / "resume.pt"
     snakemake(work, str(RUN / "data" / "images.npz"))
@@ -115,11 +118,30 @@ def test_teacher_trajectories_and_hkd_resume_after_sigkill(work):
     assert f"resuming from step {hkd_killed_at}" in (work / RUN / "logs" / "hkd_train.log").read_text()
     resumed_hkd = weights(work / hkd)
 
+    # sampling: killed after a finished teacher batch; the rerun reuses the finished batches
+    samples = {k: RUN / "samples" / f"{k}.npz" for k in ("teacher", "teacher_nfe3", "hkd")}
+    kill_when(work, str(samples["hkd"]), RUN / "samples" / ".partial" / "teacher" / "batch-00001.npz")
+    rerun(work, str(samples["hkd"]))
+    assert "reused" in (work / RUN / "logs" / "sample.log").read_text()
+    assert not (work / RUN / "samples" / ".partial").exists()
+    drawn = {k: np.load(work / f)["images"] for k, f in samples.items()}
+
+    # evaluation: killed after a finished FID row; the rerun reuses it
+    metrics = RUN / "eval" / "metrics.json"
+    kill_when(work, str(metrics), RUN / "eval" / ".partial" / "teacher.json")
+    rerun(work, str(metrics))
+    assert "reused the" in (work / RUN / "logs" / "evaluate.log").read_text()
+    rows = json.loads((work / metrics).read_text())["rows"]
+
     # the same stages uninterrupted give the same files
-    snakemake(work, "--forcerun", "teacher", str(hkd))
+    snakemake(work, "--forcerun", "teacher", str(metrics))
     assert "resuming" not in (work / RUN / "logs" / "teacher.log").read_text()
     assert_same(resumed, weights(work / teacher))
     again = shard_states(work)  # (the files differ: their fingerprint names the teacher file's hash)
     assert again.keys() == states.keys() and all(np.array_equal(again[k], states[k]) for k in states)
     assert "resuming" not in (work / RUN / "logs" / "hkd_train.log").read_text()
     assert_same(resumed_hkd, weights(work / hkd))
+    assert "reused" not in (work / RUN / "logs" / "sample.log").read_text()
+    assert all(np.array_equal(np.load(work / f)["images"], drawn[k]) for k, f in samples.items())
+    assert "reused" not in (work / RUN / "logs" / "evaluate.log").read_text()
+    assert json.loads((work / metrics).read_text())["rows"] == rows

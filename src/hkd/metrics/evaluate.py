@@ -4,11 +4,15 @@ and the same one-step row for each Table 3 ablation."""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from hkd.data.dataset import load_dataset
-from hkd.io import load_npz, save_json, save_npz
+from hkd.io import load_json, load_npz, save_json, save_npz, sha256_file
 from hkd.metrics.fidelity import EXTRACTOR_NAME, fidelity_metrics
 from hkd.metrics.throughput import measure
 from hkd.runtime import device_name
@@ -47,8 +51,28 @@ def _scores(m: dict) -> dict:
             "kid_std": float(m["kernel_inception_distance_std"])}
 
 
-def _row(key: str, label: str, nfe_: int | None, images: np.ndarray, m: dict) -> dict:
-    return {"key": key, "method": label, "nfe": nfe_, "images": int(len(images)), **_scores(m)}
+def _row(key: str, label: str, nfe_: int | None, images: np.ndarray, scores: dict) -> dict:
+    return {"key": key, "method": label, "nfe": nfe_, "images": int(len(images)), **scores}
+
+
+def _cached_scores(partial: Path, key: str, images_u8: np.ndarray, ref_u8: np.ndarray, extractor: str,
+                   weights, cuda: bool) -> dict:
+    """FID / IS / KID of one row, reusing the scores an interrupted run of this stage left in
+    ``partial`` for the same images, reference and feature extractor."""
+    h = hashlib.sha256()
+    for part in (images_u8.tobytes(), ref_u8.tobytes(), extractor.encode(),
+                 (sha256_file(weights) if weights and Path(weights).is_file() else str(weights)).encode()):
+        h.update(part)
+    fingerprint = h.hexdigest()
+    cached = partial / f"{key}.json"
+    if cached.is_file():
+        d = load_json(cached)
+        if d.get("fingerprint") == fingerprint:
+            print(f"evaluate: reused the {key} row from {cached}")
+            return d["scores"]
+    scores = _scores(fidelity_metrics(images_u8, ref_u8, extractor, weights, cuda=cuda, kid=True))
+    save_json({"fingerprint": fingerprint, "scores": scores}, cached)
+    return scores
 
 
 def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> dict:
@@ -83,9 +107,10 @@ def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> 
         split = "training" if ref_split == "heldout" else "held-out"
         candidates.insert(0, (f"Real images ({split} split)", "real", real, None))
     rows = []
+    partial = Path(paths["metrics"]).parent / ".partial"  # finished rows, kept until metrics.json is written
     for label, key, images, nfe_ in candidates:
-        m = fidelity_metrics(to_uint8(images), ref, extractor, weights, cuda=cuda, kid=True)
-        rows.append(_row(key, label, nfe_, images, m))
+        rows.append(_row(key, label, nfe_, images,
+                         _cached_scores(partial, key, to_uint8(images), ref, extractor, weights, cuda)))
     if teacher.label_dim and extractor == EXTRACTOR_NAME:
         # does a conditional sampler draw the digit it is asked for? (the classifier's call)
         from hkd.metrics.classifier import accuracy_on, load_classifier
@@ -123,6 +148,7 @@ def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> 
         "precision": str(dtype).replace("torch.", "") if dtype is not None else "float32",
     }
     save_json(result, paths["metrics"])
+    shutil.rmtree(partial, ignore_errors=True)
     return result
 
 
