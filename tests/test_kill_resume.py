@@ -1,7 +1,7 @@
 """Kill and resume through Snakemake: each long stage (teacher, trajectories, HKD training,
 sampling, evaluation) killed with SIGKILL (Snakemake and the
-job, the whole process group) is rerun with `snakemake --unlock` then `snakemake
---rerun-incomplete`; the work done before the kill is reused and the result equals an
+job, the whole process group) is rerun with `snakemake --cores 1 --unlock` then
+`snakemake --rerun-incomplete`; the work done before the kill is reused and the result equals an
 uninterrupted run's."""
 
 import json
