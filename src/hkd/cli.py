@@ -153,16 +153,23 @@ def stage_figures(cfg, paths, args):
                         device, dtype)
 
 
-def run_edit(args) -> int:
-    """``hkd edit``: Figure 5 for chosen seeds or images, written as one PNG grid."""
-    from hkd.analysis.edit_command import edit_command
-
+def run_config(args) -> dict:
+    """The config of the run a command works on: ``--config``, or with ``--conditional`` its
+    class-conditional companion."""
     cfg = load_config(args.config)
-    if args.conditional:
+    if getattr(args, CONDITIONAL, False):
         if not cfg[CONDITIONAL]:
             raise ConfigError(f"{args.config}: key '{CONDITIONAL}' is false: this run has no class-conditional "
                               "companion")
         cfg = conditional_config(cfg)
+    return cfg
+
+
+def run_edit(args) -> int:
+    """``hkd edit``: Figure 5 for chosen seeds or images, written as one PNG grid."""
+    from hkd.analysis.edit_command import edit_command
+
+    cfg = run_config(args)
     summary = edit_command(cfg, run_paths(cfg), args)
     print(json.dumps(summary, indent=1))
     return 0
@@ -274,12 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             return write_dvc_yaml(args.config, args.out, args.check)
         if args.stage == "edit":
             return run_edit(args)
-        cfg = load_config(args.config)
-        if getattr(args, CONDITIONAL, False):
-            if not cfg[CONDITIONAL]:
-                raise ConfigError(f"{args.config}: key '{CONDITIONAL}' is false: this run has no class-conditional "
-                                  "companion")
-            cfg = conditional_config(cfg)
+        cfg = run_config(args)
         paths = run_paths(cfg)
         if args.stage in PER_VARIANT:
             if args.variant not in run_variants(cfg):

@@ -134,6 +134,11 @@ def sha256_array(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
+def sha256_json(obj) -> str:
+    """Hash of a JSON-able value, independent of key order (settings fingerprints)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
 def load_resume(path: Path | None, fingerprint: str, stage: str, made_of: str) -> dict | None:
     """A training stage's resume state at ``path``, or None (and why, printed) when there is
     none, it is unreadable, or it was made from other inputs (``made_of`` names them)."""

@@ -241,7 +241,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("variant_train", "variant-train", ("teacher", "trajectories"), ("variant_hkd", "variant_tb", "variant_snapshots"),
           ("seed", "device", "precision", "compile", "edm", "hkd"),
           ("src/hkd/nn", "src/hkd/koopman", "src/hkd/train", "src/hkd/teacher/trajectories.py", "src/hkd/ema.py",
-           "src/hkd/pipeline.py") + _TEACHER_CKPT + _RUNTIME, per_variant=True),
+           _PIPELINE) + _TEACHER_CKPT + _RUNTIME, per_variant=True),
     Stage("variant_evaluate", "variant-evaluate", ("data", "classifier", "variant_hkd"),
           ("variant_samples", "variant_metrics"), ("device", "precision", "sample", "evaluate"),
           ("src/hkd/nn", "src/hkd/koopman", "src/hkd/sample.py", "src/hkd/metrics", "src/hkd/data/dataset.py")
@@ -263,7 +263,7 @@ STAGES: tuple[Stage, ...] = (
                                                "conditional_samples_hkd"),
           ("report", "tables"), ("run", "report_dir", "data", "network", "trajectories", "hkd", "ablations",
                                  "stability", "conditional", "sample", "evaluate", "analysis", "report"),
-          ("src/hkd/report", "src/hkd/data/dataset.py", "src/hkd/pipeline.py")),
+          ("src/hkd/report", "src/hkd/data/dataset.py", _PIPELINE)),
 )
 
 STAGE_BY_NAME = {s.name: s for s in STAGES}

