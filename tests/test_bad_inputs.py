@@ -115,7 +115,7 @@ def test_truncated_trajectory_shard_stops_training(tmp_path, smoke_cfg):
     cfg.update(run="r", precision="fp32", compile=False)
     cfg["trajectories"].update(count=12, num_steps=4, shard_size=6, batch_size=6)
     root = tmp_path / "results" / "r"
-    teacher = write_teacher(root / "teacher" / "teacher.pt")
+    teacher = write_teacher(root / "teacher" / "teacher.pt", cfg=cfg)
     tj.generate_trajectories(cfg, teacher, str(root / "teacher" / "teacher.pt"), str(root / "trajectories"),
                              torch.device("cpu"), None)
     shard = root / "trajectories" / "shard-00001.npz"
@@ -124,3 +124,34 @@ def test_truncated_trajectory_shard_stops_training(tmp_path, smoke_cfg):
     rc, out = hkd(tmp_path, "hkd-train", "--config", write(tmp_path, cfg), "--threads", "1")
     assert rc != 0 and "shard-00001.npz" in out and "Traceback" not in out, out[-2000:]
     assert previous.read_bytes() == b"earlier output"
+
+
+@pytest.mark.parametrize("kind", ["teacher", "hkd"])
+def test_checkpoint_from_another_config_is_refused(kind, tmp_path, smoke_cfg):
+    """A checkpoint left in the run's folder by a config with another architecture (here a
+    16 px teacher under the 32 px smoke config) stops the next stage, naming the file and the
+    differing keys; the checkpoint and the outputs already there stay."""
+    import torch
+
+    from hkd.koopman.model import HKD
+    from hkd.pipeline import run_paths
+    from test_trajectories import write_teacher
+
+    cfg = copy.deepcopy(smoke_cfg)
+    paths = run_paths(cfg)
+    teacher = write_teacher(tmp_path / paths["teacher"])
+    if kind == "teacher":
+        ckpt, stage, kept = paths["teacher"], "trajectories", sentinel(tmp_path, cfg, "trajectories")
+    else:
+        model = HKD(teacher, eps=0.002, sigma_max=80.0)
+        ckpt, stage, kept = paths["hkd"], "spectral", sentinel(tmp_path, cfg, "spectral")
+        (tmp_path / ckpt).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"kind": "hkd", "teacher_kwargs": teacher.init_kwargs, "hkd_kwargs": model.init_kwargs,
+                    "state": model.state_dict(), "stats": None}, tmp_path / ckpt)
+    before = (tmp_path / ckpt).read_bytes()
+    rc, out = hkd(tmp_path, stage, "--config", write(tmp_path, cfg), "--threads", "1")
+    assert rc != 0, out
+    for w in (str(ckpt), "img_resolution: 16 in the network, 32 from the config", "attn_resolutions"):
+        assert w in out, f"{w!r} not in:\n{out[-2000:]}"
+    assert "Traceback" not in out, out[-2000:]
+    assert (tmp_path / ckpt).read_bytes() == before and kept.read_bytes() == b"earlier output"

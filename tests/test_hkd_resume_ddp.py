@@ -22,20 +22,31 @@ from test_trajectories import write_teacher
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-@pytest.fixture
-def run(tmp_path, smoke_cfg):
-    """A tiny teacher and 12 trajectories laid out as a run's files (results/<run>/...)."""
+def make_run(tmp_path, smoke_cfg, teacher_cfg=False):
+    """A tiny teacher and 12 trajectories laid out as a run's files (results/<run>/...). The
+    stage commands check the teacher against the config, so runs driven through them
+    (``teacher_cfg``) use the config's own network; in-process tests use the smaller one."""
     cfg = copy.deepcopy(smoke_cfg)
     cfg.update(run="r", precision="fp32", compile=False)
     cfg["trajectories"].update(count=12, num_steps=4, shard_size=6, batch_size=6)
     cfg["hkd"].update(epochs=3, batch_size=4, checkpoint_every=2, log_every=1, sample_every=3,
                       ema_halflife_kimg=0.005)
     root = tmp_path / "results" / "r"
-    teacher = write_teacher(root / "teacher" / "teacher.pt")
+    teacher = write_teacher(root / "teacher" / "teacher.pt", cfg=cfg if teacher_cfg else None)
     tj.generate_trajectories(cfg, teacher, str(root / "teacher" / "teacher.pt"), str(root / "trajectories"),
                              torch.device("cpu"), None)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     return cfg, teacher, tmp_path
+
+
+@pytest.fixture
+def run(tmp_path, smoke_cfg):
+    return make_run(tmp_path, smoke_cfg)
+
+
+@pytest.fixture
+def cli_run(tmp_path, smoke_cfg):
+    return make_run(tmp_path, smoke_cfg, teacher_cfg=True)
 
 
 def train(cfg, teacher, work, name, **kw):
@@ -96,9 +107,9 @@ def test_nan_loss_stops_and_keeps_last_good_state(run, monkeypatch):
     assert load_torch(work / "nan-resume.pt")["step"] == 2 and not (work / "nan.pt").exists()
 
 
-def test_sigkill_then_resume_through_the_cli(run):
+def test_sigkill_then_resume_through_the_cli(cli_run):
     """The stage command, killed with SIGKILL once it has saved a state, resumes to the same weights."""
-    cfg, _, work = run
+    cfg, _, work = cli_run
     cfg["hkd"].update(epochs=40, checkpoint_every=10, log_every=1000, sample_every=0)  # 120 steps
     (work / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")
@@ -158,10 +169,10 @@ def torchrun_hkd_train(work, cfg):
                           cwd=work, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_two_gloo_processes_match_one(run):
+def test_two_gloo_processes_match_one(cli_run):
     """torchrun, 2 processes on CPU (gloo), global batch 4 = 2 + 2, each in passes of 1
     (gradients accumulated without DDP sync, then averaged): the weights of one process."""
-    cfg, teacher, work = run
+    cfg, teacher, work = cli_run
     ddp_cfg = copy.deepcopy(cfg)
     ddp_cfg["hkd"]["micro_batch"] = 1
     r = torchrun_hkd_train(work, ddp_cfg)
@@ -180,8 +191,8 @@ def load_hkd_init(cfg, teacher):
     return HKD(teacher, eps=cfg["edm"]["sigma_min"], sigma_max=cfg["edm"]["sigma_max"]).state_dict()
 
 
-def test_odd_global_batch_is_refused(run):
-    cfg, _, work = run
+def test_odd_global_batch_is_refused(cli_run):
+    cfg, _, work = cli_run
     cfg["hkd"]["batch_size"] = 3
     r = torchrun_hkd_train(work, cfg)
     assert r.returncode != 0 and "hkd.batch_size 3 is the global batch" in r.stderr

@@ -20,9 +20,13 @@ KW = dict(img_resolution=16, img_channels=1, label_dim=0, model_channels=8, chan
           num_blocks=1, attn_resolutions=[8], dropout=0.0, channel_mult_emb=2)
 
 
-def write_teacher(path, seed=0, **over):
+def write_teacher(path, seed=0, cfg=None, **over):
+    """A random teacher checkpoint: the small ``KW`` network, or with ``cfg`` the network that
+    config describes (what the stage commands check a teacher checkpoint against)."""
+    from hkd.teacher.network import teacher_kwargs
+
     torch.manual_seed(seed)
-    net = EDMPrecond(**dict(KW, **over))
+    net = EDMPrecond(**dict(teacher_kwargs(cfg) if cfg is not None else KW, **over))
     with torch.no_grad():  # EDM zero-initialises output layers: make the network do something
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -186,7 +190,7 @@ def test_torchrun_processes_split_the_shards(setup, tmp_path):
     cfg["run"] = "dist"
     work = tmp_path / "work"
     (work / "results" / "dist" / "teacher").mkdir(parents=True)
-    write_teacher(work / "results" / "dist" / "teacher" / "teacher.pt")
+    write_teacher(work / "results" / "dist" / "teacher" / "teacher.pt", cfg=cfg)
     (work / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "src"), OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -56,7 +56,7 @@ def stage_trajectories(cfg, paths, args):
     device, dtype = _torch_setup(cfg, args.threads)
     device = distributed.init(device)
     try:
-        teacher = load_teacher(paths["teacher"], device)
+        teacher = load_teacher(paths["teacher"], device, cfg)
         return generate_trajectories(cfg, teacher, paths["teacher"], paths["trajectories_dir"], device, dtype,
                                      shards=None if args.shard is None else [args.shard])
     finally:
@@ -72,7 +72,7 @@ def stage_hkd_train(cfg, paths, args):
     device, dtype = _torch_setup(cfg, args.threads)
     device = distributed.init(device)
     try:
-        teacher = load_teacher(paths["teacher"], device)
+        teacher = load_teacher(paths["teacher"], device, cfg)
         return train_hkd(cfg, teacher, paths["trajectories"], paths["hkd"], paths["hkd_tb"], device, dtype,
                          resume_path=paths["hkd_resume"], snapshot_paths=snapshot_paths(cfg, paths["hkd_snapshots"]))
     finally:
@@ -90,7 +90,7 @@ def stage_variant_train(cfg, paths, args):
     device, dtype = _torch_setup(cfg, args.threads)
     device = distributed.init(device)
     try:
-        teacher = load_teacher(paths["teacher"], device)
+        teacher = load_teacher(paths["teacher"], device, cfg)
         return train_hkd(variant_config(cfg, args.variant), teacher, paths["trajectories"], paths["variant_hkd"],
                          paths["variant_tb"], device, dtype, resume_path=paths["variant_resume"],
                          snapshot_paths=snapshot_paths(cfg, paths["variant_snapshots"]))
@@ -103,7 +103,7 @@ def stage_variant_evaluate(cfg, paths, args):
     from hkd.metrics.evaluate import evaluate_variant
 
     device, dtype = _torch_setup(cfg, args.threads)
-    return evaluate_variant(cfg, paths, args.variant, load_hkd(paths["variant_hkd"], device), device, dtype)
+    return evaluate_variant(cfg, paths, args.variant, load_hkd(paths["variant_hkd"], device, cfg), device, dtype)
 
 
 def stage_stability(cfg, paths, args):
@@ -111,7 +111,7 @@ def stage_stability(cfg, paths, args):
     from hkd.teacher.network import load_teacher
 
     device, dtype = _torch_setup(cfg, args.threads)
-    return evaluate_stability(cfg, paths, load_teacher(paths["teacher"], device), device, dtype)
+    return evaluate_stability(cfg, paths, load_teacher(paths["teacher"], device, cfg), device, dtype)
 
 
 def stage_sample(cfg, paths, args):
@@ -120,7 +120,7 @@ def stage_sample(cfg, paths, args):
     from hkd.teacher.network import load_teacher
 
     device, dtype = _torch_setup(cfg, args.threads)
-    return write_samples(cfg, load_teacher(paths["teacher"], device), load_hkd(paths["hkd"], device),
+    return write_samples(cfg, load_teacher(paths["teacher"], device, cfg), load_hkd(paths["hkd"], device, cfg),
                          paths, device, dtype)
 
 
@@ -130,8 +130,8 @@ def stage_evaluate(cfg, paths, args):
     from hkd.teacher.network import load_teacher
 
     device, dtype = _torch_setup(cfg, args.threads)
-    kd = load_hkd(paths["kd"], device) if "no_koopman" in cfg["ablations"] else None
-    res = evaluate(cfg, paths, load_teacher(paths["teacher"], device), load_hkd(paths["hkd"], device),
+    kd = load_hkd(paths["kd"], device, cfg) if "no_koopman" in cfg["ablations"] else None
+    res = evaluate(cfg, paths, load_teacher(paths["teacher"], device, cfg), load_hkd(paths["hkd"], device, cfg),
                    device, dtype, kd=kd)
     return {"rows": res["rows"], "speedup_hkd_vs_teacher": res["speedup_hkd_vs_teacher"]}
 
@@ -140,7 +140,7 @@ def stage_spectral(cfg, paths, args):
     from hkd.analysis.spectral import plot_spectrum
     from hkd.koopman.model import load_hkd
 
-    return plot_spectrum(load_hkd(paths["hkd"]), paths["spectral"])
+    return plot_spectrum(load_hkd(paths["hkd"], cfg=cfg), paths["spectral"])
 
 
 def stage_figures(cfg, paths, args):
@@ -149,7 +149,7 @@ def stage_figures(cfg, paths, args):
     from hkd.teacher.network import load_teacher
 
     device, dtype = _torch_setup(cfg, args.threads)
-    return make_figures(cfg, paths, load_teacher(paths["teacher"], device), load_hkd(paths["hkd"], device),
+    return make_figures(cfg, paths, load_teacher(paths["teacher"], device, cfg), load_hkd(paths["hkd"], device, cfg),
                         device, dtype)
 
 

@@ -50,7 +50,7 @@ def edit_command(cfg: dict, paths: dict, args) -> dict:
     ratios = ecfg["ratios"] if args.ratios is None else args.ratios
     if any(not 0.0 <= r <= 1.0 for r in ratios):
         raise ValueError(f"--ratios must lie in [0, 1], got {ratios}")
-    model = load_hkd(paths["hkd"]).float()
+    model = load_hkd(paths["hkd"], cfg=cfg).float()
     res, ch = model.img_resolution, model.img_channels
     mask, mask_name = read_mask(args.mask or ecfg["mask"], res)
     labels = ref_labels = None

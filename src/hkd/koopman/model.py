@@ -85,13 +85,17 @@ class HKD(nn.Module):
         return self(noise * self.sigma_max, sigma, class_labels)
 
 
-def load_hkd(path: str, device="cpu") -> HKD:
-    """HKD weights written by ``hkd hkd-train`` (EMA weights when EMA was on)."""
+def load_hkd(path: str, device="cpu", cfg: dict | None = None) -> HKD:
+    """HKD weights written by ``hkd hkd-train`` (EMA weights when EMA was on). With ``cfg``, a
+    checkpoint trained on another architecture's teacher is refused, naming the keys."""
     from hkd.io import load_torch
+    from hkd.teacher.network import check_matches_config
 
     ckpt = load_torch(path, "HKD checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "hkd":
         raise ValueError(f"{path} is not an HKD checkpoint written by 'hkd hkd-train'")
+    if cfg is not None:
+        check_matches_config(ckpt["teacher_kwargs"], cfg, f"HKD checkpoint {path}")
     teacher_like = EDMPrecond(**ckpt["teacher_kwargs"])
     model = HKD(teacher_like, **ckpt["hkd_kwargs"])
     try:

@@ -46,7 +46,7 @@ def evaluate_stability(cfg: dict, paths: dict, teacher, device, dtype) -> dict:
     for name, files in snapshot_files(cfg).items():
         runs[name] = {}
         for epoch, path in files.items():
-            model = load_hkd(path, device)
+            model = load_hkd(path, device, cfg)
             images, _, m = score_one_step(cfg, model, data, extractor, weights, device, dtype,
                                           f"stability: {name} epoch {epoch}")
             runs[name][str(epoch)] = {**m, "steps": (model.train_stats or {}).get("steps")}

@@ -32,8 +32,9 @@ def teacher_kwargs(cfg: dict) -> dict:
 
 
 def check_matches_config(kwargs: dict, cfg: dict, where: str) -> None:
-    """An imported network must be the one the config describes (the HKD model, the data and
-    the report all follow the config); name every differing argument."""
+    """A network read by a stage (an imported EDM pickle, a checkpoint in the run's folder) must
+    be the one the config describes (the HKD model, the data and the report all follow the
+    config); name every differing argument."""
     want = teacher_kwargs(cfg)
     diff = [f"{k}: {kwargs.get(k)!r} in the network, {want[k]!r} from the config"
             for k in _ARCHITECTURE if _plain(kwargs.get(k)) != _plain(want[k])]
@@ -54,11 +55,14 @@ def save_teacher(net: EDMPrecond, path, stats: dict | None = None) -> None:
                 "ema": {k: v.contiguous() for k, v in net.state_dict().items()}, "stats": stats or {}}, path)
 
 
-def load_teacher(path: str, device: torch.device | str = "cpu") -> EDMPrecond:
-    """EMA weights of a teacher written by ``hkd teacher``; shapes checked strictly."""
+def load_teacher(path: str, device: torch.device | str = "cpu", cfg: dict | None = None) -> EDMPrecond:
+    """EMA weights of a teacher written by ``hkd teacher``; shapes checked strictly. With ``cfg``,
+    a checkpoint left by a run with another architecture is refused, naming the keys."""
     ckpt = load_torch(path, "teacher checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "edm_teacher":
         raise ValueError(f"{path} is not a teacher checkpoint written by 'hkd teacher'")
+    if cfg is not None:
+        check_matches_config(ckpt["network_kwargs"], cfg, f"teacher checkpoint {path}")
     net = EDMPrecond(**ckpt["network_kwargs"])
     try:
         net.load_state_dict(ckpt["ema"], strict=True)
