@@ -117,6 +117,9 @@ def test_every_long_stage_resumes_after_sigkill(work):
     rerun(work, str(hkd))
     assert f"resuming from step {hkd_killed_at}" in (work / RUN / "logs" / "hkd_train.log").read_text()
     resumed_hkd = weights(work / hkd)
+    happened = [f"teacher: killed at step {killed_at} of 40, resumed from it",
+                f"trajectories: {len(done)} of 3 shards finished before the kill, kept unchanged",
+                f"hkd-train: killed at step {hkd_killed_at}, resumed from it"]
 
     # sampling: killed after a finished teacher batch; the rerun reuses the finished batches
     samples = {k: RUN / "samples" / f"{k}.npz" for k in ("teacher", "teacher_nfe3", "hkd")}
@@ -124,6 +127,8 @@ def test_every_long_stage_resumes_after_sigkill(work):
     rerun(work, str(samples["hkd"]))
     assert "reused" in (work / RUN / "logs" / "sample.log").read_text()
     assert not (work / RUN / "samples" / ".partial").exists()
+    happened += [f"sample: {line.strip()}" for line in (work / RUN / "logs" / "sample.log").read_text().splitlines()
+                 if "reused" in line]
     drawn = {k: np.load(work / f)["images"] for k, f in samples.items()}
 
     # evaluation: killed after a finished FID row; the rerun reuses it
@@ -132,6 +137,8 @@ def test_every_long_stage_resumes_after_sigkill(work):
     rerun(work, str(metrics))
     assert "reused the" in (work / RUN / "logs" / "evaluate.log").read_text()
     rows = json.loads((work / metrics).read_text())["rows"]
+    happened += [f"evaluate: {line.strip()}" for line in (work / RUN / "logs" / "evaluate.log").read_text().splitlines()
+                 if "reused the" in line]
 
     # the same stages uninterrupted give the same files
     snakemake(work, "--forcerun", "teacher", str(metrics))
@@ -145,3 +152,5 @@ def test_every_long_stage_resumes_after_sigkill(work):
     assert all(np.array_equal(np.load(work / f)["images"], drawn[k]) for k, f in samples.items())
     assert "reused" not in (work / RUN / "logs" / "evaluate.log").read_text()
     assert json.loads((work / metrics).read_text())["rows"] == rows
+    print("\n".join(happened + ["uninterrupted rerun: identical teacher and HKD weights, shard states, "
+                                 "samples and metrics"]))  # shown with pytest -s

@@ -48,6 +48,12 @@ def outputs(stage, cfg=None):
             for k, v in stage_outputs(cfg or config, stage).items()}
 
 
+def gpus(cfg=None):
+    """GPUs a job of this run asks for: one on a CUDA run (the SLURM profile may raise it for
+    the training and trajectory rules), none on CPU."""
+    return 1 if (cfg or config)["device"] == "cuda" else 0
+
+
 def hkd_shell(command, flag="", multi_gpu=False):
     """The thin body of every rule, which runs one stage and tees its output into the log.
     ``multi_gpu``: a job given several GPUs (resource gpu > 1, e.g. from the cluster

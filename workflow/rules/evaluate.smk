@@ -34,7 +34,7 @@ for prefix, run_cfg, flag in RUNS:
             ENV
         threads: workflow.cores
         resources:
-            gpu=1 if run_cfg["device"] == "cuda" else 0,
+            gpu=gpus(run_cfg),
         shell:
             hkd_shell("evaluate", "{params.run_flag}")
 
@@ -53,6 +53,6 @@ rule stability:
         ENV
     threads: workflow.cores
     resources:
-        gpu=1 if config["device"] == "cuda" else 0,
+        gpu=gpus(),
     shell:
         hkd_shell("stability")

@@ -18,7 +18,7 @@ for prefix, run_cfg, flag in RUNS:
             ENV
         threads: workflow.cores
         resources:
-            gpu=1 if run_cfg["device"] == "cuda" else 0,
+            gpu=gpus(run_cfg),
         shell:
             hkd_shell("hkd-train", "{params.run_flag}", multi_gpu=True)
 
@@ -38,7 +38,7 @@ for prefix, run_cfg, flag in RUNS:
             ENV
         threads: workflow.cores
         resources:
-            gpu=1 if run_cfg["device"] == "cuda" else 0,
+            gpu=gpus(run_cfg),
         shell:
             hkd_shell("sample", "{params.run_flag}")
 
@@ -60,7 +60,7 @@ rule variant_train:
         ENV
     threads: workflow.cores
     resources:
-        gpu=1 if config["device"] == "cuda" else 0,
+        gpu=gpus(),
     shell:
         hkd_shell("variant-train --variant {wildcards.variant}", multi_gpu=True)
 
@@ -80,6 +80,6 @@ rule variant_evaluate:
         ENV
     threads: workflow.cores
     resources:
-        gpu=1 if config["device"] == "cuda" else 0,
+        gpu=gpus(),
     shell:
         hkd_shell("variant-evaluate --variant {wildcards.variant}")

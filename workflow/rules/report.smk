@@ -42,6 +42,6 @@ rule figures:
         ENV
     threads: workflow.cores
     resources:
-        gpu=1 if config["device"] == "cuda" else 0,
+        gpu=gpus(),
     shell:
         hkd_shell("figures")

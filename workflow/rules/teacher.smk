@@ -18,7 +18,7 @@ for prefix, run_cfg, flag in RUNS:
             ENV
         threads: workflow.cores
         resources:
-            gpu=1 if run_cfg["device"] == "cuda" else 0,
+            gpu=gpus(run_cfg),
         shell:
             hkd_shell("teacher", "{params.run_flag}")
 
@@ -43,7 +43,7 @@ for prefix, run_cfg, flag in RUNS:
             ENV
         threads: workflow.cores
         resources:
-            gpu=1 if run_cfg["device"] == "cuda" else 0,
+            gpu=gpus(run_cfg),
         shell:
             hkd_shell("trajectories --shard {wildcards.shard}", "{params.run_flag}", multi_gpu=True)
 
