@@ -151,7 +151,9 @@ def test_checkpoint_from_another_config_is_refused(kind, tmp_path, smoke_cfg):
     before = (tmp_path / ckpt).read_bytes()
     rc, out = hkd(tmp_path, stage, "--config", write(tmp_path, cfg), "--threads", "1")
     assert rc != 0, out
-    for w in (str(ckpt), "img_resolution: 16 in the network, 32 from the config", "attn_resolutions"):
+    for w in (str(ckpt), "img_resolution: 16 in the network, 32 from the config",
+              "attn_resolutions: [8] in the network, [16] from the config"):
         assert w in out, f"{w!r} not in:\n{out[-2000:]}"
+    assert out.count(" from the config") == 2, out  # arguments left at their defaults are no difference
     assert "Traceback" not in out, out[-2000:]
     assert (tmp_path / ckpt).read_bytes() == before and kept.read_bytes() == b"earlier output"

@@ -52,8 +52,19 @@ def load_torch(path, what: str = "checkpoint"):
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or truncated file
-        raise RuntimeError(f"cannot read {what} {path}: {exc}") from exc
+    except Exception as exc:  # corrupt or truncated file, or not a checkpoint at all
+        raise RuntimeError(f"cannot read {what} {path}: corrupt, truncated or not a checkpoint "
+                           f"({_load_error(exc)})") from exc
+
+
+def _load_error(exc: Exception) -> str:
+    """The line of a torch.load error that says what was wrong with the file (its weights-only
+    message goes on to suggest unsafe loading, which is no remedy for a bad file)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else 'no details'}"
 
 
 def save_json(obj, path) -> None:

@@ -39,11 +39,7 @@ class EDMPrecond(nn.Module):
     def effective_kwargs(self) -> dict:
         """Constructor arguments with SongUNet's defaults filled in (EDM pickles store only
         the arguments that were passed)."""
-        import inspect
-
-        defaults = {k: p.default for k, p in inspect.signature(SongUNet).parameters.items()
-                    if p.default is not inspect.Parameter.empty}
-        return {**defaults, **self.init_kwargs}
+        return with_unet_defaults(self.init_kwargs)
 
     def forward(self, x, sigma, class_labels=None):
         x = x.to(torch.float32)
@@ -57,3 +53,12 @@ class EDMPrecond(nn.Module):
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
         F_x = self.model(c_in * x, c_noise.flatten(), class_labels=class_labels)
         return c_skip * x + c_out * F_x.to(torch.float32)
+
+
+def with_unet_defaults(kwargs: dict) -> dict:
+    """``kwargs`` with SongUNet's defaults for the arguments it leaves out."""
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(SongUNet).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return {**defaults, **kwargs}

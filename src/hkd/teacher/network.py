@@ -6,7 +6,7 @@ import torch
 
 from hkd.config import SOURCE_CHANNELS
 from hkd.io import load_torch
-from hkd.nn.precond import EDMPrecond
+from hkd.nn.precond import EDMPrecond, with_unet_defaults
 
 #: EDMPrecond arguments that the config's ``network`` / ``data`` sections fix: the architecture,
 #: and dropout, which HKD training inherits with the teacher's U-Net
@@ -35,7 +35,7 @@ def check_matches_config(kwargs: dict, cfg: dict, where: str) -> None:
     """A network read by a stage (an imported EDM pickle, a checkpoint in the run's folder) must
     be the one the config describes (the HKD model, the data and the report all follow the
     config); name every differing argument."""
-    want = teacher_kwargs(cfg)
+    want, kwargs = teacher_kwargs(cfg), with_unet_defaults(kwargs)
     diff = [f"{k}: {kwargs.get(k)!r} in the network, {want[k]!r} from the config"
             for k in _ARCHITECTURE if _plain(kwargs.get(k)) != _plain(want[k])]
     if diff:
