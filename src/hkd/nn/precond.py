@@ -36,11 +36,6 @@ class EDMPrecond(nn.Module):
         self.model = SongUNet(img_resolution=img_resolution, in_channels=img_channels,
                               out_channels=img_channels, label_dim=label_dim, **model_kwargs)
 
-    def effective_kwargs(self) -> dict:
-        """Constructor arguments with SongUNet's defaults filled in (EDM pickles store only
-        the arguments that were passed)."""
-        return with_unet_defaults(self.init_kwargs)
-
     def forward(self, x, sigma, class_labels=None):
         x = x.to(torch.float32)
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
@@ -56,7 +51,8 @@ class EDMPrecond(nn.Module):
 
 
 def with_unet_defaults(kwargs: dict) -> dict:
-    """``kwargs`` with SongUNet's defaults for the arguments it leaves out."""
+    """``kwargs`` with SongUNet's defaults for the arguments it leaves out (EDM pickles and
+    ``init_kwargs`` store only the arguments that were passed)."""
     import inspect
 
     defaults = {k: p.default for k, p in inspect.signature(SongUNet).parameters.items()

@@ -211,7 +211,7 @@ def import_edm_pickle(source: str, md5: str | None, download_to: str, out_path: 
     path = fetch_file(source, download_to, md5, "EDM network pickle")
     net = load_edm_pickle(path)
     if cfg is not None:
-        check_matches_config(net.effective_kwargs(), cfg, f"EDM network pickle {path}")
+        check_matches_config(net.init_kwargs, cfg, f"EDM network pickle {path}")
     stats = {"source": source, "file_sha256": sha256_file(path),
              "parameters": sum(p.numel() for p in net.parameters())}
     save_teacher(net, out_path, stats)
