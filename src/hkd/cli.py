@@ -221,7 +221,8 @@ def write_dvc_yaml(config_file: str, out: str, check: bool) -> int:
 
 
 def _record_time(paths: dict, args, seconds: float) -> None:
-    """The stage's wall time for the report's provenance block (process 0 under torchrun)."""
+    """The stage's wall time and how each of its network paths ran (compiled or eager, and
+    why) for the report's provenance block and the stage's log (process 0 under torchrun)."""
     import os
     from datetime import datetime, timezone
 
@@ -234,9 +235,13 @@ def _record_time(paths: dict, args, seconds: float) -> None:
         name += f"-{args.variant}"
     if getattr(args, "shard", None) is not None:
         name += f"-shard{args.shard:05d}"
+    guard = sys.modules.get("hkd.compile_guard")  # imported by the stages that build networks
+    compiled = guard.decisions() if guard is not None else {}
     save_json({"stage": name, "seconds": round(seconds, 1),
-               "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")},
+               "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"), "compiled": compiled},
               Path(paths["timings"]) / f"{name}.json")
+    for what in compiled:
+        print(f"hkd {args.stage}: {guard.describe(what)}")
 
 
 def main(argv: list[str] | None = None) -> int:

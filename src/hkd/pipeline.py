@@ -211,6 +211,9 @@ FIGURES = ("figures", "fig2", "fig2_consistency", "fig4", "fig4_modes", "fig4_sp
 _RUNTIME = ("src/hkd/runtime.py", "src/hkd/io.py")
 #: how the teacher checkpoint is built from the config and read back (teacher_kwargs, load_teacher)
 _TEACHER_CKPT = ("src/hkd/teacher/network.py",)
+#: torch.compile checked against eager, and the trainers' non-finite gradient counts
+_COMPILED = ("src/hkd/compile_guard.py",)
+_TRAINING = _COMPILED + ("src/hkd/gradient_watch.py",)
 
 STAGES: tuple[Stage, ...] = (
     Stage("data", "data", (), ("data", "data_manifest"), ("seed", "downloads", "data", "network"),
@@ -220,42 +223,42 @@ STAGES: tuple[Stage, ...] = (
     Stage("teacher", "teacher", ("data",), ("teacher", "teacher_tb"),
           ("seed", "downloads", "device", "precision", "compile", "data", "network", "edm", "teacher"),
           ("src/hkd/nn", "src/hkd/teacher/train.py", "src/hkd/teacher/edm_pickle.py", "src/hkd/data/fetch.py",
-           "src/hkd/data/dataset.py", "src/hkd/ema.py") + _TEACHER_CKPT + _RUNTIME, conditional=True),
+           "src/hkd/data/dataset.py", "src/hkd/ema.py") + _TEACHER_CKPT + _TRAINING + _RUNTIME, conditional=True),
     Stage("trajectories", "trajectories", ("teacher",), ("trajectories",),
           ("device", "precision", "compile", "edm", "trajectories"),
           ("src/hkd/nn", "src/hkd/teacher/sampler.py", "src/hkd/teacher/trajectories.py",
-           "src/hkd/distributed.py") + _TEACHER_CKPT + _RUNTIME, conditional=True),
+           "src/hkd/distributed.py") + _TEACHER_CKPT + _COMPILED + _RUNTIME, conditional=True),
     Stage("hkd_train", "hkd-train", ("teacher", "trajectories"), ("hkd", "hkd_tb", "hkd_snapshots"),
           ("seed", "device", "precision", "compile", "edm", "hkd"),
           ("src/hkd/nn", "src/hkd/koopman", "src/hkd/train", "src/hkd/teacher/trajectories.py", "src/hkd/ema.py")
-          + _TEACHER_CKPT + _RUNTIME, conditional=True),
+          + _TEACHER_CKPT + _TRAINING + _RUNTIME, conditional=True),
     Stage("sample", "sample", ("teacher", "hkd"), ("samples_teacher", "samples_hkd", "samples_teacher_nfe"),
           ("device", "precision", "compile", "edm", "trajectories", "sample"),
           ("src/hkd/nn", "src/hkd/sample.py", "src/hkd/teacher/sampler.py", "src/hkd/teacher/trajectories.py",
-           "src/hkd/koopman") + _TEACHER_CKPT + _RUNTIME, conditional=True),
+           "src/hkd/koopman") + _TEACHER_CKPT + _COMPILED + _RUNTIME, conditional=True),
     Stage("evaluate", "evaluate",
           ("data", "classifier", "teacher", "hkd", "kd", "samples_teacher", "samples_hkd", "samples_teacher_nfe"),
           ("metrics",), ("device", "precision", "trajectories", "ablations", "sample", "evaluate"),
           ("src/hkd/metrics", "src/hkd/data/dataset.py", "src/hkd/sample.py", "src/hkd/koopman")
-          + _TEACHER_CKPT + _RUNTIME, conditional=True),
+          + _TEACHER_CKPT + _COMPILED + _RUNTIME, conditional=True),
     Stage("variant_train", "variant-train", ("teacher", "trajectories"), ("variant_hkd", "variant_tb", "variant_snapshots"),
           ("seed", "device", "precision", "compile", "edm", "hkd"),
           ("src/hkd/nn", "src/hkd/koopman", "src/hkd/train", "src/hkd/teacher/trajectories.py", "src/hkd/ema.py",
-           _PIPELINE) + _TEACHER_CKPT + _RUNTIME, per_variant=True),
+           _PIPELINE) + _TEACHER_CKPT + _TRAINING + _RUNTIME, per_variant=True),
     Stage("variant_evaluate", "variant-evaluate", ("data", "classifier", "variant_hkd"),
           ("variant_samples", "variant_metrics"), ("device", "precision", "sample", "evaluate"),
           ("src/hkd/nn", "src/hkd/koopman", "src/hkd/sample.py", "src/hkd/metrics", "src/hkd/data/dataset.py")
-          + _TEACHER_CKPT + _RUNTIME, per_variant=True),
+          + _TEACHER_CKPT + _COMPILED + _RUNTIME, per_variant=True),
     Stage("stability", "stability", ("data", "classifier", "teacher", "hkd_snapshots", "seed_snapshots"),
           ("stability", "stability_samples"),
           ("seed", "device", "precision", "edm", "hkd", "stability", "sample", "evaluate"),
           ("src/hkd/nn", "src/hkd/koopman", "src/hkd/sample.py", "src/hkd/metrics", "src/hkd/data/dataset.py")
-          + _TEACHER_CKPT + _RUNTIME),
+          + _TEACHER_CKPT + _COMPILED + _RUNTIME),
     Stage("spectral", "spectral", ("hkd",), ("spectral",), (), ("src/hkd/analysis/spectral.py",)),
     Stage("figures", "figures", ("data", "teacher", "hkd"), FIGURES,
           ("seed", "device", "precision", "edm", "trajectories", "sample", "analysis"),
           ("src/hkd/analysis", "src/hkd/koopman", "src/hkd/nn", "src/hkd/teacher/sampler.py",
-           "src/hkd/teacher/trajectories.py", "src/hkd/data/dataset.py") + _TEACHER_CKPT + _RUNTIME),
+           "src/hkd/teacher/trajectories.py", "src/hkd/data/dataset.py") + _TEACHER_CKPT + _COMPILED + _RUNTIME),
     Stage("report", "report",
           ("data", "data_manifest", "classifier", "samples_teacher", "samples_hkd", "samples_teacher_nfe",
            "metrics", "spectral") + FIGURES + ("variant_metrics", "variant_samples", "stability", "stability_samples",

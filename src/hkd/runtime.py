@@ -55,32 +55,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
-class _FirstCallChecked:
-    """A ``torch.compile``-d module whose first call (where tracing and the kernel build
-    happen) turns any failure into an error that names the config key switching it off."""
-
-    def __init__(self, module: torch.nn.Module, what: str):
-        self.what, self.compiled, self.checked = what, torch.compile(module), False
-
-    def __call__(self, *args, **kwargs):
-        if self.checked:
-            return self.compiled(*args, **kwargs)
-        try:
-            out = self.compiled(*args, **kwargs)
-        except Exception as exc:
-            raise RuntimeError(f"torch.compile of {self.what} failed ({type(exc).__name__}: {str(exc)[:300]}); "
-                               "set 'compile: false' in the config to run it eagerly") from exc
-        self.checked = True
-        return out
-
-
-def maybe_compile(module: torch.nn.Module, enabled: bool, what: str):
-    """``module`` itself, or its torch.compile-d form when the config's ``compile`` key is on.
-    The first call traces and builds fused kernels (about 0.5-2.5 minutes on 2 CPU cores and
-    a C++ compiler); later calls of the same shapes reuse them (README: measured speed-ups)."""
-    return _FirstCallChecked(module, what) if enabled else module
-
-
 def torch_setup(cfg: dict, threads: int | None) -> tuple[torch.device, torch.dtype | None]:
     """Threads, device and autocast dtype of a run config: what every torch stage starts with."""
     setup_threads(threads)

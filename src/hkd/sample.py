@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hkd.compile_guard import non_finite_message
 from hkd.io import load_npz, save_npz, sha256_file, sha256_json
+from hkd.pipeline import log_path
 from hkd.runtime import autocast, progress_enabled
 from hkd.teacher.sampler import edm_sigmas, heun_sample, one_hot, seeded_inputs
 from hkd.teacher.trajectories import make_denoiser
@@ -27,16 +29,22 @@ def evaluation_seeds(cfg: dict) -> np.ndarray:
     return np.arange(start, start + cfg["sample"]["count"], dtype=np.int64)
 
 
-def teacher_sampler(cfg: dict, teacher, device, dtype, compile: bool = False, nfe: int | None = None):
-    """EDM's Heun sampler on the EDM grid: the trajectories' step count, or ``nfe`` (odd)."""
+def teacher_sampler(cfg: dict, teacher, device, dtype, compile=False, nfe: int | None = None):
+    """EDM's Heun sampler on the EDM grid: the trajectories' step count, or ``nfe`` (odd);
+    ``compile``: auto | true | false (compile_guard)."""
     edm = cfg["edm"]
     steps = cfg["trajectories"]["num_steps"] if nfe is None else (nfe + 1) // 2
     sigmas = edm_sigmas(steps, edm["sigma_min"], edm["sigma_max"], edm["rho"])
-    denoise = make_denoiser(teacher, device, dtype, compile=compile)
+    denoise = make_denoiser(teacher, device, dtype, compile=compile, what=teacher_path_name(nfe))
 
     def sample(noise, labels=None):
         return heun_sample(denoise, noise, sigmas, class_labels=one_hot(labels, teacher.label_dim)).float()
     return sample
+
+
+def teacher_path_name(nfe: int | None) -> str:
+    """The compile path of a teacher sampler (the trajectories' NFE when ``nfe`` is None)."""
+    return "the teacher denoiser" + (f" ({nfe} NFE)" if nfe is not None else "")
 
 
 def hkd_sampler(model, device, dtype):
@@ -47,10 +55,12 @@ def hkd_sampler(model, device, dtype):
 
 
 def draw(sampler, seeds: np.ndarray, shape, label_dim: int, batch_size: int, device,
-         desc: str, partial_dir: str | Path | None = None, fingerprint: str = "") -> tuple[np.ndarray, np.ndarray]:
+         desc: str, partial_dir: str | Path | None = None, fingerprint: str = "",
+         path_name: str = "", log: str = "") -> tuple[np.ndarray, np.ndarray]:
     """(images float32 [N, C, H, W], labels int64 [N], -1 when unconditional) of ``seeds``.
     ``partial_dir``: each finished batch is saved there and reused by a later call with the
-    same ``fingerprint`` and seeds."""
+    same ``fingerprint`` and seeds. A batch with non-finite images stops the stage, naming its
+    seeds, how ``path_name`` (the sampler's compile path) ran and the stage's ``log``."""
     out, labels, reused = [], [], 0
     for k, start in enumerate(tqdm(range(0, len(seeds), batch_size), desc=desc, unit="batch", mininterval=2,
                                    disable=not progress_enabled())):
@@ -65,14 +75,17 @@ def draw(sampler, seeds: np.ndarray, shape, label_dim: int, batch_size: int, dev
                 continue
         noise, lab = seeded_inputs(batch, shape, label_dim, device)
         out.append(sampler(noise, lab).cpu().numpy().astype(np.float32))
+        finite = np.isfinite(out[-1]).reshape(len(batch), -1).all(1)
+        if not finite.all():
+            raise FloatingPointError(f"{desc}: " + non_finite_message("samples", batch, ~finite, path_name, log))
         labels.append(lab.cpu().numpy() if lab is not None else np.full(len(batch), -1, np.int64))
         if kept is not None:
             save_npz(kept, images=out[-1], labels=labels[-1], seeds=batch, fingerprint=np.array(fingerprint))
     if reused:
         print(f"{desc}: reused {reused} finished batches from {partial_dir}")
     images = np.concatenate(out)
-    if not np.isfinite(images).all():
-        raise FloatingPointError(f"{desc}: non-finite samples")
+    if not np.isfinite(images).all():  # a reused batch of an earlier attempt
+        raise FloatingPointError(f"{desc}: non-finite samples in {partial_dir}; delete that folder and rerun")
     return images, np.concatenate(labels)
 
 
@@ -85,20 +98,21 @@ def write_samples(cfg: dict, teacher, model, paths: dict, device, dtype) -> dict
     times = {}
     # The teacher dominates this stage, so it runs compiled when the config says so; the
     # one-step HKD sampler is cheap eagerly.
-    jobs = [("teacher", teacher_sampler(cfg, teacher, device, dtype, cfg["compile"]), paths["samples_teacher"])]
+    jobs = [("teacher", teacher_sampler(cfg, teacher, device, dtype, cfg["compile"]), paths["samples_teacher"],
+             teacher_path_name(None))]
     for n in cfg["sample"]["extra_teacher_nfe"]:
         jobs.append((f"teacher_nfe{n}", teacher_sampler(cfg, teacher, device, dtype, cfg["compile"], nfe=n),
-                     paths["samples_teacher_nfe"].replace("{nfe}", str(n))))
-    jobs.append(("hkd", hkd_sampler(model, device, dtype), paths["samples_hkd"]))
+                     paths["samples_teacher_nfe"].replace("{nfe}", str(n)), teacher_path_name(n)))
+    jobs.append(("hkd", hkd_sampler(model, device, dtype), paths["samples_hkd"], "the HKD one-step sampler"))
     nets = {"teacher": sha256_file(paths["teacher"]), "hkd": sha256_file(paths["hkd"])}
-    for name, sampler, path in jobs:
+    for name, sampler, path, path_name in jobs:
         t0 = time.time()
         partial = Path(path).parent / ".partial" / name
         spec = {"sampler": name, "net": nets["hkd" if name == "hkd" else "teacher"], "precision": str(dtype),
                 "compile": cfg["compile"], "edm": cfg["edm"], "steps": cfg["trajectories"]["num_steps"]}
         fingerprint = sha256_json(spec)
         images, labels = draw(sampler, seeds, shape, teacher.label_dim, bs, device, f"sample {name}",
-                              partial, fingerprint)
+                              partial, fingerprint, path_name, log_path(cfg, "sample"))
         times[name] = time.time() - t0
         save_npz(path, images=images, seeds=seeds, labels=labels)
         shutil.rmtree(partial, ignore_errors=True)

@@ -101,6 +101,19 @@ def throughput_table(metrics: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def compiled_summary(decisions: dict) -> str:
+    """One line per network path of a stage: compiled, eager, or fell back (and why)."""
+    lines = []
+    for what, d in decisions.items():
+        if d["compiled"]:
+            lines.append(f"{what}: compiled (compile: {d['mode']}, agreed with eager)")
+        elif d["mode"] == "false":
+            lines.append(f"{what}: eager (compile: false)")
+        else:
+            lines.append(f"{what}: eager, fell back ({d['reason']})")
+    return "; ".join(lines)
+
+
 def provenance(cfg: dict, paths: dict, metrics: dict) -> dict:
     """Where the numbers come from: commit, config hash, device, and each stage's wall time
     (written by ``hkd <stage>`` under ``results/<run>/logs/timings``)."""
@@ -119,7 +132,8 @@ def provenance(cfg: dict, paths: dict, metrics: dict) -> dict:
     for label, folder in folders:
         for f in sorted(Path(folder).glob("*.json")):
             t = load_json(f)
-            timings.append({"stage": label + t["stage"], "seconds": t["seconds"], "finished": t["finished"]})
+            timings.append({"stage": label + t["stage"], "seconds": t["seconds"], "finished": t["finished"],
+                            "compiled": compiled_summary(t.get("compiled", {}))})
     return {"commit": commit,
             "config_sha256": sha256_json(cfg),
             "device": metrics["device"], "threads": metrics["threads"], "precision": metrics["precision"],

@@ -19,11 +19,17 @@ from tqdm import tqdm
 
 from hkd.data.dataset import load_dataset
 from hkd.ema import EMA
+from hkd.gradient_watch import GradientWatch
 from hkd.io import load_resume, save_torch, sha256_file
 from hkd.nn.precond import EDMPrecond
-from hkd.runtime import autocast, maybe_compile, progress_enabled
+from hkd.compile_guard import maybe_compile
+from hkd.runtime import autocast, progress_enabled
 from hkd.teacher.network import save_teacher, teacher_kwargs
 from hkd.teacher.sampler import one_hot
+
+
+#: the path name of the compiled training step (compile_guard, logs, provenance)
+TRAINING_STEP = "the teacher training step"
 
 
 def edm_loss(net: EDMPrecond, images: torch.Tensor, gen: torch.Generator, P_mean: float,
@@ -81,7 +87,8 @@ def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
         torch.set_rng_state(state["torch_rng"])
         step0, cursor, nimg, order = state["step"], state["cursor"], state["nimg"], state["order"]
         print(f"teacher: resuming from step {step0} of {total_steps} ({resume})")
-    forward = maybe_compile(net, cfg["compile"], "the teacher training step")
+    forward = maybe_compile(net, cfg["compile"], TRAINING_STEP)
+    watch = GradientWatch(net.named_parameters(), TRAINING_STEP)
 
     from torch.utils.tensorboard import SummaryWriter
     if state is None:
@@ -109,12 +116,13 @@ def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
             g["lr"] = lr
         loss = edm_loss(forward, y, gen, edm["P_mean"], edm["P_std"], edm["sigma_data"], device, dtype,
                         labels).mean()
+        where = f"the last saved state is in {resume}" if resume and resume.is_file() else "no state was saved"
         if not torch.isfinite(loss):
-            where = f"the last saved state is in {resume}" if resume and resume.is_file() else "no state was saved"
             raise FloatingPointError(f"teacher loss is {loss.item()} at step {step}; stopping ({where})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        for p in net.parameters():
+        watch.count(step, f" ({where})")
+        for p in net.parameters():  # EDM's repair, for the few steps the watch tolerates
             if p.grad is not None:
                 torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
         opt.step()
@@ -125,6 +133,7 @@ def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
             n = (step % tcfg["log_every"]) + 1
             writer.add_scalar("teacher/loss", running / n, nimg)
             writer.add_scalar("teacher/lr", lr, nimg)
+            writer.add_scalar("teacher/nonfinite_grad_elements", watch.take_since_log(), nimg)
             bar.set_postfix(loss=f"{running / n:.4f}", kimg=f"{nimg / 1000:.1f}")
             running = 0.0
         if resume and (step + 1) % tcfg["checkpoint_every"] == 0 and step + 1 < total_steps:
@@ -137,7 +146,7 @@ def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
     stats = {"kimg": nimg / 1000, "steps": total_steps, "seconds": elapsed,
              "images_per_second": (nimg - step0 * batch) / elapsed,
              "parameters": sum(p.numel() for p in net.parameters()),
-             "resumed_from_step": step0 if state is not None else None}
+             "resumed_from_step": step0 if state is not None else None, **watch.summary()}
     save_teacher(ema.net, out_path, stats)  # ema.net.init_kwargs are teacher_kwargs(cfg)
     if resume and resume.is_file():
         resume.unlink()  # finished: a later forced rerun trains afresh

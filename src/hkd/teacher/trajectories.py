@@ -29,19 +29,21 @@ from tqdm import tqdm
 
 from hkd import distributed
 from hkd.io import load_json, load_npz, npz_memmap, save_json, save_npz, sha256_file, sha256_json
-from hkd.pipeline import shard_count, shard_name
-from hkd.runtime import autocast, maybe_compile, progress_enabled
+from hkd.pipeline import log_path, shard_count, shard_name
+from hkd.compile_guard import maybe_compile, non_finite_message
+from hkd.runtime import autocast, progress_enabled
 from hkd.teacher.sampler import edm_sigmas, heun_sample, nfe, one_hot, seeded_inputs
 
 MANIFEST = "manifest.json"
 STATE_DTYPE = np.float16
 
 
-def make_denoiser(net, device, dtype, compile: bool = False):
+def make_denoiser(net, device, dtype, compile=False, what: str = "the teacher denoiser"):
     """D(x; sigma[, class_labels]) in fp32 out, autocast inside, channels-last for CPU
-    convolutions; ``compile``: through torch.compile (one graph per batch shape, sigma is a
-    tensor input)."""
-    net = maybe_compile(net, compile, "the teacher denoiser")
+    convolutions; ``compile`` (auto | true | false): through torch.compile, checked against
+    eager (one graph per batch shape, sigma is a tensor input); ``what``: the path's name in
+    logs and provenance."""
+    net = maybe_compile(net, compile, what)
 
     def denoise(x, sigma, class_labels=None):
         with torch.no_grad(), autocast(device, dtype):
@@ -87,14 +89,17 @@ def _shard_status(path: Path, seeds: np.ndarray, fp: str) -> str | None:
     return None
 
 
-def generate_batch(denoise, seeds, shape, label_dim, sigmas, keep, device) -> tuple[np.ndarray, np.ndarray]:
-    """(states fp16 [B, len(keep), C, H, W], labels [B]) of the trajectories of ``seeds``."""
+def generate_batch(denoise, seeds, shape, label_dim, sigmas, keep, device,
+                   log: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """(states fp16 [B, len(keep), C, H, W], labels [B]) of the trajectories of ``seeds``;
+    ``log``: the stage's log file, named in the error for non-finite states."""
     noise, labels = seeded_inputs(seeds, shape, label_dim, device)
     _, traj = heun_sample(denoise, noise, sigmas, keep_states=True,
                           class_labels=one_hot(labels, label_dim))
     block = torch.stack([traj[i] for i in keep], dim=1).to(torch.float16).cpu().numpy()
     if not np.isfinite(block).all():
-        raise FloatingPointError(f"non-finite teacher states for seeds {seeds[0]}..{seeds[-1]}")
+        raise FloatingPointError(non_finite_message("teacher states", seeds, ~np.isfinite(block).reshape(len(seeds), -1)
+                                                    .any(1), "the teacher denoiser", log))
     labels = labels.cpu().numpy() if labels is not None else np.full(len(seeds), -1, np.int64)
     return block, labels
 
@@ -140,7 +145,8 @@ def generate_trajectories(cfg: dict, teacher, teacher_path: str, out_dir: str, d
             for start in range(0, len(seeds), bs):
                 batch = seeds[start:start + bs]
                 states[start:start + len(batch)], labels[start:start + len(batch)] = generate_batch(
-                    denoise, batch, shape, teacher.label_dim, sigmas, keep, device)
+                    denoise, batch, shape, teacher.label_dim, sigmas, keep, device,
+                    log_path(cfg, f"trajectories-{k:05d}"))
                 bar.update(len(batch))
             if writing is not None:
                 writing.result()  # one shard in flight at a time; a failed write stops the run

@@ -39,12 +39,17 @@ from tqdm import tqdm
 
 from hkd import distributed
 from hkd.ema import EMA
+from hkd.gradient_watch import GradientWatch
 from hkd.io import load_resume, save_torch, sha256_file
 from hkd.koopman.model import HKD
-from hkd.runtime import autocast, maybe_compile, progress_enabled
+from hkd.compile_guard import maybe_compile
+from hkd.runtime import autocast, progress_enabled
 from hkd.teacher.sampler import one_hot, seeded_inputs
 from hkd.teacher.trajectories import load_trajectories
 from hkd.train.perceptual import build_perceptual
+
+#: the path name of the compiled training step (compile_guard, logs, provenance)
+TRAINING_STEP = "the HKD training step"
 
 #: weight of the perceptual term (paper: lambda2 = 1)
 LAMBDA2 = 1.0
@@ -211,7 +216,8 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     # With `compile: true` the first step traces and builds kernels (1.5-2.5 minutes on 2 CPU
     # cores); later steps run the fused forward/backward, ~1.2x faster there (README).
-    forward = maybe_compile(net, cfg["compile"], "the HKD training step")
+    forward = maybe_compile(net, cfg["compile"], TRAINING_STEP)
+    watch = GradientWatch(model.named_parameters(), TRAINING_STEP)
 
     writer = None
     if rank == 0:
@@ -267,6 +273,10 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
             lp = torch.cat([e[2] for e in errs]) if perceptual is not None else None
             loss = err.sum(1).mean()
             scaler.unscale_(opt)
+            where = (f" (the last good state, step {last_saved}, is in {resume})" if last_saved is not None
+                     else " (no resume state was saved yet)")
+            if watch.count(step, where, scaler_skips=scaler.is_enabled()) and not scaler.is_enabled():
+                opt.zero_grad(set_to_none=True)  # skip this update, as a loss scaler would
             grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
             scaler.step(opt)
             scaler.update()
@@ -288,6 +298,7 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
                 writer.add_scalar("hkd/lambda1", lam, step)
                 writer.add_scalar("hkd/lr", opt.param_groups[0]["lr"], step)
                 writer.add_scalar("hkd/grad_norm", grad_norm.item(), step)
+                writer.add_scalar("hkd/nonfinite_grad_elements", watch.take_since_log(), step)
                 for l, (a, be) in enumerate(model.koopman.eigenvalues()):
                     writer.add_scalar(f"koopman/alpha_mean_level{l}", a.mean().item(), step)
                     writer.add_scalar(f"koopman/abs_beta_mean_level{l}", be.abs().mean().item(), step)
@@ -320,7 +331,8 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
              "lambda1": hcfg["lambda1"], "seconds": elapsed, "processes": world,
              "examples_per_second": done * batch / elapsed if done else None,
              "example_time_points_per_second": done * batch * (k + 1) / elapsed if done else None,
-             "trajectories": int(n_traj), "resumed_from_step": step0 if state is not None else None}
+             "trajectories": int(n_traj), "resumed_from_step": step0 if state is not None else None,
+             **watch.summary()}
     if rank == 0:
         for e, path in snapshot_paths.items():
             if not partial[e].is_file():
