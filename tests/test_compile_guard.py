@@ -19,7 +19,9 @@ class Affine(torch.nn.Module):
         return x * self.weight
 
 
-class _NaNGradient(torch.autograd.Function):
+class NaNGradient(torch.autograd.Function):
+    """Identity forward, NaN backward: right outputs whose gradients are not."""
+
     @staticmethod
     def forward(ctx, x):
         return x.clone()
@@ -37,7 +39,7 @@ def fake_compiler(monkeypatch, broken):
 FAKES = {
     "nan output": lambda m: (lambda x: m(x) * float("nan")),
     "wrong output": lambda m: (lambda x: m(x) * 1.5),
-    "nan gradients, right output": lambda m: (lambda x: _NaNGradient.apply(m(x))),
+    "nan gradients, right output": lambda m: (lambda x: NaNGradient.apply(m(x))),
 }
 
 
@@ -194,3 +196,45 @@ def test_non_finite_message_names_seeds_path_and_key():
                                            "results/x/logs/trajectories-00000.log")
     assert "2 of 3 seeds in 10..12 (11, 12)" in msg and "compile: false" in msg
     assert "results/x/logs/trajectories-00000.log" in msg and "ran eagerly" in msg
+
+
+def test_rechecked_at_calls_10_and_100(monkeypatch):
+    """A defect that appears later (here: the compiled result turns wrong from its third
+    invocation) is caught at the graph's 10th call, and the path goes eager."""
+    invocations = {"n": 0}
+
+    def turns_wrong(m):
+        def run(x):
+            invocations["n"] += 1
+            return m(x) * (1.5 if invocations["n"] >= 3 else 1.0)
+        return run
+
+    fake_compiler(monkeypatch, turns_wrong)
+    net = Affine()
+    run = maybe_compile(net, "auto", "p")
+    x = torch.ones(2, 8)
+    with torch.no_grad():
+        outs = [run(x) for _ in range(12)]
+    assert [bool(torch.equal(o, net(x))) for o in outs] == [True] + [False] * 8 + [True] * 3
+    d = compile_guard.decisions()["p"]
+    assert len(d["checks"]) == 2 and not d["compiled"]
+
+
+def test_distrust_checks_the_next_call(monkeypatch):
+    invocations = {"n": 0}
+
+    def turns_wrong(m):
+        def run(x):
+            invocations["n"] += 1
+            return m(x) * (1.5 if invocations["n"] >= 3 else 1.0)
+        return run
+
+    fake_compiler(monkeypatch, turns_wrong)
+    net, x = Affine(), torch.ones(2, 8)
+    run = maybe_compile(net, True, "p")
+    with torch.no_grad():
+        run(x)
+        run(x)
+        run.distrust()
+        with pytest.raises(CompileDisagrees):
+            run(x)

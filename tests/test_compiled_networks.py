@@ -69,6 +69,17 @@ def grads_of(net) -> list[torch.Tensor]:
     return [p.grad.detach().clone() for p in net.parameters() if p.requires_grad]
 
 
+def assert_guarded_step_matches_eager(step, module, what: str) -> None:
+    """``step(forward)``: a training step's {'outputs': [loss], 'gradients': [...]} when the
+    module is called through ``forward``; the guarded path's must be finite and eager's."""
+    eager = step(module)
+    guarded = step(maybe_compile(module, "auto", what))
+    assert all(torch.isfinite(g).all() for g in guarded["gradients"])
+    diff = compare(guarded, eager, TOL)
+    assert diff["ok"], diff
+    report(what)
+
+
 def test_default_teacher_training_step_through_the_guard():
     net = default_teacher().train()
     images = torch.rand(32, 1, 32, 32) * 2 - 1
@@ -81,12 +92,7 @@ def test_default_teacher_training_step_through_the_guard():
         loss.backward()
         return {"outputs": [loss.detach()], "gradients": grads_of(net)}
 
-    eager = step(net)
-    guarded = step(maybe_compile(net, "auto", "teacher step"))
-    assert all(torch.isfinite(g).all() for g in guarded["gradients"])
-    diff = compare(guarded, eager, TOL)
-    assert diff["ok"], diff
-    report("teacher step")
+    assert_guarded_step_matches_eager(step, net, "teacher step")
 
 
 def test_default_hkd_training_step_through_the_guard():
@@ -106,9 +112,4 @@ def test_default_hkd_training_step_through_the_guard():
         loss.backward()
         return {"outputs": [loss.detach()], "gradients": grads_of(model)}
 
-    eager = step(model)
-    guarded = step(maybe_compile(model, "auto", "hkd step"))
-    assert all(torch.isfinite(g).all() for g in guarded["gradients"])
-    diff = compare(guarded, eager, TOL)
-    assert diff["ok"], diff
-    report("hkd step")
+    assert_guarded_step_matches_eager(step, model, "hkd step")

@@ -52,6 +52,9 @@ def test_smoke_dag_with_snakemake(tmp_path):
         assert f"{hkd_fid:.3f}" in (tables / f"table1.{fmt}").read_text()
     assert {r["key"] for r in metrics["rows"]} >= {"teacher_nfe3"} and "kd" in metrics["throughput"]
     assert "config sha256" in html and "hkd-train" in html  # provenance with per-stage wall time
+    # ... and how each stage's network paths ran (configs/smoke.yaml: compile: false)
+    assert "the teacher training step: eager (compile: false)" in html
+    assert "the teacher denoiser: eager (compile: false)" in html
     stability = json.loads((work / "results" / "smoke" / "eval" / "stability.json").read_text())
     assert list(stability["runs"]) == ["seed0", "seed1"] and stability["epochs"] == [0, 1]
     assert f"{stability['fid_by_epoch']['1']['mean']:.3f}" in (tables / "table5.md").read_text()

@@ -8,26 +8,15 @@ import torch
 
 from hkd import compile_guard
 from hkd.gradient_watch import STEP_LIMIT, GradientWatch, NonFiniteGradients
-
-
-class _NaNGradient(torch.autograd.Function):
-    """Identity forward, NaN backward: a finite loss whose gradients are not."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return torch.full_like(grad, float("nan"))
+from test_compile_guard import NaNGradient
 
 
 def nan_gradients(fn):
     def wrapped(*args, **kwargs):
         out = fn(*args, **kwargs)
         if isinstance(out, tuple):
-            return (_NaNGradient.apply(out[0]),) + out[1:]
-        return _NaNGradient.apply(out)
+            return (NaNGradient.apply(out[0]),) + out[1:]
+        return NaNGradient.apply(out)
     return wrapped
 
 
@@ -93,3 +82,30 @@ def test_hkd_training_skips_and_stops_naming_the_compile_key(tmp_path, smoke_cfg
     assert capsys.readouterr().err.count("warning: the HKD training step") == STEP_LIMIT
     state = torch.load(work / "nan-resume.pt", weights_only=False)  # saved at step 2 (checkpoint_every)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_nan_gradients_in_a_compiled_step_make_auto_fall_back(tmp_path, smoke_cfg, monkeypatch, capsys):
+    """A compiled HKD step that turns to NaN gradients after a few steps (its first check
+    passed): the watch counts one bad step and asks the guard to check again; the check
+    fails, the step runs eagerly from then on and training ends normally."""
+    from test_hkd_resume_ddp import make_run, train
+
+    invocations = {"n": 0}
+
+    def turns_nan(module):
+        def run(*args):
+            invocations["n"] += 1
+            out = module(*args)
+            return NaNGradient.apply(out) if invocations["n"] >= 4 else out
+        return run
+
+    cfg, teacher, work = make_run(tmp_path, smoke_cfg)
+    cfg["compile"] = "auto"
+    monkeypatch.setattr(torch, "compile", turns_nan)
+    compile_guard.reset_decisions()
+    stats = train(cfg, teacher, work, "late-nan")
+    assert stats["steps"] == 9 and stats["nonfinite_gradient_steps"] == 1
+    err = capsys.readouterr().err
+    assert "checked against eager on the next call" in err and "running it eagerly" in err
+    d = compile_guard.decisions()["the HKD training step"]
+    assert not d["compiled"] and "non-finite gradients" in d["reason"]

@@ -2,8 +2,10 @@
 
 Compiled CPU kernels (bf16 in particular) depend on the processor: on some machines the
 compiled teacher gave NaN samples, or finite losses with NaN gradients, where the eager
-module was fine. So every compiled network path is checked on the first call of each graph
-(each input signature: shapes, dtypes, grad mode, autocast dtype):
+module was fine. So every compiled network path is checked against eager at the calls
+1, 10, 100, ... of each graph (each input signature: shapes, dtypes, grad mode, autocast
+dtype), so also once the network has trained, and on the next call after a trainer saw
+non-finite gradients (``distrust``):
 
 - inference (no grad): the compiled output against the eager output on the same input;
 - training (grad enabled, parameters that require grad): also the gradients of every
@@ -46,6 +48,10 @@ FLOOR_SHARE = 0.01
 
 MODES = ("auto", True, False)
 
+#: each graph is checked at its calls 1, 10, 100, ...: a defect that shows only once a
+#: network has trained is still caught, for about log10(calls) extra eager calls
+RECHECK_BASE = 10
+
 _DECISIONS: dict[str, dict] = {}
 
 
@@ -65,7 +71,17 @@ def describe(what: str) -> str:
         return f"{what} ran eagerly"
     if not d["compiled"]:
         return f"{what} fell back to eager ({d['reason']})"
-    return f"{what} ran compiled (compile: {d['mode']}, checked against eager on its first call)"
+    return (f"{what} ran compiled (compile: {d['mode']}; agreed with eager in {len(d['checks'])} checks, "
+            f"worst {_worst(d['checks'])})")
+
+
+def _worst(checks: list[dict]) -> str:
+    worst = {}
+    for c in checks:
+        for k, v in c.items():
+            if k.startswith("max_rel_diff_"):
+                worst[k[len("max_rel_diff_"):]] = max(v, worst.get(k[len("max_rel_diff_"):], 0.0))
+    return ", ".join(f"{k} {v:.2g}" for k, v in worst.items()) or "n/a"
 
 
 def non_finite_message(kind: str, seeds, bad_rows, what: str, log: str = "") -> str:
@@ -101,16 +117,22 @@ class GuardedCompile:
         self.module, self.mode, self.what = module, mode, what
         self.compiled = torch.compile(module)
         self.eager = False  # True once this path fell back
-        self.checked: set[tuple] = set()
+        self.calls: dict[tuple, int] = {}  # calls of each graph so far
+        self.suspect = False  # check on the next call, whatever its number
         _DECISIONS[what] = {"mode": str(mode).lower(), "compiled": True, "checks": []}
+
+    def distrust(self) -> None:
+        """Check the next call against eager (e.g. after non-finite gradients in a step)."""
+        self.suspect = True
 
     def __call__(self, *args, **kwargs):
         if self.eager:
             return self.module(*args, **kwargs)
         key = _signature(args, kwargs)
-        if key not in self.checked:
+        self.calls[key] = n = self.calls.get(key, 0) + 1
+        if self.suspect or _is_power_of(n, RECHECK_BASE):
+            self.suspect = False
             self._check(args, kwargs)
-            self.checked.add(key)
             if self.eager:
                 return self.module(*args, **kwargs)
         out = self._run_compiled(args, kwargs)
@@ -144,11 +166,9 @@ class GuardedCompile:
         if not report["ok"]:
             self._disagree(report["why"])
             return
-        worst = ", ".join(f"{k.replace('max_rel_diff_', '')} {v:.2g}" for k, v in report.items()
-                          if k.startswith("max_rel_diff_"))
         print(f"torch.compile of {self.what}: agrees with eager on {report['signature']} "
-              f"(max relative difference: {worst}; tolerance {report['tolerance']:g} in {report['dtype']})",
-              file=sys.stderr, flush=True)
+              f"(max relative difference: {_worst([report])}; tolerance {report['tolerance']:g} in "
+              f"{report['dtype']})", file=sys.stderr, flush=True)
 
     def _non_finite_later(self, out, args, kwargs):
         eager = self.module(*args, **kwargs)
@@ -234,6 +254,12 @@ def _dropout_off(module: torch.nn.Module):
     finally:
         for m, attr, value in saved:
             setattr(m, attr, value)
+
+
+def _is_power_of(n: int, base: int) -> bool:
+    while n % base == 0:
+        n //= base
+    return n == 1
 
 
 def _tensors(out) -> list[torch.Tensor]:

@@ -28,10 +28,13 @@ class NonFiniteGradients(FloatingPointError):
 class GradientWatch:
     """Per-step count of non-finite gradient elements of ``named_parameters``."""
 
-    def __init__(self, named_parameters, what: str):
-        """``what``: the training step's path name in ``compile_guard`` (how it ran)."""
+    def __init__(self, named_parameters, what: str, forward=None):
+        """``what``: the training step's path name in ``compile_guard`` (how it ran);
+        ``forward``: the step's network as ``maybe_compile`` returned it; a compiled one is
+        checked against eager again on the call after a step with non-finite gradients."""
         self.params = [(n, p) for n, p in named_parameters if p.requires_grad]
         self.what = what
+        self.guard = forward if isinstance(forward, compile_guard.GuardedCompile) else None
         self.bad_steps = 0  # steps with non-finite gradients that nothing else handled
         self.scaler_steps = 0  # overflow steps skipped by the fp16 loss scaler
         self.elements = 0  # non-finite elements over the run
@@ -57,13 +60,24 @@ class GradientWatch:
         if self.bad_steps > STEP_LIMIT:
             raise NonFiniteGradients(f"{detail}: {self.bad_steps} steps with non-finite gradients, more than "
                                      f"{STEP_LIMIT}; stopping{where}. {_how_it_ran(self.what)}")
-        print(f"warning: {detail} (step {self.bad_steps} of at most {STEP_LIMIT} tolerated)", file=sys.stderr,
-              flush=True)
+        recheck = ""
+        if self.guard is not None and not self.guard.eager:
+            self.guard.distrust()
+            recheck = "; the compiled step is checked against eager on the next call"
+        print(f"warning: {detail} (step {self.bad_steps} of at most {STEP_LIMIT} tolerated){recheck}",
+              file=sys.stderr, flush=True)
         return total
 
     def take_since_log(self) -> int:
         n, self.since_log = self.since_log, 0
         return n
+
+    def restore(self, summary: dict | None) -> None:
+        """Continue the counts of a resumed run (``summary()`` saved in its resume state)."""
+        if summary:
+            self.bad_steps = summary["nonfinite_gradient_steps"]
+            self.elements = summary["nonfinite_gradient_elements"]
+            self.scaler_steps = summary["loss_scaler_overflow_steps"]
 
     def summary(self) -> dict:
         return {"nonfinite_gradient_steps": self.bad_steps, "nonfinite_gradient_elements": self.elements,

@@ -88,7 +88,8 @@ def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
         step0, cursor, nimg, order = state["step"], state["cursor"], state["nimg"], state["order"]
         print(f"teacher: resuming from step {step0} of {total_steps} ({resume})")
     forward = maybe_compile(net, cfg["compile"], TRAINING_STEP)
-    watch = GradientWatch(net.named_parameters(), TRAINING_STEP)
+    watch = GradientWatch(net.named_parameters(), TRAINING_STEP, forward)
+    watch.restore(state.get("nonfinite") if state is not None else None)
 
     from torch.utils.tensorboard import SummaryWriter
     if state is None:
@@ -139,8 +140,8 @@ def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
         if resume and (step + 1) % tcfg["checkpoint_every"] == 0 and step + 1 < total_steps:
             save_torch({"fingerprint": fingerprint, "step": step + 1, "cursor": cursor, "nimg": nimg,
                         "order": order, "net": net.state_dict(), "ema": ema.net.state_dict(),
-                        "opt": opt.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state()},
-                       resume)
+                        "opt": opt.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                        "nonfinite": watch.summary()}, resume)
     writer.close()
     elapsed = time.time() - t0
     stats = {"kimg": nimg / 1000, "steps": total_steps, "seconds": elapsed,

@@ -209,7 +209,8 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
                         "order": order, "model": model.state_dict(),
                         "ema": ema.net.state_dict() if ema is not None else None,
                         "opt": opt.state_dict(), "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
-                        "gen": gen.get_state(), "torch_rng": torch.get_rng_state()}, resume)
+                        "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "nonfinite": watch.summary()},
+                       resume)
 
     net = model
     if world > 1:
@@ -217,7 +218,8 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
     # With `compile: true` the first step traces and builds kernels (1.5-2.5 minutes on 2 CPU
     # cores); later steps run the fused forward/backward, ~1.2x faster there (README).
     forward = maybe_compile(net, cfg["compile"], TRAINING_STEP)
-    watch = GradientWatch(model.named_parameters(), TRAINING_STEP)
+    watch = GradientWatch(model.named_parameters(), TRAINING_STEP, forward)
+    watch.restore(state.get("nonfinite") if state is not None else None)
 
     writer = None
     if rank == 0:
