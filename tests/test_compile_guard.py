@@ -238,3 +238,9 @@ def test_distrust_checks_the_next_call(monkeypatch):
         run.distrust()
         with pytest.raises(CompileDisagrees):
             run(x)
+
+
+def test_a_path_never_called_is_not_listed(monkeypatch):
+    fake_compiler(monkeypatch, lambda m: m)
+    maybe_compile(Affine(), "auto", "unused")
+    assert "unused" not in compile_guard.decisions()

@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 
 import torch
+
+from hkd.runtime import say
 
 #: largest relative L2 difference, compiled against eager, that still counts as the same
 #: result: fp32 differs only by summation order; bf16 / fp16 autocast round each fused
@@ -119,7 +120,6 @@ class GuardedCompile:
         self.eager = False  # True once this path fell back
         self.calls: dict[tuple, int] = {}  # calls of each graph so far
         self.suspect = False  # check on the next call, whatever its number
-        _DECISIONS[what] = {"mode": str(mode).lower(), "compiled": True, "checks": []}
 
     def distrust(self) -> None:
         """Check the next call against eager (e.g. after non-finite gradients in a step)."""
@@ -128,6 +128,8 @@ class GuardedCompile:
     def __call__(self, *args, **kwargs):
         if self.eager:
             return self.module(*args, **kwargs)
+        # a path is listed once it runs (a stage may build one it has no work for)
+        _DECISIONS.setdefault(self.what, {"mode": str(self.mode).lower(), "compiled": True, "checks": []})
         key = _signature(args, kwargs)
         self.calls[key] = n = self.calls.get(key, 0) + 1
         if self.suspect or _is_power_of(n, RECHECK_BASE):
@@ -166,9 +168,9 @@ class GuardedCompile:
         if not report["ok"]:
             self._disagree(report["why"])
             return
-        print(f"torch.compile of {self.what}: agrees with eager on {report['signature']} "
-              f"(max relative difference: {_worst([report])}; tolerance {report['tolerance']:g} in "
-              f"{report['dtype']})", file=sys.stderr, flush=True)
+        say(f"torch.compile of {self.what}: agrees with eager on {report['signature']} "
+            f"(max relative difference: {_worst([report])}; tolerance {report['tolerance']:g} in "
+            f"{report['dtype']})")
 
     def _non_finite_later(self, out, args, kwargs):
         eager = self.module(*args, **kwargs)
@@ -181,8 +183,8 @@ class GuardedCompile:
         if self.mode is True:
             raise CompileDisagrees(f"torch.compile of {self.what}: {why}; set 'compile: auto' to fall back to "
                                    "eager automatically, or 'compile: false' to run it eagerly") from cause
-        print(f"warning: torch.compile of {self.what}: {why}; running it eagerly from now on "
-              "(config key 'compile: auto')", file=sys.stderr, flush=True)
+        say(f"warning: torch.compile of {self.what}: {why}; running it eagerly from now on "
+            "(config key 'compile: auto')")
         self.eager = True
         _DECISIONS[self.what].update(compiled=False, reason=why)
 

@@ -11,11 +11,10 @@ naming the step, the parameters and the ``compile`` key. Steps whose overflow a 
 
 from __future__ import annotations
 
-import sys
-
 import torch
 
 from hkd import compile_guard
+from hkd.runtime import say
 
 #: steps with non-finite gradients tolerated in one run before it stops
 STEP_LIMIT = 3
@@ -64,8 +63,7 @@ class GradientWatch:
         if self.guard is not None and not self.guard.eager:
             self.guard.distrust()
             recheck = "; the compiled step is checked against eager on the next call"
-        print(f"warning: {detail} (step {self.bad_steps} of at most {STEP_LIMIT} tolerated){recheck}",
-              file=sys.stderr, flush=True)
+        say(f"warning: {detail} (step {self.bad_steps} of at most {STEP_LIMIT} tolerated){recheck}")
         return total
 
     def take_since_log(self) -> int:

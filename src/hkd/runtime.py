@@ -6,6 +6,7 @@ import contextlib
 import functools
 import os
 import random
+import sys
 
 import numpy as np
 import torch
@@ -88,3 +89,11 @@ def device_name(device: torch.device) -> str:
 
 def progress_enabled() -> bool:
     return os.environ.get("HKD_NO_PROGRESS", "") == ""
+
+
+def say(message: str) -> None:
+    """A line on the stage's log (stderr) that does not break a running progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+    sys.stderr.flush()

@@ -86,9 +86,13 @@ def row(name: str, report: dict) -> bool:
     return report["ok"]
 
 
+def dtypes(args) -> tuple:
+    return {"bf16": (torch.bfloat16,), "fp32": (None,), "both": (torch.bfloat16, None)}[args.precision]
+
+
 def whole_network(net, args) -> bool:
     ok = True
-    for dtype in (torch.bfloat16, None):
+    for dtype in dtypes(args):
         for fmt in (torch.channels_last, torch.contiguous_format):
             for train in (False, True):
                 x, sigma = network_inputs(net, args.batch, args.sigma)
@@ -127,7 +131,7 @@ def kind(module) -> str:
 
 def pieces(net, args) -> bool:
     ok = True
-    for dtype in (torch.bfloat16, None):
+    for dtype in dtypes(args):
         net.to(memory_format=torch.channels_last)
         x, sigma = network_inputs(net, args.batch, args.sigma)
         captured = piece_inputs(net.eval(), x.contiguous(memory_format=torch.channels_last), sigma, dtype)
@@ -155,6 +159,8 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--sigma", type=float, default=80.0, help="noise level of the inputs (80: the first Heun step)")
     ap.add_argument("--pieces", choices=("types", "all", "none"), default="types")
+    ap.add_argument("--precision", choices=("bf16", "fp32", "both"), default="both",
+                    help="autocast dtype(s) to test; fp32 = no autocast")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

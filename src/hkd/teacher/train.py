@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from hkd.compile_guard import maybe_compile
 from hkd.data.dataset import load_dataset
 from hkd.ema import EMA
 from hkd.gradient_watch import GradientWatch
 from hkd.io import load_resume, save_torch, sha256_file
 from hkd.nn.precond import EDMPrecond
-from hkd.compile_guard import maybe_compile
 from hkd.runtime import autocast, progress_enabled
 from hkd.teacher.network import save_teacher, teacher_kwargs
 from hkd.teacher.sampler import one_hot

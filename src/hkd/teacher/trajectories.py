@@ -28,9 +28,9 @@ import torch
 from tqdm import tqdm
 
 from hkd import distributed
+from hkd.compile_guard import maybe_compile, non_finite_message
 from hkd.io import load_json, load_npz, npz_memmap, save_json, save_npz, sha256_file, sha256_json
 from hkd.pipeline import log_path, shard_count, shard_name
-from hkd.compile_guard import maybe_compile, non_finite_message
 from hkd.runtime import autocast, progress_enabled
 from hkd.teacher.sampler import edm_sigmas, heun_sample, nfe, one_hot, seeded_inputs
 

@@ -38,11 +38,11 @@ import torch
 from tqdm import tqdm
 
 from hkd import distributed
+from hkd.compile_guard import maybe_compile
 from hkd.ema import EMA
 from hkd.gradient_watch import GradientWatch
 from hkd.io import load_resume, save_torch, sha256_file
 from hkd.koopman.model import HKD
-from hkd.compile_guard import maybe_compile
 from hkd.runtime import autocast, progress_enabled
 from hkd.teacher.sampler import one_hot, seeded_inputs
 from hkd.teacher.trajectories import load_trajectories
