@@ -244,3 +244,12 @@ def test_a_path_never_called_is_not_listed(monkeypatch):
     fake_compiler(monkeypatch, lambda m: m)
     maybe_compile(Affine(), "auto", "unused")
     assert "unused" not in compile_guard.decisions()
+
+
+def test_a_later_build_of_the_same_path_replaces_its_entry(monkeypatch):
+    fake_compiler(monkeypatch, lambda m: m)
+    net = Affine()
+    maybe_compile(net, False, "p")
+    maybe_compile(net, "auto", "p")(torch.ones(2, 8))
+    d = compile_guard.decisions()["p"]
+    assert d["mode"] == "auto" and d["compiled"] and len(d["checks"]) == 1

@@ -128,8 +128,8 @@ class GuardedCompile:
     def __call__(self, *args, **kwargs):
         if self.eager:
             return self.module(*args, **kwargs)
-        # a path is listed once it runs (a stage may build one it has no work for)
-        _DECISIONS.setdefault(self.what, {"mode": str(self.mode).lower(), "compiled": True, "checks": []})
+        if not self.calls:  # a path is listed once it runs (a stage may build one it has no work for)
+            _DECISIONS[self.what] = {"mode": str(self.mode).lower(), "compiled": True, "checks": []}
         key = _signature(args, kwargs)
         self.calls[key] = n = self.calls.get(key, 0) + 1
         if self.suspect or _is_power_of(n, RECHECK_BASE):
