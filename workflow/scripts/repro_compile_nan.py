@@ -14,7 +14,7 @@ inputs for a fixed random cotangent) for:
    a plain, a resampling and an attention UNet block, the noise embedding), compiled alone on
    the inputs it sees inside the network (``--pieces all``: every UNet block).
 
-A row that is ``NaN`` or ``WRONG`` names the failing combination; the exit code is 1 when
+A row that is ``NaN``, ``WRONG`` or ``FAIL`` (the compiler raised) names the failing combination; the exit code is 1 when
 any row is. Random weights are moved off EDM's near-zero initialisation unless
 ``--teacher`` gives a trained checkpoint (a trained teacher's activations reproduce more).
 Compiles from an empty inductor cache, so each row also builds its kernels (minutes).
@@ -72,16 +72,21 @@ def network_inputs(net: EDMPrecond, batch: int, sigma: float):
 def check(fn, args, params, dtype) -> dict:
     """The guard's comparison of ``fn`` compiled against eager, under ``dtype`` autocast."""
     ctx = torch.autocast("cpu", dtype=dtype) if dtype is not None else torch.autocast("cpu", enabled=False)
+    torch._dynamo.reset()  # each row from its own static-shape graph (pieces share forward code)
     with ctx:
         eager = call_results(fn, args, {}, params)
-        compiled = call_results(torch.compile(fn), args, {}, params)
+        try:
+            compiled = call_results(torch.compile(fn), args, {}, params)
+        except Exception as exc:  # a compiler failure is a row of its own, not the end of the script
+            return {"ok": False, "why": f"compiling failed: {type(exc).__name__}: {str(exc)[:200]}"}
     return compare(compiled, eager, TOLERANCE[dtype or torch.float32])
 
 
 def row(name: str, report: dict) -> bool:
     diffs = "  ".join(f"{k.replace('max_rel_diff_', '')} {v:.2e}" for k, v in report.items()
                       if k.startswith("max_rel_diff_"))
-    verdict = "ok" if report["ok"] else ("NaN" if "non-finite" in report["why"] else "WRONG")
+    verdict = "ok" if report["ok"] else ("NaN" if "non-finite" in report["why"]
+                                         else "FAIL" if "compiling failed" in report["why"] else "WRONG")
     print(f"{verdict:5s} {name:58s} {diffs}  {report.get('why', '')}", flush=True)
     return report["ok"]
 
@@ -109,10 +114,15 @@ def whole_network(net, args) -> bool:
 def piece_inputs(net, x, sigma, dtype) -> dict:
     """{module name: (module, captured positional inputs)} from one eager forward pass."""
     seen, hooks = {}, []
+
+    def keep(name):
+        def hook(module, inputs):  # returns None: the inputs pass on unchanged
+            seen.setdefault(name, (module, tuple(t.detach().clone() for t in inputs)))
+        return hook
+
     for name, m in net.named_modules():
         if isinstance(m, (GroupNorm, Conv2d, Linear, UNetBlock, PositionalEmbedding)):
-            hooks.append(m.register_forward_pre_hook(
-                lambda mod, a, name=name: seen.setdefault(name, (mod, tuple(t.detach().clone() for t in a)))))
+            hooks.append(m.register_forward_pre_hook(keep(name)))
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
         net(x, sigma)
     for h in hooks:
@@ -159,6 +169,7 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--sigma", type=float, default=80.0, help="noise level of the inputs (80: the first Heun step)")
     ap.add_argument("--pieces", choices=("types", "all", "none"), default="types")
+    ap.add_argument("--pieces-only", action="store_true", help="skip the whole-network rows")
     ap.add_argument("--precision", choices=("bf16", "fp32", "both"), default="both",
                     help="autocast dtype(s) to test; fp32 = no autocast")
     args = ap.parse_args()
@@ -168,7 +179,7 @@ def main():
     print(f"tolerance (relative L2, compile_guard.TOLERANCE): bf16 {TOLERANCE[torch.bfloat16]}, "
           f"fp32 {TOLERANCE[torch.float32]}", flush=True)
     net = build_network(args)
-    ok = whole_network(net, args)
+    ok = whole_network(net, args) if not args.pieces_only else True
     if args.pieces != "none":
         ok &= pieces(net, args)
     print("no compiled result differed from eager" if ok else "some compiled results differ from eager (rows above)")
