@@ -198,18 +198,22 @@ def test_non_finite_message_names_seeds_path_and_key():
     assert "results/x/logs/trajectories-00000.log" in msg and "ran eagerly" in msg
 
 
-def test_rechecked_at_calls_10_and_100(monkeypatch):
-    """A defect that appears later (here: the compiled result turns wrong from its third
-    invocation) is caught at the graph's 10th call, and the path goes eager."""
+def wrong_from_third_invocation():
+    """A fake compiler whose compiled result is right twice, then 1.5x too large."""
     invocations = {"n": 0}
 
-    def turns_wrong(m):
+    def compiler(m):
         def run(x):
             invocations["n"] += 1
             return m(x) * (1.5 if invocations["n"] >= 3 else 1.0)
         return run
+    return compiler
 
-    fake_compiler(monkeypatch, turns_wrong)
+
+def test_rechecked_at_calls_10_and_100(monkeypatch):
+    """A defect that appears later (here: the compiled result turns wrong from its third
+    invocation) is caught at the graph's 10th call, and the path goes eager."""
+    fake_compiler(monkeypatch, wrong_from_third_invocation())
     net = Affine()
     run = maybe_compile(net, "auto", "p")
     x = torch.ones(2, 8)
@@ -221,15 +225,7 @@ def test_rechecked_at_calls_10_and_100(monkeypatch):
 
 
 def test_distrust_checks_the_next_call(monkeypatch):
-    invocations = {"n": 0}
-
-    def turns_wrong(m):
-        def run(x):
-            invocations["n"] += 1
-            return m(x) * (1.5 if invocations["n"] >= 3 else 1.0)
-        return run
-
-    fake_compiler(monkeypatch, turns_wrong)
+    fake_compiler(monkeypatch, wrong_from_third_invocation())
     net, x = Affine(), torch.ones(2, 8)
     run = maybe_compile(net, True, "p")
     with torch.no_grad():
