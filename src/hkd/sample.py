@@ -20,7 +20,7 @@ from hkd.io import load_npz, save_npz, sha256_file, sha256_json
 from hkd.pipeline import log_path
 from hkd.runtime import autocast, progress_enabled
 from hkd.teacher.sampler import edm_sigmas, heun_sample, one_hot, seeded_inputs
-from hkd.teacher.trajectories import make_denoiser
+from hkd.teacher.trajectories import DENOISER, make_denoiser
 
 
 def evaluation_seeds(cfg: dict) -> np.ndarray:
@@ -44,7 +44,7 @@ def teacher_sampler(cfg: dict, teacher, device, dtype, compile=False, nfe: int |
 
 def teacher_path_name(nfe: int | None) -> str:
     """The compile path of a teacher sampler (the trajectories' NFE when ``nfe`` is None)."""
-    return "the teacher denoiser" + (f" ({nfe} NFE)" if nfe is not None else "")
+    return DENOISER + (f" ({nfe} NFE)" if nfe is not None else "")
 
 
 def hkd_sampler(model, device, dtype):
@@ -69,6 +69,8 @@ def draw(sampler, seeds: np.ndarray, shape, label_dim: int, batch_size: int, dev
         if kept is not None and kept.is_file():
             d = load_npz(kept)
             if str(d.get("fingerprint")) == fingerprint and np.array_equal(d.get("seeds"), batch):
+                if not np.isfinite(d["images"]).all():  # kept by an earlier attempt
+                    raise FloatingPointError(f"{desc}: non-finite samples in {kept}; delete {partial_dir} and rerun")
                 out.append(d["images"])
                 labels.append(d["labels"])
                 reused += 1
@@ -83,10 +85,7 @@ def draw(sampler, seeds: np.ndarray, shape, label_dim: int, batch_size: int, dev
             save_npz(kept, images=out[-1], labels=labels[-1], seeds=batch, fingerprint=np.array(fingerprint))
     if reused:
         print(f"{desc}: reused {reused} finished batches from {partial_dir}")
-    images = np.concatenate(out)
-    if not np.isfinite(images).all():  # a reused batch of an earlier attempt
-        raise FloatingPointError(f"{desc}: non-finite samples in {partial_dir}; delete that folder and rerun")
-    return images, np.concatenate(labels)
+    return np.concatenate(out), np.concatenate(labels)
 
 
 def write_samples(cfg: dict, teacher, model, paths: dict, device, dtype) -> dict:

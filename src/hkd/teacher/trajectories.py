@@ -36,9 +36,11 @@ from hkd.teacher.sampler import edm_sigmas, heun_sample, nfe, one_hot, seeded_in
 
 MANIFEST = "manifest.json"
 STATE_DTYPE = np.float16
+#: the compile path of the teacher denoiser (compile_guard, logs, provenance)
+DENOISER = "the teacher denoiser"
 
 
-def make_denoiser(net, device, dtype, compile=False, what: str = "the teacher denoiser"):
+def make_denoiser(net, device, dtype, compile=False, what: str = DENOISER):
     """D(x; sigma[, class_labels]) in fp32 out, autocast inside, channels-last for CPU
     convolutions; ``compile`` (auto | true | false): through torch.compile, checked against
     eager (one graph per batch shape, sigma is a tensor input); ``what``: the path's name in
@@ -99,7 +101,7 @@ def generate_batch(denoise, seeds, shape, label_dim, sigmas, keep, device,
     block = torch.stack([traj[i] for i in keep], dim=1).to(torch.float16).cpu().numpy()
     if not np.isfinite(block).all():
         raise FloatingPointError(non_finite_message("teacher states", seeds, ~np.isfinite(block).reshape(len(seeds), -1)
-                                                    .any(1), "the teacher denoiser", log))
+                                                    .any(1), DENOISER, log))
     labels = labels.cpu().numpy() if labels is not None else np.full(len(seeds), -1, np.int64)
     return block, labels
 
