@@ -52,12 +52,17 @@ _DROP = object()
     ("cifar10", {"conditional": True}, r"key 'conditional'.*needs teacher\.source 'train'"),
     ("ffhq64", {"conditional": True}, r"key 'conditional': the image_folder source has no class labels"),
     ("default", {"conditional": "yes"}, r"conditional"),
-    ("default", {"analysis.seeds": 1001}, r"key 'analysis\.seeds': 1001 seeds"),
-    ("default", {"analysis.edit.pairs": [[0, 1000]]}, r"key 'analysis\.edit\.pairs': seed offset 1000"),
+    ("default", {"analysis.seeds": 4001}, r"key 'analysis\.seeds': 4001 seeds"),
+    ("default", {"analysis.edit.pairs": [[0, 4000]]}, r"key 'analysis\.edit\.pairs': seed offset 4000"),
     ("default", {"analysis.inpaint.images": 1001}, r"key 'analysis\.inpaint\.images'.*held-out split has 1000"),
     ("default", {"analysis.band_edges": [0.0, 0.5, 0.4, 1.0]}, r"key 'analysis\.band_edges' must increase"),
     ("default", {"analysis.edit.band": 3}, r"key 'analysis\.edit\.band': 3 is not a band"),
     ("cifar10", {"data.md5": "abc"}, r"data\.md5"),
+    ("default", {"ablation_seeds": [0]}, r"ablation_seeds.*0 is the run's own seed"),
+    ("default", {"ablations": [], "ablation_seeds": [1]}, r"ablation_seeds' needs ablations"),
+    ("default", {"study.recipes": {"paper": {"decoder": "boundary"}}}, r"study\.recipes"),
+    ("default", {"study.recipes": {"x": {"lr": 0.1}}}, r"study\.recipes\.x"),
+    ("default", {"study.recipes": {"x": {}}}, r"study\.recipes\.x"),
 ])
 def test_cross_key_rules_name_the_key(repo, config, changes, match):
     cfg = copy.deepcopy(load_config(repo / "configs" / f"{config}.yaml"))
@@ -121,3 +126,23 @@ def test_snakemake_schema_rejects_unknown_key(repo, smoke_cfg):
     cfg["edm"]["sigma_maxx"] = 1.0
     with pytest.raises(WorkflowError, match="sigma_maxx"):
         validate(cfg, str(repo / "workflow" / "schemas" / "config.schema.yaml"))
+
+
+def test_extends_lays_a_file_over_another(tmp_path, repo):
+    """The study config is the default with its own study: recipes; a chain is followed, a
+    loop and a missing parent are named."""
+    study, default = load_config(repo / "configs" / "study.yaml"), load_config(repo / "configs" / "default.yaml")
+    assert study["study"]["recipes"] and not default["study"]["recipes"]
+    assert study["study"]["models"] == default["study"]["models"] and study["hkd"] == default["hkd"]
+    (tmp_path / "a.yaml").write_text(f"extends: {repo / 'configs' / 'smoke.yaml'}\nhkd:\n  epochs: 3\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\nseed: 7\n")
+    b = load_config(tmp_path / "b.yaml")
+    assert b["seed"] == 7 and b["hkd"]["epochs"] == 3 and b["hkd"]["batch_size"] == load_config(
+        repo / "configs" / "smoke.yaml")["hkd"]["batch_size"]
+    (tmp_path / "loop.yaml").write_text("extends: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml.*extended by"):
+        load_config(tmp_path / "orphan.yaml")

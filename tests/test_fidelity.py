@@ -108,3 +108,24 @@ def test_suite_fid_equals_torch_fidelity_on_the_saved_images(extractor, smoke_cf
     assert suite["fid"] == pytest.approx(direct["frechet_inception_distance"], rel=1e-5)
     assert suite["is_mean"] == pytest.approx(direct["inception_score_mean"], rel=1e-5)
     assert suite["kid_mean"] == pytest.approx(direct["kernel_inception_distance_mean"], rel=1e-4, abs=1e-7)
+
+
+def test_scorer_matches_torch_fidelity_and_gives_a_sampling_spread(weights):
+    """The evaluate stage's Scorer (reference features computed once) gives calculate_metrics'
+    numbers, and FID's bootstrap spread shrinks as the generated set grows."""
+    from hkd.metrics.fidelity import Scorer
+
+    rng = np.random.default_rng(1)
+    ref = to_uint8(rng.uniform(-1, 1, (400, 1, 32, 32)).astype(np.float32))
+    gen = to_uint8(np.clip(rng.uniform(-1, 1, (400, 1, 32, 32)) * 0.6 - 0.2, -1, 1).astype(np.float32))
+    scorer = Scorer(ref, weights_path=weights, bootstrap=30, seed=0)
+    mine = scorer(gen)
+    direct = fidelity_metrics(gen, ref, weights_path=weights, kid=True)
+    assert mine["fid"] == pytest.approx(direct["frechet_inception_distance"], rel=1e-6)
+    assert mine["is_mean"] == pytest.approx(direct["inception_score_mean"], rel=1e-6)
+    assert mine["kid_mean"] == pytest.approx(direct["kernel_inception_distance_mean"], rel=1e-5, abs=1e-8)
+    assert 0 < mine["fid_sampling_std"] < 0.5 * mine["fid"] and mine["fid_bootstrap"] == 30
+    assert scorer(gen)["fid_sampling_std"] == mine["fid_sampling_std"]  # seeded resamples
+    small = scorer(gen[:100])
+    assert small["fid_sampling_std"] > mine["fid_sampling_std"]
+    assert Scorer(ref, weights_path=weights, bootstrap=0)(gen)["fid_sampling_std"] is None

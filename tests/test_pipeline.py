@@ -4,11 +4,12 @@ import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from hkd.config import load_config
-from hkd.pipeline import (ABLATIONS, STAGES, conditional_config, dag_runs, run_paths, run_variants, shard_count,
-                          stage_inputs, stage_outputs, variant_config)
+from hkd.pipeline import (ABLATIONS, PAPER_LEVERS, STAGES, conditional_config, dag_runs, run_paths, run_variants,
+                          shard_count, stage_inputs, stage_outputs, variant_config)
 
 
 def snakemake_dag(repo, configfile):
@@ -147,40 +148,65 @@ def test_paper_configs_plan_the_sharded_dag(repo, tmp_path):
 
 
 def test_variant_stages_follow_the_config(repo, tmp_path):
-    """Table 3 and Table 5: one training and one evaluation job per listed ablation and
-    stability seed, gathered by the report; none when both lists are empty; an ablation
-    changes only its hkd: keys, a seed run only the seed."""
+    """Table 3, Table 5 and the study: one training and one evaluation job per listed ablation
+    (and its extra seeds), stability seed and study recipe, gathered by the study and report
+    stages; none when every list is empty; an ablation changes only its hkd: keys, a seed run
+    only the seed, a study run the levers (at the paper's reading, then its recipe's)."""
     from conftest import copy_workflow
 
     cfg = load_config(repo / "configs" / "default.yaml")
     assert cfg["ablations"] == ["no_koopman", "no_trajectory", "no_hierarchy"]
-    assert run_variants(cfg) == ["no_koopman", "no_trajectory", "no_hierarchy", "seed1", "seed2"]
+    assert run_variants(cfg) == ["no_koopman", "no_trajectory", "no_hierarchy", "no_koopman-seed1",
+                                 "no_trajectory-seed1", "no_hierarchy-seed1", "seed1", "seed2"]
+    study = load_config(repo / "configs" / "study.yaml")  # the default with the study's lever recipes
+    variants = run_variants(study)
+    assert {k: v for k, v in study.items() if k != "study"} == {k: v for k, v in cfg.items() if k != "study"}
+    assert variants[:8] == run_variants(cfg) and variants[8:12] == ["study-paper-full-seed0", "study-paper-full-seed1", "study-paper-no_koopman-seed0",
+                              "study-paper-no_koopman-seed1"]
+    # a lever that an ablation does not use is not trained for it (the clock without Koopman evolution)
+    assert "study-clock_80-full-seed0" in variants and "study-clock_80-no_koopman-seed0" not in variants
+    assert "study-decoder_boundary-no_koopman-seed0" in variants
     dvc = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     assert dvc["variant_train_no_koopman"]["cmd"].endswith("--variant no_koopman")
     assert "results/default/variants/seed2/snapshots/epoch-0027.pt" in dvc["stability"]["deps"]
-    assert not any("no_koopman/snapshots" in d for d in dvc["stability"]["deps"])
-    assert "results/default/variants/no_hierarchy/metrics.json" in dvc["report"]["deps"]
+    assert "results/default/variants/no_koopman-seed1/snapshots/epoch-0027.pt" in dvc["stability"]["deps"]
+    assert not any("study-" in d for d in dvc["stability"]["deps"])
+    assert "results/default/variants/no_hierarchy/metrics.json" in dvc["study"]["deps"]
+    assert "results/default/eval/study.json" in dvc["report"]["deps"]
     for variant, keys in ABLATIONS.items():
-        changed = variant_config(cfg, variant)
-        assert {k for k in cfg["hkd"] if changed["hkd"][k] != cfg["hkd"][k]} == set(keys), variant
-        assert {k: v for k, v in changed.items() if k != "hkd"} == {k: v for k, v in cfg.items() if k != "hkd"}
+        for name in (variant, f"{variant}-seed1"):
+            changed = variant_config(cfg, name)
+            assert {k for k in cfg["hkd"] if changed["hkd"][k] != cfg["hkd"][k]} == set(keys), name
+            assert changed["seed"] == (1 if name.endswith("seed1") else cfg["seed"])
+        assert {k: v for k, v in changed.items() if k not in ("hkd", "seed")} == \
+            {k: v for k, v in cfg.items() if k not in ("hkd", "seed")}
     assert ABLATIONS["no_koopman"] == {"koopman": False, "time_points": 0}  # the paper's no/no/yes row
     seeded = variant_config(cfg, "seed2")
     assert seeded["seed"] == 2 and {k: v for k, v in seeded.items() if k != "seed"} == \
         {k: v for k, v in cfg.items() if k != "seed"}
+    paper = variant_config(study, "study-paper-full-seed1")
+    assert paper["seed"] == 1 and {k: paper["hkd"][k] for k in PAPER_LEVERS} == PAPER_LEVERS
+    lever = variant_config(study, "study-decoder_boundary-no_koopman-seed0")
+    assert lever["hkd"] == {**paper["hkd"], "decoder": "boundary", "koopman": False, "time_points": 0}
+    for bad in ("study-unknown-full-seed0", "study-paper-seed0", "no_koopmann", "full"):
+        with pytest.raises(ValueError, match="unknown variant"):
+            variant_config(study, bad)
 
     work = copy_workflow(tmp_path)
     text = (work / "configs" / "default.yaml").read_text()
+    text = text.replace("ablation_seeds: [1]", "ablation_seeds: []")
     one = text.replace("ablations: [no_koopman, no_trajectory, no_hierarchy]", "ablations: [no_hierarchy]")
     (work / "configs" / "one.yaml").write_text(one.replace("seeds: [1, 2]", "seeds: []"))
     dag = snakemake_dag(work, "configs/one.yaml")
     snaps = {f"results/default/variants/no_hierarchy/snapshots/epoch-{e:04d}.pt" for e in (0, 5, 10, 27)}
     assert dag["variant_train"]["outputs"] == {"results/default/variants/no_hierarchy/hkd.pt",
                                                "results/default/variants/no_hierarchy/tensorboard"} | snaps
+    assert dag["study"]["inputs"] == {"results/default/eval/metrics.json",
+                                      "results/default/variants/no_hierarchy/metrics.json"}
     none = text.replace("ablations: [no_koopman, no_trajectory, no_hierarchy]", "ablations: []")
     (work / "configs" / "none.yaml").write_text(none.replace("seeds: [1, 2]", "seeds: []"))
     dag = snakemake_dag(work, "configs/none.yaml")
-    assert "variant_train" not in dag and "variant_evaluate" not in dag and "stability" in dag
+    assert "variant_train" not in dag and "variant_evaluate" not in dag and "study" not in dag and "stability" in dag
     r = subprocess.run([sys.executable, "-m", "hkd", "variant-train", "--config", "configs/none.yaml",
                         "--variant", "no_koopman"], cwd=work, capture_output=True, text=True)
-    assert r.returncode == 1 and "neither key 'ablations' nor 'stability.seeds' lists 'no_koopman'" in r.stderr
+    assert r.returncode == 1 and "makes a variant 'no_koopman'" in r.stderr

@@ -9,7 +9,8 @@ import pytest
 from hkd.pipeline import conditional_config
 from hkd.report.build import class_grid, image_grid
 from hkd.report.paper import TABLE1, TABLE2, TABLE3_FID, TABLE4
-from hkd.report.tables import FORMATS, ablation_table, main_table, render, table3, table5, table6, write_tables
+from hkd.metrics.study import NOT_RESOLVED, fid_stats, recipe_summary
+from hkd.report.tables import FORMATS, main_table, render, study_table, table3, table5, table6, write_tables
 
 
 def metrics(hkd_fid=20.0):
@@ -33,48 +34,89 @@ STABILITY = {"epochs": [0, 5, 10, 27], "total_epochs": 28, "before_training": {"
              "fid_by_epoch": {"0": {"mean": 60.0, "std": 2.0}, "5": {"mean": 40.0, "std": 1.5},
                               "10": {"mean": 30.0, "std": 1.0}, "27": {"mean": 25.0, "std": 0.5}}}
 
-ABL = {"no_koopman": {"fid": 30.0}, "no_trajectory": {"fid": 25.0}, "no_hierarchy": {"fid": 22.0}}
+def stats(*fids, sampling=0.1):
+    return fid_stats([{"fid": f, "fid_sampling_std": sampling, "seed": i} for i, f in enumerate(fids)])
 
 
-def test_table3_rows_ordering_and_paper_column():
-    df, ordering = ablation_table(metrics(), ABL)
+TEACHER = {**stats(10.0), "nfe": 35}
+
+
+def study(full=(20.0, 20.4, 19.6), **ablations):
+    """A study.json summary of the adopted recipe (small fixture): three full seeds, two per ablation."""
+    ablations = ablations or {"no_koopman": (30.0, 31.0), "no_trajectory": (25.0, 24.0), "no_hierarchy": (22.0, 21.0)}
+    rows = {"full": stats(*full), **{k: stats(*v) for k, v in ablations.items()}}
+    return {"rule": "rule", "teacher": TEACHER, "adopted": recipe_summary({"decoder": "paper"}, rows, TEACHER),
+            "recipes": {}}
+
+
+def test_table3_rows_spreads_verdicts_and_paper_ratio(smoke_cfg):
+    t = table3(smoke_cfg, metrics(), study())
+    df = t.frame
     assert list(df["Koopman evolution"]) == ["no", "yes", "yes", "yes"]
     assert list(df["Trajectory consistency"]) == ["no", "no", "yes", "yes"]
     assert list(df["Hierarchy"]) == ["yes", "yes", "no", "yes"]
-    assert list(df["FID (this run)"]) == [30.0, 25.0, 22.0, 20.0]
+    assert list(df["FID (this run)"]) == [30.5, 24.5, 21.5, 20.0]
+    assert list(df["Seeds"]) == [2, 2, 2, 3]
+    assert df["± spread"].iloc[0] == pytest.approx(np.std([30.0, 31.0], ddof=1))
+    assert df["± spread"].iloc[3] == pytest.approx(0.4)
     assert list(df["FID (paper)"]) == [TABLE3_FID[k] for k in ("no_koopman", "no_trajectory", "no_hierarchy", "full")]
-    assert df["FID / full (this run)"].iloc[0] == pytest.approx(1.5)
-    assert df["Difference"].iloc[3] == pytest.approx(20.0 - 3.30)
-    assert ordering == {"full_best": True, "no_koopman_worst": True}
+    assert df["FID / full (this run)"].iloc[0] == pytest.approx(30.5 / 20.0)
+    assert df["FID / full (paper)"].iloc[0] == pytest.approx(5.72 / 3.30)
+    assert list(df["Full HKD against it (this run)"]) == ["full lower", "full lower", "full lower", "—"]
+    assert "Difference" not in df
 
-    _, ordering = ablation_table(metrics(23.0), ABL)  # an ablation beats the full model
-    assert ordering == {"full_best": False, "no_koopman_worst": True}
-    _, ordering = ablation_table(metrics(), dict(ABL, no_trajectory={"fid": 31.0}))
-    assert ordering == {"full_best": True, "no_koopman_worst": False}
-    df, ordering = ablation_table(metrics(), {"no_hierarchy": {"fid": 22.0}})
-    assert len(df) == 2 and ordering == {"full_best": True, "no_koopman_worst": None}
+    close = table3(smoke_cfg, metrics(), study(no_hierarchy=(20.5, 21.0))).frame  # inside the spreads
+    assert close["Full HKD against it (this run)"].iloc[0] == f"full {NOT_RESOLVED}"
+    worse = study(full=(23.0, 23.2), no_hierarchy=(20.0, 20.1))
+    assert worse["adopted"]["ordering"]["full_best"] == "does not hold"
+    assert study()["adopted"]["ordering"]["full_best"] == "holds"
 
 
 def test_main_table_reproduces_only_the_rows_it_has(smoke_cfg):
     cfg = copy.deepcopy(smoke_cfg)
     cfg["trajectories"]["num_steps"] = 18  # 35 NFE, the paper's EDM row
-    t = main_table(cfg, metrics(), ABL)
+    t = main_table(cfg, metrics(), study=study())
     assert t.key == "table1" and len(t.frame) == len(TABLE1)
     mine = dict(zip(zip(t.frame["Method"].str.split(" ").str[0], t.frame["NFE"]), t.frame["FID (this run)"]))
     assert mine[("EDM", 35)] == 10.0 and mine[("EDM", 15)] == 12.5
-    assert mine[("KD", 1)] == 30.0 and mine[("HKD", 1)] == 20.0
+    assert mine[("KD", 1)] == 30.5 and mine[("HKD", 1)] == 20.0  # means over the training seeds
     assert all(pd.isna(v) for (m, _), v in mine.items() if m not in ("EDM", "KD", "HKD"))
     hkd = t.frame[t.frame["Method"] == "HKD"].iloc[0]
-    assert hkd["Difference"] == pytest.approx(20.0 - 3.30)
+    assert "Difference" not in t.frame  # no CIFAR-10 number is subtracted from an MNIST one
+    assert hkd["FID / teacher (this run)"] == pytest.approx(2.0)
+    assert hkd["FID / EDM 35 (paper)"] == pytest.approx(3.30 / 1.97)
+    assert hkd["Seeds"] == 3 and hkd["± spread"] == pytest.approx(0.4)
     assert "embedded MNIST" in t.caption and "hkd-digit-classifier" in t.caption
 
-    t2 = main_table(cfg, metrics(), ABL, "table2")  # the embedded default fills Table 2 too
+    t2 = main_table(cfg, metrics(), "table2", study())  # the embedded default fills Table 2 too
     assert t2.key == "table2" and t2.frame[t2.frame["NFE"] == 15]["FID (this run)"].iloc[0] == 12.5
     assert pd.isna(t2.frame[t2.frame["NFE"] == 79]["FID (this run)"].iloc[0])  # no 79-NFE teacher here
+    assert t2.frame[t2.frame["Method"] == "HKD"]["FID / EDM 35 (paper)"].isna().all()  # Table 2's EDM is 79 NFE
     extra = t2.frame.iloc[len(TABLE2):]  # this run's 35-NFE teacher has no Table 2 row: listed after the paper's
     assert list(extra["NFE"]) == [35] and extra["FID (this run)"].iloc[0] == 10.0 and pd.isna(extra["FID (paper)"].iloc[0])
 
+    alone = main_table(cfg, metrics())  # no study: each row on its own, the KD row not trained
+    assert alone.frame[alone.frame["Method"] == "HKD"]["Seeds"].iloc[0] == 1
+    assert pd.isna(alone.frame[alone.frame["Method"] == "KD"]["FID (this run)"].iloc[0])
     assert "Label accuracy (this run)" not in t.frame  # unconditional: no label to check
+
+
+def test_study_table_lists_each_recipe_and_model(smoke_cfg):
+    cfg = copy.deepcopy(smoke_cfg)
+    cfg["study"]["models"] = ["full", "no_koopman"]
+    paper_rows = {"full": stats(40.0, 41.0), "no_koopman": stats(35.0, 35.5)}
+    lever_rows = {"full": stats(30.0)}
+    s = study()
+    s["recipes"] = {"paper": recipe_summary({}, paper_rows, TEACHER),
+                    "clock_80": recipe_summary({"koopman_time_unit": 80.0}, lever_rows, TEACHER, paper_rows)}
+    t = study_table(cfg, metrics(), s)
+    df = t.frame
+    assert list(df["Recipe"]) == ["paper-literal", "paper-literal", "clock_80", "clock_80",
+                                  "adopted (this config's hkd:)", "adopted (this config's hkd:)"]
+    assert df["FID"].iloc[0] == 40.5 and df["FID / teacher"].iloc[0] == pytest.approx(4.05)
+    assert df["Against paper-literal"].iloc[2] == "lower" and pd.isna(df["FID"].iloc[3])
+    assert "koopman_time_unit = 80.0" in df["Levers"].iloc[2]
+    assert "30.000" in render(t, "md")
 
 
 def conditional_metrics():
@@ -91,7 +133,7 @@ def test_table4_from_the_conditional_companion(smoke_cfg):
     cfg = copy.deepcopy(smoke_cfg)
     cfg["trajectories"]["num_steps"] = 18
     cond = conditional_config(cfg)
-    t4 = main_table(cond, conditional_metrics(), {})
+    t4 = main_table(cond, conditional_metrics())
     assert t4.key == "table4" and len(t4.frame) == len(TABLE4) + 1  # + the teacher at 15 NFE, not in Table 4
     by_method = t4.frame.set_index(["Method", "NFE"])
     assert by_method.loc[("EDM", 35), "FID (this run)"] == 10.0 and by_method.loc[("HKD", 1), "FID (this run)"] == 20.0
@@ -143,8 +185,8 @@ def test_every_template_renders_every_table(smoke_cfg, tmp_path):
     header appears, special characters are escaped, missing values are dashes."""
     cfg = copy.deepcopy(smoke_cfg)
     cfg["trajectories"]["num_steps"] = 18
-    t3, _ = table3(cfg, metrics(), ABL)
-    tables = [main_table(cfg, metrics(), ABL), t3, main_table(conditional_config(cfg), conditional_metrics(), {}),
+    tables = [main_table(cfg, metrics(), study=study()), table3(cfg, metrics(), study()),
+              main_table(conditional_config(cfg), conditional_metrics()),
               table5(cfg, metrics(), STABILITY), table6(cfg, metrics())]
     for t in tables:
         html, tex, md = (render(t, f) for f in FORMATS)
@@ -156,7 +198,7 @@ def test_every_template_renders_every_table(smoke_cfg, tmp_path):
             for cell in line:
                 assert cell in html and cell.replace("—", "---") in tex.replace("\\_", "_").replace("\\%", "%")
     t1 = tables[0]
-    assert "20.000" in render(t1, "md") and "3.30" in render(t1, "md") and "16.700" in render(t1, "md")
+    assert "20.000" in render(t1, "md") and "3.30" in render(t1, "md") and "1.68" in render(t1, "md")
     assert "2-Rectified flow++" in render(t1, "tex")
     assert "s / image" in render(tables[4], "tex") and "before training" in render(tables[3], "md")
     written = write_tables(tables, str(tmp_path / "tables"))

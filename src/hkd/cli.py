@@ -114,6 +114,12 @@ def stage_stability(cfg, paths, args):
     return evaluate_stability(cfg, paths, load_teacher(paths["teacher"], device, cfg), device, dtype)
 
 
+def stage_study(cfg, paths, args):
+    from hkd.metrics.study import write_study
+
+    return write_study(cfg, paths)
+
+
 def stage_sample(cfg, paths, args):
     from hkd.koopman.model import load_hkd
     from hkd.sample import write_samples
@@ -187,7 +193,7 @@ STAGE_FUNCTIONS = {
     "trajectories": stage_trajectories, "hkd-train": stage_hkd_train, "sample": stage_sample,
     "evaluate": stage_evaluate, "spectral": stage_spectral, "report": stage_report,
     "variant-train": stage_variant_train, "variant-evaluate": stage_variant_evaluate,
-    "stability": stage_stability, "figures": stage_figures,
+    "stability": stage_stability, "figures": stage_figures, "study": stage_study,
 }
 #: commands that run once per variant (``--variant``: a Table 3 ablation or a Table 5 seed)
 PER_VARIANT = {s.command for s in STAGES if s.per_variant}
@@ -259,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                            help="run the stage for the class-conditional companion run (config key conditional)")
         if name in PER_VARIANT:
             p.add_argument("--variant", required=True,
-                           help=f"a Table 3 ablation ({', '.join(ABLATIONS)}) or a Table 5 run seed<N> (README)")
+                           help=f"a Table 3 ablation ({', '.join(ABLATIONS)}) with an optional -seed<N>, a Table 5 "
+                                "run seed<N>, or a study run study-<recipe>-<model>-seed<N> (README)")
     p = sub.add_parser("edit", help="frequency-aware one-step editing (Figure 5) of two seeds or two images")
     p.add_argument("--config", required=True, help="run configuration (YAML); edits that run's HKD")
     p.add_argument(f"--{CONDITIONAL}", action="store_true", help="edit with the class-conditional companion's HKD")
@@ -290,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         paths = run_paths(cfg)
         if args.stage in PER_VARIANT:
             if args.variant not in run_variants(cfg):
-                raise ConfigError(f"{args.config}: neither key 'ablations' nor 'stability.seeds' lists "
-                                  f"{args.variant!r}")
+                raise ConfigError(f"{args.config}: none of the keys 'ablations', 'ablation_seeds', 'stability.seeds' "
+                                  f"and 'study' makes a variant {args.variant!r}")
             paths = variant_paths(cfg, args.variant)
         t0 = time.time()
         summary = STAGE_FUNCTIONS[args.stage](cfg, paths, args)

@@ -2,7 +2,8 @@
 
 The JSON schema (``config.schema.yaml``, also used by Snakemake through
 ``workflow/schemas/``) rejects unknown keys and wrong types; ``check_config`` adds the
-cross-field rules a schema cannot express (seed ranges, split sizes).
+cross-field rules a schema cannot express (seed ranges, split sizes). A file with
+``extends: OTHER.yaml`` is that config with the file's own keys laid over it.
 """
 
 from __future__ import annotations
@@ -139,6 +140,10 @@ def check_config(cfg: dict, source: str = "config") -> None:
     if late:
         raise ConfigError(f"{source}: key 'hkd.snapshot_epochs': {late} not below hkd.epochs ({hk['epochs']}; "
                           "epochs count from 0)")
+    if cfg["seed"] in cfg["ablation_seeds"]:
+        raise ConfigError(f"{source}: key 'ablation_seeds': {cfg['seed']} is the run's own seed, already trained")
+    if cfg["ablation_seeds"] and not cfg["ablations"]:
+        raise ConfigError(f"{source}: key 'ablation_seeds' needs ablations to train with them")
     if cfg["seed"] in cfg["stability"]["seeds"]:
         raise ConfigError(f"{source}: key 'stability.seeds': {cfg['seed']} is the run's own seed, already trained")
     if cfg["stability"]["seeds"] and not hk["snapshot_epochs"]:
@@ -152,12 +157,31 @@ def check_config(cfg: dict, source: str = "config") -> None:
         raise ConfigError(f"{source}: key 'edm.sigma_min' must be below 'edm.sigma_max'")
 
 
-def load_config(path: str | Path) -> dict:
-    path = Path(path)
+def merge(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` laid over it: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for k, v in overrides.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A config file's mapping, with ``extends: FILE`` (relative to it) resolved: the named
+    config, then this file's keys over it."""
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}" + (f" (extended by {chain[-1]})" if chain else ""))
     try:
         cfg = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return validate_config(cfg, str(path))
+    if not isinstance(cfg, dict) or "extends" not in cfg:
+        return cfg
+    parent = (path.parent / str(cfg.pop("extends"))).resolve()
+    if parent in chain or parent == path.resolve():
+        raise ConfigError(f"{path}: key 'extends': {parent} extends itself")
+    return merge(_read_yaml(parent, chain + (path.resolve(),)), cfg)
+
+
+def load_config(path: str | Path) -> dict:
+    path = Path(path)
+    return validate_config(_read_yaml(path), str(path))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,28 +28,95 @@ ABLATIONS = {
 }
 
 
+#: the optimisation levers of HKD training (``hkd:`` keys) at the paper's literal reading;
+#: the study (config section ``study``) trains each one alone on top of this recipe
+PAPER_LEVERS = {"koopman_time_unit": 1.0, "decoder": "paper", "time_sampling": "uniform_sigma",
+                "distance": "mse", "pseudo_huber_c": None, "trajectory_weight": 1.0}
+#: the full model's name among the study's models (the others are ABLATIONS keys)
+FULL = "full"
+#: study variants: study-<recipe>-<model>-seed<N>; ``paper`` is the recipe of PAPER_LEVERS alone
+STUDY_PREFIX, PAPER_RECIPE = "study", "paper"
+_VARIANT = re.compile(rf"^(?:{STUDY_PREFIX}-(?P<recipe>[a-z0-9_]+)-)?(?P<model>{FULL}|"
+                      + "|".join(ABLATIONS) + r")?(?:-?seed(?P<seed>\d+))?$")
+
+
 def seed_variants(cfg: dict) -> list[str]:
     """The extra HKD trainings of Table 5 (training stability): ``seed<N>`` for each of
     ``stability.seeds``; the run's own HKD is the run with the config's ``seed``."""
     return [f"seed{n}" for n in cfg["stability"]["seeds"]]
 
 
+def ablation_variants(cfg: dict) -> list[str]:
+    """Table 3: each of ``ablations`` with the run's seed, then with each ``ablation_seeds``."""
+    return list(cfg["ablations"]) + [f"{a}-seed{n}" for a in cfg["ablations"] for n in cfg["ablation_seeds"]]
+
+
+def effective_hkd(hkd: dict) -> dict:
+    """The ``hkd:`` keys a training actually uses: without Koopman evolution the clock does
+    not matter, without trajectory times neither how they are drawn nor their weight, and
+    the pseudo-Huber constant only for that distance."""
+    out = dict(hkd)
+    if not out["koopman"]:
+        out.pop("koopman_time_unit")
+    if out["time_points"] == 0:
+        out.pop("time_sampling"), out.pop("trajectory_weight")
+    if out["distance"] != "pseudo_huber":
+        out.pop("pseudo_huber_c")
+    return out
+
+
+def recipe_hkd(cfg: dict, recipe: str, model: str) -> dict:
+    """The ``hkd:`` section of one study recipe and model: the run's settings with the levers
+    at the paper's reading, then the recipe's keys, then the ablation's switches."""
+    overrides = {} if recipe == PAPER_RECIPE else cfg["study"]["recipes"][recipe]
+    return {**cfg["hkd"], **PAPER_LEVERS, **overrides, **ABLATIONS.get(model, {})}
+
+
+def study_variants(cfg: dict) -> list[str]:
+    """The study's trainings: the paper-literal recipe for every model and ``study.seeds``;
+    each lever recipe for every model it changes (by ``effective_hkd``), first seed only."""
+    st = cfg["study"]
+    if not st["recipes"]:
+        return []
+    out = [f"{STUDY_PREFIX}-{PAPER_RECIPE}-{m}-seed{n}" for m in st["models"] for n in st["seeds"]]
+    for recipe in st["recipes"]:
+        for m in st["models"]:
+            if effective_hkd(recipe_hkd(cfg, recipe, m)) != effective_hkd(recipe_hkd(cfg, PAPER_RECIPE, m)):
+                out.append(f"{STUDY_PREFIX}-{recipe}-{m}-seed{st['seeds'][0]}")
+    return out
+
+
 def run_variants(cfg: dict) -> list[str]:
-    """Every HKD training besides the run's own: the Table 3 ablations, then the Table 5 seeds."""
-    return list(cfg["ablations"]) + seed_variants(cfg)
+    """Every HKD training besides the run's own: the Table 3 ablations (with their extra
+    seeds), the Table 5 seeds, then the study's trainings."""
+    return ablation_variants(cfg) + seed_variants(cfg) + study_variants(cfg)
+
+
+def parse_variant(cfg: dict, variant: str) -> dict:
+    """{recipe (None = the run's own hkd: settings), model, seed} of a variant name."""
+    m = _VARIANT.match(variant)
+    recipe = m and m["recipe"]
+    if (not m or (m["model"] is None and m["seed"] is None)
+            or (recipe and (recipe != PAPER_RECIPE and recipe not in cfg["study"]["recipes"] or not m["model"]))
+            or (not recipe and m["model"] == FULL)):  # the run's own HKD is no variant; its seeds are seed<N>
+        raise ValueError(f"unknown variant {variant!r}: one of {sorted(ABLATIONS)} (optionally -seed<N>), seed<N>, "
+                         f"or {STUDY_PREFIX}-<recipe>-<model>-seed<N> with a recipe of study.recipes or "
+                         f"{PAPER_RECIPE!r}")
+    return {"recipe": recipe, "model": m["model"] or FULL,
+            "seed": int(m["seed"]) if m["seed"] is not None else cfg["seed"]}
 
 
 def variant_config(cfg: dict, variant: str) -> dict:
     """The run's config for one variant: a Table 3 ablation changes its ``hkd:`` keys, a
-    Table 5 run ``seed<N>`` the seed of HKD's initialisation and minibatches (the teacher
-    and the trajectories are the run's)."""
+    seed suffix the seed of HKD's initialisation and minibatches, a study recipe the levers
+    (``recipe_hkd``); the teacher and the trajectories are always the run's."""
+    v = parse_variant(cfg, variant)
     out = copy.deepcopy(cfg)
-    if variant in ABLATIONS:
-        out["hkd"].update(ABLATIONS[variant])
-    elif variant.startswith("seed") and variant[4:].isdigit():
-        out["seed"] = int(variant[4:])
+    out["seed"] = v["seed"]
+    if v["recipe"] is not None:
+        out["hkd"] = recipe_hkd(cfg, v["recipe"], v["model"])
     else:
-        raise ValueError(f"unknown variant {variant!r}; one of {sorted(ABLATIONS)} or seed<N>")
+        out["hkd"].update(ABLATIONS.get(v["model"], {}))
     return out
 
 
@@ -67,6 +135,8 @@ def conditional_config(cfg: dict) -> dict:
     out["network"]["label_dim"] = SOURCE_CLASSES[cfg["data"]["source"]]
     out["conditional"] = False
     out["ablations"] = []
+    out["ablation_seeds"] = []
+    out["study"]["recipes"] = {}
     out["stability"]["seeds"] = []
     out["hkd"]["snapshot_epochs"] = []
     out["sample"]["extra_teacher_nfe"] = []
@@ -124,7 +194,13 @@ def run_paths(cfg: dict) -> dict[str, str]:
         "variant_snapshots": root / "variants" / "{variant}" / "snapshots" / "epoch-{epoch}.pt",
         # the Table 5 runs' snapshots (only seed<N> variants), read by the stability stage
         "seed_snapshots": root / "variants" / "{variant}" / "snapshots" / "epoch-{epoch}.pt",
+        # the Table 3 ablations' snapshots (every ablation and its seeds): the budget curves
+        "ablation_snapshots": root / "variants" / "{variant}" / "snapshots" / "epoch-{epoch}.pt",
+        # FID against training examples of the full model and each ablation (stability stage)
+        "budget_curves": root / "eval" / "budget_curves.png",
         "stability": root / "eval" / "stability.json",
+        # every trained row as mean and spread over seeds, Table 3's ordering, the optimisation study
+        "study": root / "eval" / "study.json",
         # the run's own HKD samples before training and after each snapshot epoch (report grids)
         "stability_samples": root / "eval" / "stability_samples.npz",
         "spectral": root / "analysis" / "spectral.png",
@@ -249,11 +325,16 @@ STAGES: tuple[Stage, ...] = (
           ("variant_samples", "variant_metrics"), ("device", "precision", "sample", "evaluate"),
           ("src/hkd/nn", "src/hkd/koopman", "src/hkd/sample.py", "src/hkd/metrics", "src/hkd/data/dataset.py")
           + _TEACHER_CKPT + _COMPILED + _RUNTIME, per_variant=True),
-    Stage("stability", "stability", ("data", "classifier", "teacher", "hkd_snapshots", "seed_snapshots"),
-          ("stability", "stability_samples"),
-          ("seed", "device", "precision", "edm", "hkd", "stability", "sample", "evaluate"),
-          ("src/hkd/nn", "src/hkd/koopman", "src/hkd/sample.py", "src/hkd/metrics", "src/hkd/data/dataset.py")
-          + _TEACHER_CKPT + _COMPILED + _RUNTIME),
+    Stage("stability", "stability",
+          ("data", "classifier", "teacher", "hkd_snapshots", "seed_snapshots", "ablation_snapshots"),
+          ("stability", "stability_samples", "budget_curves"),
+          ("seed", "device", "precision", "edm", "hkd", "ablations", "ablation_seeds", "stability", "sample",
+           "evaluate"),
+          ("src/hkd/nn", "src/hkd/koopman", "src/hkd/sample.py", "src/hkd/metrics", "src/hkd/data/dataset.py",
+           "src/hkd/analysis/plots.py", _PIPELINE) + _TEACHER_CKPT + _COMPILED + _RUNTIME),
+    Stage("study", "study", ("metrics", "variant_metrics"), ("study",),
+          ("seed", "hkd", "ablations", "ablation_seeds", "stability", "study"),
+          ("src/hkd/metrics/study.py", _PIPELINE)),
     Stage("spectral", "spectral", ("hkd",), ("spectral",), (), ("src/hkd/analysis/spectral.py",)),
     Stage("figures", "figures", ("data", "teacher", "hkd"), FIGURES,
           ("seed", "device", "precision", "edm", "trajectories", "sample", "analysis"),
@@ -262,10 +343,11 @@ STAGES: tuple[Stage, ...] = (
     Stage("report", "report",
           ("data", "data_manifest", "classifier", "samples_teacher", "samples_hkd", "samples_teacher_nfe",
            "metrics", "spectral") + FIGURES + ("variant_metrics", "variant_samples", "stability", "stability_samples",
-                                               "conditional_metrics", "conditional_samples_teacher",
+                                               "study", "budget_curves", "conditional_metrics", "conditional_samples_teacher",
                                                "conditional_samples_hkd"),
           ("report", "tables"), ("run", "report_dir", "data", "network", "trajectories", "hkd", "ablations",
-                                 "stability", "conditional", "sample", "evaluate", "analysis", "report"),
+                                 "ablation_seeds", "stability", "study", "conditional", "sample", "evaluate",
+                                 "analysis", "report"),
           ("src/hkd/report", "src/hkd/data/dataset.py", _PIPELINE)),
 )
 
@@ -278,7 +360,7 @@ def stage_enabled(cfg: dict, name: str) -> bool:
     stability stage only with snapshot epochs."""
     if name == "classifier":
         return cfg["evaluate"]["feature_extractor"] == "digit_classifier"
-    if STAGE_BY_NAME[name].per_variant:
+    if STAGE_BY_NAME[name].per_variant or name == "study":
         return bool(run_variants(cfg))
     if name == "stability":
         return bool(cfg["hkd"]["snapshot_epochs"])
@@ -294,8 +376,10 @@ def _path_enabled(cfg: dict, key: str) -> bool:
         return bool(run_variants(cfg))
     if key == "kd":
         return "no_koopman" in cfg["ablations"]
-    if key in ("stability", "stability_samples"):
+    if key in ("stability", "stability_samples", "budget_curves"):
         return stage_enabled(cfg, "stability")
+    if key == "study":
+        return stage_enabled(cfg, "study")
     if key.startswith(f"{CONDITIONAL}_"):
         return bool(cfg[CONDITIONAL])
     return True
@@ -316,7 +400,8 @@ def _resolve(cfg: dict, name: str, key: str, variant: str | None):
         if variant is not None:
             paths = [p.replace("{variant}", variant) for p in paths]
         elif not STAGE_BY_NAME[name].per_variant:
-            variants = seed_variants(cfg) if key == "seed_snapshots" else run_variants(cfg)
+            variants = {"seed_snapshots": seed_variants, "ablation_snapshots": ablation_variants}.get(
+                key, run_variants)(cfg)
             paths, listed = [p.replace("{variant}", v) for v in variants for p in paths], True
     return paths if listed else paths[0]
 

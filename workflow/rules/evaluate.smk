@@ -56,3 +56,24 @@ rule stability:
         gpu=gpus(),
     shell:
         hkd_shell("stability")
+
+
+# Every trained row as mean and spread over seeds, Table 3's ordering with verdicts, and the
+# optimisation study (config section `study`); `snakemake --cores 2 study` trains and scores
+# just what it needs.
+if stage_outputs(config, "study"):
+
+    rule study:
+        input:
+            **stage_inputs(config, "study"),
+        output:
+            **outputs("study"),
+        params:
+            cfg=stage_params(config, "study"),
+        log:
+            log_path(config, "study"),
+        conda:
+            ENV
+        threads: 1
+        shell:
+            hkd_shell("study")

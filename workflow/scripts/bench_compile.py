@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from hkd.config import load_config
-from hkd.koopman.model import HKD
+from hkd.koopman.model import build_hkd
 from hkd.pipeline import run_paths
 from hkd.runtime import torch_setup
 from hkd.teacher.network import load_teacher
@@ -89,8 +89,7 @@ def main():
 
     def hkd_train_step(use_compile):
         teacher = load_teacher(paths["teacher"], device)
-        model = HKD(teacher, eps=cfg["edm"]["sigma_min"], sigma_max=cfg["edm"]["sigma_max"],
-                    time_unit=cfg["hkd"]["koopman_time_unit"]).to(device)
+        model = build_hkd(teacher, cfg).to(device)
         model.unet.to(memory_format=torch.channels_last)
         fwd = torch.compile(model) if use_compile else model
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)

@@ -5,7 +5,9 @@ trajectories (e.g. after `snakemake --cores 2 all`), each scored by one-step FID
         --set lambda1=annealed --set lambda1=constant --set lambda1=constant epochs=48
 
 Each --set overrides keys of the config's `hkd:` section for one run, or top-level scalars
-such as `compile` (values are read as JSON where they parse, e.g. 3e-4, false).
+such as `compile` or `seed` (values are read as JSON where they parse, e.g. 3e-4, false).
+Each run is scored like a variant: FID / IS of sample.count one-step samples from the
+evaluation seeds against evaluate.reference, with FID's bootstrap sampling spread.
 --trajectories N trains on the run's first N trajectories only. Prints one JSON line per
 run. Nothing under results/ is modified (weights go to a temporary folder). With a GPU,
 the config's `device: auto` uses it.
@@ -17,13 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 from hkd.config import load_config, validate_config
 from hkd.data.dataset import load_dataset
 from hkd.koopman.model import load_hkd
-from hkd.metrics.evaluate import feature_extractor
-from hkd.metrics.fidelity import fidelity_metrics
+from hkd.metrics.evaluate import make_scorer
 from hkd.pipeline import run_paths
 from hkd.runtime import torch_setup
 from hkd.sample import draw, evaluation_seeds, hkd_sampler, to_uint8
@@ -43,9 +43,7 @@ def main():
     paths = run_paths(base)
     device, dtype = torch_setup(base, args.threads)
     teacher = load_teacher(paths["teacher"], device)
-    data = load_dataset(paths["data"])
-    reference = to_uint8(data[f"{base['evaluate']['reference']}_images"])
-    extractor, weights, _ = feature_extractor(base, paths, data)
+    scorer, _ = make_scorer(base, paths, load_dataset(paths["data"]), device)
     for overrides in args.set:
         cfg = json.loads(json.dumps(base))
         for item in overrides:
@@ -65,10 +63,11 @@ def main():
             images, _ = draw(hkd_sampler(model, device, dtype), evaluation_seeds(cfg),
                              (model.img_channels, model.img_resolution, model.img_resolution),
                              model.label_dim, cfg["sample"]["batch_size"], device, "sample")
-            m = fidelity_metrics(to_uint8(images), reference, extractor, weights, cuda=device.type == "cuda")
-        print(json.dumps({"set": overrides, "trajectories": stats["trajectories"], "steps": stats["steps"],
-                          "seconds": round(time.time() - t0, 1), "fid": m["frechet_inception_distance"],
-                          "is": m["inception_score_mean"]}), flush=True)
+            m = scorer(to_uint8(images))
+        print(json.dumps({"set": overrides, "seed": cfg["seed"], "trajectories": stats["trajectories"],
+                          "steps": stats["steps"], "seconds": round(time.time() - t0, 1),
+                          "images": len(images), "fid": m["fid"], "fid_sampling_std": m["fid_sampling_std"],
+                          "is": m["is_mean"], "koopman_T": stats["koopman_T"]}), flush=True)
 
 
 if __name__ == "__main__":

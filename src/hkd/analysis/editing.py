@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hkd.analysis.modes import apply_pair_masks, band_masks, features_at, to_eps
+from hkd.analysis.modes import apply_pair_masks, band_masks, features_at, noise_source, to_eps
 
 #: spatial masks by name: 1 where the reference is mixed in (image coordinates, row 0 at the top)
 MASKS = ("lower_left", "lower_half", "upper_half", "left_half", "centre", "all")
@@ -65,23 +65,29 @@ def midpoint(model) -> float:
 
 @torch.no_grad()
 def edit(model, gen_feats: list[torch.Tensor], ref_feats: list[torch.Tensor], s: float,
-         band: tuple[float, float], mask: torch.Tensor, ratios: list[float], class_labels=None) -> torch.Tensor:
-    """[len(ratios), B, C, H, W] edited images: features at time ``s`` mixed at each ratio."""
+         band: tuple[float, float], mask: torch.Tensor, ratios: list[float], class_labels=None,
+         source=None) -> torch.Tensor:
+    """[len(ratios), B, C, H, W] edited images: features at time ``s`` mixed at each ratio;
+    ``source``: the input the decoded features count as encoded from (``HKD.decode``)."""
     masks = level_masks(model, band, mask)
     delta = apply_pair_masks([r - g for g, r in zip(gen_feats, ref_feats)], masks)
     out = []
     for ratio in ratios:
         mixed = [g + ratio * d for g, d in zip(gen_feats, delta)]
-        out.append(model.decode(to_eps(model, mixed, s), class_labels))
+        out.append(model.decode(to_eps(model, mixed, s), class_labels, source))
     return torch.stack(out)
 
 
-def reference_features(model, image: torch.Tensor, s: float, seed: int, class_labels=None) -> list[torch.Tensor]:
-    """Features at time ``s`` of a given image ([-1, 1], [B, C, H, W]): encode image + s * noise."""
+def noised_image(image: torch.Tensor, s: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image + s * noise, s) of a given image ([-1, 1], [B, C, H, W]), the noise seeded."""
     gen = torch.Generator().manual_seed(int(seed))
     noise = torch.randn(image.shape, generator=gen).to(image.device)
-    t = torch.full((image.shape[0],), float(s), device=image.device)
-    return model.encode(image + s * noise, t, class_labels)
+    return image + s * noise, torch.full((image.shape[0],), float(s), device=image.device)
+
+
+def reference_features(model, image: torch.Tensor, s: float, seed: int, class_labels=None) -> list[torch.Tensor]:
+    """Features at time ``s`` of a given image: encode image + s * noise."""
+    return model.encode(*noised_image(image, s, seed), class_labels)
 
 
 def start_features(model, source: dict, s: float, class_labels=None) -> list[torch.Tensor]:
@@ -90,6 +96,13 @@ def start_features(model, source: dict, s: float, class_labels=None) -> list[tor
     if "noise" in source:
         return features_at(model, source["noise"], s, class_labels)
     return reference_features(model, source["image"], s, source["seed"], class_labels)
+
+
+def start_input(model, source: dict, s: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input (x, sigma) that ``start_features`` encodes."""
+    if "noise" in source:
+        return noise_source(model, source["noise"])
+    return noised_image(source["image"], s, source["seed"])
 
 
 @torch.no_grad()
@@ -105,18 +118,27 @@ def editing_grid(model, gen: dict, ref: dict, band: tuple[float, float], mask: t
     ref_labels = class_labels if ref_class_labels is None else ref_class_labels
     gen_feats = start_features(model, gen, s, class_labels)
     ref_feats = start_features(model, ref, s, ref_labels)
-    unedited = model.decode(to_eps(model, gen_feats, s), class_labels)
-    reference = model.decode(to_eps(model, ref_feats, s), ref_labels)
-    edits = edit(model, gen_feats, ref_feats, s, band, mask, [0.0] + list(ratios), class_labels)
-    agnostic = edit(model, gen_feats, ref_feats, s, (0.0, 1.0), mask, [agnostic_ratio], class_labels)[0]
-    full = edit(model, gen_feats, ref_feats, s, (0.0, 1.0), torch.ones_like(mask), [1.0], ref_labels)[0]
+    gen_in, ref_in = start_input(model, gen, s), start_input(model, ref, s)
+    unedited = model.decode(to_eps(model, gen_feats, s), class_labels, gen_in)
+    reference = model.decode(to_eps(model, ref_feats, s), ref_labels, ref_in)
+    edits = edit(model, gen_feats, ref_feats, s, band, mask, [0.0] + list(ratios), class_labels, gen_in)
+    agnostic = edit(model, gen_feats, ref_feats, s, (0.0, 1.0), mask, [agnostic_ratio], class_labels, gen_in)[0]
+    full = edit(model, gen_feats, ref_feats, s, (0.0, 1.0), torch.ones_like(mask), [1.0], ref_labels, ref_in)[0]
     out = {"midpoint": s, "generated": unedited.cpu().numpy(), "reference": reference.cpu().numpy(),
            "edits": edits[1:].cpu().numpy(), "agnostic": agnostic.cpu().numpy(),
            "ratio0_equals_unedited": bool(torch.equal(edits[0], unedited)),
            "full_mix_max_abs_diff_to_reference": float((full - reference).abs().max())}
+    if agnostic_ratio in ratios:  # Figure 5's claim: the band edit keeps the generated image's structure
+        band_edit = edits[1 + list(ratios).index(agnostic_ratio)]
+        out["band_edit_rms_change"] = rms_per_image(band_edit - unedited)
+        out["agnostic_edit_rms_change"] = rms_per_image(agnostic - unedited)
     if "noise" in gen:  # the midpoint path against the direct one-step sample T -> eps
         out["one_step_max_abs_diff"] = float((unedited - model.sample(gen["noise"], class_labels)).abs().max())
     return out
+
+
+def rms_per_image(diff: torch.Tensor) -> list[float]:
+    return diff.float().pow(2).flatten(1).mean(1).sqrt().tolist()
 
 
 def grid_rows(result: dict) -> np.ndarray:

@@ -9,7 +9,7 @@ import torch
 from hkd.analysis.editing import editing_grid, grid_rows, spatial_mask
 from hkd.analysis.inpainting import Transform, restore
 from hkd.analysis.modes import (apply_pair_masks, band_decodes, band_masks, bands_partition,
-                               cumulative_contribution, features_at)
+                               cumulative_contribution, features_at, noise_source)
 from hkd.analysis.plots import curve_plot, labelled_grid, spectrum_bands_plot
 from hkd.analysis.trajectory import (consistency, consistency_check, latent_trajectory, predictions_along,
                                      teacher_states)
@@ -85,7 +85,7 @@ def make_figures(cfg: dict, paths: dict, teacher, model, device, dtype) -> dict:
     # every band kept at once (the sum of the bands' masks) must be the unmasked decode
     feats = features_at(model, noise, model.eps, cl)
     union = [sum(m) for m in zip(*[band_masks(model, lo, hi) for lo, hi in zip(edges[:-1], edges[1:])])]
-    all_bands = model.decode(apply_pair_masks(feats, union), cl)
+    all_bands = model.decode(apply_pair_masks(feats, union), cl, noise_source(model, noise))
     result["figure4"] = {"band_edges": edges, "bands": names, "mode_groups": groups,
                          "contribution": contrib.tolist(), "levels": spectrum,
                          "bands_partition_modes": bands_partition(model, edges),
@@ -110,7 +110,9 @@ def make_figures(cfg: dict, paths: dict, teacher, model, device, dtype) -> dict:
                          "ratio0_equals_unedited": edit["ratio0_equals_unedited"],
                          "full_mix_max_abs_diff_to_reference": edit["full_mix_max_abs_diff_to_reference"],
                          "full_mix_gives_reference": edit["full_mix_max_abs_diff_to_reference"] < FULL_MIX_TOLERANCE,
-                         "midpoint_path_vs_one_step_max_abs_diff": edit["one_step_max_abs_diff"]}
+                         "midpoint_path_vs_one_step_max_abs_diff": edit["one_step_max_abs_diff"],
+                         "band_edit_rms_change": edit.get("band_edit_rms_change"),
+                         "agnostic_edit_rms_change": edit.get("agnostic_edit_rms_change")}
 
     # Figure 6: inpainting and colourisation (grey data: restoration from 2x2 block means)
     icfg = acfg["inpaint"]

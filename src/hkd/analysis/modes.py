@@ -45,10 +45,16 @@ def apply_pair_masks(feats: list[torch.Tensor], masks: list[torch.Tensor]) -> li
     return out
 
 
+def noise_source(model, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_T, T) of a one-step sample: the input its features are encoded from (``HKD.decode``'s
+    ``source``)."""
+    return noise * model.sigma_max, torch.full((noise.shape[0],), model.sigma_max, device=noise.device)
+
+
 def features_at(model, noise: torch.Tensor, s: float, class_labels=None) -> list[torch.Tensor]:
     """HKD's latent trajectory from x_T = sigma_max * noise, evolved to time ``s``."""
-    t = torch.full((noise.shape[0],), model.sigma_max, device=noise.device)
-    return model.evolve(model.encode(noise * model.sigma_max, t, class_labels), t, s)
+    x_T, t = noise_source(model, noise)
+    return model.evolve(model.encode(x_T, t, class_labels), t, s)
 
 
 def to_eps(model, feats: list[torch.Tensor], s: float) -> list[torch.Tensor]:
@@ -62,9 +68,10 @@ def band_decodes(model, noise: torch.Tensor, edges: list[float], class_labels=No
     """Figure 4(b-d): the one-step sample decoded with every band of ``edges`` alone, and
     with all modes; keys ``all`` and ``band<i>``."""
     feats = features_at(model, noise, model.eps, class_labels)
-    out = {"all": model.decode(feats, class_labels)}
+    source = noise_source(model, noise)
+    out = {"all": model.decode(feats, class_labels, source)}
     for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
-        out[f"band{i}"] = model.decode(apply_pair_masks(feats, band_masks(model, lo, hi)), class_labels)
+        out[f"band{i}"] = model.decode(apply_pair_masks(feats, band_masks(model, lo, hi)), class_labels, source)
     return out
 
 
@@ -79,13 +86,14 @@ def cumulative_contribution(model, noise: torch.Tensor, groups: int, sigmas: lis
     nothing = [torch.zeros_like(m) for m in band_masks(model, 0.0, 1.0)]
     kept = [nothing] + [band_masks(model, 0.0, edges[k]) for k in range(1, groups + 1)]  # the same at every s
     out = torch.zeros(groups + 1, len(sigmas))
+    source = noise_source(model, noise)
     for j, s in enumerate(sigmas):
         feats = features_at(model, noise, s, class_labels)
-        full = model.decode(feats, class_labels)
-        none = model.decode(apply_pair_masks(feats, nothing), class_labels)
+        full = model.decode(feats, class_labels, source)
+        none = model.decode(apply_pair_masks(feats, nothing), class_labels, source)
         base = (none - full).pow(2).sum().item()
         for k in range(groups + 1):
-            dk = model.decode(apply_pair_masks(feats, kept[k]), class_labels)
+            dk = model.decode(apply_pair_masks(feats, kept[k]), class_labels, source)
             out[k, j] = 1.0 - (dk - full).pow(2).sum().item() / base if base > 0 else float("nan")
     return out
 

