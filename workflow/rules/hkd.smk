@@ -43,8 +43,9 @@ for prefix, run_cfg, flag in RUNS:
             hkd_shell("sample", "{params.run_flag}")
 
 
-# Table 3 ablations (config key `ablations`): one training and one evaluation job per
-# variant, from the run's teacher and trajectories; {variant} is a key of pipeline.ABLATIONS.
+# The other HKD trainings (Table 3 ablations and their ablation_seeds, Table 5 seeds, the
+# study's recipes): one training and one evaluation job per variant, from the run's teacher
+# and trajectories; {variant} is a name of pipeline.run_variants (parse_variant reads it).
 rule variant_train:
     input:
         **stage_inputs(config, "variant_train"),

@@ -8,8 +8,9 @@ Each --set overrides keys of the config's `hkd:` section for one run, or top-lev
 such as `compile` or `seed` (values are read as JSON where they parse, e.g. 3e-4, false).
 Each run is scored like a variant: FID / IS of sample.count one-step samples from the
 evaluation seeds against evaluate.reference, with FID's bootstrap sampling spread.
---trajectories N trains on the run's first N trajectories only. Prints one JSON line per
-run. Nothing under results/ is modified (weights go to a temporary folder). With a GPU,
+--trajectories N trains on the run's first N trajectories only. --teacher first scores the
+teacher at the trajectories' NFE on the same evaluation seeds, for FID / teacher. Prints
+one JSON line per run. Nothing under results/ is modified (weights go to a temporary folder). With a GPU,
 the config's `device: auto` uses it.
 """
 
@@ -20,13 +21,13 @@ import time
 from pathlib import Path
 
 
-from hkd.config import load_config, validate_config
+from hkd.config import load_config, nfe_of_steps, validate_config
 from hkd.data.dataset import load_dataset
 from hkd.koopman.model import load_hkd
 from hkd.metrics.evaluate import make_scorer
 from hkd.pipeline import run_paths
 from hkd.runtime import torch_setup
-from hkd.sample import draw, evaluation_seeds, hkd_sampler, to_uint8
+from hkd.sample import draw, evaluation_seeds, hkd_sampler, teacher_sampler, to_uint8
 from hkd.teacher.network import load_teacher
 from hkd.train.hkd_train import train_hkd
 
@@ -37,13 +38,27 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--trajectories", type=int, default=None, metavar="N",
                     help="train on the first N trajectories of the run")
-    ap.add_argument("--set", nargs="+", action="append", required=True, metavar="KEY=VALUE")
+    ap.add_argument("--set", nargs="+", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--teacher", action="store_true",
+                    help="first score the teacher at the trajectories' NFE on the same evaluation seeds (the "
+                         "denominator of FID / teacher), sampled as the sample stage does")
     args = ap.parse_args()
+    if not args.set and not args.teacher:
+        ap.error("nothing to do: give --set and/or --teacher")
     base = load_config(args.config)
     paths = run_paths(base)
     device, dtype = torch_setup(base, args.threads)
     teacher = load_teacher(paths["teacher"], device)
     scorer, _ = make_scorer(base, paths, load_dataset(paths["data"]), device)
+    shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
+    if args.teacher:
+        t0 = time.time()
+        images, _ = draw(teacher_sampler(base, teacher, device, dtype, base["compile"]), evaluation_seeds(base),
+                         shape, teacher.label_dim, base["sample"]["batch_size"], device, "teacher")
+        m = scorer(to_uint8(images))
+        print(json.dumps({"teacher_nfe": nfe_of_steps(base["trajectories"]["num_steps"]), "images": len(images),
+                          "seconds": round(time.time() - t0, 1), "fid": m["fid"],
+                          "fid_sampling_std": m["fid_sampling_std"], "is": m["is_mean"]}), flush=True)
     for overrides in args.set:
         cfg = json.loads(json.dumps(base))
         for item in overrides:
@@ -60,8 +75,7 @@ def main():
             stats = train_hkd(cfg, teacher, paths["trajectories"], str(Path(tmp) / "hkd.pt"),
                               str(Path(tmp) / "tb"), device, dtype, max_trajectories=args.trajectories)
             model = load_hkd(str(Path(tmp) / "hkd.pt"), device)
-            images, _ = draw(hkd_sampler(model, device, dtype), evaluation_seeds(cfg),
-                             (model.img_channels, model.img_resolution, model.img_resolution),
+            images, _ = draw(hkd_sampler(model, device, dtype), evaluation_seeds(cfg), shape,
                              model.label_dim, cfg["sample"]["batch_size"], device, "sample")
             m = scorer(to_uint8(images))
         print(json.dumps({"set": overrides, "seed": cfg["seed"], "trajectories": stats["trajectories"],

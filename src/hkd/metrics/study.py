@@ -116,5 +116,6 @@ def write_study(cfg: dict, paths: dict) -> dict:
     summary = summarise(cfg, load_json(paths["metrics"]), paths["variant_metrics"])
     save_json(summary, paths["study"])
     return {"adopted": {m: round(s["mean"], 3) for m, s in summary["adopted"]["rows"].items()},
-            "recipes": {r: {m: round(s["mean"], 3) for m, s in v["rows"].items()} for r, v in summary["recipes"].items()}}
+            "recipes": {r: {m: round(s["mean"], 3) for m, s in v["rows"].items()}
+                        for r, v in summary["recipes"].items()}}
 
