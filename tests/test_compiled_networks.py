@@ -20,7 +20,8 @@ from hkd.teacher.network import teacher_kwargs
 from hkd.teacher.sampler import edm_sigmas, heun_sample, seeded_noise
 from hkd.teacher.train import edm_loss
 from hkd.teacher.trajectories import make_denoiser
-from hkd.train.hkd_train import hkd_loss, sample_times
+from hkd.train.hkd_train import hkd_loss
+from hkd.train.objective import sample_times
 
 CPU = torch.device("cpu")
 CFG = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "default.yaml"))

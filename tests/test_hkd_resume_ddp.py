@@ -16,7 +16,7 @@ import yaml
 from hkd.io import load_torch
 from hkd.koopman.model import HKD, load_hkd
 from hkd.teacher import trajectories as tj
-from hkd.train import hkd_train
+from hkd.train import hkd_train, objective
 from test_trajectories import write_teacher
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -266,5 +266,5 @@ def test_lpips_term_from_local_backbone_weights(run, tmp_path):
 def _batch(work):
     d = tj.load_trajectories(str(work / "results/r/trajectories/manifest.json"))
     states, sigmas = torch.from_numpy(d["states"][:4]), torch.from_numpy(d["sigmas"]).double()
-    t = hkd_train.sample_times(4, 4, sigmas, torch.Generator().manual_seed(0))
+    t = objective.sample_times(4, 4, sigmas, torch.Generator().manual_seed(0))
     return states, sigmas, t

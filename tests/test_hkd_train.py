@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from hkd.teacher.sampler import edm_sigmas
-from hkd.train.hkd_train import lambda1, sample_times, states_at
+from hkd.train.hkd_train import lambda1, states_at
+from hkd.train.objective import sample_times
 
 
 def test_states_at_grid_points_and_between():

@@ -11,7 +11,8 @@ from hkd.config import ConfigError, validate_config
 from hkd.koopman.model import HKD, boundary_coefficients, build_hkd
 from hkd.nn.precond import EDMPrecond, edm_coefficients
 from hkd.teacher.sampler import edm_sigmas
-from hkd.train.hkd_train import distance, koopman_exponents, pseudo_huber_c, sample_times, time_weights
+from hkd.koopman.diagnostics import koopman_exponents
+from hkd.train.objective import distance, pseudo_huber_c, sample_times, time_weights
 
 EPS, T = 0.002, 80.0
 

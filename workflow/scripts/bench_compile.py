@@ -30,7 +30,8 @@ from hkd.teacher.network import load_teacher
 from hkd.teacher.sampler import edm_sigmas, heun_sample, seeded_noise
 from hkd.teacher.train import edm_loss
 from hkd.teacher.trajectories import load_trajectories, make_denoiser
-from hkd.train.hkd_train import hkd_loss, sample_times
+from hkd.train.hkd_train import hkd_loss
+from hkd.train.objective import sample_times
 
 
 def timed(step, warmup: int, repeats: int) -> tuple[float, float]:

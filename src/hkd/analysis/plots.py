@@ -50,13 +50,8 @@ def labelled_grid(rows: np.ndarray, col_labels: list[str], row_labels: list[str]
     _save(fig, path)
 
 
-def curve_plot(x: np.ndarray, curves: dict[str, np.ndarray], xlabel: str, ylabel: str, title: str, path: str,
-               logx: bool = False) -> None:
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for name, y in curves.items():
-        ax.plot(x, y, marker="o", ms=2.5, lw=1.2, label=name)
-    if logx:
-        ax.set_xscale("log")
+def _finish_lines(fig, ax, xlabel: str, ylabel: str, title: str, path: str) -> None:
+    """Labels, grid, legend and title of a line plot, then the file."""
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.tick_params(labelsize=7)
@@ -64,6 +59,16 @@ def curve_plot(x: np.ndarray, curves: dict[str, np.ndarray], xlabel: str, ylabel
     ax.legend(fontsize=6)
     ax.set_title(title, fontsize=9)
     _save(fig, path)
+
+
+def curve_plot(x: np.ndarray, curves: dict[str, np.ndarray], xlabel: str, ylabel: str, title: str, path: str,
+               logx: bool = False) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for name, y in curves.items():
+        ax.plot(x, y, marker="o", ms=2.5, lw=1.2, label=name)
+    if logx:
+        ax.set_xscale("log")
+    _finish_lines(fig, ax, xlabel, ylabel, title, path)
 
 
 def errorbar_plot(series: dict[str, tuple], xlabel: str, ylabel: str, title: str, path: str,
@@ -74,13 +79,7 @@ def errorbar_plot(series: dict[str, tuple], xlabel: str, ylabel: str, title: str
         ax.errorbar(x, y, yerr=err, marker="o", ms=2.5, lw=1.2, capsize=2, label=name)
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel(xlabel, fontsize=8)
-    ax.set_ylabel(ylabel, fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    ax.set_title(title, fontsize=9)
-    _save(fig, path)
+    _finish_lines(fig, ax, xlabel, ylabel, title, path)
 
 
 def spectrum_bands_plot(model, edges: list[float], path: str) -> list[dict]:

@@ -1,17 +1,12 @@
 """Train HKD on teacher trajectories (paper Alg. 1).
 
-Per example: ``time_points`` times on [eps, T) plus t = T itself; every one is pushed
-through encode -> evolve to eps -> decode and compared with the trajectory's end. How the
-times are drawn (``hkd.time_sampling``): ``uniform_sigma``, uniform in sigma as the paper
-reads literally; ``grid_index``, uniform over the stored Heun grid states after T (as
-consistency distillation draws n ~ U{1..N-1}); ``lognormal``, EDM's training
-distribution ln sigma ~ N(P_mean, P_std), clipped to [eps, T). A time between two stored
-grid points takes the state on the straight line between them: Heun's update moves x
-linearly in t across each step, so this is the solver's own piecewise-linear trajectory.
-d = lambda1 * distance (+ lambda2 * perceptual when configured); the distance
-(``hkd.distance``) is the paper's MSE or iCT's pseudo-Huber sqrt(|x - y|^2 + c^2) - c.
-The loss is d at t = T plus ``hkd.trajectory_weight`` times the sum over the other times
-(1 = the paper's plain sum). ``hkd.lambda1: annealed`` is the
+Per example: ``time_points`` times on [eps, T) plus t = T itself (how they are drawn,
+the distance and the terms' weights: ``hkd.train.objective``); every one is pushed
+through encode -> evolve to eps -> decode and compared with the trajectory's end. A time
+between two stored grid points takes the state on the straight line between them: Heun's
+update moves x linearly in t across each step, so this is the solver's own piecewise-linear
+trajectory. d = lambda1 * distance (+ lambda2 * perceptual when configured); the loss is d
+at t = T plus ``hkd.trajectory_weight`` times the other times' d. ``hkd.lambda1: annealed`` is the
 paper's lambda1 = 10^(-3 epoch / epochs), which moves weight from MSE to the perceptual term;
 without a perceptual term it only rescales the whole loss, and under Adam, whose
 second-moment average lags the falling gradients, that acts as a learning-rate decay of up
@@ -49,10 +44,12 @@ from hkd.compile_guard import maybe_compile
 from hkd.ema import EMA
 from hkd.gradient_watch import GradientWatch
 from hkd.io import load_resume, save_torch, sha256_file
+from hkd.koopman.diagnostics import koopman_exponents, log_koopman
 from hkd.koopman.model import build_hkd
 from hkd.runtime import autocast, progress_enabled
 from hkd.teacher.sampler import one_hot, seeded_inputs
 from hkd.teacher.trajectories import load_trajectories
+from hkd.train.objective import distance, sample_times, time_weights
 from hkd.train.perceptual import build_perceptual
 
 #: the path name of the compiled training step (compile_guard, logs, provenance)
@@ -76,54 +73,6 @@ def lr_factor(step: int, total_steps: int, rampdown: float) -> float:
     if rampdown <= 0:
         return 1.0
     return min(1.0, (total_steps - step) / (rampdown * total_steps))
-
-
-#: how the intermediate times are drawn (config key hkd.time_sampling); the first is the paper's literal reading
-TIME_SAMPLINGS = ("uniform_sigma", "grid_index", "lognormal")
-
-
-def sample_times(b: int, k: int, sigmas: torch.Tensor, gen: torch.Generator, how: str = "uniform_sigma",
-                 lognormal: tuple[float, float] = (-1.2, 1.2)) -> torch.Tensor:
-    """[B, 1 + k] times: column 0 is T = sigmas[0], the other k on [eps, T) drawn ``how``
-    (TIME_SAMPLINGS); ``lognormal``: (P_mean, P_std) of ln sigma."""
-    grid = sigmas[:-1].double()  # the stored states' times, T .. eps (the final 0 is the target)
-    eps, T = float(grid[-1]), float(grid[0])
-    if how == "uniform_sigma":
-        mid = eps + (T - eps) * torch.rand(b, k, generator=gen, dtype=torch.float64)
-    elif how == "grid_index":
-        mid = grid[torch.randint(1, len(grid), (b, k), generator=gen)]
-    elif how == "lognormal":
-        p_mean, p_std = lognormal
-        log_sigma = p_mean + p_std * torch.randn(b, k, generator=gen, dtype=torch.float64)
-        mid = log_sigma.exp().clamp(eps, math.nextafter(T, 0.0))
-    else:
-        raise ValueError(f"unknown hkd.time_sampling {how!r}; one of {TIME_SAMPLINGS}")
-    return torch.cat([torch.full((b, 1), T, dtype=torch.float64), mid], dim=1)
-
-
-#: the distances d(x, y) between a prediction and the trajectory's end (config key hkd.distance)
-DISTANCES = ("mse", "pseudo_huber")
-
-
-def pseudo_huber_c(dims: int, c: float | None) -> float:
-    """iCT's constant c = 0.00054 sqrt(d) for data of ``dims`` values, unless ``c`` is given."""
-    return 0.00054 * math.sqrt(dims) if c is None else float(c)
-
-
-def distance(mse: torch.Tensor, dims: int, how: str = "mse", c: float | None = None) -> torch.Tensor:
-    """The training distance per (example, time point) from the mean squared error over
-    ``dims`` values: MSE itself, or pseudo-Huber sqrt(|x - y|^2 + c^2) - c."""
-    if how == "mse":
-        return mse
-    if how == "pseudo_huber":
-        c = pseudo_huber_c(dims, c)
-        return (mse * dims + c * c).sqrt() - c
-    raise ValueError(f"unknown hkd.distance {how!r}; one of {DISTANCES}")
-
-
-def time_weights(k: int, trajectory_weight: float) -> torch.Tensor:
-    """[1 + k] weights of the loss terms: 1 for t = T, ``trajectory_weight`` for each other time."""
-    return torch.tensor([1.0] + [float(trajectory_weight)] * k)
 
 
 def states_at(states: torch.Tensor, sigmas: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -161,29 +110,6 @@ def hkd_distances(model, states: torch.Tensor, sigmas: torch.Tensor, t: torch.Te
 def hkd_loss(model, states, sigmas, t, device, dtype, class_labels=None) -> torch.Tensor:
     """Squared error per (example, time point), [B, K]."""
     return hkd_distances(model, states, sigmas, t, device, dtype, class_labels)[0]
-
-
-def koopman_exponents(model) -> dict[str, dict[str, float]]:
-    """Per level, the spread of alpha |dt| and beta |dt| over every pair and position for the
-    one-step flow T -> eps: the log-gain and the rotation angle each skip gets. A mean near 0
-    can hide a wide random walk, which std and the 5 / 95 % quantiles show."""
-    span = abs(model.sigma_max - model.eps) / model.time_unit
-    out = {}
-    for l, (a, b) in enumerate(model.koopman.eigenvalues()):
-        for name, v in (("alpha_dt", a.flatten() * span), ("beta_dt", b.flatten() * span)):
-            q05, q95 = torch.quantile(v.double(), torch.tensor([0.05, 0.95], dtype=torch.float64)).tolist()
-            out[f"{name}_level{l}"] = {"mean": v.mean().item(), "std": v.std().item(), "q05": q05, "q95": q95}
-    return out
-
-
-def log_koopman(writer, model, step: int) -> None:
-    """Tensorboard: mean alpha and |beta| per level and the spread of the T -> eps exponents."""
-    for l, (a, be) in enumerate(model.koopman.eigenvalues()):
-        writer.add_scalar(f"koopman/alpha_mean_level{l}", a.mean().item(), step)
-        writer.add_scalar(f"koopman/abs_beta_mean_level{l}", be.abs().mean().item(), step)
-    for name, stats in koopman_exponents(model).items():
-        for stat in ("std", "q05", "q95"):
-            writer.add_scalar(f"koopman_T/{name}_{stat}", stats[stat], step)
 
 
 def _fingerprint(cfg: dict, teacher, traj_path: str, max_trajectories, world: int) -> str:
