@@ -59,10 +59,10 @@ def _row(key: str, label: str, nfe_: int | None, images: np.ndarray, scores: dic
     return {"key": key, "method": label, "nfe": nfe_, "images": int(len(images)), **scores}
 
 
-def _cached_scores(partial: Path, key: str, images_u8: np.ndarray, ref_u8: np.ndarray, scorer: Scorer,
-                   weights) -> dict:
+def _cached_scores(partial: Path, key: str, images_u8: np.ndarray, ref_u8: np.ndarray, scorer: Scorer) -> dict:
     """FID / IS / KID of one row, reusing the scores an interrupted run of this stage left in
     ``partial`` for the same images, reference, feature extractor and bootstrap."""
+    weights = scorer.weights_path
     fingerprint = sha256_json([sha256_array(images_u8), sha256_array(ref_u8), scorer.extractor, scorer.bootstrap,
                                sha256_file(weights) if weights and Path(weights).is_file() else str(weights)])
     cached = partial / f"{key}.json"
@@ -98,7 +98,6 @@ def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> 
     other = data["train_images" if ref_split == "heldout" else "heldout_images"]
     rng = np.random.default_rng(cfg["seed"] + 3)
     real = other[np.sort(rng.choice(len(other), min(n, len(other)), replace=False))] if len(other) else None
-    extractor, weights, _ = feature_extractor(cfg, paths, data)
     scorer, extractor_info = make_scorer(cfg, paths, data, device)
     ref = to_uint8(reference)
     candidates = [("EDM teacher (Heun)", "teacher", generated["teacher"], nfe(steps))]
@@ -111,8 +110,8 @@ def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> 
     partial = Path(paths["metrics"]).parent / ".partial"  # finished rows, kept until metrics.json is written
     for label, key, images, nfe_ in candidates:
         rows.append(_row(key, label, nfe_, images,
-                         _cached_scores(partial, key, to_uint8(images), ref, scorer, weights)))
-    if teacher.label_dim and extractor == EXTRACTOR_NAME:
+                         _cached_scores(partial, key, to_uint8(images), ref, scorer)))
+    if teacher.label_dim and scorer.extractor == EXTRACTOR_NAME:
         # does a conditional sampler draw the digit it is asked for? (the classifier's call)
         from hkd.metrics.classifier import accuracy_on, load_classifier
 

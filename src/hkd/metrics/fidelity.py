@@ -87,7 +87,8 @@ class Scorer:
 
         if extractor == EXTRACTOR_NAME:
             register()
-        self.extractor, self.cuda, self.bootstrap, self.seed = extractor, cuda, int(bootstrap), seed
+        self.extractor, self.weights_path = extractor, weights_path
+        self.cuda, self.bootstrap, self.seed = cuda, int(bootstrap), seed
         self.kwargs = {"cuda": cuda, "isc_splits": 10, "feature_extractor": extractor, "verbose": False,
                        "feature_extractor_weights_path": weights_path, "save_cpu_ram": True, "batch_size": 250}
         self.layers = {m: resolve_feature_layer_for_metric(m, **self.kwargs) for m in ("isc", "fid", "kid")}
