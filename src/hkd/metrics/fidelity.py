@@ -93,8 +93,11 @@ class Scorer:
                        "feature_extractor_weights_path": weights_path, "save_cpu_ram": True, "batch_size": 250}
         self.layers = {m: resolve_feature_layer_for_metric(m, **self.kwargs) for m in ("isc", "fid", "kid")}
         self.net = create_feature_extractor(extractor, sorted(set(self.layers.values())), **self.kwargs)
+        from torch_fidelity.metric_fid import fid_features_to_statistics
+
         self.reference = self._features(reference)
         self.n_reference = len(reference)
+        self.reference_stats = fid_features_to_statistics(self.reference[self.layers["fid"]])
 
     def _features(self, images: np.ndarray) -> dict:
         from torch_fidelity.utils import get_featuresdict_from_dataset
@@ -105,8 +108,8 @@ class Scorer:
     def _fid(self, features: torch.Tensor) -> float:
         from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
-        ref = fid_features_to_statistics(self.reference[self.layers["fid"]])
-        return fid_statistics_to_metric(fid_features_to_statistics(features), ref, False)["frechet_inception_distance"]
+        stats = fid_features_to_statistics(features)
+        return fid_statistics_to_metric(stats, self.reference_stats, False)["frechet_inception_distance"]
 
     def __call__(self, generated: np.ndarray) -> dict:
         """{fid, is_mean, is_std, kid_mean, kid_std, fid_sampling_std, fid_bootstrap} of uint8 images."""
