@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import copy_workflow
+from hkd.config import load_config
+from hkd.cost.plan import SMALL, plan
 from hkd.pipeline import ABLATIONS
 
 BIN = Path(sys.executable).parent
@@ -20,6 +22,24 @@ def run(cmd, cwd, timeout=600):
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r
+
+
+def check_plan_against_run(work: Path) -> None:
+    """`hkd plan` names every file the smoke run wrote (logs aside), and estimates the size
+    of each sizeable one within 25 %."""
+    planned = {f: size for r in plan(load_config(work / "configs" / "smoke.yaml"), work / "benchmarks")["jobs"]
+               for f, size in r["files"].items()}
+    for f, size in planned.items():
+        assert (work / f).exists(), f"planned but not written: {f}"
+        if size is not None and size >= SMALL:
+            real = (work / f).stat().st_size
+            assert abs(real - size) <= 0.25 * size, f"{f}: planned {size} bytes, written {real}"
+    assert sum(1 for size in planned.values() if size and size >= SMALL) >= 10
+
+    def covered(f: str) -> bool:
+        return f in planned or any(f.startswith(d + "/") for d in planned) or "/logs/" in f
+    written = {str(q.relative_to(work)) for q in (work / "results" / "smoke").rglob("*") if q.is_file()}
+    assert not [f for f in written if not covered(f)], sorted(f for f in written if not covered(f))
 
 
 @pytest.mark.slow
@@ -104,6 +124,7 @@ def test_smoke_dag_with_snakemake(tmp_path):
     assert "data:image/png;base64," in html and "src=\"results" not in html
     for stage in ("data", "teacher", "trajectories", "hkd_train", "evaluate", "report"):
         assert (work / "results" / "smoke" / "logs" / f"{stage}.log").stat().st_size > 0
+    check_plan_against_run(work)
     print(f"smoke DAG: {elapsed:.1f} s")
     r = run(smk, work)
     assert "Nothing to be done" in r.stdout + r.stderr

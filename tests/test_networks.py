@@ -44,3 +44,27 @@ def test_precond_limits():
     x = torch.randn(2, 1, 16, 16)
     assert net(x, torch.tensor(1.0)).shape == x.shape
     assert net.init_kwargs["model_channels"] == 8
+
+
+def test_conditional_teacher_starts_as_the_unconditional_one(tmp_path):
+    import pytest
+
+    from hkd.teacher.network import save_teacher, start_from_unconditional
+
+    kwargs = dict(img_resolution=16, img_channels=1, model_channels=8, channel_mult=[1, 2], num_blocks=1,
+                  attn_resolutions=[8])
+    torch.manual_seed(0)
+    plain = EDMPrecond(label_dim=0, **kwargs).eval()
+    save_teacher(plain, tmp_path / "plain.pt")
+    cond = EDMPrecond(label_dim=10, **kwargs).eval()
+    start_from_unconditional(cond, str(tmp_path / "plain.pt"))
+    x, sigma = torch.randn(4, 1, 16, 16), torch.tensor([0.1, 1.0, 5.0, 80.0])
+    with torch.no_grad():
+        expected = plain(x, sigma)
+        for label in (0, 7):
+            onehot = torch.nn.functional.one_hot(torch.full((4,), label), 10).float()
+            assert torch.equal(cond(x, sigma, onehot), expected)
+    assert cond.model.map_label.weight.abs().sum() == 0
+    other = EDMPrecond(label_dim=10, **{**kwargs, "model_channels": 16})
+    with pytest.raises(ValueError, match="plain.pt"):
+        start_from_unconditional(other, str(tmp_path / "plain.pt"))

@@ -122,8 +122,9 @@ def test_conditional_companion(repo):
     assert main["conditional_metrics"] == comp["metrics"]
     dvc = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     assert comp["metrics"] in dvc["report"]["deps"]
-    assert dvc["conditional_teacher"]["params"] == [{"configs/default.yaml": list(dvc["teacher"]["params"][0][
-        "configs/default.yaml"]) + ["conditional"]}]
+    own = dvc["teacher"]["params"][0]["configs/default.yaml"]  # the run's teacher: its own teacher keys
+    assert dvc["conditional_teacher"]["params"] == [{"configs/default.yaml": [
+        k for k in own if not k.startswith("teacher.")] + ["teacher", "conditional"]}]
     off = {**cfg, "conditional": False}
     assert [p for p, _, _ in dag_runs(off)] == [""]
     assert "conditional_metrics" in stage_inputs(cfg, "report") and "conditional_metrics" not in stage_inputs(off, "report")
@@ -210,3 +211,27 @@ def test_variant_stages_follow_the_config(repo, tmp_path):
     r = subprocess.run([sys.executable, "-m", "hkd", "variant-train", "--config", "configs/none.yaml",
                         "--variant", "no_koopman"], cwd=work, capture_output=True, text=True)
     assert r.returncode == 1 and "makes a variant 'no_koopman'" in r.stderr
+
+
+def test_jobs_that_can_run_together_share_the_cores(repo):
+    from hkd.pipeline import job_threads, parallel_jobs
+
+    cfg = load_config(repo / "configs" / "default.yaml")
+    trainings = 1 + len(run_variants(cfg)) + 1  # the run's, its variants', the companion's
+    assert parallel_jobs(cfg, "hkd_train") == parallel_jobs(cfg, "variant_train") == trainings
+    assert job_threads(cfg, "hkd_train", 2) == 1 and job_threads(cfg, "variant_train", 4 * trainings) == 4
+    assert job_threads(cfg, "teacher", 16) == 8  # the run's teacher and the conditional one
+    alone = {**cfg, "conditional": False, "ablations": [], "ablation_seeds": [], "stability": {"seeds": []}}
+    assert job_threads(alone, "teacher", 2) == job_threads(alone, "hkd_train", 2) == 2
+
+
+def test_conditional_teacher_can_start_from_the_run_teacher(repo):
+    cfg = load_config(repo / "configs" / "default.yaml")
+    assert "init_teacher" not in stage_inputs(conditional_config(cfg), "teacher")  # the default: scratch
+    warm = {**cfg, "teacher": {**cfg["teacher"], "conditional_start": "unconditional", "conditional_kimg": 20}}
+    companion = conditional_config(warm)
+    assert stage_inputs(companion, "teacher")["init_teacher"] == run_paths(cfg)["teacher"]
+    assert companion["teacher"]["kimg"] == 20 and "init_teacher" not in stage_inputs(warm, "teacher")
+    # the run's own teacher does not rerun when only its companion's start changes
+    from hkd.pipeline import stage_params
+    assert stage_params(warm, "teacher") == stage_params(cfg, "teacher")

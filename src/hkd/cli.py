@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 
 from hkd.config import ConfigError, load_config
+from hkd.cost import commands as cost_commands
 from hkd.pipeline import (ABLATIONS, CONDITIONAL, STAGES, conditional_config, run_paths, run_variants,
-                          snapshot_paths, variant_config, variant_paths)
+                          snapshot_paths, starts_from_unconditional, variant_config, variant_paths)
 
 
 def _torch_setup(cfg: dict, threads: int | None):
@@ -43,7 +44,8 @@ def stage_teacher(cfg, paths, args):
 
     device, dtype = _torch_setup(cfg, args.threads)
     return train_teacher(cfg, paths["data"], paths["teacher"], paths["teacher_tb"], device, dtype,
-                         resume_path=paths["teacher_resume"])
+                         resume_path=paths["teacher_resume"],
+                         init_path=paths["init_teacher"] if starts_from_unconditional(cfg) else None)
 
 
 def stage_trajectories(cfg, paths, args):
@@ -283,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise-seed", type=int, default=0, help="seed of the noise that brings --images to the midpoint")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--threads", type=int, default=None)
+    cost_commands.add_parsers(sub)
     p = sub.add_parser("dvc-yaml", help="write (or --check) dvc.yaml from the pipeline definition")
     p.add_argument("--config", default="configs/default.yaml")
     p.add_argument("--out", default="dvc.yaml")
@@ -293,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             return write_dvc_yaml(args.config, args.out, args.check)
         if args.stage == "edit":
             return run_edit(args)
+        if args.stage in cost_commands.COMMANDS:
+            return cost_commands.run(args)
         cfg = run_config(args)
         paths = run_paths(cfg)
         if args.stage in PER_VARIANT:

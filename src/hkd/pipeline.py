@@ -120,6 +120,28 @@ def variant_config(cfg: dict, variant: str) -> dict:
     return out
 
 
+def parallel_jobs(cfg: dict, stage: str) -> int:
+    """How many jobs of a stage's kind the DAG of ``cfg`` can run at the same time: the run's
+    and its companion's, one per trajectory shard, and the HKD trainings (the run's own and
+    every variant) as one kind, as are the one-step evaluations. Rules split the cores among
+    them (``job_threads``): two 1-thread trainings side by side outran one 2-thread training
+    on 2 cores (README: threads)."""
+    runs = [c for _, c, _ in dag_runs(cfg)]
+    if stage == "trajectories":
+        return sum(shard_count(c) for c in runs)
+    if stage in ("hkd_train", "variant_train"):
+        return sum(1 + len(run_variants(c)) for c in runs)
+    if stage in ("evaluate", "variant_evaluate", "stability"):
+        return len(runs) + len(run_variants(cfg)) + 1
+    return len(runs)
+
+
+def job_threads(cfg: dict, stage: str, cores: int) -> int:
+    """Threads of one job of ``stage`` when Snakemake has ``cores``: an equal share among the
+    jobs of its kind that can run at once (at least 1)."""
+    return max(1, cores // parallel_jobs(cfg, stage))
+
+
 #: the class-conditional companion of a run (config key ``conditional``, Table 4): rule and DVC
 #: stage names start with ``conditional_``, stage commands take ``--conditional``, files go to
 #: results/<run>/conditional/
@@ -134,6 +156,8 @@ def conditional_config(cfg: dict) -> dict:
     out["run"] = f"{cfg['run']}/{CONDITIONAL}"
     out["network"]["label_dim"] = SOURCE_CLASSES[cfg["data"]["source"]]
     out["conditional"] = False
+    if cfg["teacher"]["source"] == "train" and cfg["teacher"]["conditional_kimg"] is not None:
+        out["teacher"]["kimg"] = cfg["teacher"]["conditional_kimg"]
     out["ablations"] = []
     out["ablation_seeds"] = []
     out["study"]["recipes"] = {}
@@ -167,6 +191,8 @@ def run_paths(cfg: dict) -> dict[str, str]:
         "data_manifest": shared / "data" / "manifest.json",
         "classifier": shared / "classifier" / "classifier.pt",
         "teacher": root / "teacher" / "teacher.pt",
+        # a companion's teacher with teacher.conditional_start: unconditional starts from this one
+        "init_teacher": shared / "teacher" / "teacher.pt",
         "teacher_tb": root / "teacher" / "tensorboard",
         # training state for resuming (not a declared output, like hkd_resume below)
         "teacher_resume": root / "teacher" / "resume.pt",
@@ -296,7 +322,7 @@ STAGES: tuple[Stage, ...] = (
           ("src/hkd/data", "src/hkd/io.py")),
     Stage("classifier", "classifier", ("data",), ("classifier",), ("seed", "evaluate"),
           ("src/hkd/metrics/classifier.py", "src/hkd/data/dataset.py") + _RUNTIME),
-    Stage("teacher", "teacher", ("data",), ("teacher", "teacher_tb"),
+    Stage("teacher", "teacher", ("data", "init_teacher"), ("teacher", "teacher_tb"),
           ("seed", "downloads", "device", "precision", "compile", "data", "network", "edm", "teacher"),
           ("src/hkd/nn", "src/hkd/teacher/train.py", "src/hkd/teacher/edm_pickle.py", "src/hkd/data/fetch.py",
            "src/hkd/data/dataset.py", "src/hkd/ema.py") + _TEACHER_CKPT + _TRAINING + _RUNTIME, conditional=True),
@@ -367,7 +393,15 @@ def stage_enabled(cfg: dict, name: str) -> bool:
     return True
 
 
+def starts_from_unconditional(cfg: dict) -> bool:
+    """A companion run whose teacher starts from the run's trained unconditional teacher."""
+    t = cfg["teacher"]
+    return "/" in cfg["run"] and t["source"] == "train" and t["conditional_start"] == "unconditional"
+
+
 def _path_enabled(cfg: dict, key: str) -> bool:
+    if key == "init_teacher":
+        return starts_from_unconditional(cfg)
     if key == "teacher_tb":  # an imported EDM teacher has no training log
         return cfg["teacher"]["source"] == "train"
     if key == "classifier":
@@ -430,6 +464,10 @@ def _param_keys(cfg: dict, name: str) -> tuple[str, ...]:
         # an imported network depends on the file and on the architecture the config states,
         # not on the seed, precision or which images the data stage reads
         keys = ("downloads", "data.source", "data.resolution", "network", "teacher")
+    elif name == "teacher" and "/" not in cfg["run"]:
+        # how the companion's teacher starts and trains does not change the run's own
+        own = tuple(f"teacher.{k}" for k in cfg["teacher"] if not k.startswith("conditional_"))
+        keys = tuple(k for k in keys if k != "teacher") + own
     return keys
 
 

@@ -32,7 +32,7 @@ for prefix, run_cfg, flag in RUNS:
             log_path(run_cfg, "evaluate"),
         conda:
             ENV
-        threads: workflow.cores
+        threads: share_of_cores("evaluate")
         resources:
             gpu=gpus(run_cfg),
         shell:
@@ -51,7 +51,7 @@ rule stability:
         log_path(config, "stability"),
     conda:
         ENV
-    threads: workflow.cores
+    threads: share_of_cores("stability")
     resources:
         gpu=gpus(),
     shell:

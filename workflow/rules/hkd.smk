@@ -16,7 +16,7 @@ for prefix, run_cfg, flag in RUNS:
             log_path(run_cfg, "hkd_train"),
         conda:
             ENV
-        threads: workflow.cores
+        threads: share_of_cores("hkd_train")
         resources:
             gpu=gpus(run_cfg),
         shell:
@@ -36,7 +36,7 @@ for prefix, run_cfg, flag in RUNS:
             log_path(run_cfg, "sample"),
         conda:
             ENV
-        threads: workflow.cores
+        threads: share_of_cores("sample")
         resources:
             gpu=gpus(run_cfg),
         shell:
@@ -59,7 +59,7 @@ rule variant_train:
         log_path(config, "variant_train-{variant}"),
     conda:
         ENV
-    threads: workflow.cores
+    threads: share_of_cores("variant_train")
     resources:
         gpu=gpus(),
     shell:
@@ -79,7 +79,7 @@ rule variant_evaluate:
         log_path(config, "variant_evaluate-{variant}"),
     conda:
         ENV
-    threads: workflow.cores
+    threads: share_of_cores("variant_evaluate")
     resources:
         gpu=gpus(),
     shell:

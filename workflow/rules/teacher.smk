@@ -16,15 +16,15 @@ for prefix, run_cfg, flag in RUNS:
             log_path(run_cfg, "teacher"),
         conda:
             ENV
-        threads: workflow.cores
+        threads: share_of_cores("teacher")
         resources:
             gpu=gpus(run_cfg),
         shell:
             hkd_shell("teacher", "{params.run_flag}")
 
-    # One job per shard: on a cluster each is its own (GPU) job; locally they run one after
-    # another, each with all cores (several GPUs on one machine: torchrun, README). A finished
-    # shard is kept when the run is interrupted.
+    # One job per shard: on a cluster each is its own (GPU) job; locally they share the cores
+    # (several GPUs on one machine: torchrun, README). A finished shard is kept when the run
+    # is interrupted.
     rule:
         name:
             prefix + "trajectory_shard"
@@ -41,7 +41,7 @@ for prefix, run_cfg, flag in RUNS:
             log_path(run_cfg, "trajectories-{shard}"),
         conda:
             ENV
-        threads: workflow.cores
+        threads: share_of_cores("trajectories")
         resources:
             gpu=gpus(run_cfg),
         shell:

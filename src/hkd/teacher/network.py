@@ -69,3 +69,17 @@ def load_teacher(path: str, device: torch.device | str = "cpu", cfg: dict | None
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not match the stored network arguments: {exc}") from exc
     return net.eval().requires_grad_(False).to(device)
+
+
+def start_from_unconditional(net: EDMPrecond, path: str) -> None:
+    """Load the unconditional teacher of ``path`` into the class-conditional ``net``: every
+    weight copied, the label embedding zero, so that the start is exactly that teacher for
+    every label (EDM adds the label embedding to the noise embedding)."""
+    source = load_teacher(path)
+    own = net.state_dict()
+    label_keys = {k for k in own if ".map_label." in k or k.startswith("map_label.")}
+    theirs = source.state_dict()
+    if set(own) - label_keys != set(theirs) or any(own[k].shape != v.shape for k, v in theirs.items()):
+        raise ValueError(f"{path}: the unconditional teacher's network differs from the conditional one beyond "
+                         "the label embedding; rerun its teacher stage with the same network settings")
+    net.load_state_dict({**theirs, **{k: torch.zeros_like(own[k]) for k in label_keys}}, strict=True)

@@ -24,7 +24,7 @@ from hkd.gradient_watch import GradientWatch
 from hkd.io import load_resume, save_torch, sha256_file
 from hkd.nn.precond import EDMPrecond
 from hkd.runtime import autocast, progress_enabled
-from hkd.teacher.network import save_teacher, teacher_kwargs
+from hkd.teacher.network import save_teacher, start_from_unconditional, teacher_kwargs
 from hkd.teacher.sampler import one_hot
 
 
@@ -46,20 +46,23 @@ def edm_loss(net: EDMPrecond, images: torch.Tensor, gen: torch.Generator, P_mean
     return weight * (denoised.float() - images) ** 2
 
 
-def _fingerprint(cfg: dict, data_path: str) -> str:
-    """What a resume state must have been made with: the teacher's settings and data."""
+def _fingerprint(cfg: dict, data_path: str, init_path: str | None) -> str:
+    """What a resume state must have been made with: the teacher's settings, data and start."""
     keys = ("seed", "precision", "compile", "data", "network", "edm", "teacher")
     h = hashlib.sha256(json.dumps({k: cfg[k] for k in keys}, sort_keys=True).encode())
     h.update(sha256_file(data_path).encode())
+    if init_path:
+        h.update(sha256_file(init_path).encode())
     return h.hexdigest()
 
 
 def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
                   device: torch.device, dtype, stop_after: int | None = None,
-                  resume_path: str | None = None) -> dict:
+                  resume_path: str | None = None, init_path: str | None = None) -> dict:
     """Train the teacher and write its checkpoint. ``stop_after``: return after that many
     steps without writing anything (throughput benchmarks). ``resume_path``: where the
-    training state is saved every ``teacher.checkpoint_every`` steps and resumed from."""
+    training state is saved every ``teacher.checkpoint_every`` steps and resumed from.
+    ``init_path``: an unconditional teacher this class-conditional one starts from."""
     tcfg, edm = cfg["teacher"], cfg["edm"]
     gen = torch.Generator().manual_seed(cfg["seed"])
     torch.manual_seed(cfg["seed"])
@@ -68,7 +71,10 @@ def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
     kwargs = teacher_kwargs(cfg)
     label_dim = kwargs["label_dim"]
     onehot = one_hot(torch.from_numpy(data["train_labels"]), label_dim) if label_dim else None
-    net = EDMPrecond(**kwargs).to(device).to(memory_format=torch.channels_last).train()
+    net = EDMPrecond(**kwargs)
+    if init_path:
+        start_from_unconditional(net, init_path)
+    net = net.to(device).to(memory_format=torch.channels_last).train()
     ema = EMA(net, tcfg["ema_halflife_kimg"], tcfg["ema_rampup_ratio"])
     opt = torch.optim.Adam(net.parameters(), lr=tcfg["lr"], betas=(0.9, 0.999), eps=1e-8)
     batch = tcfg["batch_size"]
@@ -77,7 +83,7 @@ def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
     step0, cursor, nimg = 0, 0, 0
 
     resume = Path(resume_path) if resume_path else None
-    fingerprint = _fingerprint(cfg, data_path) if resume else None
+    fingerprint = _fingerprint(cfg, data_path, init_path) if resume else None
     state = load_resume(resume, fingerprint, "teacher", "settings or data") if resume else None
     if state is not None:
         net.load_state_dict(state["net"])
@@ -147,7 +153,8 @@ def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
     stats = {"kimg": nimg / 1000, "steps": total_steps, "seconds": elapsed,
              "images_per_second": (nimg - step0 * batch) / elapsed,
              "parameters": sum(p.numel() for p in net.parameters()),
-             "resumed_from_step": step0 if state is not None else None, **watch.summary()}
+             "resumed_from_step": step0 if state is not None else None, "started_from": init_path,
+             **watch.summary()}
     save_teacher(ema.net, out_path, stats)  # ema.net.init_kwargs are teacher_kwargs(cfg)
     if resume and resume.is_file():
         resume.unlink()  # finished: a later forced rerun trains afresh

@@ -1,0 +1,321 @@
+"""The cost of a config before it runs: for every job of its DAG, the files it writes and
+their size, its peak memory and its time, on CPU and on a GPU.
+
+Sizes are computed from the config (array shapes, parameter counts); memory and time from
+the throughputs ``hkd bench`` stored under ``benchmarks/`` for a config with the same cost
+settings (``bench.cost_digest``) and device kind. A rate measured at one batch is used as
+it is: the plan assumes the config's own batch sizes, which the benchmark measures.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from hkd import pipeline
+from hkd.cost.bench import cost_digest
+
+#: time of starting a stage process (python, torch, the config), added to every job
+STARTUP_SECONDS = 6.0
+#: core counts whose wall time the plan computes from the DAG
+ELAPSED_CORES = (2, 8, 16)
+#: files below this size are listed but not estimated (logs, JSON, figures)
+SMALL = 64 * 1024
+
+
+@dataclass
+class Job:
+    name: str                       # the Snakemake rule and its variant / shard
+    stage: str
+    files: dict = field(default_factory=dict)   # path -> estimated bytes (None: small)
+    work: dict = field(default_factory=dict)    # workload -> units of its rate
+    compiles: list = field(default_factory=list)  # workloads whose first call this job pays
+    held_bytes: int = 0             # arrays the stage keeps in memory beside the workload's own
+    inputs: set = field(default_factory=set)     # files it reads (its place in the DAG)
+
+
+def _image_values(cfg: dict) -> int:
+    from hkd.config import SOURCE_CHANNELS
+
+    return SOURCE_CHANNELS[cfg["data"]["source"]] * cfg["data"]["resolution"] ** 2
+
+
+#: bytes torch.save adds per tensor (zip record, name, alignment), measured on the teacher
+TENSOR_OVERHEAD = 320
+
+
+def _state_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a checkpoint holding the module's state dict."""
+    return sum(t.numel() * t.element_size() + TENSOR_OVERHEAD for t in module.state_dict().values())
+
+
+def network_bytes(cfg: dict) -> dict:
+    """State-dict bytes of the teacher, HKD and the digit classifier of a config (built on
+    the meta device: no memory, no time)."""
+    from hkd.koopman.model import build_hkd
+    from hkd.metrics.classifier import DigitClassifier
+    from hkd.nn.precond import EDMPrecond
+    from hkd.teacher.network import teacher_kwargs
+
+    with torch.device("meta"):
+        teacher = EDMPrecond(**teacher_kwargs(cfg))
+        hkd = build_hkd(teacher, cfg)
+        return {"teacher": _state_bytes(teacher), "hkd": _state_bytes(hkd),
+                "classifier": _state_bytes(DigitClassifier())}
+
+
+def _npz(*arrays: tuple[int, int]) -> int:
+    """Bytes of an uncompressed .npz of arrays given as (values, bytes per value)."""
+    return sum(n * b + 128 for n, b in arrays)
+
+
+def _stored_states(cfg: dict) -> int:
+    from hkd.teacher.trajectories import stored_indices
+
+    t = cfg["trajectories"]
+    return len(stored_indices(t["num_steps"], t["store_every"]))
+
+
+def _hkd_examples(cfg: dict) -> int:
+    """Examples x time points one HKD training computes (the stage's unit of work)."""
+    h, n = cfg["hkd"], cfg["trajectories"]["count"]
+    batch = min(h["batch_size"], n)
+    return h["epochs"] * (n // batch) * batch * (h["time_points"] + 1)
+
+
+def _nfe(cfg: dict, nfe: int | None = None) -> int:
+    return 2 * cfg["trajectories"]["num_steps"] - 1 if nfe is None else nfe
+
+
+def _reference_count(cfg: dict) -> int:
+    d = cfg["data"]
+    return d["count"] - d["heldout"] if cfg["evaluate"]["reference"] == "train" else d["heldout"]
+
+
+def _files(cfg: dict, stage: str, variant: str | None, sizes: dict) -> dict:
+    """Every declared output of a job with its estimated size (None: small). A training's
+    resume state is deleted when it finishes, so it is not counted."""
+    out = {}
+    for key, value in pipeline.stage_outputs(cfg, stage, variant).items():
+        for path in value if isinstance(value, list) else [value]:
+            out[path] = sizes.get(key)
+    return out
+
+
+def _sizes(cfg: dict, nets: dict) -> dict:
+    """Estimated bytes of each sizeable file kind (run_paths keys)."""
+    v, n_img = _image_values(cfg), cfg["data"]["count"]
+    samples = _npz((cfg["sample"]["count"] * v, 4), (cfg["sample"]["count"], 8), (cfg["sample"]["count"], 8))
+    shard = cfg["trajectories"]["shard_size"]
+    return {
+        "data": _npz((n_img * v, 1), (n_img, 8), (n_img, 8)),
+        "classifier": nets["classifier"],
+        "teacher": nets["teacher"],
+        "shard": _npz((min(shard, cfg["trajectories"]["count"]) * _stored_states(cfg) * v, 2)),
+        "hkd": nets["hkd"], "variant_hkd": nets["hkd"],
+        "hkd_snapshots": nets["hkd"], "variant_snapshots": nets["hkd"],
+        "samples_teacher": samples, "samples_hkd": samples, "samples_teacher_nfe": samples, "variant_samples": samples,
+    }
+
+
+def _jobs_of_run(cfg: dict, prefix: str, sizes: dict) -> list[Job]:
+    s, e = cfg["sample"], cfg["evaluate"]
+    count, ref = s["count"], _reference_count(cfg)
+    jobs = []
+    for stage in pipeline.STAGES:
+        if (prefix and not stage.conditional) or not pipeline.stage_enabled(cfg, stage.name):
+            continue
+        for variant in pipeline.run_variants(cfg) if stage.per_variant else [None]:
+            name = prefix + stage.name + (f"[{variant}]" if variant else "")
+            job = Job(name, stage.name, _files(cfg, stage.name, variant, sizes),
+                      inputs=_flat(pipeline.stage_inputs(cfg, stage.name, variant)))
+            _fill(job, cfg, variant, count, ref, e)
+            jobs.extend(_split_shards(job, cfg, sizes) if stage.name == "trajectories" else [job])
+    return jobs
+
+
+def _flat(paths: dict) -> set:
+    return {p for v in paths.values() for p in (v if isinstance(v, list) else [v])}
+
+
+def _fill(job: Job, cfg: dict, variant: str | None, count: int, ref: int, e: dict) -> None:
+    """The work of one job, in units of the benchmark's rates."""
+    st = job.stage
+    if st == "classifier":
+        job.work = {"classifier_train": e["classifier_epochs"] * (cfg["data"]["count"] - cfg["data"]["heldout"])}
+    elif st == "teacher" and cfg["teacher"]["source"] == "train":
+        job.work, job.compiles = {"teacher_train": cfg["teacher"]["kimg"] * 1000}, ["teacher_train"]
+    elif st in ("hkd_train", "variant_train"):
+        vcfg = pipeline.variant_config(cfg, variant) if variant else cfg
+        job.work, job.compiles = {"hkd_train": _hkd_examples(vcfg)}, ["hkd_train"]
+    elif st == "sample":
+        nfes = [_nfe(cfg)] + list(cfg["sample"]["extra_teacher_nfe"])
+        job.work = {"denoiser": count * sum(nfes), "one_step": count}
+        job.compiles, job.held_bytes = ["denoiser"] * len(nfes), count * _image_values(cfg) * 4
+    elif st == "evaluate":
+        rows = 2 + len(cfg["sample"]["extra_teacher_nfe"]) + ("no_koopman" in cfg["ablations"])
+        thr = e["throughput_batch"] * (e["throughput_repeats"] + 1)
+        job.work = {"features": ref + cfg["data"]["heldout"] + rows * count, "denoiser": thr * _nfe(cfg),
+                    "one_step": thr}
+        job.held_bytes = (rows + 1) * count * _image_values(cfg) * 4
+    elif st == "variant_evaluate":
+        job.work = {"features": ref + count, "one_step": count}
+    elif st == "stability":
+        runs = 1 + len(pipeline.seed_variants(cfg)) + len(pipeline.ablation_variants(cfg))
+        scored = runs * len(cfg["hkd"]["snapshot_epochs"])
+        job.work = {"features": ref + scored * count, "one_step": scored * count}
+    elif st == "figures":
+        a = cfg["analysis"]
+        job.work = {"denoiser": a["seeds"] * _nfe(cfg) + a["inpaint"]["images"] * a["inpaint"]["steps"] * 2}
+
+
+def _split_shards(job: Job, cfg: dict, sizes: dict) -> list[Job]:
+    """The trajectories stage runs one job per shard (each compiles), then writes the manifest."""
+    t = cfg["trajectories"]
+    shards = []
+    for k, path in enumerate(pipeline.trajectory_shard_paths(cfg)):
+        n = min(t["shard_size"], t["count"] - k * t["shard_size"])
+        shards.append(Job(job.name.replace("trajectories", "trajectory_shard") + f"[{k}]", "trajectories",
+                          {path: sizes["shard"] * n // min(t["shard_size"], t["count"])},
+                          {"denoiser": n * _nfe(cfg)}, ["denoiser"], sizes["shard"], job.inputs))
+    return shards + [Job(job.name, "trajectories", job.files, inputs={p for s in shards for p in s.files})]
+
+
+def jobs(cfg: dict) -> list[Job]:
+    """Every job of the config's ``all``, the companion run's included."""
+    nets = network_bytes(cfg)
+    out = []
+    for prefix, rcfg, _flag in pipeline.dag_runs(cfg):
+        out += _jobs_of_run(rcfg, prefix, _sizes(rcfg, nets if not prefix else network_bytes(rcfg)))
+    return out
+
+
+def find_benchmark(cfg: dict, device_kind: str, root: str | Path = "benchmarks") -> dict | None:
+    """The newest stored benchmark of this config's cost settings on that device kind."""
+    found = []
+    for path in Path(root).glob(f"*-{device_kind}.json"):
+        b = json.loads(path.read_text())
+        if b.get("cost_digest") == cost_digest(cfg) and b.get("device_kind") == device_kind:
+            found.append(b)
+    return max(found, key=lambda b: b["measured"]) if found else None
+
+
+def job_seconds(job: Job, bench: dict) -> float:
+    w = bench["workloads"]
+    missing = [k for k in list(job.work) + job.compiles if k not in w]
+    if missing:
+        raise KeyError(f"benchmark of {bench['config']} has no {missing}")
+    return (STARTUP_SECONDS + sum(units / w[k]["rate"] for k, units in job.work.items())
+            + sum(w[k]["first_call_seconds"] for k in job.compiles))
+
+
+def job_memory(job: Job, bench: dict, key: str) -> int | None:
+    peaks = [bench["workloads"][k][key] for k in set(job.work) | set(job.compiles)
+             if bench["workloads"][k].get(key) is not None]
+    return (max(peaks) + job.held_bytes) if peaks else None
+
+
+def plan(cfg: dict, root: str | Path = "benchmarks") -> dict:
+    """Per job: files with sizes, and per device kind with a stored benchmark, seconds and
+    peak memory; totals (time as if the jobs ran one after another, each with the
+    benchmark's threads)."""
+    benches = {kind: find_benchmark(cfg, kind, root) for kind in ("cpu", "cuda")}
+    rows, planned = [], jobs(cfg)
+    for job in planned:
+        row = {"job": job.name, "files": job.files,
+               "disk_bytes": sum(v for v in job.files.values() if v)}
+        for kind, bench in benches.items():
+            if bench is not None:
+                row[kind] = {"seconds": job_seconds(job, bench),
+                             "peak_ram_bytes": job_memory(job, bench, "peak_rss_bytes"),
+                             "peak_gpu_bytes": job_memory(job, bench, "peak_gpu_bytes") if kind == "cuda" else None}
+        rows.append(row)
+    total = {"disk_bytes": sum(r["disk_bytes"] for r in rows)}
+    for kind, bench in benches.items():
+        if bench is not None:
+            seconds = [r[kind]["seconds"] for r in rows]
+            total[kind] = {"seconds": sum(seconds), "peak_ram_bytes": max(r[kind]["peak_ram_bytes"] or 0 for r in rows),
+                           "threads_per_job": bench["threads"],
+                           "elapsed_seconds_by_cores": {c: elapsed_seconds(planned, seconds, c, bench["threads"])
+                                                        for c in ELAPSED_CORES if c >= bench["threads"]}}
+            if "teacher_train" in bench["workloads"]:
+                w = bench["workloads"]["teacher_train"]
+                total[kind]["teacher_step_seconds"] = w["batch"] / w["rate"]
+    return {"digest": cost_digest(cfg), "jobs": rows, "total": total,
+            "benchmarks": {k: ({key: b[key] for key in ("measured", "device", "cpu", "threads", "config", "torch")}
+                               if b else None) for k, b in benches.items()}}
+
+
+def elapsed_seconds(jobs: list[Job], seconds: list[float], cores: int, threads: int) -> float:
+    """Wall time of the DAG when every job takes min(threads, cores) cores and the time the
+    benchmark measured, and a job starts, in plan order, as soon as its inputs exist and its
+    cores are free (what Snakemake does with --cores). A computation, not a measurement: it
+    assumes jobs side by side do not slow each other down."""
+    need = min(threads, cores)
+    made_by = {f: i for i, j in enumerate(jobs) for f in j.files}
+    deps = [{made_by[f] for f in j.inputs if f in made_by} for j in jobs]
+    done_at, running, now, free = {}, [], 0.0, cores
+    while len(done_at) < len(jobs):
+        started = {i for _, i in running}
+        for i in range(len(jobs)):
+            if i not in done_at and i not in started and free >= need and all(d in done_at for d in deps[i]):
+                running.append((now + seconds[i], i))
+                free -= need
+                started.add(i)
+        running.sort()
+        now, i = running.pop(0)
+        done_at[i] = now
+        free += need
+    return now
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "small"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def _time(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.2f} h"
+
+
+def format_plan(p: dict, config_file: str) -> str:
+    lines = [f"plan of {config_file} (cost settings {p['digest']})"]
+    for kind, b in p["benchmarks"].items():
+        lines.append(f"  {kind}: " + (f"throughputs measured {b['measured']} on {b['device']} ({b['cpu']}), "
+                                      f"{b['threads']} threads, torch {b['torch']}" if b else
+                                      f"no stored benchmark; run `hkd bench --config {config_file} --device {kind}` "
+                                      f"there to time this plan"))
+    head = f"  {'job':48s} {'disk':>10s}"
+    kinds = [k for k, b in p["benchmarks"].items() if b]
+    for kind in kinds:
+        head += f" {kind + ' time':>12s} {kind + ' RAM':>10s}" + (f" {'GPU mem':>10s}" if kind == "cuda" else "")
+    lines.append(head)
+    for r in p["jobs"]:
+        line = f"  {r['job'][:48]:48s} {_size(r['disk_bytes'] or None):>10s}"
+        for kind in kinds:
+            line += f" {_time(r[kind]['seconds']):>12s} {_size(r[kind]['peak_ram_bytes']):>10s}"
+            line += f" {_size(r[kind]['peak_gpu_bytes']):>10s}" if kind == "cuda" else ""
+        lines.append(line)
+    t = p["total"]
+    total = f"  {'all (one job after another)':48s} {_size(t['disk_bytes']):>10s}"
+    for kind in kinds:
+        total += f" {_time(t[kind]['seconds']):>12s} {_size(t[kind]['peak_ram_bytes']):>10s}"
+    lines.append(total)
+    for kind in kinds:
+        t_kind = t[kind]
+        lines.append(f"  {kind}: computed wall time of all, {t_kind['threads_per_job']} threads per job, jobs side "
+                     "by side where the DAG allows (assumes they do not slow each other): "
+                     + ", ".join(f"{c} cores {_time(s)}" for c, s in t_kind["elapsed_seconds_by_cores"].items()))
+        if "teacher_step_seconds" in t_kind:
+            lines.append(f"  {kind}: the teacher training step took {t_kind['teacher_step_seconds']:.2f} s when measured "
+                         "(this machine's speed varies from day to day; scale by your own step time)")
+    return "\n".join(lines)
+
