@@ -103,3 +103,30 @@ def test_every_config_has_a_plan(config):
     p = plan(cfg, ROOT / "benchmarks")
     assert p["jobs"] and all(r["disk_bytes"] >= 0 for r in p["jobs"])
     assert format_plan(p, f"configs/{config}").count("\n") >= len(p["jobs"])
+
+
+def fake_scaling(cfg, per_job_at_one_thread: float, workloads=tuple(bench.WORKLOADS)):
+    return {"measured": "2026-01-01T00:00:00+00:00", "cost_digest": bench.cost_digest(cfg), "workloads": {
+        w: [{"jobs": 1, "threads": 2, "rate_per_job": 1.0}, {"jobs": 2, "threads": 1, "rate_per_job": per_job_at_one_thread}]
+        for w in workloads}}
+
+
+def test_plan_times_the_rules_threads_from_the_thread_benchmark(tmp_path):
+    from hkd.cost.plan import rules_elapsed_seconds
+
+    cfg = load_config(SMOKE)
+    b = fake_bench(cfg)
+    planned = jobs(cfg)
+    # jobs at one thread run at 0.75 of one 2-thread job, two at a time: faster in all
+    fast = rules_elapsed_seconds(cfg, planned, b, fake_scaling(cfg, 0.75), cores=2)
+    seconds = [job_seconds(j, b) for j in planned]
+    assert fast is not None and fast < elapsed_seconds(planned, seconds, cores=2, threads=2)
+    # ... at 0.4 each they lose to one job with both threads
+    assert rules_elapsed_seconds(cfg, planned, b, fake_scaling(cfg, 0.4), cores=2) > fast
+    # a workload whose 1-thread layout was not measured: no estimate rather than a guess
+    assert rules_elapsed_seconds(cfg, planned, b, fake_scaling(cfg, 0.75, ("teacher_train",)), cores=2) is None
+    (tmp_path / "x-cpu.json").write_text(json.dumps(b))
+    (tmp_path / "threads-x-cpu.json").write_text(json.dumps(fake_scaling(cfg, 0.75)))
+    p = plan(cfg, tmp_path)
+    assert p["total"]["cpu"]["rules_threads"]["elapsed_seconds_by_cores"][2] == pytest.approx(fast)
+    assert "with the threads the rules give each job" in format_plan(p, "configs/smoke.yaml")

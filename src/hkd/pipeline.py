@@ -142,6 +142,20 @@ def job_threads(cfg: dict, stage: str, cores: int) -> int:
     return max(1, cores // parallel_jobs(cfg, stage))
 
 
+#: stages whose jobs share the cores with the others of their kind (``job_threads``); the
+#: classifier and the figures take every core; the light stages one
+SHARED_CORES = frozenset({"teacher", "trajectories", "hkd_train", "variant_train", "sample", "evaluate",
+                          "variant_evaluate", "stability"})
+ALL_CORES = frozenset({"classifier", "figures"})
+
+
+def rule_threads(cfg: dict, stage: str, cores: int) -> int:
+    """The threads a stage's rule asks for with ``cores`` (workflow/rules, ``hkd plan``)."""
+    if stage in SHARED_CORES:
+        return job_threads(cfg, stage, cores)
+    return cores if stage in ALL_CORES else 1
+
+
 #: the class-conditional companion of a run (config key ``conditional``, Table 4): rule and DVC
 #: stage names start with ``conditional_``, stage commands take ``--conditional``, files go to
 #: results/<run>/conditional/

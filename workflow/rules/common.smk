@@ -8,7 +8,7 @@ sys.path.insert(0, SRC)
 
 from hkd.config import load_config  # noqa: E402
 from hkd.pipeline import (  # noqa: E402
-    DIRECTORY_OUTPUTS, dag_runs, job_threads, log_path, run_variants, stage_inputs, stage_outputs, stage_params,
+    DIRECTORY_OUTPUTS, dag_runs, log_path, rule_threads, run_variants, stage_inputs, stage_outputs, stage_params,
     trajectory_shard_paths, trajectory_shard_pattern)
 
 validate(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
@@ -49,9 +49,10 @@ def outputs(stage, cfg=None):
 
 
 def share_of_cores(stage):
-    """A job's threads: the cores shared among the jobs of its kind that the DAG can run at
-    once (pipeline.job_threads); `--set-threads RULE=N` overrides it as usual."""
-    return job_threads(config, stage, workflow.cores)
+    """A job's threads: for the heavy stages the cores shared among the jobs of their kind
+    that the DAG can run at once (pipeline.rule_threads); `--set-threads RULE=N` overrides
+    it as usual."""
+    return rule_threads(config, stage, workflow.cores)
 
 
 def gpus(cfg=None):

@@ -9,7 +9,7 @@ rule classifier:
         log_path(config, "classifier"),
     conda:
         ENV
-    threads: workflow.cores
+    threads: share_of_cores("classifier")
     shell:
         hkd_shell("classifier")
 

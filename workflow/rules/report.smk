@@ -40,7 +40,7 @@ rule figures:
         log_path(config, "figures"),
     conda:
         ENV
-    threads: workflow.cores
+    threads: share_of_cores("figures")
     resources:
         gpu=gpus(),
     shell:

@@ -14,6 +14,7 @@ the rules' `threads:` (workflow/rules/*.smk) are chosen from. Eager by default
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -22,6 +23,12 @@ import tempfile
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+
+from hkd.config import load_config  # noqa: E402
+from hkd.cost.bench import cost_digest, cpu_model  # noqa: E402
+from hkd.io import save_json  # noqa: E402
 
 
 def layouts(cores: int) -> list[tuple[int, int]]:
@@ -58,16 +65,20 @@ def main() -> int:
     ap.add_argument("--config", default="configs/default.yaml")
     ap.add_argument("--cores", type=int, default=os.cpu_count())
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--workloads", nargs="+", default=["teacher_train", "hkd_train", "denoiser"])
+    ap.add_argument("--workloads", nargs="+", default=["teacher_train", "hkd_train", "denoiser", "one_step", "features",
+                                                         "classifier_train"])
     ap.add_argument("--compile", action="store_true", help="keep the config's compile setting (default: eager)")
+    ap.add_argument("--out", default=None, help="JSON to write (default: benchmarks/threads-<cost digest>-cpu.json)")
     args = ap.parse_args()
+    digest = cost_digest(load_config(args.config))
     config = args.config
     with tempfile.TemporaryDirectory(prefix="hkd-threads-cfg-") as tmp:
         if not args.compile:
             config = str(Path(tmp) / "eager.yaml")
             Path(config).write_text(yaml.safe_dump({"extends": str(Path(args.config).resolve()), "compile": False}))
-        report = {"config": args.config, "cores": args.cores, "compile": "config" if args.compile else False,
-                  "workloads": {}}
+        report = {"measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  "config": args.config, "cost_digest": digest, "cpu": cpu_model(), "cores": args.cores,
+                  "compile": "config" if args.compile else False, "workloads": {}}
         for w in args.workloads:
             rows = []
             for jobs, threads in layouts(args.cores):
@@ -81,6 +92,9 @@ def main() -> int:
                 r["total_vs_one_job"] = r["total_rate"] / whole
             report["workloads"][w] = rows
     print(json.dumps(report, indent=1))
+    out = Path(args.out or f"benchmarks/threads-{digest}-cpu.json")
+    save_json(report, out)
+    print(f"wrote {out}")
     return 0
 
 

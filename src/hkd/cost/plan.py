@@ -17,6 +17,7 @@ import torch
 
 from hkd import pipeline
 from hkd.cost.bench import cost_digest
+from hkd.pipeline import rule_threads
 
 #: time of starting a stage process (python, torch, the config), added to every job
 STARTUP_SECONDS = 6.0
@@ -241,6 +242,10 @@ def plan(cfg: dict, root: str | Path = "benchmarks") -> dict:
                            "threads_per_job": bench["threads"],
                            "elapsed_seconds_by_cores": {c: elapsed_seconds(planned, seconds, c, bench["threads"])
                                                         for c in ELAPSED_CORES if c >= bench["threads"]}}
+            scaling = find_thread_scaling(cfg, root) if kind == "cpu" else None
+            if scaling is not None:
+                total[kind]["rules_threads"] = {"measured": scaling["measured"], "elapsed_seconds_by_cores": {
+                    c: rules_elapsed_seconds(cfg, planned, bench, scaling, c) for c in ELAPSED_CORES}}
             if "teacher_train" in bench["workloads"]:
                 w = bench["workloads"]["teacher_train"]
                 total[kind]["teacher_step_seconds"] = w["batch"] / w["rate"]
@@ -249,27 +254,56 @@ def plan(cfg: dict, root: str | Path = "benchmarks") -> dict:
                                if b else None) for k, b in benches.items()}}
 
 
-def elapsed_seconds(jobs: list[Job], seconds: list[float], cores: int, threads: int) -> float:
-    """Wall time of the DAG when every job takes min(threads, cores) cores and the time the
-    benchmark measured, and a job starts, in plan order, as soon as its inputs exist and its
-    cores are free (what Snakemake does with --cores). A computation, not a measurement: it
-    assumes jobs side by side do not slow each other down."""
-    need = min(threads, cores)
+def elapsed_seconds(jobs: list[Job], seconds: list[float], cores: int, threads: int | list[int]) -> float:
+    """Wall time of the DAG when each job takes min(threads, cores) cores (one number for
+    all, or one per job) for its ``seconds``, and a job starts, in plan order, as soon as its
+    inputs exist and its cores are free (what Snakemake does with --cores). A computation,
+    not a measurement: the seconds must already include any slowdown of jobs side by side."""
+    needs = [min(t, cores) for t in (threads if isinstance(threads, list) else [threads] * len(jobs))]
     made_by = {f: i for i, j in enumerate(jobs) for f in j.files}
     deps = [{made_by[f] for f in j.inputs if f in made_by} for j in jobs]
     done_at, running, now, free = {}, [], 0.0, cores
     while len(done_at) < len(jobs):
         started = {i for _, i in running}
         for i in range(len(jobs)):
-            if i not in done_at and i not in started and free >= need and all(d in done_at for d in deps[i]):
+            if i not in done_at and i not in started and free >= needs[i] and all(d in done_at for d in deps[i]):
                 running.append((now + seconds[i], i))
-                free -= need
+                free -= needs[i]
                 started.add(i)
         running.sort()
         now, i = running.pop(0)
         done_at[i] = now
-        free += need
+        free += needs[i]
     return now
+
+
+def find_thread_scaling(cfg: dict, root: str | Path = "benchmarks") -> dict | None:
+    """The newest stored ``bench_threads.py`` result for this config's cost settings."""
+    found = [json.loads(p.read_text()) for p in Path(root).glob("threads-*-cpu.json")]
+    found = [b for b in found if b.get("cost_digest") == cost_digest(cfg)]
+    return max(found, key=lambda b: b["measured"]) if found else None
+
+
+def rules_elapsed_seconds(cfg: dict, planned: list[Job], bench: dict, scaling: dict, cores: int) -> float | None:
+    """Wall time on ``cores`` with the threads the rules give each job (pipeline.rule_threads),
+    a job's work slowed or sped up by the rate its workloads reached in the thread benchmark
+    at that many threads with every core busy, relative to one job with the benchmark's
+    threads; None where a needed layout was not measured."""
+    seconds, threads = [], []
+    for job in planned:
+        t = rule_threads(cfg, job.stage, cores) if job.work else 1
+        factors = {}
+        for w in job.work:
+            rows = {r["threads"]: r for r in scaling["workloads"].get(w, []) if r["jobs"] * r["threads"] == cores}
+            base = [r for r in scaling["workloads"].get(w, []) if r["jobs"] == 1 and r["threads"] == bench["threads"]]
+            if t != bench["threads"] and (t not in rows or not base):
+                return None
+            factors[w] = rows[t]["rate_per_job"] / base[0]["rate_per_job"] if t != bench["threads"] else 1.0
+        w_ = bench["workloads"]
+        seconds.append(STARTUP_SECONDS + sum(u / (w_[k]["rate"] * factors[k]) for k, u in job.work.items())
+                       + sum(w_[k]["first_call_seconds"] for k in job.compiles))
+        threads.append(t)
+    return elapsed_seconds(planned, seconds, cores, threads)
 
 
 def _size(n: int | None) -> str:
@@ -314,6 +348,12 @@ def format_plan(p: dict, config_file: str) -> str:
         lines.append(f"  {kind}: computed wall time of all, {t_kind['threads_per_job']} threads per job, jobs side "
                      "by side where the DAG allows (assumes they do not slow each other): "
                      + ", ".join(f"{c} cores {_time(s)}" for c, s in t_kind["elapsed_seconds_by_cores"].items()))
+        rules = t_kind.get("rules_threads")
+        if rules:
+            known = {c: v for c, v in rules["elapsed_seconds_by_cores"].items() if v is not None}
+            lines.append(f"  {kind}: with the threads the rules give each job, scaled by the thread benchmark of "
+                         f"{rules['measured']}: " + (", ".join(f"{c} cores {_time(v)}" for c, v in known.items())
+                                                     or "no core count whose layouts were all measured"))
         if "teacher_step_seconds" in t_kind:
             lines.append(f"  {kind}: the teacher training step took {t_kind['teacher_step_seconds']:.2f} s when measured "
                          "(this machine's speed varies from day to day; scale by your own step time)")
