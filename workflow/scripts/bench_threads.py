@@ -27,7 +27,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from hkd.config import load_config  # noqa: E402
-from hkd.cost.bench import cost_digest, cpu_model  # noqa: E402
+from hkd.cost.bench import cost_digest, cpu_model, isolated_command  # noqa: E402
 from hkd.io import save_json  # noqa: E402
 
 
@@ -49,9 +49,8 @@ def run_layout(config: str, workload: str, jobs: int, threads: int, steps: int) 
         procs, outs = [], []
         for j in range(jobs):
             out = Path(tmp) / f"{j}.json"
-            cmd = [sys.executable, "-m", "hkd", "bench", "--config", config, "--only", workload,
-                   "--threads", str(threads), "--steps", str(steps), "--result", str(out)]
-            env = dict(os.environ, TQDM_DISABLE="1", HKD_NO_PROGRESS="1", OMP_NUM_THREADS=str(threads))
+            cmd, env = isolated_command(config, workload, steps, threads, None, out)
+            env["OMP_NUM_THREADS"] = str(threads)
             procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL))
             outs.append(out)
         for p in procs:

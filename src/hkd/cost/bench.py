@@ -103,7 +103,7 @@ def _teacher_train(cfg, device, dtype, steps, tmp):
 
 
 def _denoiser(cfg, device, dtype, steps, tmp):
-    from hkd.teacher.sampler import seeded_inputs
+    from hkd.teacher.sampler import one_hot, seeded_inputs
     from hkd.teacher.trajectories import make_denoiser
 
     teacher = _random_teacher(cfg, tmp, device)
@@ -111,7 +111,7 @@ def _denoiser(cfg, device, dtype, steps, tmp):
     denoise = make_denoiser(teacher, device, dtype, compile=cfg["compile"])
     noise, labels = seeded_inputs(range(batch), (teacher.img_channels, teacher.img_resolution,
                                                  teacher.img_resolution), teacher.label_dim, device)
-    onehot = torch.nn.functional.one_hot(labels, teacher.label_dim).float() if labels is not None else None
+    onehot = one_hot(labels, teacher.label_dim)
     sigma = torch.full((batch,), 2.0, device=device, dtype=torch.float64)
     first, per_call = _timed_calls(lambda: _sync(denoise(noise * 2.0, sigma, onehot)), steps)
     return {"rate": batch / per_call, "batch": batch, "first_call_seconds": first}
@@ -226,16 +226,25 @@ def measure_one(cfg: dict, workload: str, steps: int, threads: int | None) -> di
     return out
 
 
+def isolated_command(config_file: str, workload: str, steps: int, threads: int | None, device: str | None,
+                     result: Path) -> tuple[list[str], dict]:
+    """(command, environment) of ``measure_one`` in a fresh process (``hkd bench --only``)
+    that writes its JSON to ``result``, compiling into an empty cache beside it, so that the
+    first call costs what it costs on a fresh machine."""
+    cmd = [sys.executable, "-m", "hkd", "bench", "--config", config_file, "--only", workload,
+           "--steps", str(steps), "--result", str(result)]
+    cmd += ["--threads", str(threads)] if threads else []
+    cmd += ["--device", device] if device else []
+    env = dict(os.environ, TQDM_DISABLE="1", HKD_NO_PROGRESS="1",
+               TORCHINDUCTOR_CACHE_DIR=str(result.parent / f"inductor-{result.stem}"))
+    return cmd, env
+
+
 def _run_isolated(config_file: str, workload: str, steps: int, threads: int | None, device: str | None) -> dict:
-    """``measure_one`` in a fresh process (``hkd bench --only``), its JSON read back."""
+    """``measure_one`` in a fresh process, its JSON read back."""
     with tempfile.TemporaryDirectory(prefix="hkd-bench-") as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "hkd", "bench", "--config", config_file, "--only", workload,
-               "--steps", str(steps), "--result", str(out)]
-        cmd += ["--threads", str(threads)] if threads else []
-        cmd += ["--device", device] if device else []
-        # an empty compile cache: the first call costs what it costs on a fresh machine
-        env = dict(os.environ, TQDM_DISABLE="1", HKD_NO_PROGRESS="1", TORCHINDUCTOR_CACHE_DIR=str(Path(tmp) / "inductor"))
+        cmd, env = isolated_command(config_file, workload, steps, threads, device, out)
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())
 

@@ -87,8 +87,9 @@ def _hkd_examples(cfg: dict) -> int:
     return h["epochs"] * (n // batch) * batch * (h["time_points"] + 1)
 
 
-def _nfe(cfg: dict, nfe: int | None = None) -> int:
-    return 2 * cfg["trajectories"]["num_steps"] - 1 if nfe is None else nfe
+def _nfe(cfg: dict) -> int:
+    """Teacher evaluations of one trajectory (Heun, 2 per step but the last)."""
+    return 2 * cfg["trajectories"]["num_steps"] - 1
 
 
 def _reference_count(cfg: dict) -> int:
@@ -123,8 +124,6 @@ def _sizes(cfg: dict, nets: dict) -> dict:
 
 
 def _jobs_of_run(cfg: dict, prefix: str, sizes: dict) -> list[Job]:
-    s, e = cfg["sample"], cfg["evaluate"]
-    count, ref = s["count"], _reference_count(cfg)
     jobs = []
     for stage in pipeline.STAGES:
         if (prefix and not stage.conditional) or not pipeline.stage_enabled(cfg, stage.name):
@@ -133,7 +132,7 @@ def _jobs_of_run(cfg: dict, prefix: str, sizes: dict) -> list[Job]:
             name = prefix + stage.name + (f"[{variant}]" if variant else "")
             job = Job(name, stage.name, _files(cfg, stage.name, variant, sizes),
                       inputs=_flat(pipeline.stage_inputs(cfg, stage.name, variant)))
-            _fill(job, cfg, variant, count, ref, e)
+            _fill(job, cfg, variant)
             jobs.extend(_split_shards(job, cfg, sizes) if stage.name == "trajectories" else [job])
     return jobs
 
@@ -142,9 +141,10 @@ def _flat(paths: dict) -> set:
     return {p for v in paths.values() for p in (v if isinstance(v, list) else [v])}
 
 
-def _fill(job: Job, cfg: dict, variant: str | None, count: int, ref: int, e: dict) -> None:
+def _fill(job: Job, cfg: dict, variant: str | None) -> None:
     """The work of one job, in units of the benchmark's rates."""
-    st = job.stage
+    st, e = job.stage, cfg["evaluate"]
+    count, ref = cfg["sample"]["count"], _reference_count(cfg)
     if st == "classifier":
         job.work = {"classifier_train": e["classifier_epochs"] * (cfg["data"]["count"] - cfg["data"]["heldout"])}
     elif st == "teacher" and cfg["teacher"]["source"] == "train":
@@ -194,22 +194,29 @@ def jobs(cfg: dict) -> list[Job]:
     return out
 
 
-def find_benchmark(cfg: dict, device_kind: str, root: str | Path = "benchmarks") -> dict | None:
-    """The newest stored benchmark of this config's cost settings on that device kind."""
-    found = []
-    for path in Path(root).glob(f"*-{device_kind}.json"):
-        b = json.loads(path.read_text())
-        if b.get("cost_digest") == cost_digest(cfg) and b.get("device_kind") == device_kind:
-            found.append(b)
+def _newest(cfg: dict, root: str | Path, pattern: str, **match) -> dict | None:
+    """The newest stored result under ``root`` matching ``pattern`` for this config's cost
+    settings (and the ``match`` fields)."""
+    digest = cost_digest(cfg)
+    found = [b for b in (json.loads(p.read_text()) for p in Path(root).glob(pattern))
+             if b.get("cost_digest") == digest and all(b.get(k) == v for k, v in match.items())]
     return max(found, key=lambda b: b["measured"]) if found else None
 
 
-def job_seconds(job: Job, bench: dict) -> float:
+def find_benchmark(cfg: dict, device_kind: str, root: str | Path = "benchmarks") -> dict | None:
+    """The newest stored ``hkd bench`` result of this config's cost settings on that device kind."""
+    return _newest(cfg, root, f"*-{device_kind}.json", device_kind=device_kind)
+
+
+def job_seconds(job: Job, bench: dict, speed: dict | None = None) -> float:
+    """Start, work over the benchmark's rates (each times ``speed[workload]``, default 1),
+    and the first call of each path the job compiles."""
     w = bench["workloads"]
     missing = [k for k in list(job.work) + job.compiles if k not in w]
     if missing:
         raise KeyError(f"benchmark of {bench['config']} has no {missing}")
-    return (STARTUP_SECONDS + sum(units / w[k]["rate"] for k, units in job.work.items())
+    speed = speed or {}
+    return (STARTUP_SECONDS + sum(units / (w[k]["rate"] * speed.get(k, 1.0)) for k, units in job.work.items())
             + sum(w[k]["first_call_seconds"] for k in job.compiles))
 
 
@@ -279,9 +286,7 @@ def elapsed_seconds(jobs: list[Job], seconds: list[float], cores: int, threads: 
 
 def find_thread_scaling(cfg: dict, root: str | Path = "benchmarks") -> dict | None:
     """The newest stored ``bench_threads.py`` result for this config's cost settings."""
-    found = [json.loads(p.read_text()) for p in Path(root).glob("threads-*-cpu.json")]
-    found = [b for b in found if b.get("cost_digest") == cost_digest(cfg)]
-    return max(found, key=lambda b: b["measured"]) if found else None
+    return _newest(cfg, root, "threads-*-cpu.json")
 
 
 def rules_elapsed_seconds(cfg: dict, planned: list[Job], bench: dict, scaling: dict, cores: int) -> float | None:
@@ -289,21 +294,27 @@ def rules_elapsed_seconds(cfg: dict, planned: list[Job], bench: dict, scaling: d
     a job's work slowed or sped up by the rate its workloads reached in the thread benchmark
     at that many threads with every core busy, relative to one job with the benchmark's
     threads; None where a needed layout was not measured."""
+    speed = _thread_speeds(scaling, cores, bench["threads"])
     seconds, threads = [], []
     for job in planned:
         t = rule_threads(cfg, job.stage, cores) if job.work else 1
-        factors = {}
-        for w in job.work:
-            rows = {r["threads"]: r for r in scaling["workloads"].get(w, []) if r["jobs"] * r["threads"] == cores}
-            base = [r for r in scaling["workloads"].get(w, []) if r["jobs"] == 1 and r["threads"] == bench["threads"]]
-            if t != bench["threads"] and (t not in rows or not base):
-                return None
-            factors[w] = rows[t]["rate_per_job"] / base[0]["rate_per_job"] if t != bench["threads"] else 1.0
-        w_ = bench["workloads"]
-        seconds.append(STARTUP_SECONDS + sum(u / (w_[k]["rate"] * factors[k]) for k, u in job.work.items())
-                       + sum(w_[k]["first_call_seconds"] for k in job.compiles))
+        if t != bench["threads"] and any((w, t) not in speed for w in job.work):
+            return None
+        seconds.append(job_seconds(job, bench, {w: speed.get((w, t), 1.0) for w in job.work}))
         threads.append(t)
     return elapsed_seconds(planned, seconds, cores, threads)
+
+
+def _thread_speeds(scaling: dict, cores: int, bench_threads: int) -> dict:
+    """{(workload, threads): rate per job with ``cores`` busy at that many threads each,
+    relative to one job with the benchmark's threads}, for the layouts measured."""
+    out = {}
+    for w, rows in scaling["workloads"].items():
+        base = [r["rate_per_job"] for r in rows if r["jobs"] == 1 and r["threads"] == bench_threads]
+        for r in rows:
+            if base and r["jobs"] * r["threads"] == cores:
+                out[(w, r["threads"])] = r["rate_per_job"] / base[0]
+    return out
 
 
 def _size(n: int | None) -> str:
