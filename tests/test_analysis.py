@@ -12,7 +12,7 @@ from hkd.analysis.inpainting import Transform, restore
 from hkd.analysis.modes import (band_decodes, band_masks, bands_partition, cumulative_contribution, features_at,
                                to_eps)
 from hkd.analysis.trajectory import consistency, consistency_check, predictions_along
-from hkd.koopman.model import HKD
+from hkd.koopman.model import HKD, hkd_checkpoint
 from hkd.nn.precond import EDMPrecond
 from hkd.teacher.network import teacher_kwargs
 
@@ -176,8 +176,7 @@ def test_edit_command_from_seeds_and_images(smoke_cfg, repo, tmp_path, monkeypat
     from hkd.cli import main
 
     model = small_hkd(smoke_cfg)
-    ckpt = {"kind": "hkd", "teacher_kwargs": teacher_kwargs(smoke_cfg), "hkd_kwargs": model.init_kwargs,
-            "state": model.state_dict(), "stats": None}
+    ckpt = hkd_checkpoint(model, teacher_kwargs(smoke_cfg))
     monkeypatch.chdir(tmp_path)
     hkd_path = tmp_path / "results" / smoke_cfg["run"] / "hkd" / "hkd.pt"
     hkd_path.parent.mkdir(parents=True)

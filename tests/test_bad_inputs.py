@@ -133,7 +133,7 @@ def test_checkpoint_from_another_config_is_refused(kind, tmp_path, smoke_cfg):
     differing keys; the checkpoint and the outputs already there stay."""
     import torch
 
-    from hkd.koopman.model import HKD
+    from hkd.koopman.model import HKD, hkd_checkpoint
     from hkd.pipeline import run_paths
     from test_trajectories import write_teacher
 
@@ -146,8 +146,7 @@ def test_checkpoint_from_another_config_is_refused(kind, tmp_path, smoke_cfg):
         model = HKD(teacher, eps=0.002, sigma_max=80.0)
         ckpt, stage, kept = paths["hkd"], "spectral", sentinel(tmp_path, cfg, "spectral")
         (tmp_path / ckpt).parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"kind": "hkd", "teacher_kwargs": teacher.init_kwargs, "hkd_kwargs": model.init_kwargs,
-                    "state": model.state_dict(), "stats": None}, tmp_path / ckpt)
+        torch.save(hkd_checkpoint(model, teacher.init_kwargs), tmp_path / ckpt)
     before = (tmp_path / ckpt).read_bytes()
     rc, out = hkd(tmp_path, stage, "--config", write(tmp_path, cfg), "--threads", "1")
     assert rc != 0, out

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import copy_workflow
 from hkd.config import load_config
@@ -130,9 +131,20 @@ def test_smoke_dag_with_snakemake(tmp_path):
     assert "Nothing to be done" in r.stdout + r.stderr
 
 
+def one_of_each_kind(work: Path) -> None:
+    """The smoke config with one stage of each kind DVC runs (one ablation, no seed runs,
+    study or companion): the Snakemake smoke test runs all of them, and test_pipeline checks
+    that DVC declares every stage as Snakemake does."""
+    cfg = load_config(work / "configs" / "smoke.yaml")
+    cfg.update(ablations=["no_koopman"], ablation_seeds=[], conditional=False)
+    cfg["stability"], cfg["study"] = {"seeds": []}, dict(cfg["study"], recipes={})
+    (work / "configs" / "smoke.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
 @pytest.mark.slow
 def test_smoke_dag_with_dvc(tmp_path):
     work = copy_workflow(tmp_path)
+    one_of_each_kind(work)
     env_bin = str(BIN)
     run(["git", "init", "-q"], work)
     run([str(BIN / "dvc"), "init", "-q"], work)

@@ -232,10 +232,6 @@ def run_paths(cfg: dict) -> dict[str, str]:
         "variant_samples": root / "variants" / "{variant}" / "samples.npz",
         "variant_metrics": root / "variants" / "{variant}" / "metrics.json",
         "variant_snapshots": root / "variants" / "{variant}" / "snapshots" / "epoch-{epoch}.pt",
-        # the Table 5 runs' snapshots (only seed<N> variants), read by the stability stage
-        "seed_snapshots": root / "variants" / "{variant}" / "snapshots" / "epoch-{epoch}.pt",
-        # the Table 3 ablations' snapshots (every ablation and its seeds): the budget curves
-        "ablation_snapshots": root / "variants" / "{variant}" / "snapshots" / "epoch-{epoch}.pt",
         # FID against training examples of the full model and each ablation (stability stage)
         "budget_curves": root / "eval" / "budget_curves.png",
         "stability": root / "eval" / "stability.json",
@@ -366,7 +362,10 @@ STAGES: tuple[Stage, ...] = (
           ("src/hkd/nn", "src/hkd/koopman", "src/hkd/sample.py", "src/hkd/metrics", "src/hkd/data/dataset.py")
           + _TEACHER_CKPT + _COMPILED + _RUNTIME, per_variant=True),
     Stage("stability", "stability",
-          ("data", "classifier", "teacher", "hkd_snapshots", "seed_snapshots", "ablation_snapshots"),
+          ("data", "classifier", "teacher", "hkd_snapshots", "seed_snapshots", "ablation_snapshots",
+           # each run's final weights and their scores: its last snapshot is not scored again
+           "hkd", "metrics", "samples_hkd", "seed_hkd", "seed_metrics", "seed_samples", "ablation_hkd",
+           "ablation_metrics", "ablation_samples"),
           ("stability", "stability_samples", "budget_curves"),
           ("seed", "device", "precision", "edm", "hkd", "ablations", "ablation_seeds", "stability", "sample",
            "evaluate"),
@@ -433,12 +432,25 @@ def _path_enabled(cfg: dict, key: str) -> bool:
     return True
 
 
+#: a stage that gathers the files of one group of variants names them ``<group>_<file>``: the
+#: ``variant_<file>`` of each variant of the group (``seed_snapshots``: the Table 5 runs' snapshots)
+VARIANT_GROUPS = {"seed": seed_variants, "ablation": ablation_variants}
+
+
+def _template(cfg: dict, key: str) -> tuple[str, object]:
+    """(path template of a stage file key, the variant group it gathers or None)."""
+    group, _, file = key.partition("_")
+    if group in VARIANT_GROUPS:
+        return run_paths(cfg)[f"variant_{file}"], VARIANT_GROUPS[group]
+    return run_paths(cfg)[key], None
+
+
 def _resolve(cfg: dict, name: str, key: str, variant: str | None):
     """A stage's file or files. ``{nfe}`` and ``{epoch}`` expand to the configured extra
     teacher NFEs and snapshot epochs (a list); ``{variant}`` is filled in for one variant
     (``variant``), left as a wildcard for per-variant stages, or expanded to every variant
-    for a stage that gathers them (the seed runs only for ``seed_snapshots``)."""
-    template = run_paths(cfg)[key]
+    for a stage that gathers them (only those of its group for a ``VARIANT_GROUPS`` key)."""
+    template, group = _template(cfg, key)
     paths, listed = [template], False
     if "{nfe}" in template:
         paths, listed = [p.replace("{nfe}", str(n)) for p in paths for n in cfg["sample"]["extra_teacher_nfe"]], True
@@ -448,8 +460,7 @@ def _resolve(cfg: dict, name: str, key: str, variant: str | None):
         if variant is not None:
             paths = [p.replace("{variant}", variant) for p in paths]
         elif not STAGE_BY_NAME[name].per_variant:
-            variants = {"seed_snapshots": seed_variants, "ablation_snapshots": ablation_variants}.get(
-                key, run_variants)(cfg)
+            variants = (group or run_variants)(cfg)
             paths, listed = [p.replace("{variant}", v) for v in variants for p in paths], True
     return paths if listed else paths[0]
 

@@ -166,7 +166,8 @@ def _fill(job: Job, cfg: dict, variant: str | None) -> None:
         job.work = {"features": ref + count, "one_step": count}
     elif st == "stability":
         runs = 1 + len(pipeline.seed_variants(cfg)) + len(pipeline.ablation_variants(cfg))
-        scored = runs * len(cfg["hkd"]["snapshot_epochs"])
+        # the model before training, and each snapshot but the final weights (scored by evaluate)
+        scored = 1 + runs * len([e for e in cfg["hkd"]["snapshot_epochs"] if e != cfg["hkd"]["epochs"] - 1])
         job.work = {"features": ref + scored * count, "one_step": scored * count}
     elif st == "figures":
         a = cfg["analysis"]

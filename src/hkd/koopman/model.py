@@ -130,6 +130,14 @@ def build_hkd(teacher: EDMPrecond, cfg: dict) -> HKD:
                koopman=hk["koopman"], hierarchy=hk["hierarchy"], decoder=hk["decoder"])
 
 
+def hkd_checkpoint(weights: HKD, teacher_kwargs: dict, stats: dict | None = None, ema: bool = False) -> dict:
+    """What ``load_hkd`` reads: ``weights`` (the EMA copy where EMA was on), the arguments
+    that rebuild it, and the training's record."""
+    return {"kind": "hkd", "teacher_kwargs": teacher_kwargs, "hkd_kwargs": weights.init_kwargs,
+            "state": {k: v.detach().contiguous().clone() for k, v in weights.state_dict().items()},
+            "ema": ema, "stats": stats}
+
+
 def load_hkd(path: str, device="cpu", cfg: dict | None = None) -> HKD:
     """HKD weights written by ``hkd hkd-train`` (EMA weights when EMA was on). With ``cfg``, a
     checkpoint trained on another architecture's teacher is refused, naming the keys."""

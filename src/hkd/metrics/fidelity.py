@@ -13,6 +13,10 @@ from hkd.metrics.classifier import load_classifier, uint8_to_model
 EXTRACTOR_NAME = "hkd-digit-classifier"
 
 
+#: what a scorer returns for a set of generated images
+SCORE_KEYS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "fid_sampling_std", "fid_bootstrap")
+
+
 class DigitFeatureExtractor(FeatureExtractorBase):
     """Penultimate (128-d) features for FID/KID, logits for IS."""
 
@@ -112,7 +116,7 @@ class Scorer:
         return fid_statistics_to_metric(stats, self.reference_stats, False)["frechet_inception_distance"]
 
     def __call__(self, generated: np.ndarray) -> dict:
-        """{fid, is_mean, is_std, kid_mean, kid_std, fid_sampling_std, fid_bootstrap} of uint8 images."""
+        """The ``SCORE_KEYS`` of uint8 images."""
         from torch_fidelity.metric_isc import isc_featuresdict_to_metric
         from torch_fidelity.metric_kid import kid_featuresdict_to_metric
 

@@ -3,7 +3,9 @@ own training and the ``stability.seeds`` trainings (same teacher and trajectorie
 initialisation and minibatch seeds), as mean and standard deviation per epoch; plus the
 model before training (the teacher-initialised encoder/decoder with zero Koopman
 generators, the same for every seed). The same snapshots of every Table 3 ablation
-training give the budget curves: FID against training examples for each model. The first
+training give the budget curves: FID against training examples for each model. A run's
+last snapshot, when it holds the run's final weights, takes the scores its run's evaluation
+already wrote (the same samples) instead of being sampled and scored again. The first
 ``GRID_SAMPLES`` samples of the run's own training at each epoch are kept for the report's
 grids."""
 
@@ -13,10 +15,12 @@ import numpy as np
 import torch
 
 from hkd.data.dataset import load_dataset
-from hkd.io import save_json, save_npz
+from hkd.io import load_json, load_npz, save_json, save_npz
 from hkd.koopman.model import build_hkd, load_hkd
 from hkd.metrics.evaluate import make_scorer, score_one_step
-from hkd.pipeline import FULL, ablation_variants, parse_variant, run_paths, seed_variants, snapshot_paths
+from hkd.metrics.fidelity import SCORE_KEYS
+from hkd.pipeline import (FULL, ablation_variants, parse_variant, run_paths, seed_variants, snapshot_paths,
+                          variant_paths)
 
 
 #: samples per epoch kept for the report (which shows the first report.grid_images of them)
@@ -63,28 +67,62 @@ def plot_budget_curves(curves: dict[str, dict], before: float, path: str) -> Non
                   "FID against training budget (mean +- std over seeds)", path, logy=True)
 
 
+def _same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def final_runs(cfg: dict, paths: dict) -> dict[str, dict]:
+    """{run name: its final weights, their scores and samples}, as the evaluate and
+    variant-evaluate stages wrote them (the run's HKD row; each seed and ablation training)."""
+    metrics = load_json(paths["metrics"])
+    own = next(r for r in metrics["rows"] if r["key"] == "hkd")
+    out = {f"seed{cfg['seed']}": {"hkd": paths["hkd"], "scores": own, "samples": paths["samples_hkd"]}}
+    for v in seed_variants(cfg) + ablation_variants(cfg):
+        vp = variant_paths(cfg, v)
+        out[v] = {"hkd": vp["variant_hkd"], "scores": load_json(vp["variant_metrics"]),
+                  "samples": vp["variant_samples"]}
+    return out
+
+
+def _score_snapshot(cfg, model, final: dict, scorer, device, dtype, desc: str):
+    """(images, FID / IS / KID) of a snapshot: read from its run's evaluation where the
+    snapshot holds the run's final weights (same evaluation seeds, same scorer), else sampled
+    and scored here."""
+    if _same_weights(model, load_hkd(final["hkd"], device, cfg)):
+        images = load_npz(final["samples"], ("images",))["images"]
+        return images, {k: final["scores"][k] for k in SCORE_KEYS if k in final["scores"]}
+    images, _, scores = score_one_step(cfg, model, scorer, device, dtype, desc)
+    return images, scores
+
+
+def _score_runs(cfg: dict, paths: dict, scorer, device, dtype) -> tuple[dict, dict, dict]:
+    """({run: {epoch: scores, steps, examples}}, {run: model}, {grid name: the run's own images})."""
+    runs, models, grids = {}, {}, {}
+    own = f"seed{cfg['seed']}"
+    finals = final_runs(cfg, paths)
+    for name, run in snapshot_runs(cfg).items():
+        runs[name], models[name] = {}, run["model"]
+        for epoch, path in run["files"].items():
+            model = load_hkd(path, device, cfg)
+            images, m = _score_snapshot(cfg, model, finals[name], scorer, device, dtype,
+                                        f"stability: {name} epoch {epoch}")
+            stats = model.train_stats or {}
+            runs[name][str(epoch)] = {**m, "steps": stats.get("steps"), "examples": stats.get("examples")}
+            if name == own:
+                grids[f"epoch{epoch:04d}"] = images[:GRID_SAMPLES]
+    return runs, models, grids
+
+
 def evaluate_stability(cfg: dict, paths: dict, teacher, device, dtype) -> dict:
     data = load_dataset(paths["data"])
     scorer, info = make_scorer(cfg, paths, data, device)
     hk = cfg["hkd"]
     torch.manual_seed(cfg["seed"] + 1)  # as hkd-train builds it (nothing in it is random today)
     initial = build_hkd(teacher, cfg).to(device).eval()
-    k = GRID_SAMPLES
-    images, _, before = score_one_step(cfg, initial, scorer, device, dtype,
-                                       "stability: before training")
-    grids = {"before": images[:k]}
-    runs, models = {}, {}
-    own = f"seed{cfg['seed']}"
-    for name, run in snapshot_runs(cfg).items():
-        runs[name], models[name] = {}, run["model"]
-        for epoch, path in run["files"].items():
-            model = load_hkd(path, device, cfg)
-            images, _, m = score_one_step(cfg, model, scorer, device, dtype,
-                                          f"stability: {name} epoch {epoch}")
-            stats = model.train_stats or {}
-            runs[name][str(epoch)] = {**m, "steps": stats.get("steps"), "examples": stats.get("examples")}
-            if name == own:
-                grids[f"epoch{epoch:04d}"] = images[:k]
+    images, _, before = score_one_step(cfg, initial, scorer, device, dtype, "stability: before training")
+    runs, models, grids = _score_runs(cfg, paths, scorer, device, dtype)
+    grids["before"] = images[:GRID_SAMPLES]
     full = [r for r, m in models.items() if m == FULL]
     by_epoch = {str(e): _mean_std([runs[r][str(e)]["fid"] for r in full]) for e in hk["snapshot_epochs"]}
     curves = budget_curves(cfg, runs, models)

@@ -45,7 +45,7 @@ from hkd.ema import EMA
 from hkd.gradient_watch import GradientWatch
 from hkd.io import load_resume, save_torch, sha256_file
 from hkd.koopman.diagnostics import koopman_exponents, log_koopman
-from hkd.koopman.model import build_hkd
+from hkd.koopman.model import build_hkd, hkd_checkpoint
 from hkd.runtime import autocast, progress_enabled
 from hkd.teacher.sampler import one_hot, seeded_inputs
 from hkd.teacher.trajectories import load_trajectories
@@ -196,10 +196,7 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
             path.unlink(missing_ok=True)
 
     def checkpoint(stats: dict) -> dict:
-        final = ema.net if ema is not None else model
-        return {"kind": "hkd", "teacher_kwargs": teacher.init_kwargs, "hkd_kwargs": model.init_kwargs,
-                "state": {k_: v.detach().contiguous().clone() for k_, v in final.state_dict().items()},
-                "ema": ema is not None, "stats": stats}
+        return hkd_checkpoint(ema.net if ema is not None else model, teacher.init_kwargs, stats, ema is not None)
 
     def save_state(epoch: int, pos: int, order: torch.Tensor) -> None:
         if rank == 0:
