@@ -6,7 +6,15 @@ import sys
 
 import pytest
 
+from conftest import copy_workflow
+
 PROFILE = "workflow/profiles/slurm"
+
+
+@pytest.fixture
+def work(tmp_path):
+    """A copy of the workflow: Snakemake writes results/<run>/config.yaml even in a dry run."""
+    return copy_workflow(tmp_path)
 
 
 def dry_run(repo, *args):
@@ -30,8 +38,8 @@ def jobs(text):
 
 
 @pytest.mark.parametrize("config", ["cifar10", "cifar10_cond", "ffhq64"])
-def test_profile_plans_the_paper_configs(repo, config):
-    planned = jobs(dry_run(repo, "--profile", PROFILE, "--configfile", f"configs/{config}.yaml"))
+def test_profile_plans_the_paper_configs(work, config):
+    planned = jobs(dry_run(work, "--profile", PROFILE, "--configfile", f"configs/{config}.yaml"))
     rules = {r for r, _, _ in planned}
     assert {"teacher", "trajectory_shard", "hkd_train", "sample", "evaluate", "report"} <= rules
     for rule, res, _ in planned:
@@ -42,8 +50,8 @@ def test_profile_plans_the_paper_configs(repo, config):
         assert "runtime=" in res and "mem_mb=" in res, (rule, res)
 
 
-def test_several_gpus_start_torchrun(repo):
-    planned = jobs(dry_run(repo, "--profile", PROFILE, "--configfile", "configs/cifar10.yaml",
+def test_several_gpus_start_torchrun(work):
+    planned = jobs(dry_run(work, "--profile", PROFILE, "--configfile", "configs/cifar10.yaml",
                            "--set-resources", "hkd_train:gpu=4"))
     cmd = next(c for r, _, c in planned if r == "hkd_train")
     assert cmd.startswith("if [ 4 -gt 1 ]; then") and "-m torch.distributed.run --standalone --nproc-per-node 4 -m hkd hkd-train" in cmd
@@ -51,9 +59,9 @@ def test_several_gpus_start_torchrun(repo):
     assert one.startswith("if [ 1 -gt 1 ]")  # one GPU: a plain process
 
 
-def test_lint_is_clean(repo):
+def test_lint_is_clean(work):
     for config in ("configs/default.yaml", "configs/cifar10.yaml"):
-        r = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--configfile", config], cwd=repo,
+        r = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--configfile", config], cwd=work,
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0 and "Congratulations, your workflow is in a good condition" in r.stdout + r.stderr, \
             r.stdout[-2000:] + r.stderr[-2000:]

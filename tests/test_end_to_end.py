@@ -2,9 +2,11 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +40,8 @@ def check_plan_against_run(work: Path) -> None:
     assert sum(1 for size in planned.values() if size and size >= SMALL) >= 10
 
     def covered(f: str) -> bool:
-        return f in planned or any(f.startswith(d + "/") for d in planned) or "/logs/" in f
+        return (f in planned or any(f.startswith(d + "/") for d in planned) or "/logs/" in f
+                or f == "results/smoke/config.yaml")  # the config Snakemake's jobs read, no stage output
     written = {str(q.relative_to(work)) for q in (work / "results" / "smoke").rglob("*") if q.is_file()}
     assert not [f for f in written if not covered(f)], sorted(f for f in written if not covered(f))
 
@@ -129,6 +132,44 @@ def test_smoke_dag_with_snakemake(tmp_path):
     print(f"smoke DAG: {elapsed:.1f} s")
     r = run(smk, work)
     assert "Nothing to be done" in r.stdout + r.stderr
+    check_snakemake_report_and_benchmarks(work, smk)
+    check_config_override(work, smk)
+
+
+def check_config_override(work: Path, smk: list[str]) -> None:
+    """`--config` changes one key: only the jobs that read its section are planned again, and
+    the stage that runs reads the value from results/<run>/config.yaml."""
+    override = ["--config", "hkd={lr: 0.0005}"]
+    r = run(smk + ["-n"] + override, work)
+    planned = set(re.findall(r"^(?:local)?rule (\w+):", r.stdout + r.stderr, re.M))
+    assert {"hkd_train", "variant_train", "report"} <= planned, planned
+    assert not planned & {"data", "classifier", "teacher", "trajectory_shard", "trajectories",
+                          "conditional_teacher"}, planned
+    run(smk + override + ["--", "results/smoke/hkd/hkd.pt"], work)
+    assert load_config(work / "results" / "smoke" / "config.yaml")["hkd"]["lr"] == 0.0005
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    lrs = []
+    for events in (work / "results" / "smoke" / "hkd" / "tensorboard").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        lrs += [e.value for e in acc.Scalars("hkd/lr")] if "hkd/lr" in acc.Tags()["scalars"] else []
+    assert max(lrs) == pytest.approx(0.0005), lrs  # the rerun's (the first run's events were removed with it)
+
+
+def check_snakemake_report_and_benchmarks(work: Path, smk: list[str]) -> None:
+    """Every job leaves a Snakemake benchmark; `snakemake --report` archives the report,
+    the figures and the tables with their captions."""
+    for rel in ("teacher", "hkd_train", "variant_train-no_koopman", "report", "conditional/logs/benchmarks/evaluate"):
+        tsv = work / "results" / "smoke" / (rel if "/" in rel else f"logs/benchmarks/{rel}")
+        header = tsv.with_name(tsv.name + ".tsv").read_text().splitlines()[0].split("\t")
+        assert header[:2] == ["s", "h:m:s"] and "max_rss" in header, rel
+    run(smk + ["--report", "report.zip"], work)
+    with zipfile.ZipFile(work / "report.zip") as z:
+        names = z.namelist()
+    for name in ("index.html", "figure4_bands.png", "figure5_editing.png", "spectral.png", "budget_curves.png",
+                 "table3.html"):
+        assert any(n.endswith(name) for n in names), name
 
 
 def one_of_each_kind(work: Path) -> None:
@@ -139,6 +180,19 @@ def one_of_each_kind(work: Path) -> None:
     cfg.update(ablations=["no_koopman"], ablation_seeds=[], conditional=False)
     cfg["stability"], cfg["study"] = {"seeds": []}, dict(cfg["study"], recipes={})
     (work / "configs" / "smoke.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def check_metrics_and_plots(work: Path, env: dict) -> None:
+    """`dvc metrics show` lists the run's FID rows; `dvc plots show` draws the budget curves."""
+    r = subprocess.run([str(BIN / "dvc"), "metrics", "show", "--json"], cwd=work, capture_output=True, text=True,
+                       env=env)
+    assert r.returncode == 0 and '"hkd/fid"' in r.stdout and '"teacher/fid"' in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([str(BIN / "dvc"), "plots", "show", "-o", "plots_html"], cwd=work, capture_output=True,
+                       text=True, env=env)
+    page = work / "plots_html" / "index.html"
+    assert r.returncode == 0 and page.exists(), r.stdout + r.stderr
+    assert "budget_curves.csv" in page.read_text()
+    shutil.rmtree(work / "plots_html")
 
 
 @pytest.mark.slow
@@ -154,6 +208,7 @@ def test_smoke_dag_with_dvc(tmp_path):
     r = subprocess.run([str(BIN / "dvc"), "repro"], cwd=work, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (work / "reports" / "smoke" / "index.html").exists()
+    check_metrics_and_plots(work, env)
     r = subprocess.run([str(BIN / "dvc"), "repro"], cwd=work, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0
     assert "up to date" in r.stdout, r.stdout
@@ -169,7 +224,8 @@ def test_smoke_dag_with_dvc(tmp_path):
     run([str(BIN / "dvc"), "push"], work)
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(work), str(clone)], tmp_path)
-    assert not (clone / "results").exists()
+    in_git = {str(p.relative_to(clone)) for p in (clone / "results").rglob("*") if p.is_file()}
+    assert in_git == {f"results/smoke/eval/{f}" for f in ("summary.json", "loss.csv", "budget_curves.csv")}
     r = subprocess.run([str(BIN / "dvc"), "pull"], cwd=clone, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for rel in ("results/smoke/hkd/hkd.pt", "results/smoke/trajectories/manifest.json",
@@ -178,3 +234,35 @@ def test_smoke_dag_with_dvc(tmp_path):
     assert (clone / "results/smoke/hkd/hkd.pt").read_bytes() == (work / "results/smoke/hkd/hkd.pt").read_bytes()
     r = subprocess.run([str(BIN / "dvc"), "repro"], cwd=clone, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0 and "up to date" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    check_experiment(work, env)
+
+
+def _find_runs(node, found: list) -> list:
+    """Every {"params", "metrics"} record in `dvc exp show --json` output, at any depth."""
+    if isinstance(node, dict):
+        if "params" in node and "metrics" in node:
+            found.append(node)
+        for v in node.values():
+            _find_runs(v, found)
+    elif isinstance(node, list):
+        for v in node:
+            _find_runs(v, found)
+    return found
+
+
+def check_experiment(work: Path, env: dict) -> None:
+    """`dvc exp run -S` on a key that does not change the DAG reruns only the stages that read
+    its section, and `dvc exp show` lists the experiment with its parameter and metrics."""
+    env = dict(env, GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com", GIT_COMMITTER_NAME="test",
+               GIT_COMMITTER_EMAIL="test@example.com")
+    r = subprocess.run([str(BIN / "dvc"), "exp", "run", "-S", "configs/smoke.yaml:hkd.lr=0.0005"], cwd=work,
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ran = set(re.findall(r"Running stage '([^']+)'", r.stdout))
+    assert {"hkd_train", "variant_train_no_koopman", "report"} <= ran, ran
+    assert not ran & {"data", "teacher", "trajectories", "classifier"}, ran
+    r = subprocess.run([str(BIN / "dvc"), "exp", "show", "--json"], cwd=work, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    runs = _find_runs(json.loads(r.stdout), [])
+    lrs = [json.dumps(run["params"]).count('"lr": 0.0005') for run in runs]
+    assert any(lrs) and all('"hkd/fid"' in json.dumps(run["metrics"]) for run in runs), r.stdout[-3000:]

@@ -7,6 +7,7 @@ import sys
 import pytest
 import yaml
 
+from conftest import copy_workflow
 from hkd.config import load_config
 from hkd.pipeline import (ABLATIONS, PAPER_LEVERS, STAGES, conditional_config, dag_runs, run_paths, run_variants,
                           shard_count, stage_inputs, stage_outputs, variant_config)
@@ -43,10 +44,28 @@ def dvc_dag(repo):
     dag = {}
     for name, st in stages.items():
         entry = dag.setdefault(per_variant.get(name, name), {"outputs": set(), "deps": set(), "cmds": []})
-        entry["outputs"] |= {o if isinstance(o, str) else next(iter(o)) for o in st["outs"]}
+        outs = st["outs"] + st.get("metrics", []) + st.get("plots", [])
+        entry["outputs"] |= {o if isinstance(o, str) else next(iter(o)) for o in outs}
         entry["deps"] |= set(st["deps"])
         entry["cmds"].append(st["cmd"])
     return dag
+
+
+def test_dvc_declares_metrics_and_plots(repo):
+    """The run's summary is DVC's metrics file and the budget-curve table its plot, both kept
+    in git (cache: false; .gitignore lets them through) so other revisions can be compared."""
+    dvc = yaml.safe_load((repo / "dvc.yaml").read_text())
+    paths = run_paths(load_config(repo / "configs" / "default.yaml"))
+    assert dvc["stages"]["report"]["metrics"] == [{paths["summary"]: {"cache": False}}]
+    assert dvc["stages"]["stability"]["plots"] == [{paths["budget_curve_table"]: {"cache": False}}]
+    assert dvc["stages"]["report"]["plots"] == [{paths["loss_curve"]: {"cache": False}}]
+    loss, budget = dvc["plots"]
+    assert loss[paths["loss_curve"]]["y"] == ["loss_total"]
+    assert budget[paths["budget_curve_table"]]["y"] == ["full", "no_koopman", "no_trajectory", "no_hierarchy"]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", paths["summary"], paths["budget_curve_table"],
+                              paths["loss_curve"], paths["metrics"]], cwd=repo, capture_output=True,
+                             text=True).stdout.split()
+    assert ignored == [paths["metrics"]]
 
 
 def test_dvc_yaml_is_generated_from_pipeline(repo):
@@ -55,7 +74,7 @@ def test_dvc_yaml_is_generated_from_pipeline(repo):
     assert r.returncode == 0, r.stderr
 
 
-def test_snakemake_and_dvc_agree(repo):
+def test_snakemake_and_dvc_agree(repo, tmp_path):
     """Same stages, files and dependencies, for the run and its class-conditional companion
     (conditional_<stage>). Snakemake runs trajectories as one job per shard plus a manifest
     job; DVC as one stage whose output is the trajectories folder."""
@@ -75,7 +94,7 @@ def test_snakemake_and_dvc_agree(repo):
     def norm(files):
         return {next((d for d in traj_dirs if f.startswith(d + "/")), f) for f in files}
 
-    smk = snakemake_dag(repo, "configs/default.yaml")
+    smk = snakemake_dag(copy_workflow(tmp_path), "configs/default.yaml")  # a dry run writes results/<run>/config.yaml
     for prefix, run_cfg, _ in runs:
         paths = run_paths(run_cfg)
         shard_rule = smk.pop(prefix + "trajectory_shard")
@@ -136,8 +155,6 @@ def test_conditional_companion(repo):
 def test_paper_configs_plan_the_sharded_dag(repo, tmp_path):
     """`snakemake -n all` plans every paper config: one job per trajectory shard, no digit
     classifier, no data stage before an imported EDM teacher."""
-    from conftest import copy_workflow
-
     work = copy_workflow(tmp_path)
     for name, shards in (("cifar10", 10), ("cifar10_cond", 10), ("ffhq64", 20)):
         cfg = load_config(repo / "configs" / f"{name}.yaml")
@@ -153,8 +170,6 @@ def test_variant_stages_follow_the_config(repo, tmp_path):
     (and its extra seeds), stability seed and study recipe, gathered by the study and report
     stages; none when every list is empty; an ablation changes only its hkd: keys, a seed run
     only the seed, a study run the levers (at the paper's reading, then its recipe's)."""
-    from conftest import copy_workflow
-
     cfg = load_config(repo / "configs" / "default.yaml")
     assert cfg["ablations"] == ["no_koopman", "no_trajectory", "no_hierarchy"]
     assert run_variants(cfg) == ["no_koopman", "no_trajectory", "no_hierarchy", "no_koopman-seed1",

@@ -47,3 +47,15 @@ def test_other_weights_are_sampled_and_scored(smoke_cfg, final_run):
     images, scores = _score_snapshot(smoke_cfg, earlier, final_run, scorer, torch.device("cpu"), None, "t")
     assert scorer.calls == [smoke_cfg["sample"]["count"]] and scores["fid"] == 1.0
     assert len(images) == smoke_cfg["sample"]["count"] and not np.all(images == 0.25)
+
+
+def test_budget_curve_table_has_one_column_per_model():
+    from hkd.metrics.stability import budget_curve_table
+
+    curves = {"full": {"0": {"mean": 90.0, "std": 2.0, "examples": 16}, "1": {"mean": 80.0, "std": None, "examples": 32}},
+              "no_koopman": {"0": {"mean": 95.0, "std": 1.0, "examples": 16},
+                             "1": {"mean": 85.0, "std": 3.0, "examples": 32}}}
+    table = budget_curve_table(curves, before=300.0)
+    assert list(table["epoch"]) == [-1, 0, 1] and list(table["examples"]) == [0, 16, 32]
+    assert list(table["full"]) == [300.0, 90.0, 80.0] and list(table["no_koopman"]) == [300.0, 95.0, 85.0]
+    assert table["no_koopman_std"].iloc[2] == 3.0 and np.isnan(table["full_std"].iloc[2])

@@ -185,9 +185,13 @@ def run_edit(args) -> int:
 
 def stage_report(cfg, paths, args):
     from hkd.report.build import build_report
+    from hkd.report.loss_curve import write_loss_table
+    from hkd.report.summary import write_summary
 
+    write_summary(cfg, paths)
+    write_loss_table(paths["hkd_tb"], paths["loss_curve"])
     build_report(cfg, paths, paths["report"])
-    return {"report": paths["report"]}
+    return {"report": paths["report"], "summary": paths["summary"]}
 
 
 STAGE_FUNCTIONS = {
@@ -268,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         if name in PER_VARIANT:
             p.add_argument("--variant", required=True,
                            help=f"a Table 3 ablation ({', '.join(ABLATIONS)}) with an optional -seed<N>, a Table 5 "
-                                "run seed<N>, or a study run study-<recipe>-<model>-seed<N> (README)")
+                                "run seed<N>, or a study run study-<recipe>-<model>-seed<N> (docs/training.md, docs/study.md)")
     p = sub.add_parser("edit", help="frequency-aware one-step editing (Figure 5) of two seeds or two images")
     p.add_argument("--config", required=True, help="run configuration (YAML); edits that run's HKD")
     p.add_argument(f"--{CONDITIONAL}", action="store_true", help="edit with the class-conditional companion's HKD")

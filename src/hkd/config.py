@@ -165,15 +165,19 @@ def merge(base: dict, overrides: dict) -> dict:
     return out
 
 
-def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
-    """A config file's mapping, with ``extends: FILE`` (relative to it) resolved: the named
-    config, then this file's keys over it."""
+def _yaml_file(path: Path, chain: tuple[Path, ...] = ()):
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}" + (f" (extended by {chain[-1]})" if chain else ""))
     try:
-        cfg = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A config file's mapping, with ``extends: FILE`` (relative to it) resolved: the named
+    config, then this file's keys over it."""
+    cfg = _yaml_file(path, chain)
     if not isinstance(cfg, dict) or "extends" not in cfg:
         return cfg
     parent = (path.parent / str(cfg.pop("extends"))).resolve()
@@ -185,3 +189,46 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
 def load_config(path: str | Path) -> dict:
     path = Path(path)
     return validate_config(_read_yaml(path), str(path))
+
+
+def load_run_config(paths: list[str | Path], overrides: dict | None = None) -> dict:
+    """Snakemake's way of combining configs: the first file (its ``extends`` resolved), each
+    further file's keys laid over it, then ``overrides`` (``--config key=value``); validated."""
+    cfg = _read_yaml(Path(paths[0]))
+    for path in paths[1:]:
+        layer = _yaml_file(Path(path)) or {}
+        if not isinstance(layer, dict):
+            raise ConfigError(f"{path}: a config file is a mapping of keys")
+        if "extends" in layer:
+            raise ConfigError(f"{path}: key 'extends' is only read in the first --configfile ({paths[0]})")
+        cfg = merge(cfg, layer)
+    sources = " + ".join(map(str, paths)) + (" + --config" if overrides else "")
+    return validate_config(merge(cfg, _yaml_values(overrides or {})), sources)
+
+
+def _yaml_values(node):
+    """``--config`` values as YAML reads them: Snakemake leaves those nested in a mapping
+    (``hkd={lr: 0.002}``) as strings."""
+    if isinstance(node, dict):
+        return {k: _yaml_values(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_yaml_values(v) for v in node]
+    if isinstance(node, str):
+        try:
+            return yaml.safe_load(node)
+        except yaml.YAMLError:
+            return node
+    return node
+
+
+def write_run_config(cfg: dict, path: str | Path) -> bool:
+    """Write the merged config every stage of a run reads; left untouched (same bytes, same
+    mtime) when it already holds ``cfg``. True when written."""
+    from hkd.io import atomic_path
+
+    path, text = Path(path), yaml.safe_dump(cfg, sort_keys=False)
+    if path.is_file() and path.read_text() == text:
+        return False
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return True

@@ -125,7 +125,7 @@ def parallel_jobs(cfg: dict, stage: str) -> int:
     and its companion's, one per trajectory shard, and the HKD trainings (the run's own and
     every variant) as one kind, as are the one-step evaluations. Rules split the cores among
     them (``job_threads``): two 1-thread trainings side by side outran one 2-thread training
-    on 2 cores (README: threads)."""
+    on 2 cores (docs/time-and-cost.md: threads)."""
     runs = [c for _, c, _ in dag_runs(cfg)]
     if stage == "trajectories":
         return sum(shard_count(c) for c in runs)
@@ -234,6 +234,8 @@ def run_paths(cfg: dict) -> dict[str, str]:
         "variant_snapshots": root / "variants" / "{variant}" / "snapshots" / "epoch-{epoch}.pt",
         # FID against training examples of the full model and each ablation (stability stage)
         "budget_curves": root / "eval" / "budget_curves.png",
+        # the same curves as a table (DVC plots: FID mean per model against training examples)
+        "budget_curve_table": root / "eval" / "budget_curves.csv",
         "stability": root / "eval" / "stability.json",
         # every trained row as mean and spread over seeds, Table 3's ordering, the optimisation study
         "study": root / "eval" / "study.json",
@@ -252,10 +254,16 @@ def run_paths(cfg: dict) -> dict[str, str]:
         "viewer": root / "analysis" / "viewer.npz",
         # the no-Koopman ablation is the suite's one-step distillation (KD) row of Tables 1 and 6
         "kd": root / "variants" / "no_koopman" / "hkd.pt",
+        # the run's HKD training loss by step, from its tensorboard events (DVC plots)
+        "loss_curve": root / "eval" / "loss.csv",
+        # the run's headline numbers under flat keys (DVC metrics)
+        "summary": root / "eval" / "summary.json",
         "report": report / "index.html",
         "tables": report / "tables",
         # per-stage wall time, written by `hkd <stage>` for the report's provenance block
         "timings": root / "logs" / "timings",
+        # the merged config (--configfile files and --config overrides) Snakemake's jobs read
+        "run_config": root / "config.yaml",
     }
     out = {k: str(v) for k, v in p.items()}
     if "/" not in cfg["run"]:
@@ -277,6 +285,12 @@ def snapshot_paths(cfg: dict, template: str) -> dict[int, str]:
 def log_path(cfg: dict, stage: str) -> str:
     """Log of a stage; ``{variant}`` in ``stage`` stays a Snakemake wildcard."""
     return str(Path("results") / cfg["run"] / "logs" / f"{stage}.log")
+
+
+def benchmark_path(cfg: dict, stage: str) -> str:
+    """Snakemake's benchmark of a stage's job (wall time, max RSS, CPU time: what a cluster
+    user sizes resources from); ``{variant}`` / ``{shard}`` stay wildcards."""
+    return str(Path("results") / cfg["run"] / "logs" / "benchmarks" / f"{stage}.tsv")
 
 
 def shard_name(k: int) -> str:
@@ -366,7 +380,7 @@ STAGES: tuple[Stage, ...] = (
            # each run's final weights and their scores: its last snapshot is not scored again
            "hkd", "metrics", "samples_hkd", "seed_hkd", "seed_metrics", "seed_samples", "ablation_hkd",
            "ablation_metrics", "ablation_samples"),
-          ("stability", "stability_samples", "budget_curves"),
+          ("stability", "stability_samples", "budget_curves", "budget_curve_table"),
           ("seed", "device", "precision", "edm", "hkd", "ablations", "ablation_seeds", "stability", "sample",
            "evaluate"),
           ("src/hkd/nn", "src/hkd/koopman", "src/hkd/sample.py", "src/hkd/metrics", "src/hkd/data/dataset.py",
@@ -381,10 +395,10 @@ STAGES: tuple[Stage, ...] = (
            "src/hkd/teacher/trajectories.py", "src/hkd/data/dataset.py") + _TEACHER_CKPT + _COMPILED + _RUNTIME),
     Stage("report", "report",
           ("data", "data_manifest", "classifier", "samples_teacher", "samples_hkd", "samples_teacher_nfe",
-           "metrics", "spectral") + FIGURES + ("variant_metrics", "variant_samples", "stability", "stability_samples",
+           "metrics", "spectral", "hkd_tb") + FIGURES + ("variant_metrics", "variant_samples", "stability", "stability_samples",
                                                "study", "budget_curves", "conditional_metrics",
                                                "conditional_samples_teacher", "conditional_samples_hkd"),
-          ("report", "tables"), ("run", "report_dir", "data", "network", "trajectories", "hkd", "ablations",
+          ("report", "tables", "summary", "loss_curve"), ("run", "report_dir", "data", "network", "trajectories", "hkd", "ablations",
                                  "ablation_seeds", "stability", "study", "conditional", "sample", "evaluate",
                                  "analysis", "report"),
           ("src/hkd/report", "src/hkd/data/dataset.py", _PIPELINE)),
@@ -406,10 +420,15 @@ def stage_enabled(cfg: dict, name: str) -> bool:
     return True
 
 
+def is_companion(cfg: dict) -> bool:
+    """The class-conditional companion's config (run ``<run>/conditional``)."""
+    return "/" in cfg["run"]
+
+
 def starts_from_unconditional(cfg: dict) -> bool:
     """A companion run whose teacher starts from the run's trained unconditional teacher."""
     t = cfg["teacher"]
-    return "/" in cfg["run"] and t["source"] == "train" and t["conditional_start"] == "unconditional"
+    return is_companion(cfg) and t["source"] == "train" and t["conditional_start"] == "unconditional"
 
 
 def _path_enabled(cfg: dict, key: str) -> bool:
@@ -503,9 +522,37 @@ def _param_value(cfg: dict, key: str):
     return value
 
 
+#: outputs DVC keeps in git instead of its cache (``cache: false``): the run's metrics, and
+#: the tables its plots are drawn from
+DVC_METRICS, DVC_PLOTS = ("summary",), ("budget_curve_table", "loss_curve")
+
+
+def _dvc_outs(paths: dict, outs: list) -> dict:
+    """A stage's outputs as dvc.yaml declares them: ``outs``, ``metrics`` and ``plots``."""
+    kinds = {paths[k]: "metrics" for k in DVC_METRICS} | {paths[k]: "plots" for k in DVC_PLOTS}
+    out = {"outs": []}
+    for o in outs:
+        kind = kinds.get(o) if isinstance(o, str) else None
+        out.setdefault(kind or "outs", []).append({o: {"cache": False}} if kind else o)
+    return out
+
+
+def dvc_plots(cfg: dict) -> list:
+    """dvc.yaml's top-level plots: the HKD training loss and the budget curves (FID of the
+    full model and each ablation against training examples; epoch -1 = before training)."""
+    paths = run_paths(cfg)
+    plots = [{paths["loss_curve"]: {"x": "step", "y": ["loss_total"], "title": "HKD training loss",
+                                     "x_label": "step", "y_label": "loss"}}]
+    if stage_enabled(cfg, "stability"):
+        plots.append({paths["budget_curve_table"]: {
+            "x": "examples", "y": [FULL, *cfg["ablations"]], "title": "FID (one step) against training examples",
+            "x_label": "training examples", "y_label": "FID"}})
+    return plots
+
+
 def dvc_stages(cfg: dict, config_file: str) -> dict:
-    """The ``stages:`` mapping of dvc.yaml for one config file (the conditional companion's
-    stages named ``conditional_<stage>``)."""
+    """dvc.yaml for one config file: its ``stages:`` (the conditional companion's stages
+    named ``conditional_<stage>``) and ``plots:``."""
     stages = {}
     for prefix, run_cfg, flag in dag_runs(cfg):
         paths = run_paths(run_cfg)
@@ -536,6 +583,7 @@ def dvc_stages(cfg: dict, config_file: str) -> dict:
                 params = _param_keys(run_cfg, st.name) + ((CONDITIONAL,) if prefix else ())
                 if params:
                     entry["params"] = [{config_file: list(params)}]
-                entry["outs"] = outs
+                entry.update(_dvc_outs(paths, outs))
                 stages[prefix + st.name + (f"_{variant}" if variant else "")] = entry
-    return {"stages": stages}
+    plots = dvc_plots(cfg)
+    return {"stages": stages, **({"plots": plots} if plots else {})}

@@ -6,24 +6,24 @@ import sys
 SRC = os.path.join(workflow.basedir, "src")
 sys.path.insert(0, SRC)
 
-from hkd.config import load_config  # noqa: E402
 from hkd.pipeline import (  # noqa: E402
-    DIRECTORY_OUTPUTS, dag_runs, log_path, rule_threads, run_variants, stage_inputs, stage_outputs, stage_params,
-    trajectory_shard_paths, trajectory_shard_pattern)
+    DIRECTORY_OUTPUTS, FIGURES, benchmark_path, dag_runs, is_companion, log_path, rule_threads, run_paths,
+    run_variants, stage_inputs, stage_outputs, stage_params, trajectory_shard_paths, trajectory_shard_pattern)
 
-validate(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
+from hkd.config import load_run_config, write_run_config  # noqa: E402
 
-if len(workflow.overwrite_configfiles) > 1 or workflow.config_settings.config:
-    raise WorkflowError(
-        "pass exactly one --configfile and no --config overrides: every stage reads its "
-        "settings from that one file, so write overrides into a config file of their own")
-CONFIG_FILE = str(workflow.overwrite_configfiles[-1] if workflow.overwrite_configfiles
-                  else os.path.join(workflow.basedir, "configs/default.yaml"))
-# The stages read this file alone, so the rules see exactly it too: Snakemake has merged it
-# over configs/default.yaml, which would leave keys of the default in other runs' params.
-_RUN_CONFIG = load_config(CONFIG_FILE)
+# Snakemake's own merge (--configfile files over configs/default.yaml, then --config) knows
+# neither `extends:` nor the schema's cross-key rules: the run's config is built here instead,
+# validated, and written to results/<run>/config.yaml, the one file every job reads (rewritten
+# only when it changes, so an override reruns just the jobs whose params it changes).
+CONFIG_FILES = [str(f) for f in workflow.overwrite_configfiles] or [os.path.join(workflow.basedir,
+                                                                                 "configs/default.yaml")]
+_RUN_CONFIG = load_run_config(CONFIG_FILES, workflow.config_settings.config)
+validate(_RUN_CONFIG, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
 config.clear()
 config.update(_RUN_CONFIG)
+CONFIG_FILE = run_paths(config)["run_config"]
+write_run_config(config, CONFIG_FILE)
 
 # Stages run `python -m hkd <stage>` from this checkout: the interpreter running
 # Snakemake (e.g. the project's .venv), or the rule's conda env with --use-conda.
@@ -41,11 +41,29 @@ VARIANTS = "|".join(run_variants(config)) or "(?!)"
 RUNS = dag_runs(config)
 
 
+# outputs `snakemake --report` shows: {run_paths key: (caption in workflow/report/, category)}
+REPORTED = {"report": ("report.rst", "Report"), "tables": ("tables.rst", "Tables"),
+            "budget_curves": ("budget_curves.rst", "Tables"), "spectral": ("spectral.rst", "Figures"),
+            **{k: ("figures.rst", "Figures") for k in FIGURES if k not in ("figures", "viewer")}}
+
+
+def _reported(key, path):
+    """``path`` marked for Snakemake's report when ``key`` is one of REPORTED."""
+    if key not in REPORTED:
+        return path
+    caption, category = REPORTED[key]
+    caption = os.path.join(workflow.basedir, "workflow", "report", caption)
+    if key in DIRECTORY_OUTPUTS:
+        return report(path, caption=caption, category=category, patterns=["{name}.html"])
+    return report(path, caption=caption, category=category)
+
+
 def outputs(stage, cfg=None):
     """Named outputs of a stage (per-variant stages: with the {variant} wildcard), folders
-    wrapped in directory()."""
-    return {k: directory(v) if k in DIRECTORY_OUTPUTS else v
-            for k, v in stage_outputs(cfg or config, stage).items()}
+    wrapped in directory(), the run's figures, tables and report marked for `--report`."""
+    cfg = cfg or config
+    out = {k: directory(v) if k in DIRECTORY_OUTPUTS else v for k, v in stage_outputs(cfg, stage).items()}
+    return out if is_companion(cfg) else {k: _reported(k, v) for k, v in out.items()}
 
 
 def share_of_cores(stage):

@@ -5,6 +5,8 @@ rule data:
         cfg=stage_params(config, "data"),
     log:
         log_path(config, "data"),
+    benchmark:
+        benchmark_path(config, "data")
     conda:
         ENV
     threads: 1

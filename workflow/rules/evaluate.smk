@@ -7,6 +7,8 @@ rule classifier:
         cfg=stage_params(config, "classifier"),
     log:
         log_path(config, "classifier"),
+    benchmark:
+        benchmark_path(config, "classifier")
     conda:
         ENV
     threads: share_of_cores("classifier")
@@ -20,7 +22,7 @@ for prefix, run_cfg, flag in RUNS:
 
     rule:
         name:
-            prefix + "evaluate"
+            f"{prefix}evaluate"
         input:
             **stage_inputs(run_cfg, "evaluate"),
         output:
@@ -30,6 +32,8 @@ for prefix, run_cfg, flag in RUNS:
             run_flag=flag,
         log:
             log_path(run_cfg, "evaluate"),
+        benchmark:
+            benchmark_path(run_cfg, "evaluate")
         conda:
             ENV
         threads: share_of_cores("evaluate")
@@ -49,6 +53,8 @@ rule stability:
         cfg=stage_params(config, "stability"),
     log:
         log_path(config, "stability"),
+    benchmark:
+        benchmark_path(config, "stability")
     conda:
         ENV
     threads: share_of_cores("stability")
@@ -72,6 +78,8 @@ if stage_outputs(config, "study"):
             cfg=stage_params(config, "study"),
         log:
             log_path(config, "study"),
+        benchmark:
+            benchmark_path(config, "study")
         conda:
             ENV
         threads: 1

@@ -4,7 +4,7 @@ for prefix, run_cfg, flag in RUNS:
 
     rule:
         name:
-            prefix + "hkd_train"
+            f"{prefix}hkd_train"
         input:
             **stage_inputs(run_cfg, "hkd_train"),
         output:
@@ -14,6 +14,8 @@ for prefix, run_cfg, flag in RUNS:
             run_flag=flag,
         log:
             log_path(run_cfg, "hkd_train"),
+        benchmark:
+            benchmark_path(run_cfg, "hkd_train")
         conda:
             ENV
         threads: share_of_cores("hkd_train")
@@ -24,7 +26,7 @@ for prefix, run_cfg, flag in RUNS:
 
     rule:
         name:
-            prefix + "sample"
+            f"{prefix}sample"
         input:
             **stage_inputs(run_cfg, "sample"),
         output:
@@ -34,6 +36,8 @@ for prefix, run_cfg, flag in RUNS:
             run_flag=flag,
         log:
             log_path(run_cfg, "sample"),
+        benchmark:
+            benchmark_path(run_cfg, "sample")
         conda:
             ENV
         threads: share_of_cores("sample")
@@ -57,6 +61,8 @@ rule variant_train:
         cfg=stage_params(config, "variant_train"),
     log:
         log_path(config, "variant_train-{variant}"),
+    benchmark:
+        benchmark_path(config, "variant_train-{variant}")
     conda:
         ENV
     threads: share_of_cores("variant_train")
@@ -77,6 +83,8 @@ rule variant_evaluate:
         cfg=stage_params(config, "variant_evaluate"),
     log:
         log_path(config, "variant_evaluate-{variant}"),
+    benchmark:
+        benchmark_path(config, "variant_evaluate-{variant}")
     conda:
         ENV
     threads: share_of_cores("variant_evaluate")

@@ -5,6 +5,8 @@ rule spectral:
         **outputs("spectral"),
     log:
         log_path(config, "spectral"),
+    benchmark:
+        benchmark_path(config, "spectral")
     conda:
         ENV
     threads: 1
@@ -21,6 +23,8 @@ rule report:
         cfg=stage_params(config, "report"),
     log:
         log_path(config, "report"),
+    benchmark:
+        benchmark_path(config, "report")
     conda:
         ENV
     threads: 1
@@ -38,6 +42,8 @@ rule figures:
         cfg=stage_params(config, "figures"),
     log:
         log_path(config, "figures"),
+    benchmark:
+        benchmark_path(config, "figures")
     conda:
         ENV
     threads: share_of_cores("figures")

@@ -4,7 +4,7 @@ for prefix, run_cfg, flag in RUNS:
 
     rule:
         name:
-            prefix + "teacher"
+            f"{prefix}teacher"
         input:
             **stage_inputs(run_cfg, "teacher"),
         output:
@@ -14,6 +14,8 @@ for prefix, run_cfg, flag in RUNS:
             run_flag=flag,
         log:
             log_path(run_cfg, "teacher"),
+        benchmark:
+            benchmark_path(run_cfg, "teacher")
         conda:
             ENV
         threads: share_of_cores("teacher")
@@ -23,11 +25,11 @@ for prefix, run_cfg, flag in RUNS:
             hkd_shell("teacher", "{params.run_flag}")
 
     # One job per shard: on a cluster each is its own (GPU) job; locally they share the cores
-    # (several GPUs on one machine: torchrun, README). A finished shard is kept when the run
+    # (several GPUs on one machine: torchrun, docs/paper-configs.md). A finished shard is kept when the run
     # is interrupted.
     rule:
         name:
-            prefix + "trajectory_shard"
+            f"{prefix}trajectory_shard"
         input:
             **stage_inputs(run_cfg, "trajectories"),
         output:
@@ -39,6 +41,8 @@ for prefix, run_cfg, flag in RUNS:
             run_flag=flag,
         log:
             log_path(run_cfg, "trajectories-{shard}"),
+        benchmark:
+            benchmark_path(run_cfg, "trajectories-{shard}")
         conda:
             ENV
         threads: share_of_cores("trajectories")
@@ -49,7 +53,7 @@ for prefix, run_cfg, flag in RUNS:
 
     rule:
         name:
-            prefix + "trajectories"
+            f"{prefix}trajectories"
         input:
             **stage_inputs(run_cfg, "trajectories"),
             shards=trajectory_shard_paths(run_cfg),
@@ -60,6 +64,8 @@ for prefix, run_cfg, flag in RUNS:
             run_flag=flag,
         log:
             log_path(run_cfg, "trajectories"),
+        benchmark:
+            benchmark_path(run_cfg, "trajectories")
         conda:
             ENV
         threads: 1

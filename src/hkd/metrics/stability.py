@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from hkd.data.dataset import load_dataset
-from hkd.io import load_json, load_npz, save_json, save_npz
+from hkd.io import atomic_path, load_json, load_npz, save_json, save_npz
 from hkd.koopman.model import build_hkd, load_hkd
 from hkd.metrics.evaluate import make_scorer, score_one_step
 from hkd.metrics.fidelity import SCORE_KEYS
@@ -65,6 +65,21 @@ def plot_budget_curves(curves: dict[str, dict], before: float, path: str) -> Non
                                            [0.0] + [v["std"] or 0.0 for v in pts])
     errorbar_plot(series, "training examples (trajectories seen)", "FID (one step)",
                   "FID against training budget (mean +- std over seeds)", path, logy=True)
+
+
+def budget_curve_table(curves: dict[str, dict], before: float) -> "pd.DataFrame":
+    """The budget curves as one row per snapshot epoch (and the weights before training,
+    epoch -1): training examples, each model's FID mean and its std over seeds."""
+    import pandas as pd
+
+    epochs = sorted({int(e) for by_epoch in curves.values() for e in by_epoch})
+    rows = [{"epoch": -1, "examples": 0, **{m: before for m in curves}}]
+    for e in epochs:
+        row = {"epoch": e, "examples": next(c[str(e)]["examples"] for c in curves.values() if str(e) in c)}
+        for model, by_epoch in curves.items():
+            row[model], row[f"{model}_std"] = by_epoch[str(e)]["mean"], by_epoch[str(e)]["std"]
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _same_weights(a, b) -> bool:
@@ -127,6 +142,8 @@ def evaluate_stability(cfg: dict, paths: dict, teacher, device, dtype) -> dict:
     by_epoch = {str(e): _mean_std([runs[r][str(e)]["fid"] for r in full]) for e in hk["snapshot_epochs"]}
     curves = budget_curves(cfg, runs, models)
     plot_budget_curves(curves, before["fid"], paths["budget_curves"])
+    with atomic_path(paths["budget_curve_table"]) as tmp:
+        budget_curve_table(curves, before["fid"]).to_csv(tmp, index=False)
     result = {"epochs": hk["snapshot_epochs"], "total_epochs": hk["epochs"], "before_training": before,
               "runs": {r: runs[r] for r in full}, "fid_by_epoch": by_epoch,
               "std": "sample standard deviation (ddof = 1) over the runs", "budget_curves": curves,

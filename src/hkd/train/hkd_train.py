@@ -10,7 +10,7 @@ at t = T plus ``hkd.trajectory_weight`` times the other times' d. ``hkd.lambda1:
 paper's lambda1 = 10^(-3 epoch / epochs), which moves weight from MSE to the perceptual term;
 without a perceptual term it only rescales the whole loss, and under Adam, whose
 second-moment average lags the falling gradients, that acts as a learning-rate decay of up
-to ~100x (README). ``constant`` keeps lambda1 = 1.
+to ~100x (docs/faithful.md). ``constant`` keeps lambda1 = 1.
 Every step uses a full batch (the remainder of a shuffled epoch is left for the next
 shuffle), so a compiled forward pass sees one shape. Trajectory shards are memory-mapped,
 not loaded: each step reads its rows (a background thread reads the next step's), so RAM
@@ -211,7 +211,7 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     # With `compile: true` the first step traces and builds kernels (1.5-2.5 minutes on 2 CPU
-    # cores); later steps run the fused forward/backward, ~1.2x faster there (README).
+    # cores); later steps run the fused forward/backward, ~1.2x faster there (docs/faithful.md).
     forward = maybe_compile(net, cfg["compile"], TRAINING_STEP)
     watch = GradientWatch(model.named_parameters(), TRAINING_STEP, forward)
     watch.restore(state.get("nonfinite") if state is not None else None)
