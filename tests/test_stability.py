@@ -55,7 +55,9 @@ def test_budget_curve_table_has_one_column_per_model():
     curves = {"full": {"0": {"mean": 90.0, "std": 2.0, "examples": 16}, "1": {"mean": 80.0, "std": None, "examples": 32}},
               "no_koopman": {"0": {"mean": 95.0, "std": 1.0, "examples": 16},
                              "1": {"mean": 85.0, "std": 3.0, "examples": 32}}}
-    table = budget_curve_table(curves, before=300.0)
+    runs = {"seed0": {"0": {"fid": 90.0}, "1": {"fid": 80.0}}, "no_koopman": {"0": {"fid": 95.0}, "1": {"fid": 85.0}}}
+    table = budget_curve_table(curves, before=300.0, runs=runs)
     assert list(table["epoch"]) == [-1, 0, 1] and list(table["examples"]) == [0, 16, 32]
+    assert list(table["run:seed0"]) == [300.0, 90.0, 80.0]
     assert list(table["full"]) == [300.0, 90.0, 80.0] and list(table["no_koopman"]) == [300.0, 95.0, 85.0]
     assert table["no_koopman_std"].iloc[2] == 3.0 and np.isnan(table["full_std"].iloc[2])

@@ -67,17 +67,20 @@ def plot_budget_curves(curves: dict[str, dict], before: float, path: str) -> Non
                   "FID against training budget (mean +- std over seeds)", path, logy=True)
 
 
-def budget_curve_table(curves: dict[str, dict], before: float) -> "pd.DataFrame":
+def budget_curve_table(curves: dict[str, dict], before: float, runs: dict[str, dict] | None = None) -> "pd.DataFrame":
     """The budget curves as one row per snapshot epoch (and the weights before training,
-    epoch -1): training examples, each model's FID mean and its std over seeds."""
+    epoch -1): training examples, each model's FID mean and its std over seeds, and each
+    training's own FID (``run:<name>``, Table 5's rows)."""
     import pandas as pd
 
+    runs = runs or {}
     epochs = sorted({int(e) for by_epoch in curves.values() for e in by_epoch})
-    rows = [{"epoch": -1, "examples": 0, **{m: before for m in curves}}]
+    rows = [{"epoch": -1, "examples": 0, **{m: before for m in curves}, **{f"run:{r}": before for r in runs}}]
     for e in epochs:
         row = {"epoch": e, "examples": next(c[str(e)]["examples"] for c in curves.values() if str(e) in c)}
         for model, by_epoch in curves.items():
             row[model], row[f"{model}_std"] = by_epoch[str(e)]["mean"], by_epoch[str(e)]["std"]
+        row.update({f"run:{r}": by_epoch[str(e)]["fid"] for r, by_epoch in runs.items()})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -143,7 +146,7 @@ def evaluate_stability(cfg: dict, paths: dict, teacher, device, dtype) -> dict:
     curves = budget_curves(cfg, runs, models)
     plot_budget_curves(curves, before["fid"], paths["budget_curves"])
     with atomic_path(paths["budget_curve_table"]) as tmp:
-        budget_curve_table(curves, before["fid"]).to_csv(tmp, index=False)
+        budget_curve_table(curves, before["fid"], runs).to_csv(tmp, index=False)
     result = {"epochs": hk["snapshot_epochs"], "total_epochs": hk["epochs"], "before_training": before,
               "runs": {r: runs[r] for r in full}, "fid_by_epoch": by_epoch,
               "std": "sample standard deviation (ddof = 1) over the runs", "budget_curves": curves,
