@@ -29,7 +29,8 @@ def final_run(tmp_path, smoke_cfg):
     images = np.full((smoke_cfg["sample"]["count"], 1, 32, 32), 0.25, dtype=np.float32)
     np.savez(tmp_path / "samples.npz", images=images)
     scores = {"key": "hkd", "fid": 42.0, "is_mean": 3.0, "fid_sampling_std": 0.5, "images": len(images)}
-    return {"hkd": str(tmp_path / "hkd.pt"), "scores": scores, "samples": str(tmp_path / "samples.npz")}
+    return {"hkd": str(tmp_path / "hkd.pt"), "scores": scores, "samples": str(tmp_path / "samples.npz"),
+            "weights": load_hkd(str(tmp_path / "hkd.pt"), "cpu", smoke_cfg)}
 
 
 def test_final_weights_take_the_evaluation_scores(smoke_cfg, final_run):

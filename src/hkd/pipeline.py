@@ -395,12 +395,12 @@ STAGES: tuple[Stage, ...] = (
            "src/hkd/teacher/trajectories.py", "src/hkd/data/dataset.py") + _TEACHER_CKPT + _COMPILED + _RUNTIME),
     Stage("report", "report",
           ("data", "data_manifest", "classifier", "samples_teacher", "samples_hkd", "samples_teacher_nfe",
-           "metrics", "spectral", "hkd_tb") + FIGURES + ("variant_metrics", "variant_samples", "stability", "stability_samples",
-                                               "study", "budget_curves", "conditional_metrics",
-                                               "conditional_samples_teacher", "conditional_samples_hkd"),
-          ("report", "tables", "summary", "loss_curve"), ("run", "report_dir", "data", "network", "trajectories", "hkd", "ablations",
-                                 "ablation_seeds", "stability", "study", "conditional", "sample", "evaluate",
-                                 "analysis", "report"),
+           "metrics", "spectral", "hkd_tb") + FIGURES + (
+              "variant_metrics", "variant_samples", "stability", "stability_samples", "study", "budget_curves",
+              "conditional_metrics", "conditional_samples_teacher", "conditional_samples_hkd"),
+          ("report", "tables", "summary", "loss_curve"),
+          ("run", "report_dir", "data", "network", "trajectories", "hkd", "ablations", "ablation_seeds", "stability",
+           "study", "conditional", "sample", "evaluate", "analysis", "report"),
           ("src/hkd/report", "src/hkd/data/dataset.py", _PIPELINE)),
 )
 
@@ -585,5 +585,4 @@ def dvc_stages(cfg: dict, config_file: str) -> dict:
                     entry["params"] = [{config_file: list(params)}]
                 entry.update(_dvc_outs(paths, outs))
                 stages[prefix + st.name + (f"_{variant}" if variant else "")] = entry
-    plots = dvc_plots(cfg)
-    return {"stages": stages, **({"plots": plots} if plots else {})}
+    return {"stages": stages, "plots": dvc_plots(cfg)}

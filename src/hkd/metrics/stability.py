@@ -105,9 +105,9 @@ def final_runs(cfg: dict, paths: dict) -> dict[str, dict]:
 
 def _score_snapshot(cfg, model, final: dict, scorer, device, dtype, desc: str):
     """(images, FID / IS / KID) of a snapshot: read from its run's evaluation where the
-    snapshot holds the run's final weights (same evaluation seeds, same scorer), else sampled
-    and scored here."""
-    if _same_weights(model, load_hkd(final["hkd"], device, cfg)):
+    snapshot holds the run's final weights (``final["weights"]``; same evaluation seeds, same
+    scorer), else sampled and scored here."""
+    if _same_weights(model, final["weights"]):
         images = load_npz(final["samples"], ("images",))["images"]
         return images, {k: final["scores"][k] for k in SCORE_KEYS if k in final["scores"]}
     images, _, scores = score_one_step(cfg, model, scorer, device, dtype, desc)
@@ -121,10 +121,10 @@ def _score_runs(cfg: dict, paths: dict, scorer, device, dtype) -> tuple[dict, di
     finals = final_runs(cfg, paths)
     for name, run in snapshot_runs(cfg).items():
         runs[name], models[name] = {}, run["model"]
+        final = {**finals[name], "weights": load_hkd(finals[name]["hkd"], device, cfg)}  # once per run
         for epoch, path in run["files"].items():
             model = load_hkd(path, device, cfg)
-            images, m = _score_snapshot(cfg, model, finals[name], scorer, device, dtype,
-                                        f"stability: {name} epoch {epoch}")
+            images, m = _score_snapshot(cfg, model, final, scorer, device, dtype, f"stability: {name} epoch {epoch}")
             stats = model.train_stats or {}
             runs[name][str(epoch)] = {**m, "steps": stats.get("steps"), "examples": stats.get("examples")}
             if name == own:
