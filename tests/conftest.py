@@ -28,6 +28,10 @@ def copy_workflow(dest: Path) -> Path:
     for name in ("Snakefile", "environment.yml", "dvc.yaml", "pyproject.toml", ".dvcignore", ".gitignore"):
         shutil.copy2(REPO / name, dest / name)
     for name in ("workflow", "configs", "src"):
-        shutil.copytree(REPO / name, dest / name, symlinks=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        shutil.copytree(
+            REPO / name,
+            dest / name,
+            symlinks=True,
+            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+        )
     return dest

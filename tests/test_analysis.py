@@ -1,16 +1,20 @@
 """The figures' numerical checks (issue: interpretability and editing): each is a property
 that a wrong implementation breaks."""
 
-import copy
-
 import numpy as np
 import pytest
 import torch
 
 from hkd.analysis.editing import editing_grid, spatial_mask
 from hkd.analysis.inpainting import Transform, restore
-from hkd.analysis.modes import (band_decodes, band_masks, bands_partition, cumulative_contribution, features_at,
-                               to_eps)
+from hkd.analysis.modes import (
+    band_decodes,
+    band_masks,
+    bands_partition,
+    cumulative_contribution,
+    features_at,
+    to_eps,
+)
 from hkd.analysis.trajectory import consistency, consistency_check, predictions_along
 from hkd.koopman.model import HKD, hkd_checkpoint
 from hkd.nn.precond import EDMPrecond
@@ -88,7 +92,9 @@ def test_editing_at_ratio_zero_is_the_unedited_image_and_full_mix_is_the_referen
     assert not np.allclose(part["edits"][0], part["agnostic"])  # one band is not every mode
     # an image reference enters at the midpoint with noise
     img = {"image": torch.zeros(2, model.img_channels, res, res), "seed": 3}
-    assert editing_grid(model, gen, img, (0.0, 1.0), spatial_mask("centre", res), [0.5], 0.9)["ratio0_equals_unedited"]
+    assert editing_grid(model, gen, img, (0.0, 1.0), spatial_mask("centre", res), [0.5], 0.9)[
+        "ratio0_equals_unedited"
+    ]
     with pytest.raises(ValueError, match="unknown mask"):
         spatial_mask("middle", res)
 
@@ -99,8 +105,17 @@ def test_conditional_edit_encodes_the_reference_with_its_own_label(smoke_cfg):
     gen_l = torch.nn.functional.one_hot(torch.tensor([3]), 10).float()
     ref_l = torch.nn.functional.one_hot(torch.tensor([7]), 10).float()
     res = model.img_resolution
-    out = editing_grid(model, {"noise": noise[:1]}, {"noise": noise[1:]}, (0.0, 1.0), spatial_mask("all", res),
-                       [0.5], 0.9, gen_l, ref_l)
+    out = editing_grid(
+        model,
+        {"noise": noise[:1]},
+        {"noise": noise[1:]},
+        (0.0, 1.0),
+        spatial_mask("all", res),
+        [0.5],
+        0.9,
+        gen_l,
+        ref_l,
+    )
     own = model.sample(noise[1:], ref_l).numpy()
     other = model.sample(noise[1:], gen_l).numpy()
     assert np.abs(out["reference"] - own).max() < 1e-3 and np.abs(out["reference"] - other).max() > 1e-2
@@ -116,10 +131,13 @@ def test_mixing_commutes_with_the_flow(smoke_cfg):
     masks = band_masks(model, 0.3, 0.8)
     from hkd.analysis.modes import apply_pair_masks
 
-    mixed_then_evolved = to_eps(model, [x + 0.7 * d for x, d in zip(a, apply_pair_masks(
-        [y - x for x, y in zip(a, b)], masks))], s)
+    mixed_then_evolved = to_eps(
+        model, [x + 0.7 * d for x, d in zip(a, apply_pair_masks([y - x for x, y in zip(a, b)], masks))], s
+    )
     ae, be = to_eps(model, a, s), to_eps(model, b, s)
-    evolved_then_mixed = [x + 0.7 * d for x, d in zip(ae, apply_pair_masks([y - x for x, y in zip(ae, be)], masks))]
+    evolved_then_mixed = [
+        x + 0.7 * d for x, d in zip(ae, apply_pair_masks([y - x for x, y in zip(ae, be)], masks))
+    ]
     for u, v in zip(mixed_then_evolved, evolved_then_mixed):
         torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4)
 
@@ -159,7 +177,11 @@ def test_consistency_distance_and_check():
     # a model that returns its input: the distance is the noise left, large at T, small near eps
     d = consistency(predictions_along(lambda x, t: x, sigmas, states), final)
     check = consistency_check(d)
-    assert check["small_near_eps"] and check["grows_with_t"] and check["spearman_t_vs_distance"] == pytest.approx(1.0)
+    assert (
+        check["small_near_eps"]
+        and check["grows_with_t"]
+        and check["spearman_t_vs_distance"] == pytest.approx(1.0)
+    )
     # a perfect model: every column is the final image
     d = consistency(predictions_along(lambda x, t: final, sigmas, states), final)
     assert np.allclose(d, 0.0)
@@ -196,16 +218,35 @@ def test_edit_command_from_seeds_and_images(smoke_cfg, repo, tmp_path, monkeypat
     mask = np.zeros((res, res), np.uint8)
     mask[: res // 2] = 255
     Image.fromarray(mask).save("mask.png")
-    assert main(base + ["--images", "a.png", "b.png", "--mask", "mask.png", "--band", "0", "--ratios", "0.3",
-                        "--out", "images.png"]) == 0
+    assert (
+        main(
+            base
+            + [
+                "--images",
+                "a.png",
+                "b.png",
+                "--mask",
+                "mask.png",
+                "--band",
+                "0",
+                "--ratios",
+                "0.3",
+                "--out",
+                "images.png",
+            ]
+        )
+        == 0
+    )
     assert "mask image mask.png" in capsys.readouterr().out
 
     Image.fromarray(np.zeros((res + 4, res + 4), np.uint8)).save("big.png")
-    for args, message in ((["--images", "a.png", "big.png"], "the model generates"),
-                          (["--seeds", "1", "2", "--band", "3"], "--band 3"),
-                          (["--seeds", "1", "2", "--mask", "nowhere"], "neither one of"),
-                          (["--seeds", "1", "2", "--ratios", "1.5"], "--ratios"),
-                          (["--images", "a.png", "missing.png"], "cannot read image missing.png")):
+    for args, message in (
+        (["--images", "a.png", "big.png"], "the model generates"),
+        (["--seeds", "1", "2", "--band", "3"], "--band 3"),
+        (["--seeds", "1", "2", "--mask", "nowhere"], "neither one of"),
+        (["--seeds", "1", "2", "--ratios", "1.5"], "--ratios"),
+        (["--images", "a.png", "missing.png"], "cannot read image missing.png"),
+    ):
         assert main(base + args + ["--out", "x.png"]) == 1, args
         assert message in capsys.readouterr().err, args
     assert not (tmp_path / "x.png").exists()

@@ -14,9 +14,14 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def hkd(work, *args):
-    r = subprocess.run([sys.executable, "-m", "hkd", *args], cwd=work, capture_output=True, text=True,
-                       timeout=300, env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin", "HKD_NO_PROGRESS": "1",
-                                         "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        [sys.executable, "-m", "hkd", *args],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin", "HKD_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"},
+    )
     return r.returncode, r.stdout + r.stderr
 
 
@@ -79,9 +84,14 @@ def case_not_a_checkpoint(work, cfg):
     return ["spectral", "--config", write(work, cfg)], [str(run_paths(cfg)["hkd"])]
 
 
-CASES = {"unknown config key": case_unknown_key, "wrong type": case_wrong_type,
-         "missing dataset file": case_missing_dataset_file, "corrupt archive": case_corrupt_archive,
-         "NaN in data": case_nan_in_data, "unreadable checkpoint": case_not_a_checkpoint}
+CASES = {
+    "unknown config key": case_unknown_key,
+    "wrong type": case_wrong_type,
+    "missing dataset file": case_missing_dataset_file,
+    "corrupt archive": case_corrupt_archive,
+    "NaN in data": case_nan_in_data,
+    "unreadable checkpoint": case_not_a_checkpoint,
+}
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -107,17 +117,23 @@ def test_truncated_trajectory_shard_stops_training(tmp_path, smoke_cfg):
     """A shard cut short (a copy interrupted, a full disk) fails the sha256 check against the
     manifest before training starts; the previous HKD checkpoint stays."""
     import torch
+    from test_trajectories import write_teacher
 
     from hkd.teacher import trajectories as tj
-    from test_trajectories import write_teacher
 
     cfg = copy.deepcopy(smoke_cfg)
     cfg.update(run="r", precision="fp32", compile=False)
     cfg["trajectories"].update(count=12, num_steps=4, shard_size=6, batch_size=6)
     root = tmp_path / "results" / "r"
     teacher = write_teacher(root / "teacher" / "teacher.pt", cfg=cfg)
-    tj.generate_trajectories(cfg, teacher, str(root / "teacher" / "teacher.pt"), str(root / "trajectories"),
-                             torch.device("cpu"), None)
+    tj.generate_trajectories(
+        cfg,
+        teacher,
+        str(root / "teacher" / "teacher.pt"),
+        str(root / "trajectories"),
+        torch.device("cpu"),
+        None,
+    )
     shard = root / "trajectories" / "shard-00001.npz"
     shard.write_bytes(shard.read_bytes()[:-1000])
     previous = sentinel(tmp_path, cfg, "hkd")
@@ -132,10 +148,10 @@ def test_checkpoint_from_another_config_is_refused(kind, tmp_path, smoke_cfg):
     16 px teacher under the 32 px smoke config) stops the next stage, naming the file and the
     differing keys; the checkpoint and the outputs already there stay."""
     import torch
+    from test_trajectories import write_teacher
 
     from hkd.koopman.model import HKD, hkd_checkpoint
     from hkd.pipeline import run_paths
-    from test_trajectories import write_teacher
 
     cfg = copy.deepcopy(smoke_cfg)
     paths = run_paths(cfg)
@@ -150,8 +166,11 @@ def test_checkpoint_from_another_config_is_refused(kind, tmp_path, smoke_cfg):
     before = (tmp_path / ckpt).read_bytes()
     rc, out = hkd(tmp_path, stage, "--config", write(tmp_path, cfg), "--threads", "1")
     assert rc != 0, out
-    for w in (str(ckpt), "img_resolution: 16 in the network, 32 from the config",
-              "attn_resolutions: [8] in the network, [16] from the config"):
+    for w in (
+        str(ckpt),
+        "img_resolution: 16 in the network, 32 from the config",
+        "attn_resolutions: [8] in the network, [16] from the config",
+    ):
         assert w in out, f"{w!r} not in:\n{out[-2000:]}"
     assert out.count(" from the config") == 2, out  # arguments left at their defaults are no difference
     assert "Traceback" not in out, out[-2000:]

@@ -6,18 +6,21 @@ import tarfile
 
 import numpy as np
 import pytest
+from torchvision.datasets.utils import calculate_md5
 
 from hkd.data import cifar10
 from hkd.data.fetch import fetch_file, verify_md5
-from torchvision.datasets.utils import calculate_md5
 
 PER_BATCH = 6
 
 
 def _batch(rng, n, label):
-    return {"batch_label": label, "labels": rng.integers(0, 10, n).tolist(),
-            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-            "filenames": [f"img_{i}.png" for i in range(n)]}
+    return {
+        "batch_label": label,
+        "labels": rng.integers(0, 10, n).tolist(),
+        "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        "filenames": [f"img_{i}.png" for i in range(n)],
+    }
 
 
 def make_archive(path, seed=0, evil=False):
@@ -26,9 +29,22 @@ def make_archive(path, seed=0, evil=False):
     rng = np.random.default_rng(seed)
     batches = {f"data_batch_{i}": _batch(rng, PER_BATCH, f"training batch {i} of 5") for i in range(1, 6)}
     batches["test_batch"] = _batch(rng, PER_BATCH, "testing batch 1 of 1")
-    meta = {"num_cases_per_batch": PER_BATCH, "num_vis": 3072,
-            "label_names": ["airplane", "automobile", "bird", "cat", "deer",
-                            "dog", "frog", "horse", "ship", "truck"]}
+    meta = {
+        "num_cases_per_batch": PER_BATCH,
+        "num_vis": 3072,
+        "label_names": [
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ],
+    }
     with tarfile.open(path, "w:gz") as tar:
         for name, obj in [*batches.items(), ("batches.meta", meta), ("readme.html", None)]:
             raw = b"<html></html>" if obj is None else pickle.dumps(obj, protocol=2)
@@ -43,6 +59,7 @@ def make_archive(path, seed=0, evil=False):
 class _Evil:
     def __reduce__(self):
         import os
+
         return (os.system, ("echo pwned",))
 
 
@@ -62,10 +79,15 @@ def test_reader_matches_torchvision(tmp_path):
     folder = tmp_path / cifar10.FOLDER
 
     class LocalCIFAR10(CIFAR10):  # the same reader, with the md5s of this tiny archive
-        train_list = [[f"data_batch_{i}", calculate_md5(str(folder / f"data_batch_{i}"))] for i in range(1, 6)]
+        train_list = [
+            [f"data_batch_{i}", calculate_md5(str(folder / f"data_batch_{i}"))] for i in range(1, 6)
+        ]
         test_list = [["test_batch", calculate_md5(str(folder / "test_batch"))]]
-        meta = {"filename": "batches.meta", "key": "label_names",
-                "md5": calculate_md5(str(folder / "batches.meta"))}
+        meta = {
+            "filename": "batches.meta",
+            "key": "label_names",
+            "md5": calculate_md5(str(folder / "batches.meta")),
+        }
 
     for train, key in ((True, "train"), (False, "test")):
         ref = LocalCIFAR10(str(tmp_path), train=train, download=False)
@@ -86,7 +108,10 @@ def test_reader_errors_name_the_file(tmp_path):
         cifar10.read_archive(truncated)
     evil = tmp_path / "evil.tar.gz"
     make_archive(evil, evil=True)
-    with pytest.raises(ValueError, match=r"evil.tar.gz:cifar-10-batches-py/test_batch: .*unexpected object (posix|os)\.system"):
+    with pytest.raises(
+        ValueError,
+        match=r"evil.tar.gz:cifar-10-batches-py/test_batch: .*unexpected object (posix|os)\.system",
+    ):
         cifar10.read_archive(evil)
     partial = tmp_path / "partial.tar.gz"
     with tarfile.open(archive) as src, tarfile.open(partial, "w:gz") as dst:
@@ -130,7 +155,10 @@ def test_fetch_verifies_and_downloads_atomically(tmp_path, http_root):
     assert fetch_file(url, dest, md5) == dest  # already there: reused
     archive.write_bytes(b"changed on the server")
     assert calculate_md5(str(fetch_file(url, dest, None))) == md5  # no md5 given: reused as it is
-    with pytest.raises(ValueError, match=r"downloaded from http://127.0.0.1:\d+/cifar-10-python.tar.gz \(for .*x.tar.gz\) has md5"):
+    with pytest.raises(
+        ValueError,
+        match=r"downloaded from http://127.0.0.1:\d+/cifar-10-python.tar.gz \(for .*x.tar.gz\) has md5",
+    ):
         fetch_file(url, tmp_path / "cache2" / "x.tar.gz", "0" * 32, "CIFAR-10 archive")
     assert list((tmp_path / "cache2").iterdir()) == []  # nothing half-written is left
     with pytest.raises(FileNotFoundError, match="nowhere.tar.gz"):

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import copy_workflow
 
 PROFILE = "workflow/profiles/slurm"
@@ -18,8 +17,13 @@ def work(tmp_path):
 
 
 def dry_run(repo, *args):
-    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", *args], cwd=repo, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "-p", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return r.stdout + r.stderr
 
@@ -51,17 +55,36 @@ def test_profile_plans_the_paper_configs(work, config):
 
 
 def test_several_gpus_start_torchrun(work):
-    planned = jobs(dry_run(work, "--profile", PROFILE, "--configfile", "configs/cifar10.yaml",
-                           "--set-resources", "hkd_train:gpu=4"))
+    planned = jobs(
+        dry_run(
+            work,
+            "--profile",
+            PROFILE,
+            "--configfile",
+            "configs/cifar10.yaml",
+            "--set-resources",
+            "hkd_train:gpu=4",
+        )
+    )
     cmd = next(c for r, _, c in planned if r == "hkd_train")
-    assert cmd.startswith("if [ 4 -gt 1 ]; then") and "-m torch.distributed.run --standalone --nproc-per-node 4 -m hkd hkd-train" in cmd
+    assert (
+        cmd.startswith("if [ 4 -gt 1 ]; then")
+        and "-m torch.distributed.run --standalone --nproc-per-node 4 -m hkd hkd-train" in cmd
+    )
     one = next(c for r, _, c in planned if r == "variant_train")
     assert one.startswith("if [ 1 -gt 1 ]")  # one GPU: a plain process
 
 
 def test_lint_is_clean(work):
     for config in ("configs/default.yaml", "configs/cifar10.yaml"):
-        r = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--configfile", config], cwd=work,
-                           capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0 and "Congratulations, your workflow is in a good condition" in r.stdout + r.stderr, \
-            r.stdout[-2000:] + r.stderr[-2000:]
+        r = subprocess.run(
+            [sys.executable, "-m", "snakemake", "--lint", "--configfile", config],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert (
+            r.returncode == 0
+            and "Congratulations, your workflow is in a good condition" in r.stdout + r.stderr
+        ), r.stdout[-2000:] + r.stderr[-2000:]

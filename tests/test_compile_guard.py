@@ -37,9 +37,9 @@ def fake_compiler(monkeypatch, broken):
 
 
 FAKES = {
-    "nan output": lambda m: (lambda x: m(x) * float("nan")),
-    "wrong output": lambda m: (lambda x: m(x) * 1.5),
-    "nan gradients, right output": lambda m: (lambda x: NaNGradient.apply(m(x))),
+    "nan output": lambda m: lambda x: m(x) * float("nan"),
+    "wrong output": lambda m: lambda x: m(x) * 1.5,
+    "nan gradients, right output": lambda m: lambda x: NaNGradient.apply(m(x)),
 }
 
 
@@ -91,7 +91,7 @@ def test_inference_checks_outputs_only(monkeypatch):
 
 
 def test_agreeing_compiled_path_is_kept(monkeypatch):
-    fake_compiler(monkeypatch, lambda m: (lambda x: m(x) * (1 + 1e-5)))
+    fake_compiler(monkeypatch, lambda m: lambda x: m(x) * (1 + 1e-5))
     run = maybe_compile(Affine(), True, "p")
     out = run(torch.ones(2, 8))
     torch.testing.assert_close(out, torch.linspace(0.5, 1.5, 8).expand(2, 8) * (1 + 1e-5))
@@ -108,6 +108,7 @@ def test_later_non_finite_output_falls_back(monkeypatch, capsys):
         def run(x):
             calls["n"] += 1
             return m(x) * (float("nan") if calls["n"] >= 3 else 1.0)
+
         return run
 
     fake_compiler(monkeypatch, late_nan)
@@ -120,7 +121,7 @@ def test_later_non_finite_output_falls_back(monkeypatch, capsys):
 
 
 def test_new_shape_is_checked_again(monkeypatch):
-    fake_compiler(monkeypatch, lambda m: (lambda x: m(x) * (1.5 if x.shape[0] == 3 else 1.0)))
+    fake_compiler(monkeypatch, lambda m: lambda x: m(x) * (1.5 if x.shape[0] == 3 else 1.0))
     run = maybe_compile(Affine(), True, "p")
     with torch.no_grad():
         run(torch.randn(2, 8))
@@ -132,6 +133,7 @@ def test_compile_failure(monkeypatch):
     def failing(m):
         def run(x):
             raise RuntimeError("C++ compiler not found")
+
         return run
 
     fake_compiler(monkeypatch, failing)
@@ -192,8 +194,13 @@ def test_relative_difference_floor():
 
 def test_non_finite_message_names_seeds_path_and_key():
     compile_guard.reset_decisions()
-    msg = compile_guard.non_finite_message("teacher states", [10, 11, 12], [False, True, True], "the teacher denoiser",
-                                           "results/x/logs/trajectories-00000.log")
+    msg = compile_guard.non_finite_message(
+        "teacher states",
+        [10, 11, 12],
+        [False, True, True],
+        "the teacher denoiser",
+        "results/x/logs/trajectories-00000.log",
+    )
     assert "2 of 3 seeds in 10..12 (11, 12)" in msg and "compile: false" in msg
     assert "results/x/logs/trajectories-00000.log" in msg and "ran eagerly" in msg
 
@@ -206,7 +213,9 @@ def wrong_from_third_invocation():
         def run(x):
             invocations["n"] += 1
             return m(x) * (1.5 if invocations["n"] >= 3 else 1.0)
+
         return run
+
     return compiler
 
 

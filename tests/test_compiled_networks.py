@@ -15,7 +15,7 @@ from hkd.compile_guard import TOLERANCE, compare, maybe_compile
 from hkd.config import load_config
 from hkd.koopman.model import HKD
 from hkd.nn.precond import EDMPrecond
-from hkd.runtime import autocast, resolve_precision
+from hkd.runtime import resolve_precision
 from hkd.teacher.network import teacher_kwargs
 from hkd.teacher.sampler import edm_sigmas, heun_sample, seeded_noise
 from hkd.teacher.train import edm_loss
@@ -89,7 +89,9 @@ def test_default_teacher_training_step_through_the_guard():
     def step(forward):
         net.zero_grad(set_to_none=True)
         gen = torch.Generator().manual_seed(3)
-        loss = edm_loss(forward, images, gen, edm["P_mean"], edm["P_std"], edm["sigma_data"], CPU, DTYPE).mean()
+        loss = edm_loss(
+            forward, images, gen, edm["P_mean"], edm["P_std"], edm["sigma_data"], CPU, DTYPE
+        ).mean()
         loss.backward()
         return {"outputs": [loss.detach()], "gradients": grads_of(net)}
 
@@ -102,8 +104,9 @@ def test_default_hkd_training_step_through_the_guard():
     with torch.no_grad():
         for a, b in zip(model.koopman.alpha, model.koopman.beta):
             a.normal_(0, 0.01), b.normal_(0, 0.05)
-    sigmas = edm_sigmas(CFG["trajectories"]["num_steps"], CFG["edm"]["sigma_min"], CFG["edm"]["sigma_max"],
-                        CFG["edm"]["rho"])
+    sigmas = edm_sigmas(
+        CFG["trajectories"]["num_steps"], CFG["edm"]["sigma_min"], CFG["edm"]["sigma_max"], CFG["edm"]["rho"]
+    )
     states = torch.randn(4, len(sigmas), 1, 32, 32) * sigmas[:, None, None, None].float().clamp(min=0.5)
     t = sample_times(4, CFG["hkd"]["time_points"], sigmas, torch.Generator().manual_seed(1))
 

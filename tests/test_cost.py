@@ -15,14 +15,31 @@ SMOKE = ROOT / "configs" / "smoke.yaml"
 
 
 def fake_bench(cfg, measured="2026-01-01T00:00:00+00:00", rate=100.0):
-    return {"measured": measured, "config": "x.yaml", "device_kind": "cpu", "device": "cpu", "cpu": "test",
-            "threads": 2, "torch": "t", "cost_digest": bench.cost_digest(cfg),
-            "workloads": {w: {"rate": rate, "batch": 10, "first_call_seconds": 5.0, "peak_rss_bytes": 2**30,
-                              "peak_gpu_bytes": None} for w in bench.WORKLOADS}}
+    return {
+        "measured": measured,
+        "config": "x.yaml",
+        "device_kind": "cpu",
+        "device": "cpu",
+        "cpu": "test",
+        "threads": 2,
+        "torch": "t",
+        "cost_digest": bench.cost_digest(cfg),
+        "workloads": {
+            w: {
+                "rate": rate,
+                "batch": 10,
+                "first_call_seconds": 5.0,
+                "peak_rss_bytes": 2**30,
+                "peak_gpu_bytes": None,
+            }
+            for w in bench.WORKLOADS
+        },
+    }
 
 
-@pytest.mark.parametrize("workload", ["teacher_train", "denoiser", "hkd_train", "one_step", "features",
-                                      "classifier_train"])
+@pytest.mark.parametrize(
+    "workload", ["teacher_train", "denoiser", "hkd_train", "one_step", "features", "classifier_train"]
+)
 def test_every_workload_measures_a_rate(workload):
     cfg = load_config(SMOKE)
     out = bench.measure_one(cfg, workload, steps=1, threads=1)
@@ -63,18 +80,25 @@ def test_elapsed_seconds_follow_the_dag():
     seconds = [10.0, 20.0, 30.0, 5.0]
     assert elapsed_seconds([a, b, c, d], seconds, cores=2, threads=2) == 65.0  # one after another
     assert elapsed_seconds([a, b, c, d], seconds, cores=4, threads=2) == 45.0  # b and c side by side
-    assert elapsed_seconds([d, c, b, a], seconds[::-1], cores=16, threads=2) == 45.0  # order of the list is no DAG
+    assert (
+        elapsed_seconds([d, c, b, a], seconds[::-1], cores=16, threads=2) == 45.0
+    )  # order of the list is no DAG
 
 
 def test_plan_counts_the_work_of_the_config():
     cfg = load_config(SMOKE)
     planned = {j.name: j for j in jobs(cfg)}
     h, t = cfg["hkd"], cfg["trajectories"]
-    assert planned["hkd_train"].work["hkd_train"] == h["epochs"] * (t["count"] // h["batch_size"]) * \
-        h["batch_size"] * (h["time_points"] + 1)
-    assert planned["variant_train[no_koopman]"].work["hkd_train"] == planned["hkd_train"].work["hkd_train"] // 5
+    assert planned["hkd_train"].work["hkd_train"] == h["epochs"] * (t["count"] // h["batch_size"]) * h[
+        "batch_size"
+    ] * (h["time_points"] + 1)
+    assert (
+        planned["variant_train[no_koopman]"].work["hkd_train"] == planned["hkd_train"].work["hkd_train"] // 5
+    )
     nfe = 2 * t["num_steps"] - 1
-    assert planned["sample"].work["denoiser"] == cfg["sample"]["count"] * (nfe + sum(cfg["sample"]["extra_teacher_nfe"]))
+    assert planned["sample"].work["denoiser"] == cfg["sample"]["count"] * (
+        nfe + sum(cfg["sample"]["extra_teacher_nfe"])
+    )
     shards = [n for n in planned if n.startswith("trajectory_shard")]
     assert len(shards) == 2 and sum(planned[n].work["denoiser"] for n in shards) == t["count"] * nfe
     assert "conditional_hkd_train" in planned and "conditional_variant_train" not in " ".join(planned)
@@ -106,9 +130,17 @@ def test_every_config_has_a_plan(config):
 
 
 def fake_scaling(cfg, per_job_at_one_thread: float, workloads=tuple(bench.WORKLOADS)):
-    return {"measured": "2026-01-01T00:00:00+00:00", "cost_digest": bench.cost_digest(cfg), "workloads": {
-        w: [{"jobs": 1, "threads": 2, "rate_per_job": 1.0}, {"jobs": 2, "threads": 1, "rate_per_job": per_job_at_one_thread}]
-        for w in workloads}}
+    return {
+        "measured": "2026-01-01T00:00:00+00:00",
+        "cost_digest": bench.cost_digest(cfg),
+        "workloads": {
+            w: [
+                {"jobs": 1, "threads": 2, "rate_per_job": 1.0},
+                {"jobs": 2, "threads": 1, "rate_per_job": per_job_at_one_thread},
+            ]
+            for w in workloads
+        },
+    }
 
 
 def test_plan_times_the_rules_threads_from_the_thread_benchmark(tmp_path):
@@ -124,7 +156,9 @@ def test_plan_times_the_rules_threads_from_the_thread_benchmark(tmp_path):
     # ... at 0.4 each they lose to one job with both threads
     assert rules_elapsed_seconds(cfg, planned, b, fake_scaling(cfg, 0.4), cores=2) > fast
     # a workload whose 1-thread layout was not measured: no estimate rather than a guess
-    assert rules_elapsed_seconds(cfg, planned, b, fake_scaling(cfg, 0.75, ("teacher_train",)), cores=2) is None
+    assert (
+        rules_elapsed_seconds(cfg, planned, b, fake_scaling(cfg, 0.75, ("teacher_train",)), cores=2) is None
+    )
     (tmp_path / "x-cpu.json").write_text(json.dumps(b))
     (tmp_path / "threads-x-cpu.json").write_text(json.dumps(fake_scaling(cfg, 0.75)))
     p = plan(cfg, tmp_path)

@@ -36,8 +36,13 @@ def test_float_or_nan_data_rejected(tmp_path):
 
     x = np.zeros((2, 1, 32, 32), np.float32)
     x[0, 0, 0, 0] = np.nan
-    save_npz(tmp_path / "d.npz", train_images=x, train_labels=np.zeros(2), heldout_images=x,
-             heldout_labels=np.zeros(2))
+    save_npz(
+        tmp_path / "d.npz",
+        train_images=x,
+        train_labels=np.zeros(2),
+        heldout_images=x,
+        heldout_labels=np.zeros(2),
+    )
     with pytest.raises(ValueError, match="d.npz"):
         load_dataset(tmp_path / "d.npz")
 
@@ -54,7 +59,7 @@ def test_outputs_are_written_atomically_with_normal_permissions(tmp_path):
     with pytest.raises(ZeroDivisionError):
         with atomic_path(tmp_path / "x.json") as tmp:
             tmp.write_text("half-written")
-            1 / 0
+            raise ZeroDivisionError("interrupted mid-write")
     assert (tmp_path / "x.json").read_text().strip().startswith("{")  # old file intact
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temp file left
 
@@ -76,8 +81,15 @@ def test_cifar10_source_through_the_data_stage(tmp_path, smoke_cfg):
     archive = tmp_path / "cifar-10-python.tar.gz"
     batches = make_archive(archive)
     n = 5 * PER_BATCH
-    cfg = _cfg(smoke_cfg, tmp_path, source="cifar10", path=str(archive), md5=calculate_md5(str(archive)),
-               count=n, heldout=6)
+    cfg = _cfg(
+        smoke_cfg,
+        tmp_path,
+        source="cifar10",
+        path=str(archive),
+        md5=calculate_md5(str(archive)),
+        count=n,
+        heldout=6,
+    )
     cfg["network"]["label_dim"] = 10
     m = build_dataset(cfg, tmp_path / "d.npz", tmp_path / "d.json")
     d = load_dataset(tmp_path / "d.npz")
@@ -86,11 +98,15 @@ def test_cifar10_source_through_the_data_stage(tmp_path, smoke_cfg):
     idx = np.concatenate([d["train_index"], d["heldout_index"]])
     np.testing.assert_array_equal(np.concatenate([d["train_labels"], d["heldout_labels"]]), labels[idx])
     first = np.concatenate([b["data"] for k, b in batches.items() if k != "test_batch"])[idx[0]]
-    np.testing.assert_array_equal(((d["train_images"][0] + 1) * 127.5).round().astype(np.uint8).ravel(), first)
+    np.testing.assert_array_equal(
+        ((d["train_images"][0] + 1) * 127.5).round().astype(np.uint8).ravel(), first
+    )
     bad = _cfg(smoke_cfg, tmp_path, source="cifar10", path=str(archive), md5="0" * 32, count=n, heldout=6)
     with pytest.raises(ValueError, match="cifar-10-python.tar.gz has md5"):
         build_dataset(bad, tmp_path / "e.npz", tmp_path / "e.json")
-    too_many = _cfg(smoke_cfg, tmp_path, source="cifar10", path=str(archive), md5=None, count=n + 1, heldout=6)
+    too_many = _cfg(
+        smoke_cfg, tmp_path, source="cifar10", path=str(archive), md5=None, count=n + 1, heldout=6
+    )
     with pytest.raises(ValueError, match="holds 30 images"):
         build_dataset(too_many, tmp_path / "e.npz", tmp_path / "e.json")
     assert not (tmp_path / "e.npz").exists()
@@ -104,13 +120,22 @@ def test_image_folder_source_and_labels(tmp_path, smoke_cfg):
     root.mkdir()
     make_folder(root, n=6, size=80)
     zip_folder(root, tmp_path / "ffhq.zip")
-    cfg = _cfg(smoke_cfg, tmp_path, source="image_folder", path=str(tmp_path / "ffhq.zip"), count=6, heldout=1,
-               resolution=64)
+    cfg = _cfg(
+        smoke_cfg,
+        tmp_path,
+        source="image_folder",
+        path=str(tmp_path / "ffhq.zip"),
+        count=6,
+        heldout=1,
+        resolution=64,
+    )
     cfg["network"]["label_dim"] = 10
     build_dataset(cfg, tmp_path / "d.npz", tmp_path / "d.json")
     d = load_dataset(tmp_path / "d.npz")
     assert d["train_images"].shape == (5, 3, 64, 64)
-    np.testing.assert_array_equal(np.sort(np.concatenate([d["train_labels"], d["heldout_labels"]])), np.arange(6))
+    np.testing.assert_array_equal(
+        np.sort(np.concatenate([d["train_labels"], d["heldout_labels"]])), np.arange(6)
+    )
     (root / "dataset.json").unlink()
     cfg["data"]["path"] = str(root)
     with pytest.raises(ValueError, match="has no labels"):

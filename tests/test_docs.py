@@ -12,8 +12,11 @@ from snakemake.cli import get_argument_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKDOWN = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-DOCUMENTS = [*MARKDOWN, *sorted((ROOT / "configs").glob("*.yaml")),
-             ROOT / "workflow/profiles/slurm/config.yaml"]
+DOCUMENTS = [
+    *MARKDOWN,
+    *sorted((ROOT / "configs").glob("*.yaml")),
+    ROOT / "workflow/profiles/slurm/config.yaml",
+]
 README_LIMIT = 10 * 1024  # bytes: the README is a landing page; topics live under docs/
 
 
@@ -35,7 +38,9 @@ def test_commands_are_found():
     commands = [c for d in MARKDOWN for c in snakemake_commands(d.read_text())]
     assert any("configs/study.yaml" in c for c in commands)
     assert any("configs/budget_curve.yaml" in c for c in snakemake_commands((ROOT / "README.md").read_text()))
-    assert snakemake_commands("x\n#   snakemake all --configfile a.yaml   # note\n") == ["snakemake all --configfile a.yaml"]
+    assert snakemake_commands("x\n#   snakemake all --configfile a.yaml   # note\n") == [
+        "snakemake all --configfile a.yaml"
+    ]
 
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
@@ -66,7 +71,11 @@ def test_docs_exist_and_readme_links_each():
 @pytest.mark.parametrize("document", MARKDOWN, ids=lambda p: p.name)
 def test_relative_links_point_to_existing_files(document):
     links = re.findall(r"\]\(([^)\s]+)\)", document.read_text())
-    local = [link.split("#")[0] for link in links if not re.match(r"[a-z][a-z0-9+.-]*:", link) and not link.startswith("#")]
+    local = [
+        link.split("#")[0]
+        for link in links
+        if not re.match(r"[a-z][a-z0-9+.-]*:", link) and not link.startswith("#")
+    ]
     if document.name == "README.md":
         assert any(link.startswith("docs/") for link in local)
     for link in local:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from hkd.teacher.edm_pickle import load_edm_pickle, read_snapshot
 from hkd.nn.precond import EDMPrecond
+from hkd.teacher.edm_pickle import load_edm_pickle, read_snapshot
 
 MARKER = "/tmp/hkd-edm-pickle-code-ran"
 # what EDM stores as module_src; a loader that executes it would create MARKER
@@ -32,9 +32,12 @@ def edm_modules(monkeypatch):
     persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
     util = types.ModuleType("dnnlib.util")
     util.EasyDict = type("EasyDict", (dict,), {"__module__": "dnnlib.util"})
-    for name, mod in (("torch_utils", types.ModuleType("torch_utils")),
-                      ("torch_utils.persistence", persistence),
-                      ("dnnlib", types.ModuleType("dnnlib")), ("dnnlib.util", util)):
+    for name, mod in (
+        ("torch_utils", types.ModuleType("torch_utils")),
+        ("torch_utils.persistence", persistence),
+        ("dnnlib", types.ModuleType("dnnlib")),
+        ("dnnlib.util", util),
+    ):
         monkeypatch.setitem(sys.modules, name, mod)
     return persistence._reconstruct_persistent_obj, util.EasyDict
 
@@ -43,8 +46,10 @@ class Persistent:
     """Pickles as EDM's persistence does: _reconstruct_persistent_obj(meta)."""
 
     def __init__(self, fn, class_name, state):
-        self.fn, self.meta = fn, dict(type="class", version=6, module_src=MODULE_SRC,
-                                      class_name=class_name, state=state)
+        self.fn, self.meta = (
+            fn,
+            dict(type="class", version=6, module_src=MODULE_SRC, class_name=class_name, state=state),
+        )
 
     def __reduce__(self):
         return (self.fn, (self.meta,))
@@ -52,13 +57,20 @@ class Persistent:
 
 def edm_layout(module, fn, init_kwargs=None):
     # EDM computes some attributes with numpy (e.g. skip_scale = np.sqrt(0.5)): pickled as numpy scalars
-    state = {k: np.float64(v) if type(v) is float else v
-             for k, v in vars(module).items() if not k.startswith("_") and k != "init_kwargs"}
-    state.update(_init_args=(), _init_kwargs=init_kwargs or {},
-                 _parameters=collections.OrderedDict(module._parameters),
-                 _buffers=collections.OrderedDict(module._buffers))
-    children = collections.OrderedDict((n, None if c is None else edm_layout(c, fn))
-                                       for n, c in module._modules.items())
+    state = {
+        k: np.float64(v) if type(v) is float else v
+        for k, v in vars(module).items()
+        if not k.startswith("_") and k != "init_kwargs"
+    }
+    state.update(
+        _init_args=(),
+        _init_kwargs=init_kwargs or {},
+        _parameters=collections.OrderedDict(module._parameters),
+        _buffers=collections.OrderedDict(module._buffers),
+    )
+    children = collections.OrderedDict(
+        (n, None if c is None else edm_layout(c, fn)) for n, c in module._modules.items()
+    )
     state["_modules"] = children
     if isinstance(module, torch.nn.ModuleDict):  # a plain torch container, as in EDM
         container = torch.nn.ModuleDict()
@@ -69,10 +81,22 @@ def edm_layout(module, fn, init_kwargs=None):
 
 def small_precond():
     torch.manual_seed(0)
-    kw = dict(img_resolution=16, img_channels=3, label_dim=10, model_channels=16, channel_mult=[1, 2],
-              num_blocks=1, attn_resolutions=[8], augment_dim=9, dropout=0.13,
-              embedding_type="positional", encoder_type="standard", decoder_type="standard",
-              channel_mult_noise=1, resample_filter=[1, 1])
+    kw = dict(
+        img_resolution=16,
+        img_channels=3,
+        label_dim=10,
+        model_channels=16,
+        channel_mult=[1, 2],
+        num_blocks=1,
+        attn_resolutions=[8],
+        augment_dim=9,
+        dropout=0.13,
+        embedding_type="positional",
+        encoder_type="standard",
+        decoder_type="standard",
+        channel_mult_noise=1,
+        resample_filter=[1, 1],
+    )
     net = EDMPrecond(**kw)
     with torch.no_grad():  # EDM zero-initialises some output layers; make every weight count
         for p in net.parameters():
@@ -83,9 +107,12 @@ def small_precond():
 
 def write_snapshot(path, edm_modules, net, edm_kwargs, extra=None):
     fn, EasyDict = edm_modules
-    snap = dict(ema=edm_layout(net, fn, edm_kwargs),
-                loss_fn=Persistent(fn, "EDMLoss", dict(P_mean=-1.2, P_std=1.2, sigma_data=0.5)),
-                augment_pipe=None, dataset_kwargs=EasyDict(path="datasets/cifar10-32x32.zip", xflip=False))
+    snap = dict(
+        ema=edm_layout(net, fn, edm_kwargs),
+        loss_fn=Persistent(fn, "EDMLoss", dict(P_mean=-1.2, P_std=1.2, sigma_data=0.5)),
+        augment_pipe=None,
+        dataset_kwargs=EasyDict(path="datasets/cifar10-32x32.zip", xflip=False),
+    )
     snap.update(extra or {})
     with open(path, "wb") as f:
         pickle.dump(snap, f)
@@ -96,8 +123,15 @@ def test_round_trip_in_edm_layout(tmp_path, edm_modules):
     path = tmp_path / "edm-tiny-cond.pkl"
     write_snapshot(path, edm_modules, net, edm_kwargs)
     raw = path.read_bytes()
-    for name in (b"torch_utils.persistence", b"_reconstruct_persistent_obj", b"module_src", b"ModuleDict",
-                 b"_rebuild_parameter", b"dnnlib.util", b"multiarray"):
+    for name in (
+        b"torch_utils.persistence",
+        b"_reconstruct_persistent_obj",
+        b"module_src",
+        b"ModuleDict",
+        b"_rebuild_parameter",
+        b"dnnlib.util",
+        b"multiarray",
+    ):
         assert name in raw  # the globals and fields of EDM's own snapshots
     snap = read_snapshot(path)
     assert snap["dataset_kwargs"]["path"] == "datasets/cifar10-32x32.zip"
@@ -111,9 +145,12 @@ def test_round_trip_in_edm_layout(tmp_path, edm_modules):
         out = loaded(x, sigma, labels)
         # the augmentation embedding is part of the loaded weights too
         assert torch.equal(loaded.model.map_augment.weight, net.model.map_augment.weight)
-        assert torch.equal(loaded.model(x, sigma.log() / 4, labels, aug), net.model(x, sigma.log() / 4, labels, aug))
+        assert torch.equal(
+            loaded.model(x, sigma.log() / 4, labels, aug), net.model(x, sigma.log() / 4, labels, aug)
+        )
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     import os
+
     assert not os.path.exists(MARKER)
 
 
@@ -127,10 +164,14 @@ def test_code_and_unknown_classes_are_refused(tmp_path, edm_modules):
     load_edm_pickle(inert)
     # inside it, it is an error naming the class and where it sits
     ema = edm_layout(net, fn, edm_kwargs)
-    ema.meta["state"]["_modules"]["model"].meta["state"]["_modules"]["map_noise"].meta["class_name"] = "Backdoor"
+    ema.meta["state"]["_modules"]["model"].meta["state"]["_modules"]["map_noise"].meta["class_name"] = (
+        "Backdoor"
+    )
     evil = tmp_path / "evil-class.pkl"
     write_snapshot(evil, edm_modules, net, edm_kwargs, {"ema": ema})
-    with pytest.raises(ValueError, match="evil-class.pkl: unrecognised EDM class 'Backdoor' at model.map_noise"):
+    with pytest.raises(
+        ValueError, match="evil-class.pkl: unrecognised EDM class 'Backdoor' at model.map_noise"
+    ):
         load_edm_pickle(evil)
     vp = tmp_path / "vp.pkl"
     write_snapshot(vp, edm_modules, net, edm_kwargs, {"ema": Persistent(fn, "VPPrecond", {})})
@@ -140,6 +181,7 @@ def test_code_and_unknown_classes_are_refused(tmp_path, edm_modules):
     class System:
         def __reduce__(self):
             import os
+
             return (os.system, (f"touch {MARKER}",))
 
     evil = tmp_path / "evil-global.pkl"
@@ -147,6 +189,7 @@ def test_code_and_unknown_classes_are_refused(tmp_path, edm_modules):
     with pytest.raises(ValueError, match=r"evil-global.pkl: refusing to load (posix|os)\.system"):
         load_edm_pickle(evil)
     import os
+
     assert not os.path.exists(MARKER)
 
 
@@ -180,17 +223,31 @@ def _cfg_for(smoke_cfg, kw):
 
     cfg = copy.deepcopy(smoke_cfg)
     cfg["data"].update(source="image_folder", resolution=kw["img_resolution"])
-    cfg["network"].update({k: kw[k] for k in ("model_channels", "channel_mult", "num_blocks", "attn_resolutions",
-                                              "dropout", "augment_dim", "label_dim")}, channel_mult_emb=4)
+    cfg["network"].update(
+        {
+            k: kw[k]
+            for k in (
+                "model_channels",
+                "channel_mult",
+                "num_blocks",
+                "attn_resolutions",
+                "dropout",
+                "augment_dim",
+                "label_dim",
+            )
+        },
+        channel_mult_emb=4,
+    )
     return cfg
 
 
 def test_imported_pickle_is_a_teacher_checkpoint(tmp_path, edm_modules, smoke_cfg):
     """`import_edm_pickle` writes the checkpoint every later stage reads (`load_teacher`),
     conditional networks included; a network other than the config's is refused by key."""
+    from torchvision.datasets.utils import calculate_md5
+
     from hkd.teacher.edm_pickle import import_edm_pickle
     from hkd.teacher.network import load_teacher
-    from torchvision.datasets.utils import calculate_md5
 
     cond, cond_kwargs = small_precond()
     path = tmp_path / "edm-tiny-cond.pkl"
@@ -201,10 +258,15 @@ def test_imported_pickle_is_a_teacher_checkpoint(tmp_path, edm_modules, smoke_cf
     x, sigma = torch.randn(2, 3, 16, 16), torch.tensor([0.5, 20.0])
     labels = torch.nn.functional.one_hot(torch.tensor([3, 7]), 10).float()
     with torch.no_grad():
-        torch.testing.assert_close(cond_teacher(x, sigma, labels), cond.eval()(x, sigma, labels), rtol=0, atol=0)
+        torch.testing.assert_close(
+            cond_teacher(x, sigma, labels), cond.eval()(x, sigma, labels), rtol=0, atol=0
+        )
         assert not torch.allclose(cond_teacher(x, sigma, labels), cond_teacher(x, sigma, labels.roll(1, 1)))
     wider = dict(cfg, network=dict(cfg["network"], model_channels=32, label_dim=0))
-    with pytest.raises(ValueError, match=r"(?s)label_dim: 10 in the network, 0 from the config.*model_channels: 16 in the network, 32"):
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)label_dim: 10 in the network, 0 from the config.*model_channels: 16 in the network, 32",
+    ):
         import_edm_pickle(str(path), None, str(tmp_path / "c.pkl"), str(tmp_path / "w.pt"), wider)
     assert not (tmp_path / "w.pt").exists()
 

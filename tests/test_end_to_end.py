@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import copy_workflow
+
 from hkd.config import load_config
 from hkd.cost.plan import SMALL, plan
 from hkd.pipeline import ABLATIONS
@@ -30,8 +30,11 @@ def run(cmd, cwd, timeout=600):
 def check_plan_against_run(work: Path) -> None:
     """`hkd plan` names every file the smoke run wrote (logs aside), and estimates the size
     of each sizeable one within 25 %."""
-    planned = {f: size for r in plan(load_config(work / "configs" / "smoke.yaml"), work / "benchmarks")["jobs"]
-               for f, size in r["files"].items()}
+    planned = {
+        f: size
+        for r in plan(load_config(work / "configs" / "smoke.yaml"), work / "benchmarks")["jobs"]
+        for f, size in r["files"].items()
+    }
     for f, size in planned.items():
         assert (work / f).exists(), f"planned but not written: {f}"
         if size is not None and size >= SMALL:
@@ -40,8 +43,13 @@ def check_plan_against_run(work: Path) -> None:
     assert sum(1 for size in planned.values() if size and size >= SMALL) >= 10
 
     def covered(f: str) -> bool:
-        return (f in planned or any(f.startswith(d + "/") for d in planned) or "/logs/" in f
-                or f == "results/smoke/config.yaml")  # the config Snakemake's jobs read, no stage output
+        return (
+            f in planned
+            or any(f.startswith(d + "/") for d in planned)
+            or "/logs/" in f
+            or f == "results/smoke/config.yaml"
+        )  # the config Snakemake's jobs read, no stage output
+
     written = {str(q.relative_to(work)) for q in (work / "results" / "smoke").rglob("*") if q.is_file()}
     assert not [f for f in written if not covered(f)], sorted(f for f in written if not covered(f))
 
@@ -65,28 +73,48 @@ def test_smoke_dag_with_snakemake(tmp_path):
     assert "Table 3: ablations" in html
     for variant in ("no_koopman", "no_trajectory", "no_hierarchy", "seed1"):  # as configs/smoke.yaml lists
         abl = json.loads((work / "results" / "smoke" / "variants" / variant / "metrics.json").read_text())
-        assert abl["variant"] == variant and abl["images"] == next(r["images"] for r in metrics["rows"] if r["key"] == "hkd")
+        assert abl["variant"] == variant and abl["images"] == next(
+            r["images"] for r in metrics["rows"] if r["key"] == "hkd"
+        )
         if variant in ABLATIONS:
             assert f"{abl['fid']:.3f}" in html, variant
     tables = work / "reports" / "smoke" / "tables"
-    assert sorted(f.name for f in tables.glob("table*")) == sorted(f"table{n}.{fmt}" for n in (1, 2, 3, 4, 5, 6)
-                                                               for fmt in ("html", "md", "tex"))
+    assert sorted(f.name for f in tables.glob("table*")) == sorted(
+        f"table{n}.{fmt}" for n in (1, 2, 3, 4, 5, 6) for fmt in ("html", "md", "tex")
+    )
     study = json.loads((work / "results" / "smoke" / "eval" / "study.json").read_text())
     full = study["adopted"]["rows"]["full"]  # the run's HKD and its Table 5 seed
     hkd_fid = next(r["fid"] for r in metrics["rows"] if r["key"] == "hkd")
-    assert full["n_seeds"] == 2 and full["mean"] == pytest.approx((hkd_fid + json.loads(
-        (work / "results" / "smoke" / "variants" / "seed1" / "metrics.json").read_text())["fid"]) / 2)
+    assert full["n_seeds"] == 2 and full["mean"] == pytest.approx(
+        (
+            hkd_fid
+            + json.loads((work / "results" / "smoke" / "variants" / "seed1" / "metrics.json").read_text())[
+                "fid"
+            ]
+        )
+        / 2
+    )
     for fmt in ("md", "tex"):  # the paper's HKD row beside this run's mean over seeds
         assert f"{full['mean']:.3f}" in (tables / f"table1.{fmt}").read_text()
     # the optimisation study (configs/smoke.yaml: the paper-literal recipe and one lever)
     assert set(study["recipes"]) == {"paper", "decoder_boundary"}
-    boundary = json.loads((work / "results" / "smoke" / "variants" / "study-decoder_boundary-full-seed0" /
-                           "metrics.json").read_text())
+    boundary = json.loads(
+        (
+            work / "results" / "smoke" / "variants" / "study-decoder_boundary-full-seed0" / "metrics.json"
+        ).read_text()
+    )
     assert study["recipes"]["decoder_boundary"]["rows"]["full"]["mean"] == boundary["fid"]
     assert f"{boundary['fid']:.3f}" in (tables / "study.md").read_text() and 'id="study"' in html
-    assert 'id="claims"' in html and html.count("<strong>holds</strong>") + html.count(
-        "<strong>does not hold</strong>") + html.count("<strong>not resolved at this budget</strong>") >= 5
-    assert "Budget curves" in html and (work / "results" / "smoke" / "eval" / "budget_curves.png").stat().st_size
+    assert (
+        'id="claims"' in html
+        and html.count("<strong>holds</strong>")
+        + html.count("<strong>does not hold</strong>")
+        + html.count("<strong>not resolved at this budget</strong>")
+        >= 5
+    )
+    assert (
+        "Budget curves" in html and (work / "results" / "smoke" / "eval" / "budget_curves.png").stat().st_size
+    )
     assert all(r["fid_sampling_std"] > 0 for r in metrics["rows"])
     assert {r["key"] for r in metrics["rows"]} >= {"teacher_nfe3"} and "kd" in metrics["throughput"]
     assert "config sha256" in html and "hkd-train" in html  # provenance with per-stage wall time
@@ -105,17 +133,25 @@ def test_smoke_dag_with_snakemake(tmp_path):
     assert {r["key"] for r in cond["rows"]} == {"real", "teacher", "hkd"}
     for r in cond["rows"]:
         if r["key"] != "real":
-            assert 0.0 <= r["label_accuracy"] <= 1.0 and f"{r['fid']:.3f}" in (tables / "table4.md").read_text()
+            assert (
+                0.0 <= r["label_accuracy"] <= 1.0 and f"{r['fid']:.3f}" in (tables / "table4.md").read_text()
+            )
     labels = np.load(work / "results" / "smoke" / "conditional" / "samples" / "hkd.npz")["labels"]
     assert labels.min() == 0 and labels.max() == 9
-    assert json.loads((work / "results" / "smoke" / "conditional" / "trajectories" / "manifest.json").read_text())[
-        "label_dim"] == 10
+    assert (
+        json.loads(
+            (work / "results" / "smoke" / "conditional" / "trajectories" / "manifest.json").read_text()
+        )["label_dim"]
+        == 10
+    )
     assert 'id="table4"' in html and "Class-conditional HKD" in html
     assert "conditional teacher" in html  # the companion's stage times in the provenance block
     # Figures 2, 4, 5, 6 and the viewer, with their exactness checks
     figs = json.loads((work / "results" / "smoke" / "analysis" / "figures.json").read_text())
     assert figs["figure4"]["all_bands_equal_unmasked"] and figs["figure5"]["ratio0_equals_unedited"]
-    assert len(figs["figure5"]["band_edit_rms_change"]) == len(figs["figure5"]["agnostic_edit_rms_change"]) > 0
+    assert (
+        len(figs["figure5"]["band_edit_rms_change"]) == len(figs["figure5"]["agnostic_edit_rms_change"]) > 0
+    )
     assert figs["figure6"]["checks"]["inpaint"]["known_max_abs_error"] == 0.0
     assert figs["figure6"]["checks"]["upsample"]["known_max_abs_error"] < 1e-5
     assert len(figs["figure2"]["distance"]) == 6  # the smoke config's 6 Heun steps
@@ -125,7 +161,7 @@ def test_smoke_dag_with_snakemake(tmp_path):
     assert 'id="t-slider"' in html and len(json.loads(frames)) == 6  # one viewer frame per noisy state
     koop = json.loads((work / "results" / "smoke" / "variants" / "no_koopman" / "metrics.json").read_text())
     assert koop["koopman"] is False and koop["training"]["steps"] > 0
-    assert "data:image/png;base64," in html and "src=\"results" not in html
+    assert "data:image/png;base64," in html and 'src="results' not in html
     for stage in ("data", "teacher", "trajectories", "hkd_train", "evaluate", "report"):
         assert (work / "results" / "smoke" / "logs" / f"{stage}.log").stat().st_size > 0
     check_plan_against_run(work)
@@ -143,8 +179,14 @@ def check_config_override(work: Path, smk: list[str]) -> None:
     r = run(smk + ["-n"] + override, work)
     planned = set(re.findall(r"^(?:local)?rule (\w+):", r.stdout + r.stderr, re.M))
     assert {"hkd_train", "variant_train", "report"} <= planned, planned
-    assert not planned & {"data", "classifier", "teacher", "trajectory_shard", "trajectories",
-                          "conditional_teacher"}, planned
+    assert not planned & {
+        "data",
+        "classifier",
+        "teacher",
+        "trajectory_shard",
+        "trajectories",
+        "conditional_teacher",
+    }, planned
     run(smk + override + ["--", "results/smoke/hkd/hkd.pt"], work)
     assert load_config(work / "results" / "smoke" / "config.yaml")["hkd"]["lr"] == 0.0005
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -160,15 +202,27 @@ def check_config_override(work: Path, smk: list[str]) -> None:
 def check_snakemake_report_and_benchmarks(work: Path, smk: list[str]) -> None:
     """Every job leaves a Snakemake benchmark; `snakemake --report` archives the report,
     the figures and the tables with their captions."""
-    for rel in ("teacher", "hkd_train", "variant_train-no_koopman", "report", "conditional/logs/benchmarks/evaluate"):
+    for rel in (
+        "teacher",
+        "hkd_train",
+        "variant_train-no_koopman",
+        "report",
+        "conditional/logs/benchmarks/evaluate",
+    ):
         tsv = work / "results" / "smoke" / (rel if "/" in rel else f"logs/benchmarks/{rel}")
         header = tsv.with_name(tsv.name + ".tsv").read_text().splitlines()[0].split("\t")
         assert header[:2] == ["s", "h:m:s"] and "max_rss" in header, rel
     run(smk + ["--report", "report.zip"], work)
     with zipfile.ZipFile(work / "report.zip") as z:
         names = z.namelist()
-    for name in ("index.html", "figure4_bands.png", "figure5_editing.png", "spectral.png", "budget_curves.png",
-                 "table3.html"):
+    for name in (
+        "index.html",
+        "figure4_bands.png",
+        "figure5_editing.png",
+        "spectral.png",
+        "budget_curves.png",
+        "table3.html",
+    ):
         assert any(n.endswith(name) for n in names), name
 
 
@@ -184,11 +238,17 @@ def one_of_each_kind(work: Path) -> None:
 
 def check_metrics_and_plots(work: Path, env: dict) -> None:
     """`dvc metrics show` lists the run's FID rows; `dvc plots show` draws the budget curves."""
-    r = subprocess.run([str(BIN / "dvc"), "metrics", "show", "--json"], cwd=work, capture_output=True, text=True,
-                       env=env)
+    r = subprocess.run(
+        [str(BIN / "dvc"), "metrics", "show", "--json"], cwd=work, capture_output=True, text=True, env=env
+    )
     assert r.returncode == 0 and '"hkd/fid"' in r.stdout and '"teacher/fid"' in r.stdout, r.stdout + r.stderr
-    r = subprocess.run([str(BIN / "dvc"), "plots", "show", "-o", "plots_html"], cwd=work, capture_output=True,
-                       text=True, env=env)
+    r = subprocess.run(
+        [str(BIN / "dvc"), "plots", "show", "-o", "plots_html"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     page = work / "plots_html" / "index.html"
     assert r.returncode == 0 and page.exists(), r.stdout + r.stderr
     assert "budget_curves.csv" in page.read_text()
@@ -204,12 +264,19 @@ def test_smoke_dag_with_dvc(tmp_path):
     run([str(BIN / "dvc"), "init", "-q"], work)
     run([str(BIN / "hkd"), "dvc-yaml", "--config", "configs/smoke.yaml"], work)
     import os
-    env = dict(os.environ, PATH=env_bin + os.pathsep + os.environ.get("PATH", ""), PYTHONPATH=str(work / "src"))
-    r = subprocess.run([str(BIN / "dvc"), "repro"], cwd=work, capture_output=True, text=True, env=env, timeout=600)
+
+    env = dict(
+        os.environ, PATH=env_bin + os.pathsep + os.environ.get("PATH", ""), PYTHONPATH=str(work / "src")
+    )
+    r = subprocess.run(
+        [str(BIN / "dvc"), "repro"], cwd=work, capture_output=True, text=True, env=env, timeout=600
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (work / "reports" / "smoke" / "index.html").exists()
     check_metrics_and_plots(work, env)
-    r = subprocess.run([str(BIN / "dvc"), "repro"], cwd=work, capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [str(BIN / "dvc"), "repro"], cwd=work, capture_output=True, text=True, env=env, timeout=600
+    )
     assert r.returncode == 0
     assert "up to date" in r.stdout, r.stdout
     r = subprocess.run([str(BIN / "dvc"), "status"], cwd=work, capture_output=True, text=True, env=env)
@@ -226,13 +293,24 @@ def test_smoke_dag_with_dvc(tmp_path):
     run(["git", "clone", "-q", str(work), str(clone)], tmp_path)
     in_git = {str(p.relative_to(clone)) for p in (clone / "results").rglob("*") if p.is_file()}
     assert in_git == {f"results/smoke/eval/{f}" for f in ("summary.json", "loss.csv", "budget_curves.csv")}
-    r = subprocess.run([str(BIN / "dvc"), "pull"], cwd=clone, capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [str(BIN / "dvc"), "pull"], cwd=clone, capture_output=True, text=True, env=env, timeout=600
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for rel in ("results/smoke/hkd/hkd.pt", "results/smoke/trajectories/manifest.json",
-                "results/smoke/hkd/tensorboard", "reports/smoke/index.html", "reports/smoke/tables/table1.md"):
+    for rel in (
+        "results/smoke/hkd/hkd.pt",
+        "results/smoke/trajectories/manifest.json",
+        "results/smoke/hkd/tensorboard",
+        "reports/smoke/index.html",
+        "reports/smoke/tables/table1.md",
+    ):
         assert (clone / rel).exists(), rel
-    assert (clone / "results/smoke/hkd/hkd.pt").read_bytes() == (work / "results/smoke/hkd/hkd.pt").read_bytes()
-    r = subprocess.run([str(BIN / "dvc"), "repro"], cwd=clone, capture_output=True, text=True, env=env, timeout=600)
+    assert (clone / "results/smoke/hkd/hkd.pt").read_bytes() == (
+        work / "results/smoke/hkd/hkd.pt"
+    ).read_bytes()
+    r = subprocess.run(
+        [str(BIN / "dvc"), "repro"], cwd=clone, capture_output=True, text=True, env=env, timeout=600
+    )
     assert r.returncode == 0 and "up to date" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
     check_experiment(work, env)
 
@@ -253,15 +331,28 @@ def _find_runs(node, found: list) -> list:
 def check_experiment(work: Path, env: dict) -> None:
     """`dvc exp run -S` on a key that does not change the DAG reruns only the stages that read
     its section, and `dvc exp show` lists the experiment with its parameter and metrics."""
-    env = dict(env, GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com", GIT_COMMITTER_NAME="test",
-               GIT_COMMITTER_EMAIL="test@example.com")
-    r = subprocess.run([str(BIN / "dvc"), "exp", "run", "-S", "configs/smoke.yaml:hkd.lr=0.0005"], cwd=work,
-                       capture_output=True, text=True, env=env, timeout=600)
+    env = dict(
+        env,
+        GIT_AUTHOR_NAME="test",
+        GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="test",
+        GIT_COMMITTER_EMAIL="test@example.com",
+    )
+    r = subprocess.run(
+        [str(BIN / "dvc"), "exp", "run", "-S", "configs/smoke.yaml:hkd.lr=0.0005"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ran = set(re.findall(r"Running stage '([^']+)'", r.stdout))
     assert {"hkd_train", "variant_train_no_koopman", "report"} <= ran, ran
     assert not ran & {"data", "teacher", "trajectories", "classifier"}, ran
-    r = subprocess.run([str(BIN / "dvc"), "exp", "show", "--json"], cwd=work, capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [str(BIN / "dvc"), "exp", "show", "--json"], cwd=work, capture_output=True, text=True, env=env
+    )
     assert r.returncode == 0, r.stderr
     runs = _find_runs(json.loads(r.stdout), [])
     lrs = [json.dumps(run["params"]).count('"lr": 0.0005') for run in runs]

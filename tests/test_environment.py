@@ -1,8 +1,8 @@
 """environment.yml (conda) and pyproject.toml (pip) must pin the same packages."""
 
 import re
-import tomllib
 
+import tomllib
 import yaml
 
 
@@ -44,5 +44,6 @@ def test_every_rule_has_a_conda_env(repo):
         text = smk.read_text()
         # top-level rules and the per-run rules defined in a loop (`rule:` with `name:`)
         rules = re.findall(r"^\s*rule(?: \w+)?:", text, flags=re.M)
-        assert len(rules) == len(re.findall(r"^\s+conda:", text, flags=re.M)), \
+        assert len(rules) == len(re.findall(r"^\s+conda:", text, flags=re.M)), (
             f"{smk.name}: a rule lacks a conda: directive"
+        )

@@ -12,8 +12,15 @@ from hkd.sample import to_uint8
 def weights(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "clf.pt"
-    save_torch({"kind": "digit_classifier", "state": DigitClassifier().state_dict(),
-                "heldout_accuracy": 0.0, "feature_dim": 128}, path)
+    save_torch(
+        {
+            "kind": "digit_classifier",
+            "state": DigitClassifier().state_dict(),
+            "heldout_accuracy": 0.0,
+            "feature_dim": 128,
+        },
+        path,
+    )
     return str(path)
 
 
@@ -48,7 +55,9 @@ def _random_inception_weights(path, monkeypatch):
 
 
 @pytest.mark.parametrize("extractor", ["hkd-digit-classifier", "inception-v3-compat"])
-def test_suite_fid_equals_torch_fidelity_on_the_saved_images(extractor, smoke_cfg, weights, tmp_path, monkeypatch):
+def test_suite_fid_equals_torch_fidelity_on_the_saved_images(
+    extractor, smoke_cfg, weights, tmp_path, monkeypatch
+):
     """A stage's FID / IS / KID equal torch_fidelity.calculate_metrics run directly on the
     images the stage saved, written as PNG files the way EDM writes samples."""
     import copy
@@ -70,15 +79,26 @@ def test_suite_fid_equals_torch_fidelity_on_the_saved_images(extractor, smoke_cf
     if extractor == "inception-v3-compat":
         for k in ("classifier_epochs", "classifier_batch_size", "classifier_lr"):
             cfg["evaluate"].pop(k)
-        cfg["evaluate"].update(feature_extractor="inception-v3-compat",
-                               inception_weights=_random_inception_weights(tmp_path / "incep.pth", monkeypatch))
+        cfg["evaluate"].update(
+            feature_extractor="inception-v3-compat",
+            inception_weights=_random_inception_weights(tmp_path / "incep.pth", monkeypatch),
+        )
     monkeypatch.chdir(tmp_path)
     paths = variant_paths(cfg, "no_hierarchy")
     paths["classifier"] = weights
     build_dataset(cfg, paths["data"], paths["data_manifest"])
     torch.manual_seed(0)
-    teacher = EDMPrecond(img_resolution=32, img_channels=1, label_dim=0, model_channels=8, channel_mult=[1, 2],
-                         num_blocks=1, attn_resolutions=[8], dropout=0.0, channel_mult_emb=2)
+    teacher = EDMPrecond(
+        img_resolution=32,
+        img_channels=1,
+        label_dim=0,
+        model_channels=8,
+        channel_mult=[1, 2],
+        num_blocks=1,
+        attn_resolutions=[8],
+        dropout=0.0,
+        channel_mult_emb=2,
+    )
     with torch.no_grad():
         for p in teacher.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -89,11 +109,14 @@ def test_suite_fid_equals_torch_fidelity_on_the_saved_images(extractor, smoke_cf
 
     def write_pngs(images, folder, from_float):
         folder.mkdir()
-        u8 = np.clip(images * 127.5 + 128, 0, 255).astype(np.uint8) if from_float else images  # EDM's rounding
+        u8 = (
+            np.clip(images * 127.5 + 128, 0, 255).astype(np.uint8) if from_float else images
+        )  # EDM's rounding
         for i, im in enumerate(u8):
             rgb = np.repeat(im, 3, axis=0) if extractor == "inception-v3-compat" else im
-            Image.fromarray(rgb.transpose(1, 2, 0).squeeze(-1) if rgb.shape[0] == 1 else rgb.transpose(1, 2, 0)
-                            ).save(folder / f"{i:06d}.png")
+            Image.fromarray(
+                rgb.transpose(1, 2, 0).squeeze(-1) if rgb.shape[0] == 1 else rgb.transpose(1, 2, 0)
+            ).save(folder / f"{i:06d}.png")
         return str(folder)
 
     gen = write_pngs(np.load(tmp_path / paths["variant_samples"])["images"], tmp_path / "gen", True)
@@ -101,9 +124,21 @@ def test_suite_fid_equals_torch_fidelity_on_the_saved_images(extractor, smoke_cf
     if extractor == "hkd-digit-classifier":
         register()
     direct = torch_fidelity.calculate_metrics(
-        input1=gen, input2=ref, cuda=False, isc=True, fid=True, kid=True, kid_subset_size=24, isc_splits=10,
-        feature_extractor=extractor, feature_extractor_weights_path=weights if extractor != "inception-v3-compat"
-        else cfg["evaluate"]["inception_weights"], verbose=False, cache=False)
+        input1=gen,
+        input2=ref,
+        cuda=False,
+        isc=True,
+        fid=True,
+        kid=True,
+        kid_subset_size=24,
+        isc_splits=10,
+        feature_extractor=extractor,
+        feature_extractor_weights_path=weights
+        if extractor != "inception-v3-compat"
+        else cfg["evaluate"]["inception_weights"],
+        verbose=False,
+        cache=False,
+    )
     assert suite["fid"] > 0
     assert suite["fid"] == pytest.approx(direct["frechet_inception_distance"], rel=1e-5)
     assert suite["is_mean"] == pytest.approx(direct["inception_score_mean"], rel=1e-5)

@@ -5,10 +5,10 @@ import copy
 
 import pytest
 import torch
+from test_compile_guard import NaNGradient
 
 from hkd import compile_guard
 from hkd.gradient_watch import STEP_LIMIT, GradientWatch, NonFiniteGradients
-from test_compile_guard import NaNGradient
 
 
 def nan_gradients(fn):
@@ -17,6 +17,7 @@ def nan_gradients(fn):
         if isinstance(out, tuple):
             return (NaNGradient.apply(out[0]),) + out[1:]
         return NaNGradient.apply(out)
+
     return wrapped
 
 
@@ -29,7 +30,9 @@ def test_watch_counts_warns_then_stops(capsys):
     for step in range(1, STEP_LIMIT + 1):
         assert watch.count(step) == 1
     assert "non-finite gradient elements at step 1 in 1 of 2 parameters (weight)" in capsys.readouterr().err
-    with pytest.raises(NonFiniteGradients, match=rf"step {STEP_LIMIT + 1} .*\(weight\).*more than {STEP_LIMIT}"):
+    with pytest.raises(
+        NonFiniteGradients, match=rf"step {STEP_LIMIT + 1} .*\(weight\).*more than {STEP_LIMIT}"
+    ):
         watch.count(STEP_LIMIT + 1)
     assert watch.summary()["nonfinite_gradient_steps"] == STEP_LIMIT + 1
 
@@ -41,8 +44,11 @@ def test_loss_scaler_overflow_never_stops():
     net.bias.grad[0] = float("inf")
     for step in range(10):
         watch.count(step, scaler_skips=True)
-    assert watch.summary() == {"nonfinite_gradient_steps": 0, "nonfinite_gradient_elements": 10,
-                               "loss_scaler_overflow_steps": 10}
+    assert watch.summary() == {
+        "nonfinite_gradient_steps": 0,
+        "nonfinite_gradient_elements": 10,
+        "loss_scaler_overflow_steps": 10,
+    }
 
 
 def test_teacher_training_stops_on_nan_gradients(smoke_cfg, tmp_path, monkeypatch):
@@ -57,8 +63,14 @@ def test_teacher_training_stops_on_nan_gradients(smoke_cfg, tmp_path, monkeypatc
     build_dataset(cfg, str(tmp_path / "data.npz"), str(tmp_path / "data.json"))
     monkeypatch.setattr(teacher_train, "edm_loss", nan_gradients(teacher_train.edm_loss))
     with pytest.raises(NonFiniteGradients) as err:
-        teacher_train.train_teacher(cfg, str(tmp_path / "data.npz"), str(tmp_path / "teacher.pt"),
-                                    str(tmp_path / "tb"), torch.device("cpu"), None)
+        teacher_train.train_teacher(
+            cfg,
+            str(tmp_path / "data.npz"),
+            str(tmp_path / "teacher.pt"),
+            str(tmp_path / "tb"),
+            torch.device("cpu"),
+            None,
+        )
     msg = str(err.value)
     assert f"at step {STEP_LIMIT}" in msg and "model.enc" in msg and "ran eagerly" in msg
     assert not (tmp_path / "teacher.pt").exists()
@@ -97,6 +109,7 @@ def test_nan_gradients_in_a_compiled_step_make_auto_fall_back(tmp_path, smoke_cf
             invocations["n"] += 1
             out = module(*args)
             return NaNGradient.apply(out) if invocations["n"] >= 4 else out
+
         return run
 
     cfg, teacher, work = make_run(tmp_path, smoke_cfg)

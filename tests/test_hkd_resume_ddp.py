@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_trajectories import write_teacher
 
 from hkd.io import load_torch
 from hkd.koopman.model import HKD, load_hkd
 from hkd.teacher import trajectories as tj
 from hkd.train import hkd_train, objective
-from test_trajectories import write_teacher
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -29,12 +29,19 @@ def make_run(tmp_path, smoke_cfg, teacher_cfg=False):
     cfg = copy.deepcopy(smoke_cfg)
     cfg.update(run="r", precision="fp32", compile=False)
     cfg["trajectories"].update(count=12, num_steps=4, shard_size=6, batch_size=6)
-    cfg["hkd"].update(epochs=3, batch_size=4, checkpoint_every=2, log_every=1, sample_every=3,
-                      ema_halflife_kimg=0.005)
+    cfg["hkd"].update(
+        epochs=3, batch_size=4, checkpoint_every=2, log_every=1, sample_every=3, ema_halflife_kimg=0.005
+    )
     root = tmp_path / "results" / "r"
     teacher = write_teacher(root / "teacher" / "teacher.pt", cfg=cfg if teacher_cfg else None)
-    tj.generate_trajectories(cfg, teacher, str(root / "teacher" / "teacher.pt"), str(root / "trajectories"),
-                             torch.device("cpu"), None)
+    tj.generate_trajectories(
+        cfg,
+        teacher,
+        str(root / "teacher" / "teacher.pt"),
+        str(root / "trajectories"),
+        torch.device("cpu"),
+        None,
+    )
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     return cfg, teacher, tmp_path
 
@@ -50,9 +57,17 @@ def cli_run(tmp_path, smoke_cfg):
 
 
 def train(cfg, teacher, work, name, **kw):
-    return hkd_train.train_hkd(cfg, teacher, str(work / "results/r/trajectories/manifest.json"),
-                               str(work / f"{name}.pt"), str(work / f"tb-{name}"), torch.device("cpu"), None,
-                               resume_path=str(work / f"{name}-resume.pt"), **kw)
+    return hkd_train.train_hkd(
+        cfg,
+        teacher,
+        str(work / "results/r/trajectories/manifest.json"),
+        str(work / f"{name}.pt"),
+        str(work / f"tb-{name}"),
+        torch.device("cpu"),
+        None,
+        resume_path=str(work / f"{name}-resume.pt"),
+        **kw,
+    )
 
 
 def weights(path):
@@ -77,6 +92,7 @@ def test_resume_after_failure_matches_uninterrupted(run, monkeypatch):
         if len(calls) == 6:
             raise KeyboardInterrupt  # killed mid-epoch (epoch 1 of 3), after the step-4 save
         return real(*a, **k)
+
     monkeypatch.setattr(hkd_train, "hkd_distances", dies_at_step_6)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, teacher, work, "cut")
@@ -101,6 +117,7 @@ def test_nan_loss_stops_and_keeps_last_good_state(run, monkeypatch):
         calls.append(1)
         mse, lp = real(*a, **k)
         return (mse * float("nan") if len(calls) == 4 else mse), lp
+
     monkeypatch.setattr(hkd_train, "hkd_distances", nan_at_step_4)
     with pytest.raises(FloatingPointError, match=r"step 3.*last good state \(step 2\) is in .*nan-resume.pt"):
         train(cfg, teacher, work, "nan")
@@ -147,8 +164,11 @@ def assert_same_training(a, b):
     # elsewhere to 5e-5 (Adam also magnifies the rounding of other near-zero gradients), far
     # below how far training moves the weights (checked in the DDP test).
     noise_only = {k for k in a if k.endswith("qkv.bias")}
-    assert_same({k: v for k, v in a.items() if k not in noise_only},
-                {k: v for k, v in b.items() if k not in noise_only}, atol=5e-5)
+    assert_same(
+        {k: v for k, v in a.items() if k not in noise_only},
+        {k: v for k, v in b.items() if k not in noise_only},
+        atol=5e-5,
+    )
     assert_same({k: a[k] for k in noise_only}, {k: b[k] for k in noise_only}, atol=1e-4)
 
 
@@ -164,9 +184,28 @@ def torchrun_hkd_train(work, cfg):
     """`hkd hkd-train` under torchrun with 2 gloo processes on CPU, in ``work``."""
     (work / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "hkd", "hkd-train", "--config", "cfg.yaml", "--threads", "1"],
-                          cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "hkd",
+            "hkd-train",
+            "--config",
+            "cfg.yaml",
+            "--threads",
+            "1",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_two_gloo_processes_match_one(cli_run):
@@ -182,8 +221,10 @@ def test_two_gloo_processes_match_one(cli_run):
     train(cfg, teacher, work, "single")
     single = weights(work / "single.pt")
     assert_same_training(ddp["state"], single)
-    moved = max((ddp["state"][k] - teacher_like).abs().max().item()
-                for k, teacher_like in load_hkd_init(cfg, teacher).items())
+    moved = max(
+        (ddp["state"][k] - teacher_like).abs().max().item()
+        for k, teacher_like in load_hkd_init(cfg, teacher).items()
+    )
     assert moved > 1e-3  # training did change the weights, so the comparison means something
 
 
@@ -213,7 +254,11 @@ def test_ablation_switches(run):
         variants[koopman, hierarchy] = m
     full, bottleneck, none = variants[True, True], variants[True, False], variants[False, True]
     n = full.koopman.num_levels
-    assert full.evolved_levels == list(range(n)) and bottleneck.evolved_levels == [n - 1] and none.evolved_levels == []
+    assert (
+        full.evolved_levels == list(range(n))
+        and bottleneck.evolved_levels == [n - 1]
+        and none.evolved_levels == []
+    )
     frozen = [p.requires_grad for p in none.koopman.parameters()]
     assert not any(frozen) and all(p.requires_grad for p in full.koopman.parameters())
     with torch.no_grad():
@@ -221,12 +266,21 @@ def test_ablation_switches(run):
         assert torch.equal(none(x, t), none.decode(feats))
         ev = bottleneck.evolve(bottleneck.encode(x, t), t, 0.002)
         ref = bottleneck.encode(x, t)
-        assert all(torch.equal(ev[l], ref[l]) for l in range(n - 1)) and not torch.equal(ev[-1], ref[-1])
+        assert all(torch.equal(ev[level], ref[level]) for level in range(n - 1)) and not torch.equal(
+            ev[-1], ref[-1]
+        )
         assert not torch.allclose(full(x, t), bottleneck(x, t))
     # the switches reach training and the checkpoint
     cfg["hkd"].update(epochs=1, koopman=False)
-    m = hkd_train.train_hkd(cfg, teacher, str(run[2] / "results/r/trajectories/manifest.json"),
-                            str(run[2] / "nok.pt"), str(run[2] / "tb-nok"), torch.device("cpu"), None)
+    m = hkd_train.train_hkd(
+        cfg,
+        teacher,
+        str(run[2] / "results/r/trajectories/manifest.json"),
+        str(run[2] / "nok.pt"),
+        str(run[2] / "tb-nok"),
+        torch.device("cpu"),
+        None,
+    )
     loaded = load_hkd(str(run[2] / "nok.pt"))
     assert m["steps"] == 3 and loaded.evolved_levels == []
     assert all((a == 0).all() for a in loaded.koopman.alpha)  # never trained
@@ -252,8 +306,9 @@ def test_lpips_term_from_local_backbone_weights(run, tmp_path):
 
     cfg["hkd"].update(perceptual="lpips-vgg", perceptual_weights=str(tmp_path / "vgg16.pth"))
     torch.manual_seed(0)
-    with_lp = hkd_train.hkd_distances(HKD(teacher, 0.002, 80.0), *_batch(work), torch.device("cpu"), None,
-                                      perceptual=lp)
+    with_lp = hkd_train.hkd_distances(
+        HKD(teacher, 0.002, 80.0), *_batch(work), torch.device("cpu"), None, perceptual=lp
+    )
     assert with_lp[1].shape == with_lp[0].shape == (4, 5) and (with_lp[1] > 0).all()
     cfg["hkd"]["time_points"] = 1  # VGG at 224x224 is slow on CPU: two steps of 4 x 2 pairs
     stats = train(cfg, teacher, work, "lp", stop_after=2)

@@ -30,7 +30,7 @@ def test_sample_times_range_and_first_column():
 def test_lambda1_schedule():
     assert lambda1(0, 10) == 1.0
     assert abs(lambda1(10, 10) - 1e-3) < 1e-12
-    assert abs(lambda1(5, 10, "annealed") - 10 ** -1.5) < 1e-12
+    assert abs(lambda1(5, 10, "annealed") - 10**-1.5) < 1e-12
     assert lambda1(7, 10, "constant") == 1.0
     with pytest.raises(ValueError, match="schedule"):
         lambda1(0, 10, "cosine")
@@ -39,9 +39,9 @@ def test_lambda1_schedule():
 def test_compiled_training_forward_matches_eager():
     """`compile: true` (the embedded default) trains HKD through torch.compile: same loss and
     gradients as the eager model."""
+    from hkd.compile_guard import maybe_compile
     from hkd.koopman.model import HKD
     from hkd.nn.precond import EDMPrecond
-    from hkd.compile_guard import maybe_compile
     from hkd.train.hkd_train import hkd_loss
 
     torch.manual_seed(0)

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import copy_workflow
+
 from hkd.io import load_torch
 
 BIN = Path(sys.executable).parent
@@ -54,8 +54,9 @@ def kill_when(work, target: str, sign, timeout=600):
     ready = sign if callable(sign) else (lambda: (work / sign).exists())
     cmd = [str(BIN / "snakemake"), "--configfile", "configs/kr.yaml", "--cores", "1", target]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + timeout
     while not ready() and p.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -101,8 +102,11 @@ def test_every_long_stage_resumes_after_sigkill(work):
     # trajectories: one job per shard; killed once the second shard job has started, the
     # first job's shard is kept and only the others are made
     logs = work / RUN / "logs"
-    kill_when(work, str(RUN / "trajectories" / "manifest.json"),
-              lambda: len(list(logs.glob("trajectories-0000*.log"))) >= 2)
+    kill_when(
+        work,
+        str(RUN / "trajectories" / "manifest.json"),
+        lambda: len(list(logs.glob("trajectories-0000*.log"))) >= 2,
+    )
     done = {f.name: f.stat().st_mtime_ns for f in (work / RUN / "trajectories").glob("shard-*.npz")}
     assert done, "no shard was finished before the kill"
     rerun(work, str(RUN / "trajectories" / "manifest.json"))
@@ -117,9 +121,11 @@ def test_every_long_stage_resumes_after_sigkill(work):
     rerun(work, str(hkd))
     assert f"resuming from step {hkd_killed_at}" in (work / RUN / "logs" / "hkd_train.log").read_text()
     resumed_hkd = weights(work / hkd)
-    happened = [f"teacher: killed at step {killed_at} of 40, resumed from it",
-                f"trajectories: {len(done)} of 3 shards finished before the kill, kept unchanged",
-                f"hkd-train: killed at step {hkd_killed_at}, resumed from it"]
+    happened = [
+        f"teacher: killed at step {killed_at} of 40, resumed from it",
+        f"trajectories: {len(done)} of 3 shards finished before the kill, kept unchanged",
+        f"hkd-train: killed at step {hkd_killed_at}, resumed from it",
+    ]
 
     # sampling: killed after a finished teacher batch; the rerun reuses the finished batches
     samples = {k: RUN / "samples" / f"{k}.npz" for k in ("teacher", "teacher_nfe3", "hkd")}
@@ -127,8 +133,11 @@ def test_every_long_stage_resumes_after_sigkill(work):
     rerun(work, str(samples["hkd"]))
     assert "reused" in (work / RUN / "logs" / "sample.log").read_text()
     assert not (work / RUN / "samples" / ".partial").exists()
-    happened += [f"sample: {line.strip()}" for line in (work / RUN / "logs" / "sample.log").read_text().splitlines()
-                 if "reused" in line]
+    happened += [
+        f"sample: {line.strip()}"
+        for line in (work / RUN / "logs" / "sample.log").read_text().splitlines()
+        if "reused" in line
+    ]
     drawn = {k: np.load(work / f)["images"] for k, f in samples.items()}
 
     # evaluation: killed after a finished FID row; the rerun reuses it
@@ -137,8 +146,11 @@ def test_every_long_stage_resumes_after_sigkill(work):
     rerun(work, str(metrics))
     assert "reused the" in (work / RUN / "logs" / "evaluate.log").read_text()
     rows = json.loads((work / metrics).read_text())["rows"]
-    happened += [f"evaluate: {line.strip()}" for line in (work / RUN / "logs" / "evaluate.log").read_text().splitlines()
-                 if "reused the" in line]
+    happened += [
+        f"evaluate: {line.strip()}"
+        for line in (work / RUN / "logs" / "evaluate.log").read_text().splitlines()
+        if "reused the" in line
+    ]
 
     # the same stages uninterrupted give the same files
     snakemake(work, "--forcerun", "teacher", str(metrics))
@@ -152,5 +164,9 @@ def test_every_long_stage_resumes_after_sigkill(work):
     assert all(np.array_equal(np.load(work / f)["images"], drawn[k]) for k, f in samples.items())
     assert "reused" not in (work / RUN / "logs" / "evaluate.log").read_text()
     assert json.loads((work / metrics).read_text())["rows"] == rows
-    print("\n".join(happened + ["uninterrupted rerun: identical teacher and HKD weights, shard states, "
-                                 "samples and metrics"]))  # shown with pytest -s
+    print(
+        "\n".join(
+            happened
+            + ["uninterrupted rerun: identical teacher and HKD weights, shard states, samples and metrics"]
+        )
+    )  # shown with pytest -s

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from hkd.config import ConfigError, validate_config
+from hkd.koopman.diagnostics import koopman_exponents
 from hkd.koopman.model import HKD, boundary_coefficients, build_hkd
 from hkd.nn.precond import EDMPrecond, edm_coefficients
 from hkd.teacher.sampler import edm_sigmas
-from hkd.koopman.diagnostics import koopman_exponents
 from hkd.train.objective import distance, pseudo_huber_c, sample_times, time_weights
 
 EPS, T = 0.002, 80.0
@@ -117,8 +117,9 @@ def test_pseudo_huber_distance_matches_its_definition():
     assert pseudo_huber_c(dims, None) == pytest.approx(c)
     expected = ((x - y).square().flatten(2).sum(2) + c * c).sqrt() - c
     torch.testing.assert_close(distance(mse, dims, "pseudo_huber"), expected)
-    torch.testing.assert_close(distance(mse, dims, "pseudo_huber", 0.5),
-                               ((x - y).square().flatten(2).sum(2) + 0.25).sqrt() - 0.5)
+    torch.testing.assert_close(
+        distance(mse, dims, "pseudo_huber", 0.5), ((x - y).square().flatten(2).sum(2) + 0.25).sqrt() - 0.5
+    )
     assert torch.equal(distance(mse, dims, "mse"), mse)
     small = distance(torch.tensor([1e-10]), dims, "pseudo_huber")
     assert float(small) == pytest.approx(1e-10 * dims / (2 * c), rel=1e-3)  # quadratic near 0
@@ -133,19 +134,30 @@ def test_trajectory_weight_scales_only_the_intermediate_terms():
 def test_koopman_exponents_report_the_spread_of_the_one_step_flow():
     model = HKD(small_teacher(), EPS, T, time_unit=80.0)
     with torch.no_grad():
-        model.koopman.alpha[0].copy_(torch.linspace(-1, 1, model.koopman.alpha[0].numel())
-                                     .reshape(model.koopman.alpha[0].shape))
+        model.koopman.alpha[0].copy_(
+            torch.linspace(-1, 1, model.koopman.alpha[0].numel()).reshape(model.koopman.alpha[0].shape)
+        )
     stats = koopman_exponents(model)
     span = (T - EPS) / 80.0
     a = stats["alpha_dt_level0"]
     assert a["mean"] == pytest.approx(0.0, abs=1e-6)
-    assert a["q05"] == pytest.approx(-0.9 * span, abs=0.02) and a["q95"] == pytest.approx(0.9 * span, abs=0.02)
+    assert a["q05"] == pytest.approx(-0.9 * span, abs=0.02) and a["q95"] == pytest.approx(
+        0.9 * span, abs=0.02
+    )
     assert a["std"] > 0.5
     assert stats["beta_dt_level0"]["std"] == 0.0 and stats["alpha_dt_level1"]["std"] == 0.0
 
 
-@pytest.mark.parametrize("key,value", [("decoder", "identity"), ("time_sampling", "uniform"),
-                                       ("distance", "l1"), ("trajectory_weight", -1), ("pseudo_huber_c", 0)])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("decoder", "identity"),
+        ("time_sampling", "uniform"),
+        ("distance", "l1"),
+        ("trajectory_weight", -1),
+        ("pseudo_huber_c", 0),
+    ],
+)
 def test_config_rejects_bad_lever_values_naming_the_key(smoke_cfg, key, value):
     cfg = {**smoke_cfg, "hkd": {**smoke_cfg["hkd"], key: value}}
     with pytest.raises(ConfigError, match=f"hkd.{key}"):
@@ -168,8 +180,15 @@ def test_figures_decode_the_boundary_parametrisation_from_their_source():
     with torch.no_grad():
         d = band_decodes(model, noise, [0.0, 0.5, 1.0])
         torch.testing.assert_close(d["all"], model.sample(noise))
-        out = editing_grid(model, {"noise": noise}, {"noise": ref}, (0.5, 1.0), spatial_mask("lower_left", 16),
-                           [0.5, 0.9], 0.9)
+        out = editing_grid(
+            model,
+            {"noise": noise},
+            {"noise": ref},
+            (0.5, 1.0),
+            spatial_mask("lower_left", 16),
+            [0.5, 0.9],
+            0.9,
+        )
     assert out["ratio0_equals_unedited"] and out["full_mix_max_abs_diff_to_reference"] < 1e-3
     assert out["one_step_max_abs_diff"] < 1e-4
     assert len(out["band_edit_rms_change"]) == 2 and len(out["agnostic_edit_rms_change"]) == 2

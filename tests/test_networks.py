@@ -5,8 +5,16 @@ from hkd.nn.unet import SongUNet
 
 
 def tiny_unet(**kw):
-    args = dict(img_resolution=16, in_channels=1, out_channels=1, model_channels=8,
-                channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], dropout=0.0)
+    args = dict(
+        img_resolution=16,
+        in_channels=1,
+        out_channels=1,
+        model_channels=8,
+        channel_mult=[1, 2],
+        num_blocks=1,
+        attn_resolutions=[8],
+        dropout=0.0,
+    )
     args.update(kw)
     return SongUNet(**args)
 
@@ -15,11 +23,19 @@ def test_edm_parameter_names():
     """Names as in EDM's SongUNet, so EDM snapshots map onto this module by name."""
     net = tiny_unet()
     names = set(net.state_dict())
-    for expected in ("map_layer0.weight", "map_layer1.bias", "enc.16x16_conv.weight",
-                     "enc.16x16_block0.conv0.weight", "enc.8x8_down.skip.resample_filter",
-                     "enc.8x8_block0.qkv.weight", "dec.8x8_in0.proj.weight", "dec.8x8_in1.affine.weight",
-                     "dec.16x16_up.conv0.resample_filter", "dec.16x16_aux_norm.weight",
-                     "dec.16x16_aux_conv.weight"):
+    for expected in (
+        "map_layer0.weight",
+        "map_layer1.bias",
+        "enc.16x16_conv.weight",
+        "enc.16x16_block0.conv0.weight",
+        "enc.8x8_down.skip.resample_filter",
+        "enc.8x8_block0.qkv.weight",
+        "dec.8x8_in0.proj.weight",
+        "dec.8x8_in1.affine.weight",
+        "dec.16x16_up.conv0.resample_filter",
+        "dec.16x16_aux_norm.weight",
+        "dec.16x16_aux_conv.weight",
+    ):
         assert expected in names, expected
 
 
@@ -51,8 +67,14 @@ def test_conditional_teacher_starts_as_the_unconditional_one(tmp_path):
 
     from hkd.teacher.network import save_teacher, start_from_unconditional
 
-    kwargs = dict(img_resolution=16, img_channels=1, model_channels=8, channel_mult=[1, 2], num_blocks=1,
-                  attn_resolutions=[8])
+    kwargs = dict(
+        img_resolution=16,
+        img_channels=1,
+        model_channels=8,
+        channel_mult=[1, 2],
+        num_blocks=1,
+        attn_resolutions=[8],
+    )
     torch.manual_seed(0)
     plain = EDMPrecond(label_dim=0, **kwargs).eval()
     save_teacher(plain, tmp_path / "plain.pt")

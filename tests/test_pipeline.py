@@ -6,18 +6,44 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import copy_workflow
+
 from hkd.config import load_config
-from hkd.pipeline import (ABLATIONS, PAPER_LEVERS, STAGES, conditional_config, dag_runs, run_paths, run_variants,
-                          shard_count, stage_inputs, stage_outputs, variant_config)
+from hkd.pipeline import (
+    ABLATIONS,
+    PAPER_LEVERS,
+    STAGES,
+    conditional_config,
+    dag_runs,
+    run_paths,
+    run_variants,
+    shard_count,
+    stage_inputs,
+    stage_outputs,
+    variant_config,
+)
 
 
 def snakemake_dag(repo, configfile):
     """{rule: {"outputs": set, "inputs": set, "shell": set}} from a forced Snakemake dry run
     (``shell``: the stage commands the jobs would run)."""
-    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--forceall", "--cores", "1",
-                        "--configfile", configfile], cwd=repo, capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "-p",
+            "--forceall",
+            "--cores",
+            "1",
+            "--configfile",
+            configfile,
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     dag, current = {}, None
     for line in (r.stdout + r.stderr).splitlines():
@@ -62,15 +88,30 @@ def test_dvc_declares_metrics_and_plots(repo):
     loss, budget = dvc["plots"]
     assert loss[paths["loss_curve"]]["y"] == ["loss_total"]
     assert budget[paths["budget_curve_table"]]["y"] == ["full", "no_koopman", "no_trajectory", "no_hierarchy"]
-    ignored = subprocess.run(["git", "check-ignore", "--no-index", paths["summary"], paths["budget_curve_table"],
-                              paths["loss_curve"], paths["metrics"]], cwd=repo, capture_output=True,
-                             text=True).stdout.split()
+    ignored = subprocess.run(
+        [
+            "git",
+            "check-ignore",
+            "--no-index",
+            paths["summary"],
+            paths["budget_curve_table"],
+            paths["loss_curve"],
+            paths["metrics"],
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     assert ignored == [paths["metrics"]]
 
 
 def test_dvc_yaml_is_generated_from_pipeline(repo):
-    r = subprocess.run([sys.executable, "-m", "hkd", "dvc-yaml", "--config", "configs/default.yaml",
-                        "--check"], cwd=repo, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "hkd", "dvc-yaml", "--config", "configs/default.yaml", "--check"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -82,19 +123,21 @@ def test_snakemake_and_dvc_agree(repo, tmp_path):
     runs = dag_runs(cfg)
     assert [prefix for prefix, _, _ in runs] == ["", "conditional_"]
     produced, traj_dirs = set(), set()
-    for prefix, run_cfg, _ in runs:
+    for _, run_cfg, _ in runs:
         paths = run_paths(run_cfg)
         traj_dirs.add(paths["trajectories_dir"])
         produced |= set(paths.values())
         for st in STAGES:  # every output, per-variant and per-NFE files expanded
-            for v in (run_variants(run_cfg) if st.per_variant else [None]):
+            for v in run_variants(run_cfg) if st.per_variant else [None]:
                 for path in stage_outputs(run_cfg, st.name, v).values():
                     produced |= set(path if isinstance(path, list) else [path])
 
     def norm(files):
         return {next((d for d in traj_dirs if f.startswith(d + "/")), f) for f in files}
 
-    smk = snakemake_dag(copy_workflow(tmp_path), "configs/default.yaml")  # a dry run writes results/<run>/config.yaml
+    smk = snakemake_dag(
+        copy_workflow(tmp_path), "configs/default.yaml"
+    )  # a dry run writes results/<run>/config.yaml
     for prefix, run_cfg, _ in runs:
         paths = run_paths(run_cfg)
         shard_rule = smk.pop(prefix + "trajectory_shard")
@@ -111,11 +154,14 @@ def test_snakemake_and_dvc_agree(repo, tmp_path):
         assert norm(smk[name]["inputs"]) == data_deps, name
         assert all("--config configs/default.yaml" in c for c in st["cmds"])
         assert all(c.endswith("--conditional") == name.startswith("conditional_") for c in st["cmds"]), name
+
         # the command each job runs is the DVC stage's
         def words(cmd):
             return tuple(sorted(cmd.split()))
-        assert {words(c.replace("hkd ", "", 1).replace("configs/default.yaml", "X")) for c in st["cmds"]} \
-            == {words(c) for c in smk[name]["shell"]}, name
+
+        assert {words(c.replace("hkd ", "", 1).replace("configs/default.yaml", "X")) for c in st["cmds"]} == {
+            words(c) for c in smk[name]["shell"]
+        }, name
     for name, st in dvc.items():  # every dependency is a file, a stage output or code
         for d in st["deps"]:
             assert d in produced or (repo / d).exists(), f"{name}: unknown dependency {d}"
@@ -128,11 +174,14 @@ def test_conditional_companion(repo):
     cfg = load_config(repo / "configs" / "default.yaml")
     cond = conditional_config(cfg)
     assert cond["network"]["label_dim"] == 10 and cfg["network"]["label_dim"] == 0
-    assert cond["ablations"] == [] and cond["stability"]["seeds"] == [] and cond["hkd"]["snapshot_epochs"] == []
+    assert (
+        cond["ablations"] == [] and cond["stability"]["seeds"] == [] and cond["hkd"]["snapshot_epochs"] == []
+    )
     same = ("seed", "device", "precision", "data", "edm", "teacher", "trajectories", "evaluate")
     assert all(cond[k] == cfg[k] for k in same)
-    assert {k: v for k, v in cond["hkd"].items() if k != "snapshot_epochs"} == \
-        {k: v for k, v in cfg["hkd"].items() if k != "snapshot_epochs"}
+    assert {k: v for k, v in cond["hkd"].items() if k != "snapshot_epochs"} == {
+        k: v for k, v in cfg["hkd"].items() if k != "snapshot_epochs"
+    }
     main, comp = run_paths(cfg), run_paths(cond)
     for key in ("data", "data_manifest", "classifier"):
         assert comp[key] == main[key]
@@ -142,13 +191,23 @@ def test_conditional_companion(repo):
     dvc = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     assert comp["metrics"] in dvc["report"]["deps"]
     own = dvc["teacher"]["params"][0]["configs/default.yaml"]  # the run's teacher: its own teacher keys
-    assert dvc["conditional_teacher"]["params"] == [{"configs/default.yaml": [
-        k for k in own if not k.startswith("teacher.")] + ["teacher", "conditional"]}]
+    assert dvc["conditional_teacher"]["params"] == [
+        {
+            "configs/default.yaml": [k for k in own if not k.startswith("teacher.")]
+            + ["teacher", "conditional"]
+        }
+    ]
     off = {**cfg, "conditional": False}
     assert [p for p, _, _ in dag_runs(off)] == [""]
-    assert "conditional_metrics" in stage_inputs(cfg, "report") and "conditional_metrics" not in stage_inputs(off, "report")
-    r = subprocess.run([sys.executable, "-m", "hkd", "teacher", "--config", "configs/cifar10.yaml", "--conditional"],
-                       cwd=repo, capture_output=True, text=True)
+    assert "conditional_metrics" in stage_inputs(cfg, "report") and "conditional_metrics" not in stage_inputs(
+        off, "report"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "hkd", "teacher", "--config", "configs/cifar10.yaml", "--conditional"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 1 and "key 'conditional' is false" in r.stderr
 
 
@@ -172,13 +231,25 @@ def test_variant_stages_follow_the_config(repo, tmp_path):
     only the seed, a study run the levers (at the paper's reading, then its recipe's)."""
     cfg = load_config(repo / "configs" / "default.yaml")
     assert cfg["ablations"] == ["no_koopman", "no_trajectory", "no_hierarchy"]
-    assert run_variants(cfg) == ["no_koopman", "no_trajectory", "no_hierarchy", "no_koopman-seed1",
-                                 "no_trajectory-seed1", "no_hierarchy-seed1", "seed1", "seed2"]
+    assert run_variants(cfg) == [
+        "no_koopman",
+        "no_trajectory",
+        "no_hierarchy",
+        "no_koopman-seed1",
+        "no_trajectory-seed1",
+        "no_hierarchy-seed1",
+        "seed1",
+        "seed2",
+    ]
     study = load_config(repo / "configs" / "study.yaml")  # the default with the study's lever recipes
     variants = run_variants(study)
     assert {k: v for k, v in study.items() if k != "study"} == {k: v for k, v in cfg.items() if k != "study"}
-    assert variants[:8] == run_variants(cfg) and variants[8:12] == ["study-paper-full-seed0", "study-paper-full-seed1", "study-paper-no_koopman-seed0",
-                              "study-paper-no_koopman-seed1"]
+    assert variants[:8] == run_variants(cfg) and variants[8:12] == [
+        "study-paper-full-seed0",
+        "study-paper-full-seed1",
+        "study-paper-no_koopman-seed0",
+        "study-paper-no_koopman-seed1",
+    ]
     # a lever that an ablation does not use is not trained for it (the clock without Koopman evolution)
     assert "study-clock_80-full-seed0" in variants and "study-clock_80-no_koopman-seed0" not in variants
     assert "study-decoder_boundary-no_koopman-seed0" in variants
@@ -194,12 +265,14 @@ def test_variant_stages_follow_the_config(repo, tmp_path):
             changed = variant_config(cfg, name)
             assert {k for k in cfg["hkd"] if changed["hkd"][k] != cfg["hkd"][k]} == set(keys), name
             assert changed["seed"] == (1 if name.endswith("seed1") else cfg["seed"])
-        assert {k: v for k, v in changed.items() if k not in ("hkd", "seed")} == \
-            {k: v for k, v in cfg.items() if k not in ("hkd", "seed")}
+        assert {k: v for k, v in changed.items() if k not in ("hkd", "seed")} == {
+            k: v for k, v in cfg.items() if k not in ("hkd", "seed")
+        }
     assert ABLATIONS["no_koopman"] == {"koopman": False, "time_points": 0}  # the paper's no/no/yes row
     seeded = variant_config(cfg, "seed2")
-    assert seeded["seed"] == 2 and {k: v for k, v in seeded.items() if k != "seed"} == \
-        {k: v for k, v in cfg.items() if k != "seed"}
+    assert seeded["seed"] == 2 and {k: v for k, v in seeded.items() if k != "seed"} == {
+        k: v for k, v in cfg.items() if k != "seed"
+    }
     paper = variant_config(study, "study-paper-full-seed1")
     assert paper["seed"] == 1 and {k: paper["hkd"][k] for k in PAPER_LEVERS} == PAPER_LEVERS
     lever = variant_config(study, "study-decoder_boundary-no_koopman-seed0")
@@ -215,16 +288,42 @@ def test_variant_stages_follow_the_config(repo, tmp_path):
     (work / "configs" / "one.yaml").write_text(one.replace("seeds: [1, 2]", "seeds: []"))
     dag = snakemake_dag(work, "configs/one.yaml")
     snaps = {f"results/default/variants/no_hierarchy/snapshots/epoch-{e:04d}.pt" for e in (0, 5, 10, 27)}
-    assert dag["variant_train"]["outputs"] == {"results/default/variants/no_hierarchy/hkd.pt",
-                                               "results/default/variants/no_hierarchy/tensorboard"} | snaps
-    assert dag["study"]["inputs"] == {"results/default/eval/metrics.json",
-                                      "results/default/variants/no_hierarchy/metrics.json"}
+    assert (
+        dag["variant_train"]["outputs"]
+        == {
+            "results/default/variants/no_hierarchy/hkd.pt",
+            "results/default/variants/no_hierarchy/tensorboard",
+        }
+        | snaps
+    )
+    assert dag["study"]["inputs"] == {
+        "results/default/eval/metrics.json",
+        "results/default/variants/no_hierarchy/metrics.json",
+    }
     none = text.replace("ablations: [no_koopman, no_trajectory, no_hierarchy]", "ablations: []")
     (work / "configs" / "none.yaml").write_text(none.replace("seeds: [1, 2]", "seeds: []"))
     dag = snakemake_dag(work, "configs/none.yaml")
-    assert "variant_train" not in dag and "variant_evaluate" not in dag and "study" not in dag and "stability" in dag
-    r = subprocess.run([sys.executable, "-m", "hkd", "variant-train", "--config", "configs/none.yaml",
-                        "--variant", "no_koopman"], cwd=work, capture_output=True, text=True)
+    assert (
+        "variant_train" not in dag
+        and "variant_evaluate" not in dag
+        and "study" not in dag
+        and "stability" in dag
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hkd",
+            "variant-train",
+            "--config",
+            "configs/none.yaml",
+            "--variant",
+            "no_koopman",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 1 and "makes a variant 'no_koopman'" in r.stderr
 
 
@@ -243,10 +342,14 @@ def test_jobs_that_can_run_together_share_the_cores(repo):
 def test_conditional_teacher_can_start_from_the_run_teacher(repo):
     cfg = load_config(repo / "configs" / "default.yaml")
     assert "init_teacher" not in stage_inputs(conditional_config(cfg), "teacher")  # the default: scratch
-    warm = {**cfg, "teacher": {**cfg["teacher"], "conditional_start": "unconditional", "conditional_kimg": 20}}
+    warm = {
+        **cfg,
+        "teacher": {**cfg["teacher"], "conditional_start": "unconditional", "conditional_kimg": 20},
+    }
     companion = conditional_config(warm)
     assert stage_inputs(companion, "teacher")["init_teacher"] == run_paths(cfg)["teacher"]
     assert companion["teacher"]["kimg"] == 20 and "init_teacher" not in stage_inputs(warm, "teacher")
     # the run's own teacher does not rerun when only its companion's start changes
     from hkd.pipeline import stage_params
+
     assert stage_params(warm, "teacher") == stage_params(cfg, "teacher")

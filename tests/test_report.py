@@ -6,33 +6,62 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hkd.metrics.study import NOT_RESOLVED, fid_stats, recipe_summary
 from hkd.pipeline import conditional_config
 from hkd.report.build import class_grid, image_grid
 from hkd.report.paper import TABLE1, TABLE2, TABLE3_FID, TABLE4
-from hkd.metrics.study import NOT_RESOLVED, fid_stats, recipe_summary
 from hkd.report.tables import FORMATS, main_table, render, study_table, table3, table5, table6, write_tables
 
 
 def metrics(hkd_fid=20.0):
     """A metrics.json as the evaluate stage writes it (small fixture)."""
-    speed = {"teacher": {"images_per_second": 10.0, "batch": 64, "repeats": 3, "seconds_per_batch": 6.4, "nfe": 35},
-             "teacher_nfe15": {"images_per_second": 23.0, "batch": 64, "repeats": 3, "seconds_per_batch": 2.78,
-                               "nfe": 15},
-             "hkd": {"images_per_second": 400.0, "batch": 64, "repeats": 3, "seconds_per_batch": 0.16, "nfe": 1},
-             "kd": {"images_per_second": 410.0, "batch": 64, "repeats": 3, "seconds_per_batch": 0.156, "nfe": 1}}
-    return {"rows": [{"key": "real", "method": "Real images", "nfe": None, "fid": 5.0},
-                     {"key": "teacher", "method": "EDM teacher (Heun)", "nfe": 35, "fid": 10.0},
-                     {"key": "teacher_nfe15", "method": "EDM teacher (Heun)", "nfe": 15, "fid": 12.5},
-                     {"key": "hkd", "method": "HKD (one step)", "nfe": 1, "fid": hkd_fid}],
-            "throughput": speed, "device": "test CPU", "threads": 2, "precision": "bfloat16",
-            "reference": {"split": "heldout", "images": 1000},
-            "feature_extractor": {"name": "hkd-digit-classifier"}}
+    speed = {
+        "teacher": {
+            "images_per_second": 10.0,
+            "batch": 64,
+            "repeats": 3,
+            "seconds_per_batch": 6.4,
+            "nfe": 35,
+        },
+        "teacher_nfe15": {
+            "images_per_second": 23.0,
+            "batch": 64,
+            "repeats": 3,
+            "seconds_per_batch": 2.78,
+            "nfe": 15,
+        },
+        "hkd": {"images_per_second": 400.0, "batch": 64, "repeats": 3, "seconds_per_batch": 0.16, "nfe": 1},
+        "kd": {"images_per_second": 410.0, "batch": 64, "repeats": 3, "seconds_per_batch": 0.156, "nfe": 1},
+    }
+    return {
+        "rows": [
+            {"key": "real", "method": "Real images", "nfe": None, "fid": 5.0},
+            {"key": "teacher", "method": "EDM teacher (Heun)", "nfe": 35, "fid": 10.0},
+            {"key": "teacher_nfe15", "method": "EDM teacher (Heun)", "nfe": 15, "fid": 12.5},
+            {"key": "hkd", "method": "HKD (one step)", "nfe": 1, "fid": hkd_fid},
+        ],
+        "throughput": speed,
+        "device": "test CPU",
+        "threads": 2,
+        "precision": "bfloat16",
+        "reference": {"split": "heldout", "images": 1000},
+        "feature_extractor": {"name": "hkd-digit-classifier"},
+    }
 
 
-STABILITY = {"epochs": [0, 5, 10, 27], "total_epochs": 28, "before_training": {"fid": 300.0},
-             "runs": {"seed0": {}, "seed1": {}, "seed2": {}},
-             "fid_by_epoch": {"0": {"mean": 60.0, "std": 2.0}, "5": {"mean": 40.0, "std": 1.5},
-                              "10": {"mean": 30.0, "std": 1.0}, "27": {"mean": 25.0, "std": 0.5}}}
+STABILITY = {
+    "epochs": [0, 5, 10, 27],
+    "total_epochs": 28,
+    "before_training": {"fid": 300.0},
+    "runs": {"seed0": {}, "seed1": {}, "seed2": {}},
+    "fid_by_epoch": {
+        "0": {"mean": 60.0, "std": 2.0},
+        "5": {"mean": 40.0, "std": 1.5},
+        "10": {"mean": 30.0, "std": 1.0},
+        "27": {"mean": 25.0, "std": 0.5},
+    },
+}
+
 
 def stats(*fids, sampling=0.1):
     return fid_stats([{"fid": f, "fid_sampling_std": sampling, "seed": i} for i, f in enumerate(fids)])
@@ -43,10 +72,18 @@ TEACHER = {**stats(10.0), "nfe": 35}
 
 def study(full=(20.0, 20.4, 19.6), **ablations):
     """A study.json summary of the adopted recipe (small fixture): three full seeds, two per ablation."""
-    ablations = ablations or {"no_koopman": (30.0, 31.0), "no_trajectory": (25.0, 24.0), "no_hierarchy": (22.0, 21.0)}
+    ablations = ablations or {
+        "no_koopman": (30.0, 31.0),
+        "no_trajectory": (25.0, 24.0),
+        "no_hierarchy": (22.0, 21.0),
+    }
     rows = {"full": stats(*full), **{k: stats(*v) for k, v in ablations.items()}}
-    return {"rule": "rule", "teacher": TEACHER, "adopted": recipe_summary({"decoder": "paper"}, rows, TEACHER),
-            "recipes": {}}
+    return {
+        "rule": "rule",
+        "teacher": TEACHER,
+        "adopted": recipe_summary({"decoder": "paper"}, rows, TEACHER),
+        "recipes": {},
+    }
 
 
 def test_table3_rows_spreads_verdicts_and_paper_ratio(smoke_cfg):
@@ -59,7 +96,9 @@ def test_table3_rows_spreads_verdicts_and_paper_ratio(smoke_cfg):
     assert list(df["Seeds"]) == [2, 2, 2, 3]
     assert df["± spread"].iloc[0] == pytest.approx(np.std([30.0, 31.0], ddof=1))
     assert df["± spread"].iloc[3] == pytest.approx(0.4)
-    assert list(df["FID (paper)"]) == [TABLE3_FID[k] for k in ("no_koopman", "no_trajectory", "no_hierarchy", "full")]
+    assert list(df["FID (paper)"]) == [
+        TABLE3_FID[k] for k in ("no_koopman", "no_trajectory", "no_hierarchy", "full")
+    ]
     assert df["FID / full (this run)"].iloc[0] == pytest.approx(30.5 / 20.0)
     assert df["FID / full (paper)"].iloc[0] == pytest.approx(5.72 / 3.30)
     assert list(df["Full HKD against it (this run)"]) == ["full lower", "full lower", "full lower", "—"]
@@ -91,9 +130,17 @@ def test_main_table_reproduces_only_the_rows_it_has(smoke_cfg):
     t2 = main_table(cfg, metrics(), "table2", study())  # the embedded default fills Table 2 too
     assert t2.key == "table2" and t2.frame[t2.frame["NFE"] == 15]["FID (this run)"].iloc[0] == 12.5
     assert pd.isna(t2.frame[t2.frame["NFE"] == 79]["FID (this run)"].iloc[0])  # no 79-NFE teacher here
-    assert t2.frame[t2.frame["Method"] == "HKD"]["FID / EDM 35 (paper)"].isna().all()  # Table 2's EDM is 79 NFE
-    extra = t2.frame.iloc[len(TABLE2):]  # this run's 35-NFE teacher has no Table 2 row: listed after the paper's
-    assert list(extra["NFE"]) == [35] and extra["FID (this run)"].iloc[0] == 10.0 and pd.isna(extra["FID (paper)"].iloc[0])
+    assert (
+        t2.frame[t2.frame["Method"] == "HKD"]["FID / EDM 35 (paper)"].isna().all()
+    )  # Table 2's EDM is 79 NFE
+    extra = t2.frame.iloc[
+        len(TABLE2) :
+    ]  # this run's 35-NFE teacher has no Table 2 row: listed after the paper's
+    assert (
+        list(extra["NFE"]) == [35]
+        and extra["FID (this run)"].iloc[0] == 10.0
+        and pd.isna(extra["FID (paper)"].iloc[0])
+    )
 
     alone = main_table(cfg, metrics())  # no study: each row on its own, the KD row not trained
     assert alone.frame[alone.frame["Method"] == "HKD"]["Seeds"].iloc[0] == 1
@@ -107,12 +154,20 @@ def test_study_table_lists_each_recipe_and_model(smoke_cfg):
     paper_rows = {"full": stats(40.0, 41.0), "no_koopman": stats(35.0, 35.5)}
     lever_rows = {"full": stats(30.0)}
     s = study()
-    s["recipes"] = {"paper": recipe_summary({}, paper_rows, TEACHER),
-                    "clock_80": recipe_summary({"koopman_time_unit": 80.0}, lever_rows, TEACHER, paper_rows)}
+    s["recipes"] = {
+        "paper": recipe_summary({}, paper_rows, TEACHER),
+        "clock_80": recipe_summary({"koopman_time_unit": 80.0}, lever_rows, TEACHER, paper_rows),
+    }
     t = study_table(cfg, metrics(), s)
     df = t.frame
-    assert list(df["Recipe"]) == ["paper-literal", "paper-literal", "clock_80", "clock_80",
-                                  "adopted (this config's hkd:)", "adopted (this config's hkd:)"]
+    assert list(df["Recipe"]) == [
+        "paper-literal",
+        "paper-literal",
+        "clock_80",
+        "clock_80",
+        "adopted (this config's hkd:)",
+        "adopted (this config's hkd:)",
+    ]
     assert df["FID"].iloc[0] == 40.5 and df["FID / teacher"].iloc[0] == pytest.approx(4.05)
     assert df["Against paper-literal"].iloc[2] == "lower" and pd.isna(df["FID"].iloc[3])
     assert "koopman_time_unit = 80.0" in df["Levers"].iloc[2]
@@ -136,12 +191,17 @@ def test_table4_from_the_conditional_companion(smoke_cfg):
     t4 = main_table(cond, conditional_metrics())
     assert t4.key == "table4" and len(t4.frame) == len(TABLE4) + 1  # + the teacher at 15 NFE, not in Table 4
     by_method = t4.frame.set_index(["Method", "NFE"])
-    assert by_method.loc[("EDM", 35), "FID (this run)"] == 10.0 and by_method.loc[("HKD", 1), "FID (this run)"] == 20.0
+    assert (
+        by_method.loc[("EDM", 35), "FID (this run)"] == 10.0
+        and by_method.loc[("HKD", 1), "FID (this run)"] == 20.0
+    )
     assert by_method.loc[("EDM", 35), "Label accuracy (this run)"] == 0.97
     assert by_method.loc[("HKD", 1), "Label accuracy (this run)"] == 0.9
     assert pd.isna(by_method.loc[("DMD", 1), "Label accuracy (this run)"])
     assert pd.isna(by_method.loc[("DMD", 1), "FID (this run)"])
-    assert by_method.loc[("EDM", 15), "FID (this run)"] == 12.5 and pd.isna(by_method.loc[("EDM", 15), "FID (paper)"])
+    assert by_method.loc[("EDM", 15), "FID (this run)"] == 12.5 and pd.isna(
+        by_method.loc[("EDM", 15), "FID (paper)"]
+    )
     assert any("Label accuracy" in n for n in t4.notes) and any("Class-conditional" in n for n in t4.notes)
     assert "0.900" in render(t4, "md") and "Label accuracy" in render(t4, "tex")
 
@@ -149,10 +209,27 @@ def test_table4_from_the_conditional_companion(smoke_cfg):
 def test_class_grid_puts_one_class_per_row():
     images = np.stack([np.full((1, 4, 4), v, np.float32) for v in np.linspace(-1, 0.5, 7)])
     labels = np.array([2, 0, 2, 1, 0, 2, 2])
-    grid = np.asarray(class_grid(images, labels, per_class=3, ))
-    plain = np.asarray(image_grid(np.concatenate([images[[1, 4]], np.ones((1, 1, 4, 4), np.float32),
-                                                  images[[3]], np.ones((2, 1, 4, 4), np.float32),
-                                                  images[[0, 2, 5]]]), cols=3))
+    grid = np.asarray(
+        class_grid(
+            images,
+            labels,
+            per_class=3,
+        )
+    )
+    plain = np.asarray(
+        image_grid(
+            np.concatenate(
+                [
+                    images[[1, 4]],
+                    np.ones((1, 1, 4, 4), np.float32),
+                    images[[3]],
+                    np.ones((2, 1, 4, 4), np.float32),
+                    images[[0, 2, 5]],
+                ]
+            ),
+            cols=3,
+        )
+    )
     assert grid.shape == plain.shape and (grid == plain).all()
 
 
@@ -160,7 +237,10 @@ def test_table6_times_and_speedups(smoke_cfg):
     cfg = copy.deepcopy(smoke_cfg)
     cfg["trajectories"]["num_steps"] = 18
     t = table6(cfg, metrics())
-    row = {(m.split(" ")[0], n): r for m, n, r in zip(t.frame["Method"], t.frame["NFE"], t.frame.to_dict("records"))}
+    row = {
+        (m.split(" ")[0], n): r
+        for m, n, r in zip(t.frame["Method"], t.frame["NFE"], t.frame.to_dict("records"))
+    }
     assert row[("EDM", 35)]["s / image (this run)"] == pytest.approx(0.1)
     assert row[("HKD", 1)]["Speed-up vs EDM 35 (this run)"] == pytest.approx(40.0)
     assert row[("HKD", 1)]["Speed-up vs EDM 35 (paper)"] == pytest.approx(0.69 / 0.03)
@@ -185,26 +265,40 @@ def test_every_template_renders_every_table(smoke_cfg, tmp_path):
     header appears, special characters are escaped, missing values are dashes."""
     cfg = copy.deepcopy(smoke_cfg)
     cfg["trajectories"]["num_steps"] = 18
-    tables = [main_table(cfg, metrics(), study=study()), table3(cfg, metrics(), study()),
-              main_table(conditional_config(cfg), conditional_metrics()),
-              table5(cfg, metrics(), STABILITY), table6(cfg, metrics())]
+    tables = [
+        main_table(cfg, metrics(), study=study()),
+        table3(cfg, metrics(), study()),
+        main_table(conditional_config(cfg), conditional_metrics()),
+        table5(cfg, metrics(), STABILITY),
+        table6(cfg, metrics()),
+    ]
     for t in tables:
         html, tex, md = (render(t, f) for f in FORMATS)
         assert html.startswith("<table") and f'id="{t.key}"' in html and t.title in html
-        assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "\\begin{tabular}" in tex
+        assert (
+            "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "\\begin{tabular}" in tex
+        )
         assert tex.count(" \\\\\n") == len(t.frame) + 1  # header + one line per row
         assert md.count("\n| ") == len(t.frame) + 1 and ("|---:|" in md or "|:---|" in md)
         for line in t.cells():
             for cell in line:
-                assert cell in html and cell.replace("—", "---") in tex.replace("\\_", "_").replace("\\%", "%")
+                assert cell in html and cell.replace("—", "---") in tex.replace("\\_", "_").replace(
+                    "\\%", "%"
+                )
     t1 = tables[0]
     assert "20.000" in render(t1, "md") and "3.30" in render(t1, "md") and "1.68" in render(t1, "md")
     assert "2-Rectified flow++" in render(t1, "tex")
     assert "s / image" in render(tables[4], "tex") and "before training" in render(tables[3], "md")
     written = write_tables(tables, str(tmp_path / "tables"))
-    assert sorted(p.split("/")[-1] for p in written) == sorted(f"{t.key}.{f}" for t in tables for f in FORMATS)
+    assert sorted(p.split("/")[-1] for p in written) == sorted(
+        f"{t.key}.{f}" for t in tables for f in FORMATS
+    )
     (tmp_path / "tables" / "table9.md").write_text("stale")
     write_tables(tables[:1], str(tmp_path / "tables"))
-    assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == ["table1.html", "table1.md", "table1.tex"]
+    assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == [
+        "table1.html",
+        "table1.md",
+        "table1.tex",
+    ]
     with pytest.raises(ValueError, match="unknown table format"):
         render(t1, "pdf")

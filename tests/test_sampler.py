@@ -17,7 +17,7 @@ SD = 0.5
 def gaussian_denoiser(x, sigma):
     """Ideal denoiser for data ~ N(0, SD^2): the PF-ODE solution is then
     x(sigma) = x_T sqrt(sigma^2 + SD^2) / sqrt(T^2 + SD^2)."""
-    return SD ** 2 / (sigma ** 2 + SD ** 2) * x
+    return SD**2 / (sigma**2 + SD**2) * x
 
 
 def reference_heun(denoise, x_T, sigmas):
@@ -52,11 +52,12 @@ def test_heun_matches_reference_and_counts_nfe():
 
 def test_heun_converges_to_exact_flow():
     noise = seeded_noise([7], (1, 2, 2)).double()
-    exact = noise * 80.0 * SD / (80.0 ** 2 + SD ** 2) ** 0.5
+    exact = noise * 80.0 * SD / (80.0**2 + SD**2) ** 0.5
     errors = []
     for steps in (18, 36, 72):
-        final = heun_sample(lambda x, s: gaussian_denoiser(x.double(), s.double()), noise,
-                            edm_sigmas(steps, 0.002, 80.0, 7.0))
+        final = heun_sample(
+            lambda x, s: gaussian_denoiser(x.double(), s.double()), noise, edm_sigmas(steps, 0.002, 80.0, 7.0)
+        )
         errors.append(float((final - exact).abs().max() / exact.abs().max()))
     assert errors[0] > errors[1] * 3 > errors[2] * 9  # second order
     assert errors[2] < 5e-3
@@ -89,8 +90,11 @@ def test_compiled_teacher_denoiser_matches_eager():
 
 def reference_sigmas(num_steps, sigma_min, sigma_max, rho):
     """EDM eq. 5 in plain Python floats, with the final 0."""
-    out = [(sigma_max ** (1 / rho) + i / (num_steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-           for i in range(num_steps)]
+    out = [
+        (sigma_max ** (1 / rho) + i / (num_steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho)))
+        ** rho
+        for i in range(num_steps)
+    ]
     return out + [0.0]
 
 
@@ -106,10 +110,13 @@ def test_heun_on_a_network_matches_reference_within_1e5():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     grid = reference_sigmas(18, 0.002, 80.0, 7.0)
-    torch.testing.assert_close(edm_sigmas(18, 0.002, 80.0, 7.0), torch.tensor(grid, dtype=torch.float64),
-                               rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        edm_sigmas(18, 0.002, 80.0, 7.0), torch.tensor(grid, dtype=torch.float64), rtol=1e-12, atol=0
+    )
     noise = seeded_noise([3, 4], (1, 16, 16))
-    final = heun_sample(make_denoiser(net, torch.device("cpu"), None), noise, edm_sigmas(18, 0.002, 80.0, 7.0))
+    final = heun_sample(
+        make_denoiser(net, torch.device("cpu"), None), noise, edm_sigmas(18, 0.002, 80.0, 7.0)
+    )
 
     def one(x, t):
         with torch.no_grad():

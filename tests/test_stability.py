@@ -4,11 +4,11 @@ samples that run's evaluation wrote; any other snapshot is sampled and scored.""
 import numpy as np
 import pytest
 import torch
+from test_analysis import small_hkd
 
 from hkd.koopman.model import hkd_checkpoint, load_hkd
 from hkd.metrics.stability import _score_snapshot
 from hkd.teacher.network import teacher_kwargs
-from test_analysis import small_hkd
 
 
 class CountingScorer:
@@ -29,8 +29,12 @@ def final_run(tmp_path, smoke_cfg):
     images = np.full((smoke_cfg["sample"]["count"], 1, 32, 32), 0.25, dtype=np.float32)
     np.savez(tmp_path / "samples.npz", images=images)
     scores = {"key": "hkd", "fid": 42.0, "is_mean": 3.0, "fid_sampling_std": 0.5, "images": len(images)}
-    return {"hkd": str(tmp_path / "hkd.pt"), "scores": scores, "samples": str(tmp_path / "samples.npz"),
-            "weights": load_hkd(str(tmp_path / "hkd.pt"), "cpu", smoke_cfg)}
+    return {
+        "hkd": str(tmp_path / "hkd.pt"),
+        "scores": scores,
+        "samples": str(tmp_path / "samples.npz"),
+        "weights": load_hkd(str(tmp_path / "hkd.pt"), "cpu", smoke_cfg),
+    }
 
 
 def test_final_weights_take_the_evaluation_scores(smoke_cfg, final_run):
@@ -53,10 +57,20 @@ def test_other_weights_are_sampled_and_scored(smoke_cfg, final_run):
 def test_budget_curve_table_has_one_column_per_model():
     from hkd.metrics.stability import budget_curve_table
 
-    curves = {"full": {"0": {"mean": 90.0, "std": 2.0, "examples": 16}, "1": {"mean": 80.0, "std": None, "examples": 32}},
-              "no_koopman": {"0": {"mean": 95.0, "std": 1.0, "examples": 16},
-                             "1": {"mean": 85.0, "std": 3.0, "examples": 32}}}
-    runs = {"seed0": {"0": {"fid": 90.0}, "1": {"fid": 80.0}}, "no_koopman": {"0": {"fid": 95.0}, "1": {"fid": 85.0}}}
+    curves = {
+        "full": {
+            "0": {"mean": 90.0, "std": 2.0, "examples": 16},
+            "1": {"mean": 80.0, "std": None, "examples": 32},
+        },
+        "no_koopman": {
+            "0": {"mean": 95.0, "std": 1.0, "examples": 16},
+            "1": {"mean": 85.0, "std": 3.0, "examples": 32},
+        },
+    }
+    runs = {
+        "seed0": {"0": {"fid": 90.0}, "1": {"fid": 80.0}},
+        "no_koopman": {"0": {"fid": 95.0}, "1": {"fid": 85.0}},
+    }
     table = budget_curve_table(curves, before=300.0, runs=runs)
     assert list(table["epoch"]) == [-1, 0, 1] and list(table["examples"]) == [0, 16, 32]
     assert list(table["run:seed0"]) == [300.0, 90.0, 80.0]

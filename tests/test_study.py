@@ -14,8 +14,9 @@ from hkd.pipeline import run_variants
 def test_spread_is_the_larger_of_seed_std_and_sampling_std():
     one = fid_stats([{"fid": 10.0, "fid_sampling_std": 0.7, "seed": 0}])
     assert one["spread"] == 0.7 and one["std_seeds"] is None and one["n_seeds"] == 1
-    two = fid_stats([{"fid": 10.0, "fid_sampling_std": 0.1, "seed": 0},
-                     {"fid": 12.0, "fid_sampling_std": 0.2, "seed": 1}])
+    two = fid_stats(
+        [{"fid": 10.0, "fid_sampling_std": 0.1, "seed": 0}, {"fid": 12.0, "fid_sampling_std": 0.2, "seed": 1}]
+    )
     assert two["mean"] == 11.0 and two["spread"] == pytest.approx(np.std([10.0, 12.0], ddof=1))
     assert two["sampling_std"] == 0.2 and two["seeds"] == [0, 1]
 
@@ -39,8 +40,12 @@ def test_summary_reads_every_training_of_the_run(repo, tmp_path):
         path = tmp_path / "variants" / v / "metrics.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps({"fid": fid, "fid_sampling_std": 0.2, "images": 4000}))
-    metrics = {"rows": [{"key": "teacher", "nfe": 35, "fid": 10.0, "fid_sampling_std": 0.1, "images": 4000},
-                        {"key": "hkd", "nfe": 1, "fid": 20.0, "fid_sampling_std": 0.2, "images": 4000}]}
+    metrics = {
+        "rows": [
+            {"key": "teacher", "nfe": 35, "fid": 10.0, "fid_sampling_std": 0.1, "images": 4000},
+            {"key": "hkd", "nfe": 1, "fid": 20.0, "fid_sampling_std": 0.2, "images": 4000},
+        ]
+    }
     s = summarise(cfg, metrics, pattern)
     adopted = s["adopted"]["rows"]
     assert adopted["full"]["n_seeds"] == 3 and adopted["full"]["seeds"] == [0, 1, 2]

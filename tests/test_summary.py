@@ -11,8 +11,15 @@ def _row(key, fid):
 
 
 def test_summary_holds_every_row_the_ratio_and_the_variants(tmp_path, smoke_cfg):
-    cfg = {**smoke_cfg, "run": "t", "ablations": ["no_koopman"], "ablation_seeds": [], "conditional": False,
-           "stability": {"seeds": []}, "study": {**smoke_cfg["study"], "recipes": {}}}
+    cfg = {
+        **smoke_cfg,
+        "run": "t",
+        "ablations": ["no_koopman"],
+        "ablation_seeds": [],
+        "conditional": False,
+        "stability": {"seeds": []},
+        "study": {**smoke_cfg["study"], "recipes": {}},
+    }
     paths = {k: str(tmp_path / v) for k, v in run_paths(cfg).items()}
     metrics = {"rows": [_row("teacher", 50.0), _row("hkd", 75.0)], "speedup_hkd_vs_teacher": 30.0}
     for key, obj in (("metrics", metrics), ("study", _study())):
@@ -30,9 +37,17 @@ def test_summary_holds_every_row_the_ratio_and_the_variants(tmp_path, smoke_cfg)
 
 
 def _study():
-    rows = {"full": {"mean": 75.0, "spread": 1.0, "n_seeds": 1}, "no_koopman": {"mean": 70.0, "spread": 1.0, "n_seeds": 1}}
-    return {"adopted": {"rows": rows, "ratio_to_teacher": {m: {"mean": r["mean"] / 50.0} for m, r in rows.items()},
-                        "ordering": {"full_vs": {"no_koopman": "higher"}, "full_best": "does not hold"}}}
+    rows = {
+        "full": {"mean": 75.0, "spread": 1.0, "n_seeds": 1},
+        "no_koopman": {"mean": 70.0, "spread": 1.0, "n_seeds": 1},
+    }
+    return {
+        "adopted": {
+            "rows": rows,
+            "ratio_to_teacher": {m: {"mean": r["mean"] / 50.0} for m, r in rows.items()},
+            "ordering": {"full_vs": {"no_koopman": "higher"}, "full_best": "does not hold"},
+        }
+    }
 
 
 def test_loss_table_keeps_the_last_value_of_a_step_logged_twice(tmp_path):

@@ -16,8 +16,17 @@ from hkd.teacher import trajectories as tj
 from hkd.teacher.network import load_teacher, save_teacher
 from hkd.teacher.sampler import edm_sigmas, seeded_inputs
 
-KW = dict(img_resolution=16, img_channels=1, label_dim=0, model_channels=8, channel_mult=[1, 2],
-          num_blocks=1, attn_resolutions=[8], dropout=0.0, channel_mult_emb=2)
+KW = dict(
+    img_resolution=16,
+    img_channels=1,
+    label_dim=0,
+    model_channels=8,
+    channel_mult=[1, 2],
+    num_blocks=1,
+    attn_resolutions=[8],
+    dropout=0.0,
+    channel_mult_emb=2,
+)
 
 
 def write_teacher(path, seed=0, cfg=None, **over):
@@ -52,8 +61,12 @@ def test_shards_manifest_and_single_trajectory_regeneration(setup):
     cfg, teacher, teacher_path, out = setup
     summary = generate(cfg, teacher, teacher_path, out)
     assert summary["shards"] == 3 and summary["count"] == 10
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard-00000.npz", "shard-00001.npz",
-                                                      "shard-00002.npz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
+        "shard-00000.npz",
+        "shard-00001.npz",
+        "shard-00002.npz",
+    ]
     m = load_json(out / "manifest.json")
     assert [e["count"] for e in m["shards"]] == [4, 4, 2] and m["nfe"] == 7
     assert m["bytes_per_trajectory_states"] == 5 * 16 * 16 * 2
@@ -62,13 +75,20 @@ def test_shards_manifest_and_single_trajectory_regeneration(setup):
     np.testing.assert_array_equal(d["seeds"], np.arange(10))
     assert (d["labels"] == -1).all()
     np.testing.assert_allclose(d["sigmas"], edm_sigmas(4, 0.002, 80.0, 7.0).numpy())
-    np.testing.assert_allclose(d["states"][:, 0].astype(np.float32),
-                               80.0 * seeded_inputs(range(10), (1, 16, 16))[0].numpy(), rtol=1e-3, atol=0.05)
+    np.testing.assert_allclose(
+        d["states"][:, 0].astype(np.float32),
+        80.0 * seeded_inputs(range(10), (1, 16, 16))[0].numpy(),
+        rtol=1e-3,
+        atol=0.05,
+    )
     # trajectory 7 from its seed alone (a batch of one) is the stored one
     denoise = tj.make_denoiser(teacher, torch.device("cpu"), None)
-    alone, _ = tj.generate_batch(denoise, np.array([7]), (1, 16, 16), 0, edm_sigmas(4, 0.002, 80.0, 7.0),
-                                 np.arange(5), "cpu")
-    np.testing.assert_allclose(alone[0].astype(np.float32), d["states"][7].astype(np.float32), rtol=2e-3, atol=2e-3)
+    alone, _ = tj.generate_batch(
+        denoise, np.array([7]), (1, 16, 16), 0, edm_sigmas(4, 0.002, 80.0, 7.0), np.arange(5), "cpu"
+    )
+    np.testing.assert_allclose(
+        alone[0].astype(np.float32), d["states"][7].astype(np.float32), rtol=2e-3, atol=2e-3
+    )
 
 
 def test_interrupted_run_keeps_finished_shards(setup, monkeypatch):
@@ -81,6 +101,7 @@ def test_interrupted_run_keeps_finished_shards(setup, monkeypatch):
             raise KeyboardInterrupt
         calls.append(args[1])
         return real(*args, **kw)
+
     monkeypatch.setattr(tj, "generate_batch", failing)
     with pytest.raises(KeyboardInterrupt):
         generate(cfg, teacher, teacher_path, out)
@@ -98,7 +119,6 @@ def test_interrupted_run_keeps_finished_shards(setup, monkeypatch):
     a = tj.load_trajectories(str(out / "manifest.json"))
     b = tj.load_trajectories(str(uninterrupted / "manifest.json"))
     np.testing.assert_array_equal(a["states"], b["states"])
-
 
 
 def test_streamed_states_are_memory_mapped_and_equal_the_loaded_set(setup):
@@ -120,6 +140,7 @@ def test_streamed_states_are_memory_mapped_and_equal_the_loaded_set(setup):
     shard.write_bytes(shard.read_bytes()[:600])
     with pytest.raises(RuntimeError, match="shard-00002.npz"):
         tj.load_trajectories(str(out / "manifest.json"), verify=False, stream=True)
+
 
 def test_other_teacher_regenerates_and_corruption_is_named(setup, capsys):
     cfg, teacher, teacher_path, out = setup
@@ -165,6 +186,7 @@ def test_stored_subset_and_class_labels(setup, tmp_path):
     sig = edm_sigmas(6, 0.002, 80.0, 7.0)
     noise, lab = seeded_inputs(seeds, (1, 16, 16), 3)
     from hkd.teacher.sampler import heun_sample, one_hot
+
     x_other = heun_sample(denoise, noise, sig, class_labels=one_hot((lab + 1) % 3, 3))
     assert not np.allclose(x_other.float().numpy(), d["states"][:4, -1].astype(np.float32), atol=1e-2)
 
@@ -177,8 +199,15 @@ def test_hkd_trains_on_a_stored_subset(setup, tmp_path):
     cfg["trajectories"]["store_every"] = 2
     cfg["hkd"].update(epochs=1, batch_size=5)
     generate(cfg, teacher, teacher_path, out)
-    stats = train_hkd(cfg, teacher, str(out / "manifest.json"), str(tmp_path / "hkd.pt"), str(tmp_path / "tb"),
-                      torch.device("cpu"), None)
+    stats = train_hkd(
+        cfg,
+        teacher,
+        str(out / "manifest.json"),
+        str(tmp_path / "hkd.pt"),
+        str(tmp_path / "tb"),
+        torch.device("cpu"),
+        None,
+    )
     assert stats["steps"] == 2 and stats["trajectories"] == 10
 
 
@@ -192,10 +221,31 @@ def test_torchrun_processes_split_the_shards(setup, tmp_path):
     (work / "results" / "dist" / "teacher").mkdir(parents=True)
     write_teacher(work / "results" / "dist" / "teacher" / "teacher.pt", cfg=cfg)
     (work / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "src"), OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "hkd", "trajectories", "--config", "cfg.yaml", "--threads", "1"],
-                       cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "src"), OMP_NUM_THREADS="1"
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "hkd",
+            "trajectories",
+            "--config",
+            "cfg.yaml",
+            "--threads",
+            "1",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     done = [line for line in r.stdout.splitlines() if '"generated_shards"' in line]
     assert sorted(int(x.split(":")[1].strip(" ,")) for x in done) == [1, 2]  # ranks took 2 and 1 shards
@@ -205,7 +255,9 @@ def test_torchrun_processes_split_the_shards(setup, tmp_path):
     generate(cfg, teacher, str(work / "results" / "dist" / "teacher" / "teacher.pt"), single)
     a = tj.load_trajectories(str(traj / "manifest.json"))
     b = tj.load_trajectories(str(single / "manifest.json"))
-    np.testing.assert_allclose(a["states"].astype(np.float32), b["states"].astype(np.float32), rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(
+        a["states"].astype(np.float32), b["states"].astype(np.float32), rtol=2e-3, atol=2e-3
+    )
 
 
 def test_stale_files_removed_and_bad_manifest_named(setup):

@@ -10,8 +10,18 @@ from pathlib import Path
 
 from hkd.config import ConfigError, load_config
 from hkd.cost import commands as cost_commands
-from hkd.pipeline import (ABLATIONS, CONDITIONAL, STAGES, conditional_config, run_paths, run_variants,
-                          snapshot_paths, starts_from_unconditional, variant_config, variant_paths)
+from hkd.pipeline import (
+    ABLATIONS,
+    CONDITIONAL,
+    STAGES,
+    conditional_config,
+    run_paths,
+    run_variants,
+    snapshot_paths,
+    starts_from_unconditional,
+    variant_config,
+    variant_paths,
+)
 
 
 def _torch_setup(cfg: dict, threads: int | None):
@@ -43,9 +53,16 @@ def stage_teacher(cfg, paths, args):
     from hkd.teacher.train import train_teacher
 
     device, dtype = _torch_setup(cfg, args.threads)
-    return train_teacher(cfg, paths["data"], paths["teacher"], paths["teacher_tb"], device, dtype,
-                         resume_path=paths["teacher_resume"],
-                         init_path=paths["init_teacher"] if starts_from_unconditional(cfg) else None)
+    return train_teacher(
+        cfg,
+        paths["data"],
+        paths["teacher"],
+        paths["teacher_tb"],
+        device,
+        dtype,
+        resume_path=paths["teacher_resume"],
+        init_path=paths["init_teacher"] if starts_from_unconditional(cfg) else None,
+    )
 
 
 def stage_trajectories(cfg, paths, args):
@@ -59,24 +76,39 @@ def stage_trajectories(cfg, paths, args):
     device = distributed.init(device)
     try:
         teacher = load_teacher(paths["teacher"], device, cfg)
-        return generate_trajectories(cfg, teacher, paths["teacher"], paths["trajectories_dir"], device, dtype,
-                                     shards=None if args.shard is None else [args.shard])
+        return generate_trajectories(
+            cfg,
+            teacher,
+            paths["teacher"],
+            paths["trajectories_dir"],
+            device,
+            dtype,
+            shards=None if args.shard is None else [args.shard],
+        )
     finally:
         distributed.finish()
 
 
 def stage_hkd_train(cfg, paths, args):
+    from hkd import distributed
     from hkd.teacher.network import load_teacher
     from hkd.train.hkd_train import train_hkd
-
-    from hkd import distributed
 
     device, dtype = _torch_setup(cfg, args.threads)
     device = distributed.init(device)
     try:
         teacher = load_teacher(paths["teacher"], device, cfg)
-        return train_hkd(cfg, teacher, paths["trajectories"], paths["hkd"], paths["hkd_tb"], device, dtype,
-                         resume_path=paths["hkd_resume"], snapshot_paths=snapshot_paths(cfg, paths["hkd_snapshots"]))
+        return train_hkd(
+            cfg,
+            teacher,
+            paths["trajectories"],
+            paths["hkd"],
+            paths["hkd_tb"],
+            device,
+            dtype,
+            resume_path=paths["hkd_resume"],
+            snapshot_paths=snapshot_paths(cfg, paths["hkd_snapshots"]),
+        )
     finally:
         distributed.finish()
 
@@ -84,18 +116,25 @@ def stage_hkd_train(cfg, paths, args):
 def stage_variant_train(cfg, paths, args):
     """HKD of one variant (a Table 3 ablation's ``hkd:`` keys, or a Table 5 seed), from the
     run's teacher and trajectories."""
+    from hkd import distributed
     from hkd.teacher.network import load_teacher
     from hkd.train.hkd_train import train_hkd
-
-    from hkd import distributed
 
     device, dtype = _torch_setup(cfg, args.threads)
     device = distributed.init(device)
     try:
         teacher = load_teacher(paths["teacher"], device, cfg)
-        return train_hkd(variant_config(cfg, args.variant), teacher, paths["trajectories"], paths["variant_hkd"],
-                         paths["variant_tb"], device, dtype, resume_path=paths["variant_resume"],
-                         snapshot_paths=snapshot_paths(cfg, paths["variant_snapshots"]))
+        return train_hkd(
+            variant_config(cfg, args.variant),
+            teacher,
+            paths["trajectories"],
+            paths["variant_hkd"],
+            paths["variant_tb"],
+            device,
+            dtype,
+            resume_path=paths["variant_resume"],
+            snapshot_paths=snapshot_paths(cfg, paths["variant_snapshots"]),
+        )
     finally:
         distributed.finish()
 
@@ -105,7 +144,9 @@ def stage_variant_evaluate(cfg, paths, args):
     from hkd.metrics.evaluate import evaluate_variant
 
     device, dtype = _torch_setup(cfg, args.threads)
-    return evaluate_variant(cfg, paths, args.variant, load_hkd(paths["variant_hkd"], device, cfg), device, dtype)
+    return evaluate_variant(
+        cfg, paths, args.variant, load_hkd(paths["variant_hkd"], device, cfg), device, dtype
+    )
 
 
 def stage_stability(cfg, paths, args):
@@ -128,8 +169,14 @@ def stage_sample(cfg, paths, args):
     from hkd.teacher.network import load_teacher
 
     device, dtype = _torch_setup(cfg, args.threads)
-    return write_samples(cfg, load_teacher(paths["teacher"], device, cfg), load_hkd(paths["hkd"], device, cfg),
-                         paths, device, dtype)
+    return write_samples(
+        cfg,
+        load_teacher(paths["teacher"], device, cfg),
+        load_hkd(paths["hkd"], device, cfg),
+        paths,
+        device,
+        dtype,
+    )
 
 
 def stage_evaluate(cfg, paths, args):
@@ -139,8 +186,15 @@ def stage_evaluate(cfg, paths, args):
 
     device, dtype = _torch_setup(cfg, args.threads)
     kd = load_hkd(paths["kd"], device, cfg) if "no_koopman" in cfg["ablations"] else None
-    res = evaluate(cfg, paths, load_teacher(paths["teacher"], device, cfg), load_hkd(paths["hkd"], device, cfg),
-                   device, dtype, kd=kd)
+    res = evaluate(
+        cfg,
+        paths,
+        load_teacher(paths["teacher"], device, cfg),
+        load_hkd(paths["hkd"], device, cfg),
+        device,
+        dtype,
+        kd=kd,
+    )
     return {"rows": res["rows"], "speedup_hkd_vs_teacher": res["speedup_hkd_vs_teacher"]}
 
 
@@ -157,8 +211,14 @@ def stage_figures(cfg, paths, args):
     from hkd.teacher.network import load_teacher
 
     device, dtype = _torch_setup(cfg, args.threads)
-    return make_figures(cfg, paths, load_teacher(paths["teacher"], device, cfg), load_hkd(paths["hkd"], device, cfg),
-                        device, dtype)
+    return make_figures(
+        cfg,
+        paths,
+        load_teacher(paths["teacher"], device, cfg),
+        load_hkd(paths["hkd"], device, cfg),
+        device,
+        dtype,
+    )
 
 
 def run_config(args) -> dict:
@@ -167,8 +227,9 @@ def run_config(args) -> dict:
     cfg = load_config(args.config)
     if getattr(args, CONDITIONAL, False):
         if not cfg[CONDITIONAL]:
-            raise ConfigError(f"{args.config}: key '{CONDITIONAL}' is false: this run has no class-conditional "
-                              "companion")
+            raise ConfigError(
+                f"{args.config}: key '{CONDITIONAL}' is false: this run has no class-conditional companion"
+            )
         cfg = conditional_config(cfg)
     return cfg
 
@@ -195,11 +256,20 @@ def stage_report(cfg, paths, args):
 
 
 STAGE_FUNCTIONS = {
-    "data": stage_data, "classifier": stage_classifier, "teacher": stage_teacher,
-    "trajectories": stage_trajectories, "hkd-train": stage_hkd_train, "sample": stage_sample,
-    "evaluate": stage_evaluate, "spectral": stage_spectral, "report": stage_report,
-    "variant-train": stage_variant_train, "variant-evaluate": stage_variant_evaluate,
-    "stability": stage_stability, "figures": stage_figures, "study": stage_study,
+    "data": stage_data,
+    "classifier": stage_classifier,
+    "teacher": stage_teacher,
+    "trajectories": stage_trajectories,
+    "hkd-train": stage_hkd_train,
+    "sample": stage_sample,
+    "evaluate": stage_evaluate,
+    "spectral": stage_spectral,
+    "report": stage_report,
+    "variant-train": stage_variant_train,
+    "variant-evaluate": stage_variant_evaluate,
+    "stability": stage_stability,
+    "figures": stage_figures,
+    "study": stage_study,
 }
 #: commands that run once per variant (``--variant``: a Table 3 ablation or a Table 5 seed)
 PER_VARIANT = {s.command for s in STAGES if s.per_variant}
@@ -214,8 +284,10 @@ def write_dvc_yaml(config_file: str, out: str, check: bool) -> int:
     from hkd.pipeline import dvc_stages
 
     cfg = load_config(config_file)
-    header = ("# Generated by `hkd dvc-yaml --config {0}` from src/hkd/pipeline.py;\n"
-              "# edit the pipeline there, not here.\n").format(config_file)
+    header = (
+        f"# Generated by `hkd dvc-yaml --config {config_file}` from src/hkd/pipeline.py;\n"
+        "# edit the pipeline there, not here.\n"
+    )
     text = header + yaml.safe_dump(dvc_stages(cfg, config_file), sort_keys=False, width=100)
     if check:
         current = Path(out).read_text() if Path(out).exists() else ""
@@ -249,9 +321,15 @@ def _record_time(paths: dict, args, seconds: float) -> None:
         name += f"-shard{args.shard:05d}"
     guard = sys.modules.get("hkd.compile_guard")  # imported by the stages that build networks
     compiled = guard.decisions() if guard is not None else {}
-    save_json({"stage": name, "seconds": round(seconds, 1),
-               "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"), "compiled": compiled},
-              Path(paths["timings"]) / f"{name}.json")
+    save_json(
+        {
+            "stage": name,
+            "seconds": round(seconds, 1),
+            "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+            "compiled": compiled,
+        },
+        Path(paths["timings"]) / f"{name}.json",
+    )
     for what in compiled:
         print(f"hkd {args.stage}: {guard.describe(what)}")
 
@@ -264,29 +342,63 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--config", required=True, help="run configuration (YAML)")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         if name == "trajectories":
-            p.add_argument("--shard", type=int, default=None,
-                           help="generate this shard only (no manifest); Snakemake runs one job per shard")
+            p.add_argument(
+                "--shard",
+                type=int,
+                default=None,
+                help="generate this shard only (no manifest); Snakemake runs one job per shard",
+            )
         if name in FOR_CONDITIONAL:
-            p.add_argument(f"--{CONDITIONAL}", action="store_true",
-                           help="run the stage for the class-conditional companion run (config key conditional)")
+            p.add_argument(
+                f"--{CONDITIONAL}",
+                action="store_true",
+                help="run the stage for the class-conditional companion run (config key conditional)",
+            )
         if name in PER_VARIANT:
-            p.add_argument("--variant", required=True,
-                           help=f"a Table 3 ablation ({', '.join(ABLATIONS)}) with an optional -seed<N>, a Table 5 "
-                                "run seed<N>, or a study run study-<recipe>-<model>-seed<N> (docs/training.md, docs/study.md)")
+            p.add_argument(
+                "--variant",
+                required=True,
+                help=f"a Table 3 ablation ({', '.join(ABLATIONS)}) with an optional -seed<N>, a Table 5 "
+                "run seed<N>, or a study run study-<recipe>-<model>-seed<N> (docs/training.md, docs/study.md)",
+            )
     p = sub.add_parser("edit", help="frequency-aware one-step editing (Figure 5) of two seeds or two images")
     p.add_argument("--config", required=True, help="run configuration (YAML); edits that run's HKD")
-    p.add_argument(f"--{CONDITIONAL}", action="store_true", help="edit with the class-conditional companion's HKD")
+    p.add_argument(
+        f"--{CONDITIONAL}", action="store_true", help="edit with the class-conditional companion's HKD"
+    )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--seeds", type=int, nargs=2, metavar=("GENERATED", "REFERENCE"),
-                     help="noise seeds (absolute) of the generated and the reference image")
-    src.add_argument("--images", nargs=2, metavar=("GENERATED", "REFERENCE"),
-                     help="two image files (PNG/JPEG) of the run's resolution and channels")
-    p.add_argument("--band", type=int, default=None, help="band index of analysis.band_edges (default: analysis.edit.band)")
-    p.add_argument("--mask", default=None, help="region: lower_left, lower_half, upper_half, left_half, centre, all, "
-                                                "or a mask image (white = mixed); default analysis.edit.mask")
+    src.add_argument(
+        "--seeds",
+        type=int,
+        nargs=2,
+        metavar=("GENERATED", "REFERENCE"),
+        help="noise seeds (absolute) of the generated and the reference image",
+    )
+    src.add_argument(
+        "--images",
+        nargs=2,
+        metavar=("GENERATED", "REFERENCE"),
+        help="two image files (PNG/JPEG) of the run's resolution and channels",
+    )
+    p.add_argument(
+        "--band",
+        type=int,
+        default=None,
+        help="band index of analysis.band_edges (default: analysis.edit.band)",
+    )
+    p.add_argument(
+        "--mask",
+        default=None,
+        help="region: lower_left, lower_half, upper_half, left_half, centre, all, "
+        "or a mask image (white = mixed); default analysis.edit.mask",
+    )
     p.add_argument("--ratios", type=float, nargs="+", default=None, help="mixing ratios in [0, 1]")
-    p.add_argument("--label", type=int, default=None, help="class label for a conditional HKD (default: from the seed)")
-    p.add_argument("--noise-seed", type=int, default=0, help="seed of the noise that brings --images to the midpoint")
+    p.add_argument(
+        "--label", type=int, default=None, help="class label for a conditional HKD (default: from the seed)"
+    )
+    p.add_argument(
+        "--noise-seed", type=int, default=0, help="seed of the noise that brings --images to the midpoint"
+    )
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--threads", type=int, default=None)
     cost_commands.add_parsers(sub)
@@ -306,8 +418,10 @@ def main(argv: list[str] | None = None) -> int:
         paths = run_paths(cfg)
         if args.stage in PER_VARIANT:
             if args.variant not in run_variants(cfg):
-                raise ConfigError(f"{args.config}: none of the keys 'ablations', 'ablation_seeds', 'stability.seeds' "
-                                  f"and 'study' makes a variant {args.variant!r}")
+                raise ConfigError(
+                    f"{args.config}: none of the keys 'ablations', 'ablation_seeds', 'stability.seeds' "
+                    f"and 'study' makes a variant {args.variant!r}"
+                )
             paths = variant_paths(cfg, args.variant)
         t0 = time.time()
         summary = STAGE_FUNCTIONS[args.stage](cfg, paths, args)

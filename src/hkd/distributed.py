@@ -11,8 +11,11 @@ import torch
 
 def world() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
+    return (
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )
 
 
 def init(device: torch.device) -> torch.device:
@@ -29,8 +32,12 @@ def init(device: torch.device) -> torch.device:
     if not dist.is_initialized():
         # processes with fewer (or no) shards wait at the barrier while the others generate:
         # far longer than the default 10-minute collective timeout
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=size,
-                                timeout=datetime.timedelta(hours=48))
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo",
+            rank=rank,
+            world_size=size,
+            timeout=datetime.timedelta(hours=48),
+        )
     return device
 
 

@@ -42,8 +42,16 @@ class GradientWatch:
     def count(self, step: int, where: str = "", scaler_skips: bool = False) -> int:
         """Non-finite gradient elements of this step (0: all finite). ``scaler_skips``: a loss
         scaler skips this step's update when there are any."""
-        per_param = torch.stack([(~p.grad.isfinite()).sum() if p.grad is not None else torch.zeros((), dtype=torch.long)
-                                 for _, p in self.params]) if self.params else torch.zeros(0)
+        per_param = (
+            torch.stack(
+                [
+                    (~p.grad.isfinite()).sum() if p.grad is not None else torch.zeros((), dtype=torch.long)
+                    for _, p in self.params
+                ]
+            )
+            if self.params
+            else torch.zeros(0)
+        )
         total = int(per_param.sum()) if len(per_param) else 0
         if not total:
             return 0
@@ -54,11 +62,15 @@ class GradientWatch:
             self.scaler_steps += 1
             return total
         self.bad_steps += 1
-        detail = (f"{self.what}: {total} non-finite gradient elements at step {step} in {len(names)} of "
-                  f"{len(self.params)} parameters ({_list(names)})")
+        detail = (
+            f"{self.what}: {total} non-finite gradient elements at step {step} in {len(names)} of "
+            f"{len(self.params)} parameters ({_list(names)})"
+        )
         if self.bad_steps > STEP_LIMIT:
-            raise NonFiniteGradients(f"{detail}: {self.bad_steps} steps with non-finite gradients, more than "
-                                     f"{STEP_LIMIT}; stopping{where}. {_how_it_ran(self.what)}")
+            raise NonFiniteGradients(
+                f"{detail}: {self.bad_steps} steps with non-finite gradients, more than "
+                f"{STEP_LIMIT}; stopping{where}. {_how_it_ran(self.what)}"
+            )
         recheck = ""
         if self.guard is not None and not self.guard.eager:
             self.guard.distrust()
@@ -78,16 +90,22 @@ class GradientWatch:
             self.scaler_steps = summary["loss_scaler_overflow_steps"]
 
     def summary(self) -> dict:
-        return {"nonfinite_gradient_steps": self.bad_steps, "nonfinite_gradient_elements": self.elements,
-                "loss_scaler_overflow_steps": self.scaler_steps}
+        return {
+            "nonfinite_gradient_steps": self.bad_steps,
+            "nonfinite_gradient_elements": self.elements,
+            "loss_scaler_overflow_steps": self.scaler_steps,
+        }
 
 
 def _how_it_ran(what: str) -> str:
     decision = compile_guard.decisions().get(what)
     if decision is None or not decision["compiled"]:
-        return "The step ran eagerly (not a compiler problem): check the data, 'precision' and the learning rate"
-    return ("The step ran through torch.compile: set 'compile: false' in the config to run it eagerly "
-            "and compare")
+        return (
+            "The step ran eagerly (not a compiler problem): check the data, 'precision' and the learning rate"
+        )
+    return (
+        "The step ran through torch.compile: set 'compile: false' in the config to run it eagerly and compare"
+    )
 
 
 def _list(names: list[str], shown: int = 5) -> str:

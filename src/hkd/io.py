@@ -53,8 +53,9 @@ def load_torch(path, what: str = "checkpoint"):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or truncated file, or not a checkpoint at all
-        raise RuntimeError(f"cannot read {what} {path}: corrupt, truncated or not a checkpoint "
-                           f"({_load_error(exc)})") from exc
+        raise RuntimeError(
+            f"cannot read {what} {path}: corrupt, truncated or not a checkpoint ({_load_error(exc)})"
+        ) from exc
 
 
 def _load_error(exc: Exception) -> str:
@@ -120,8 +121,11 @@ def npz_memmap(path, key: str) -> np.memmap:
             name_len, extra_len = struct.unpack("<HH", local[26:30])
             f.seek(info.header_offset + 30 + name_len + extra_len)
             version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = read_header(f)
             offset = f.tell()
         if offset + int(np.prod(shape)) * dtype.itemsize > path.stat().st_size:

@@ -30,14 +30,23 @@ ABLATIONS = {
 
 #: the optimisation levers of HKD training (``hkd:`` keys) at the paper's literal reading;
 #: the study (config section ``study``) trains each one alone on top of this recipe
-PAPER_LEVERS = {"koopman_time_unit": 1.0, "decoder": "paper", "time_sampling": "uniform_sigma",
-                "distance": "mse", "pseudo_huber_c": None, "trajectory_weight": 1.0}
+PAPER_LEVERS = {
+    "koopman_time_unit": 1.0,
+    "decoder": "paper",
+    "time_sampling": "uniform_sigma",
+    "distance": "mse",
+    "pseudo_huber_c": None,
+    "trajectory_weight": 1.0,
+}
 #: the full model's name among the study's models (the others are ABLATIONS keys)
 FULL = "full"
 #: study variants: study-<recipe>-<model>-seed<N>; ``paper`` is the recipe of PAPER_LEVERS alone
 STUDY_PREFIX, PAPER_RECIPE = "study", "paper"
-_VARIANT = re.compile(rf"^(?:{STUDY_PREFIX}-(?P<recipe>[a-z0-9_]+)-)?(?P<model>{FULL}|"
-                      + "|".join(ABLATIONS) + r")?(?:-?seed(?P<seed>\d+))?$")
+_VARIANT = re.compile(
+    rf"^(?:{STUDY_PREFIX}-(?P<recipe>[a-z0-9_]+)-)?(?P<model>{FULL}|"
+    + "|".join(ABLATIONS)
+    + r")?(?:-?seed(?P<seed>\d+))?$"
+)
 
 
 def seed_variants(cfg: dict) -> list[str]:
@@ -96,14 +105,22 @@ def parse_variant(cfg: dict, variant: str) -> dict:
     """{recipe (None = the run's own hkd: settings), model, seed} of a variant name."""
     m = _VARIANT.match(variant)
     recipe = m and m["recipe"]
-    if (not m or (m["model"] is None and m["seed"] is None)
-            or (recipe and (recipe != PAPER_RECIPE and recipe not in cfg["study"]["recipes"] or not m["model"]))
-            or (not recipe and m["model"] == FULL)):  # the run's own HKD is no variant; its seeds are seed<N>
-        raise ValueError(f"unknown variant {variant!r}: one of {sorted(ABLATIONS)} (optionally -seed<N>), seed<N>, "
-                         f"or {STUDY_PREFIX}-<recipe>-<model>-seed<N> with a recipe of study.recipes or "
-                         f"{PAPER_RECIPE!r}")
-    return {"recipe": recipe, "model": m["model"] or FULL,
-            "seed": int(m["seed"]) if m["seed"] is not None else cfg["seed"]}
+    if (
+        not m
+        or (m["model"] is None and m["seed"] is None)
+        or (recipe and (recipe != PAPER_RECIPE and recipe not in cfg["study"]["recipes"] or not m["model"]))
+        or (not recipe and m["model"] == FULL)
+    ):  # the run's own HKD is no variant; its seeds are seed<N>
+        raise ValueError(
+            f"unknown variant {variant!r}: one of {sorted(ABLATIONS)} (optionally -seed<N>), seed<N>, "
+            f"or {STUDY_PREFIX}-<recipe>-<model>-seed<N> with a recipe of study.recipes or "
+            f"{PAPER_RECIPE!r}"
+        )
+    return {
+        "recipe": recipe,
+        "model": m["model"] or FULL,
+        "seed": int(m["seed"]) if m["seed"] is not None else cfg["seed"],
+    }
 
 
 def variant_config(cfg: dict, variant: str) -> dict:
@@ -144,8 +161,18 @@ def job_threads(cfg: dict, stage: str, cores: int) -> int:
 
 #: stages whose jobs share the cores with the others of their kind (``job_threads``); the
 #: classifier and the figures take every core; the light stages one
-SHARED_CORES = frozenset({"teacher", "trajectories", "hkd_train", "variant_train", "sample", "evaluate",
-                          "variant_evaluate", "stability"})
+SHARED_CORES = frozenset(
+    {
+        "teacher",
+        "trajectories",
+        "hkd_train",
+        "variant_train",
+        "sample",
+        "evaluate",
+        "variant_evaluate",
+        "stability",
+    }
+)
 ALL_CORES = frozenset({"classifier", "figures"})
 
 
@@ -320,19 +347,29 @@ DIRECTORY_OUTPUTS = frozenset({"teacher_tb", "hkd_tb", "variant_tb", "tables"})
 
 @dataclass(frozen=True)
 class Stage:
-    name: str                  # Snakemake rule / DVC stage name
-    command: str               # ``hkd <command>``
-    inputs: tuple[str, ...]    # names from run_paths
+    name: str  # Snakemake rule / DVC stage name
+    command: str  # ``hkd <command>``
+    inputs: tuple[str, ...]  # names from run_paths
     outputs: tuple[str, ...]
-    params: tuple[str, ...]    # top-level config sections the stage reads
-    code: tuple[str, ...]      # source folders/files whose change reruns it under DVC
+    params: tuple[str, ...]  # top-level config sections the stage reads
+    code: tuple[str, ...]  # source folders/files whose change reruns it under DVC
     per_variant: bool = False  # one job per variant of run_variants (paths carry ``{variant}``)
     conditional: bool = False  # also runs for the class-conditional companion (dag_runs)
 
 
 _PIPELINE = "src/hkd/pipeline.py"
 #: the figures stage's outputs (run_paths keys)
-FIGURES = ("figures", "fig2", "fig2_consistency", "fig4", "fig4_modes", "fig4_spectrum", "fig5", "fig6", "viewer")
+FIGURES = (
+    "figures",
+    "fig2",
+    "fig2_consistency",
+    "fig4",
+    "fig4_modes",
+    "fig4_spectrum",
+    "fig5",
+    "fig6",
+    "viewer",
+)
 #: modules every torch stage runs through (device, precision, atomic file writes)
 _RUNTIME = ("src/hkd/runtime.py", "src/hkd/io.py")
 #: how the teacher checkpoint is built from the config and read back (teacher_kwargs, load_teacher)
@@ -342,66 +379,266 @@ _COMPILED = ("src/hkd/compile_guard.py",)
 _TRAINING = _COMPILED + ("src/hkd/gradient_watch.py",)
 
 STAGES: tuple[Stage, ...] = (
-    Stage("data", "data", (), ("data", "data_manifest"), ("seed", "downloads", "data", "network"),
-          ("src/hkd/data", "src/hkd/io.py")),
-    Stage("classifier", "classifier", ("data",), ("classifier",), ("seed", "evaluate"),
-          ("src/hkd/metrics/classifier.py", "src/hkd/data/dataset.py") + _RUNTIME),
-    Stage("teacher", "teacher", ("data", "init_teacher"), ("teacher", "teacher_tb"),
-          ("seed", "downloads", "device", "precision", "compile", "data", "network", "edm", "teacher"),
-          ("src/hkd/nn", "src/hkd/teacher/train.py", "src/hkd/teacher/edm_pickle.py", "src/hkd/data/fetch.py",
-           "src/hkd/data/dataset.py", "src/hkd/ema.py") + _TEACHER_CKPT + _TRAINING + _RUNTIME, conditional=True),
-    Stage("trajectories", "trajectories", ("teacher",), ("trajectories",),
-          ("device", "precision", "compile", "edm", "trajectories"),
-          ("src/hkd/nn", "src/hkd/teacher/sampler.py", "src/hkd/teacher/trajectories.py",
-           "src/hkd/distributed.py") + _TEACHER_CKPT + _COMPILED + _RUNTIME, conditional=True),
-    Stage("hkd_train", "hkd-train", ("teacher", "trajectories"), ("hkd", "hkd_tb", "hkd_snapshots"),
-          ("seed", "device", "precision", "compile", "edm", "hkd"),
-          ("src/hkd/nn", "src/hkd/koopman", "src/hkd/train", "src/hkd/teacher/trajectories.py", "src/hkd/ema.py")
-          + _TEACHER_CKPT + _TRAINING + _RUNTIME, conditional=True),
-    Stage("sample", "sample", ("teacher", "hkd"), ("samples_teacher", "samples_hkd", "samples_teacher_nfe"),
-          ("device", "precision", "compile", "edm", "trajectories", "sample"),
-          ("src/hkd/nn", "src/hkd/sample.py", "src/hkd/teacher/sampler.py", "src/hkd/teacher/trajectories.py",
-           "src/hkd/koopman") + _TEACHER_CKPT + _COMPILED + _RUNTIME, conditional=True),
-    Stage("evaluate", "evaluate",
-          ("data", "classifier", "teacher", "hkd", "kd", "samples_teacher", "samples_hkd", "samples_teacher_nfe"),
-          ("metrics",), ("device", "precision", "trajectories", "ablations", "sample", "evaluate"),
-          ("src/hkd/metrics", "src/hkd/data/dataset.py", "src/hkd/sample.py", "src/hkd/koopman")
-          + _TEACHER_CKPT + _COMPILED + _RUNTIME, conditional=True),
-    Stage("variant_train", "variant-train", ("teacher", "trajectories"), ("variant_hkd", "variant_tb", "variant_snapshots"),
-          ("seed", "device", "precision", "compile", "edm", "hkd"),
-          ("src/hkd/nn", "src/hkd/koopman", "src/hkd/train", "src/hkd/teacher/trajectories.py", "src/hkd/ema.py",
-           _PIPELINE) + _TEACHER_CKPT + _TRAINING + _RUNTIME, per_variant=True),
-    Stage("variant_evaluate", "variant-evaluate", ("data", "classifier", "variant_hkd"),
-          ("variant_samples", "variant_metrics"), ("device", "precision", "sample", "evaluate"),
-          ("src/hkd/nn", "src/hkd/koopman", "src/hkd/sample.py", "src/hkd/metrics", "src/hkd/data/dataset.py")
-          + _TEACHER_CKPT + _COMPILED + _RUNTIME, per_variant=True),
-    Stage("stability", "stability",
-          ("data", "classifier", "teacher", "hkd_snapshots", "seed_snapshots", "ablation_snapshots",
-           # each run's final weights and their scores: its last snapshot is not scored again
-           "hkd", "metrics", "samples_hkd", "seed_hkd", "seed_metrics", "seed_samples", "ablation_hkd",
-           "ablation_metrics", "ablation_samples"),
-          ("stability", "stability_samples", "budget_curves", "budget_curve_table"),
-          ("seed", "device", "precision", "edm", "hkd", "ablations", "ablation_seeds", "stability", "sample",
-           "evaluate"),
-          ("src/hkd/nn", "src/hkd/koopman", "src/hkd/sample.py", "src/hkd/metrics", "src/hkd/data/dataset.py",
-           "src/hkd/analysis/plots.py", _PIPELINE) + _TEACHER_CKPT + _COMPILED + _RUNTIME),
-    Stage("study", "study", ("metrics", "variant_metrics"), ("study",),
-          ("seed", "hkd", "ablations", "ablation_seeds", "stability", "study"),
-          ("src/hkd/metrics/study.py", _PIPELINE)),
+    Stage(
+        "data",
+        "data",
+        (),
+        ("data", "data_manifest"),
+        ("seed", "downloads", "data", "network"),
+        ("src/hkd/data", "src/hkd/io.py"),
+    ),
+    Stage(
+        "classifier",
+        "classifier",
+        ("data",),
+        ("classifier",),
+        ("seed", "evaluate"),
+        ("src/hkd/metrics/classifier.py", "src/hkd/data/dataset.py") + _RUNTIME,
+    ),
+    Stage(
+        "teacher",
+        "teacher",
+        ("data", "init_teacher"),
+        ("teacher", "teacher_tb"),
+        ("seed", "downloads", "device", "precision", "compile", "data", "network", "edm", "teacher"),
+        (
+            "src/hkd/nn",
+            "src/hkd/teacher/train.py",
+            "src/hkd/teacher/edm_pickle.py",
+            "src/hkd/data/fetch.py",
+            "src/hkd/data/dataset.py",
+            "src/hkd/ema.py",
+        )
+        + _TEACHER_CKPT
+        + _TRAINING
+        + _RUNTIME,
+        conditional=True,
+    ),
+    Stage(
+        "trajectories",
+        "trajectories",
+        ("teacher",),
+        ("trajectories",),
+        ("device", "precision", "compile", "edm", "trajectories"),
+        (
+            "src/hkd/nn",
+            "src/hkd/teacher/sampler.py",
+            "src/hkd/teacher/trajectories.py",
+            "src/hkd/distributed.py",
+        )
+        + _TEACHER_CKPT
+        + _COMPILED
+        + _RUNTIME,
+        conditional=True,
+    ),
+    Stage(
+        "hkd_train",
+        "hkd-train",
+        ("teacher", "trajectories"),
+        ("hkd", "hkd_tb", "hkd_snapshots"),
+        ("seed", "device", "precision", "compile", "edm", "hkd"),
+        (
+            "src/hkd/nn",
+            "src/hkd/koopman",
+            "src/hkd/train",
+            "src/hkd/teacher/trajectories.py",
+            "src/hkd/ema.py",
+        )
+        + _TEACHER_CKPT
+        + _TRAINING
+        + _RUNTIME,
+        conditional=True,
+    ),
+    Stage(
+        "sample",
+        "sample",
+        ("teacher", "hkd"),
+        ("samples_teacher", "samples_hkd", "samples_teacher_nfe"),
+        ("device", "precision", "compile", "edm", "trajectories", "sample"),
+        (
+            "src/hkd/nn",
+            "src/hkd/sample.py",
+            "src/hkd/teacher/sampler.py",
+            "src/hkd/teacher/trajectories.py",
+            "src/hkd/koopman",
+        )
+        + _TEACHER_CKPT
+        + _COMPILED
+        + _RUNTIME,
+        conditional=True,
+    ),
+    Stage(
+        "evaluate",
+        "evaluate",
+        (
+            "data",
+            "classifier",
+            "teacher",
+            "hkd",
+            "kd",
+            "samples_teacher",
+            "samples_hkd",
+            "samples_teacher_nfe",
+        ),
+        ("metrics",),
+        ("device", "precision", "trajectories", "ablations", "sample", "evaluate"),
+        ("src/hkd/metrics", "src/hkd/data/dataset.py", "src/hkd/sample.py", "src/hkd/koopman")
+        + _TEACHER_CKPT
+        + _COMPILED
+        + _RUNTIME,
+        conditional=True,
+    ),
+    Stage(
+        "variant_train",
+        "variant-train",
+        ("teacher", "trajectories"),
+        ("variant_hkd", "variant_tb", "variant_snapshots"),
+        ("seed", "device", "precision", "compile", "edm", "hkd"),
+        (
+            "src/hkd/nn",
+            "src/hkd/koopman",
+            "src/hkd/train",
+            "src/hkd/teacher/trajectories.py",
+            "src/hkd/ema.py",
+            _PIPELINE,
+        )
+        + _TEACHER_CKPT
+        + _TRAINING
+        + _RUNTIME,
+        per_variant=True,
+    ),
+    Stage(
+        "variant_evaluate",
+        "variant-evaluate",
+        ("data", "classifier", "variant_hkd"),
+        ("variant_samples", "variant_metrics"),
+        ("device", "precision", "sample", "evaluate"),
+        ("src/hkd/nn", "src/hkd/koopman", "src/hkd/sample.py", "src/hkd/metrics", "src/hkd/data/dataset.py")
+        + _TEACHER_CKPT
+        + _COMPILED
+        + _RUNTIME,
+        per_variant=True,
+    ),
+    Stage(
+        "stability",
+        "stability",
+        (
+            "data",
+            "classifier",
+            "teacher",
+            "hkd_snapshots",
+            "seed_snapshots",
+            "ablation_snapshots",
+            # each run's final weights and their scores: its last snapshot is not scored again
+            "hkd",
+            "metrics",
+            "samples_hkd",
+            "seed_hkd",
+            "seed_metrics",
+            "seed_samples",
+            "ablation_hkd",
+            "ablation_metrics",
+            "ablation_samples",
+        ),
+        ("stability", "stability_samples", "budget_curves", "budget_curve_table"),
+        (
+            "seed",
+            "device",
+            "precision",
+            "edm",
+            "hkd",
+            "ablations",
+            "ablation_seeds",
+            "stability",
+            "sample",
+            "evaluate",
+        ),
+        (
+            "src/hkd/nn",
+            "src/hkd/koopman",
+            "src/hkd/sample.py",
+            "src/hkd/metrics",
+            "src/hkd/data/dataset.py",
+            "src/hkd/analysis/plots.py",
+            _PIPELINE,
+        )
+        + _TEACHER_CKPT
+        + _COMPILED
+        + _RUNTIME,
+    ),
+    Stage(
+        "study",
+        "study",
+        ("metrics", "variant_metrics"),
+        ("study",),
+        ("seed", "hkd", "ablations", "ablation_seeds", "stability", "study"),
+        ("src/hkd/metrics/study.py", _PIPELINE),
+    ),
     Stage("spectral", "spectral", ("hkd",), ("spectral",), (), ("src/hkd/analysis/spectral.py",)),
-    Stage("figures", "figures", ("data", "teacher", "hkd"), FIGURES,
-          ("seed", "device", "precision", "edm", "trajectories", "sample", "analysis"),
-          ("src/hkd/analysis", "src/hkd/koopman", "src/hkd/nn", "src/hkd/teacher/sampler.py",
-           "src/hkd/teacher/trajectories.py", "src/hkd/data/dataset.py") + _TEACHER_CKPT + _COMPILED + _RUNTIME),
-    Stage("report", "report",
-          ("data", "data_manifest", "classifier", "samples_teacher", "samples_hkd", "samples_teacher_nfe",
-           "metrics", "spectral", "hkd_tb") + FIGURES + (
-              "variant_metrics", "variant_samples", "stability", "stability_samples", "study", "budget_curves",
-              "conditional_metrics", "conditional_samples_teacher", "conditional_samples_hkd"),
-          ("report", "tables", "summary", "loss_curve"),
-          ("run", "report_dir", "data", "network", "trajectories", "hkd", "ablations", "ablation_seeds", "stability",
-           "study", "conditional", "sample", "evaluate", "analysis", "report"),
-          ("src/hkd/report", "src/hkd/data/dataset.py", _PIPELINE)),
+    Stage(
+        "figures",
+        "figures",
+        ("data", "teacher", "hkd"),
+        FIGURES,
+        ("seed", "device", "precision", "edm", "trajectories", "sample", "analysis"),
+        (
+            "src/hkd/analysis",
+            "src/hkd/koopman",
+            "src/hkd/nn",
+            "src/hkd/teacher/sampler.py",
+            "src/hkd/teacher/trajectories.py",
+            "src/hkd/data/dataset.py",
+        )
+        + _TEACHER_CKPT
+        + _COMPILED
+        + _RUNTIME,
+    ),
+    Stage(
+        "report",
+        "report",
+        (
+            "data",
+            "data_manifest",
+            "classifier",
+            "samples_teacher",
+            "samples_hkd",
+            "samples_teacher_nfe",
+            "metrics",
+            "spectral",
+            "hkd_tb",
+        )
+        + FIGURES
+        + (
+            "variant_metrics",
+            "variant_samples",
+            "stability",
+            "stability_samples",
+            "study",
+            "budget_curves",
+            "conditional_metrics",
+            "conditional_samples_teacher",
+            "conditional_samples_hkd",
+        ),
+        ("report", "tables", "summary", "loss_curve"),
+        (
+            "run",
+            "report_dir",
+            "data",
+            "network",
+            "trajectories",
+            "hkd",
+            "ablations",
+            "ablation_seeds",
+            "stability",
+            "study",
+            "conditional",
+            "sample",
+            "evaluate",
+            "analysis",
+            "report",
+        ),
+        ("src/hkd/report", "src/hkd/data/dataset.py", _PIPELINE),
+    ),
 )
 
 STAGE_BY_NAME = {s.name: s for s in STAGES}
@@ -472,7 +709,10 @@ def _resolve(cfg: dict, name: str, key: str, variant: str | None):
     template, group = _template(cfg, key)
     paths, listed = [template], False
     if "{nfe}" in template:
-        paths, listed = [p.replace("{nfe}", str(n)) for p in paths for n in cfg["sample"]["extra_teacher_nfe"]], True
+        paths, listed = (
+            [p.replace("{nfe}", str(n)) for p in paths for n in cfg["sample"]["extra_teacher_nfe"]],
+            True,
+        )
     if "{epoch}" in template:
         paths, listed = [f for p in paths for f in snapshot_paths(cfg, p).values()], True
     if "{variant}" in template:
@@ -541,12 +781,29 @@ def dvc_plots(cfg: dict) -> list:
     """dvc.yaml's top-level plots: the HKD training loss and the budget curves (FID of the
     full model and each ablation against training examples; epoch -1 = before training)."""
     paths = run_paths(cfg)
-    plots = [{paths["loss_curve"]: {"x": "step", "y": ["loss_total"], "title": "HKD training loss",
-                                     "x_label": "step", "y_label": "loss"}}]
+    plots = [
+        {
+            paths["loss_curve"]: {
+                "x": "step",
+                "y": ["loss_total"],
+                "title": "HKD training loss",
+                "x_label": "step",
+                "y_label": "loss",
+            }
+        }
+    ]
     if stage_enabled(cfg, "stability"):
-        plots.append({paths["budget_curve_table"]: {
-            "x": "examples", "y": [FULL, *cfg["ablations"]], "title": "FID (one step) against training examples",
-            "x_label": "training examples", "y_label": "FID"}})
+        plots.append(
+            {
+                paths["budget_curve_table"]: {
+                    "x": "examples",
+                    "y": [FULL, *cfg["ablations"]],
+                    "title": "FID (one step) against training examples",
+                    "x_label": "training examples",
+                    "y_label": "FID",
+                }
+            }
+        )
     return plots
 
 
@@ -562,7 +819,7 @@ def dvc_stages(cfg: dict, config_file: str) -> dict:
         for st in STAGES:
             if (prefix and not st.conditional) or not stage_enabled(run_cfg, st.name):
                 continue
-            for variant in (run_variants(run_cfg) if st.per_variant else [None]):
+            for variant in run_variants(run_cfg) if st.per_variant else [None]:
                 outs = []
                 for k, path in stage_outputs(run_cfg, st.name, variant).items():
                     for p in path if isinstance(path, list) else [path]:
@@ -577,7 +834,8 @@ def dvc_stages(cfg: dict, config_file: str) -> dict:
                 if prefix and _PIPELINE not in code:  # conditional_config derives the companion's settings
                     code.append(_PIPELINE)
                 entry = {
-                    "cmd": f"hkd {st.command} --config {config_file}{flag}" + (f" --variant {variant}" if variant else ""),
+                    "cmd": f"hkd {st.command} --config {config_file}{flag}"
+                    + (f" --variant {variant}" if variant else ""),
                     "deps": deps + code,
                 }
                 params = _param_keys(run_cfg, st.name) + ((CONDITIONAL,) if prefix else ())

@@ -26,7 +26,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_supports_bf16() -> bool:
     """True when the CPU has native bf16 instructions (AVX512-BF16 or AMX)."""
     try:
@@ -66,7 +66,7 @@ def torch_setup(cfg: dict, threads: int | None) -> tuple[torch.device, torch.dty
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return a torch generator for explicit sampling."""
     random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
+    np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 

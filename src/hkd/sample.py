@@ -39,6 +39,7 @@ def teacher_sampler(cfg: dict, teacher, device, dtype, compile=False, nfe: int |
 
     def sample(noise, labels=None):
         return heun_sample(denoise, noise, sigmas, class_labels=one_hot(labels, teacher.label_dim)).float()
+
     return sample
 
 
@@ -51,26 +52,46 @@ def hkd_sampler(model, device, dtype):
     def sample(noise, labels=None):
         with torch.no_grad(), autocast(device, dtype):
             return model.sample(noise, one_hot(labels, model.label_dim)).float()
+
     return sample
 
 
-def draw(sampler, seeds: np.ndarray, shape, label_dim: int, batch_size: int, device,
-         desc: str, partial_dir: str | Path | None = None, fingerprint: str = "",
-         path_name: str = "", log: str = "") -> tuple[np.ndarray, np.ndarray]:
+def draw(
+    sampler,
+    seeds: np.ndarray,
+    shape,
+    label_dim: int,
+    batch_size: int,
+    device,
+    desc: str,
+    partial_dir: str | Path | None = None,
+    fingerprint: str = "",
+    path_name: str = "",
+    log: str = "",
+) -> tuple[np.ndarray, np.ndarray]:
     """(images float32 [N, C, H, W], labels int64 [N], -1 when unconditional) of ``seeds``.
     ``partial_dir``: each finished batch is saved there and reused by a later call with the
     same ``fingerprint`` and seeds. A batch with non-finite images stops the stage, naming its
     seeds, how ``path_name`` (the sampler's compile path) ran and the stage's ``log``."""
     out, labels, reused = [], [], 0
-    for k, start in enumerate(tqdm(range(0, len(seeds), batch_size), desc=desc, unit="batch", mininterval=2,
-                                   disable=not progress_enabled())):
-        batch = seeds[start:start + batch_size]
+    for k, start in enumerate(
+        tqdm(
+            range(0, len(seeds), batch_size),
+            desc=desc,
+            unit="batch",
+            mininterval=2,
+            disable=not progress_enabled(),
+        )
+    ):
+        batch = seeds[start : start + batch_size]
         kept = Path(partial_dir) / f"batch-{k:05d}.npz" if partial_dir else None
         if kept is not None and kept.is_file():
             d = load_npz(kept)
             if str(d.get("fingerprint")) == fingerprint and np.array_equal(d.get("seeds"), batch):
                 if not np.isfinite(d["images"]).all():  # kept by an earlier attempt
-                    raise FloatingPointError(f"{desc}: non-finite samples in {kept}; delete {partial_dir} and rerun")
+                    raise FloatingPointError(
+                        f"{desc}: non-finite samples in {kept}; delete {partial_dir} and rerun"
+                    )
                 out.append(d["images"])
                 labels.append(d["labels"])
                 reused += 1
@@ -79,7 +100,9 @@ def draw(sampler, seeds: np.ndarray, shape, label_dim: int, batch_size: int, dev
         out.append(sampler(noise, lab).cpu().numpy().astype(np.float32))
         finite = np.isfinite(out[-1]).reshape(len(batch), -1).all(1)
         if not finite.all():
-            raise FloatingPointError(f"{desc}: " + non_finite_message("samples", batch, ~finite, path_name, log))
+            raise FloatingPointError(
+                f"{desc}: " + non_finite_message("samples", batch, ~finite, path_name, log)
+            )
         labels.append(lab.cpu().numpy() if lab is not None else np.full(len(batch), -1, np.int64))
         if kept is not None:
             save_npz(kept, images=out[-1], labels=labels[-1], seeds=batch, fingerprint=np.array(fingerprint))
@@ -97,21 +120,50 @@ def write_samples(cfg: dict, teacher, model, paths: dict, device, dtype) -> dict
     times = {}
     # The teacher dominates this stage, so it runs compiled when the config says so; the
     # one-step HKD sampler is cheap eagerly.
-    jobs = [("teacher", teacher_sampler(cfg, teacher, device, dtype, cfg["compile"]), paths["samples_teacher"],
-             teacher_path_name(None))]
+    jobs = [
+        (
+            "teacher",
+            teacher_sampler(cfg, teacher, device, dtype, cfg["compile"]),
+            paths["samples_teacher"],
+            teacher_path_name(None),
+        )
+    ]
     for n in cfg["sample"]["extra_teacher_nfe"]:
-        jobs.append((f"teacher_nfe{n}", teacher_sampler(cfg, teacher, device, dtype, cfg["compile"], nfe=n),
-                     paths["samples_teacher_nfe"].replace("{nfe}", str(n)), teacher_path_name(n)))
+        jobs.append(
+            (
+                f"teacher_nfe{n}",
+                teacher_sampler(cfg, teacher, device, dtype, cfg["compile"], nfe=n),
+                paths["samples_teacher_nfe"].replace("{nfe}", str(n)),
+                teacher_path_name(n),
+            )
+        )
     jobs.append(("hkd", hkd_sampler(model, device, dtype), paths["samples_hkd"], "the HKD one-step sampler"))
     nets = {"teacher": sha256_file(paths["teacher"]), "hkd": sha256_file(paths["hkd"])}
     for name, sampler, path, path_name in jobs:
         t0 = time.time()
         partial = Path(path).parent / ".partial" / name
-        spec = {"sampler": name, "net": nets["hkd" if name == "hkd" else "teacher"], "precision": str(dtype),
-                "compile": cfg["compile"], "edm": cfg["edm"], "steps": cfg["trajectories"]["num_steps"]}
+        spec = {
+            "sampler": name,
+            "net": nets["hkd" if name == "hkd" else "teacher"],
+            "precision": str(dtype),
+            "compile": cfg["compile"],
+            "edm": cfg["edm"],
+            "steps": cfg["trajectories"]["num_steps"],
+        }
         fingerprint = sha256_json(spec)
-        images, labels = draw(sampler, seeds, shape, teacher.label_dim, bs, device, f"sample {name}",
-                              partial, fingerprint, path_name, log_path(cfg, "sample"))
+        images, labels = draw(
+            sampler,
+            seeds,
+            shape,
+            teacher.label_dim,
+            bs,
+            device,
+            f"sample {name}",
+            partial,
+            fingerprint,
+            path_name,
+            log_path(cfg, "sample"),
+        )
         times[name] = time.time() - t0
         save_npz(path, images=images, seeds=seeds, labels=labels)
         shutil.rmtree(partial, ignore_errors=True)

@@ -60,9 +60,12 @@ def main():
     def compare(name, make_step):
         eager = timed(make_step(False), 2, args.repeats)
         compiled = timed(make_step(True), 2, args.repeats)
-        results[name] = {"eager_s": round(eager[1], 4), "compiled_s": round(compiled[1], 4),
-                         "compile_warmup_s": round(compiled[0], 1),
-                         "speedup": round(eager[1] / compiled[1], 2)}
+        results[name] = {
+            "eager_s": round(eager[1], 4),
+            "compiled_s": round(compiled[1], 4),
+            "compile_warmup_s": round(compiled[0], 1),
+            "speedup": round(eager[1] / compiled[1], 2),
+        }
         print(json.dumps({name: results[name]}), flush=True)
 
     def teacher_train_step(use_compile):
@@ -79,6 +82,7 @@ def main():
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+
         return step
 
     def teacher_inference_step(use_compile):
@@ -106,6 +110,7 @@ def main():
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+
         return step
 
     compare("teacher_train_step", teacher_train_step)

@@ -64,28 +64,51 @@ def main() -> int:
     ap.add_argument("--config", default="configs/default.yaml")
     ap.add_argument("--cores", type=int, default=os.cpu_count())
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--workloads", nargs="+", default=["teacher_train", "hkd_train", "denoiser", "one_step", "features",
-                                                         "classifier_train"])
-    ap.add_argument("--compile", action="store_true", help="keep the config's compile setting (default: eager)")
-    ap.add_argument("--out", default=None, help="JSON to write (default: benchmarks/threads-<cost digest>-cpu.json)")
+    ap.add_argument(
+        "--workloads",
+        nargs="+",
+        default=["teacher_train", "hkd_train", "denoiser", "one_step", "features", "classifier_train"],
+    )
+    ap.add_argument(
+        "--compile", action="store_true", help="keep the config's compile setting (default: eager)"
+    )
+    ap.add_argument(
+        "--out", default=None, help="JSON to write (default: benchmarks/threads-<cost digest>-cpu.json)"
+    )
     args = ap.parse_args()
     digest = cost_digest(load_config(args.config))
     config = args.config
     with tempfile.TemporaryDirectory(prefix="hkd-threads-cfg-") as tmp:
         if not args.compile:
             config = str(Path(tmp) / "eager.yaml")
-            Path(config).write_text(yaml.safe_dump({"extends": str(Path(args.config).resolve()), "compile": False}))
-        report = {"measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "config": args.config, "cost_digest": digest, "cpu": cpu_model(), "cores": args.cores,
-                  "compile": "config" if args.compile else False, "workloads": {}}
+            Path(config).write_text(
+                yaml.safe_dump({"extends": str(Path(args.config).resolve()), "compile": False})
+            )
+        report = {
+            "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "config": args.config,
+            "cost_digest": digest,
+            "cpu": cpu_model(),
+            "cores": args.cores,
+            "compile": "config" if args.compile else False,
+            "workloads": {},
+        }
         for w in args.workloads:
             rows = []
             for jobs, threads in layouts(args.cores):
                 rates = run_layout(config, w, jobs, threads, args.steps)
-                rows.append({"jobs": jobs, "threads": threads, "rate_per_job": sum(rates) / jobs,
-                             "total_rate": sum(rates)})
-                print(f"{w}: {jobs} x {threads} threads: {sum(rates) / jobs:.2f} per job, {sum(rates):.2f} in all",
-                      flush=True)
+                rows.append(
+                    {
+                        "jobs": jobs,
+                        "threads": threads,
+                        "rate_per_job": sum(rates) / jobs,
+                        "total_rate": sum(rates),
+                    }
+                )
+                print(
+                    f"{w}: {jobs} x {threads} threads: {sum(rates) / jobs:.2f} per job, {sum(rates):.2f} in all",
+                    flush=True,
+                )
             whole = next(r["total_rate"] for r in rows if r["jobs"] == 1)
             for r in rows:
                 r["total_vs_one_job"] = r["total_rate"] / whole

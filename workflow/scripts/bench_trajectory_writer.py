@@ -89,16 +89,23 @@ def main() -> int:
     med = {k: statistics.median(v) for k, v in times.items()}
     n, steps = t["count"], t["num_steps"]
     out = {
-        "config": args.config, "device": device_name(device), "precision": str(dtype), "compile": cfg["compile"],
-        "trajectories": n, "shards": -(-n // t["shard_size"]), "batch_size": t["batch_size"], "nfe": nfe(steps),
-        "bytes_written": shard_bytes, "warmup_seconds": round(warm_s, 2),
+        "config": args.config,
+        "device": device_name(device),
+        "precision": str(dtype),
+        "compile": cfg["compile"],
+        "trajectories": n,
+        "shards": -(-n // t["shard_size"]),
+        "batch_size": t["batch_size"],
+        "nfe": nfe(steps),
+        "bytes_written": shard_bytes,
+        "warmup_seconds": round(warm_s, 2),
         "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
         "trajectories_per_second": {k: n / s for k, s in med.items()},
         "denoiser_images_per_second": {k: n * nfe(steps) / s for k, s in med.items()},
         "writer_cost_fraction": med["with_writing"] / med["without_writing"] - 1,
     }
     if device.type == "cuda":
-        out["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+        out["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     print(json.dumps(out, indent=1))
     return 0
 

@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from hkd.config import load_config, nfe_of_steps, validate_config
 from hkd.data.dataset import load_dataset
 from hkd.koopman.model import load_hkd
@@ -36,12 +35,20 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--trajectories", type=int, default=None, metavar="N",
-                    help="train on the first N trajectories of the run")
+    ap.add_argument(
+        "--trajectories",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on the first N trajectories of the run",
+    )
     ap.add_argument("--set", nargs="+", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--teacher", action="store_true",
-                    help="first score the teacher at the trajectories' NFE on the same evaluation seeds (the "
-                         "denominator of FID / teacher), sampled as the sample stage does")
+    ap.add_argument(
+        "--teacher",
+        action="store_true",
+        help="first score the teacher at the trajectories' NFE on the same evaluation seeds (the "
+        "denominator of FID / teacher), sampled as the sample stage does",
+    )
     args = ap.parse_args()
     if not args.set and not args.teacher:
         ap.error("nothing to do: give --set and/or --teacher")
@@ -53,18 +60,37 @@ def main():
     shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
     if args.teacher:
         t0 = time.time()
-        images, _ = draw(teacher_sampler(base, teacher, device, dtype, base["compile"]), evaluation_seeds(base),
-                         shape, teacher.label_dim, base["sample"]["batch_size"], device, "teacher")
+        images, _ = draw(
+            teacher_sampler(base, teacher, device, dtype, base["compile"]),
+            evaluation_seeds(base),
+            shape,
+            teacher.label_dim,
+            base["sample"]["batch_size"],
+            device,
+            "teacher",
+        )
         m = scorer(to_uint8(images))
-        print(json.dumps({"teacher_nfe": nfe_of_steps(base["trajectories"]["num_steps"]), "images": len(images),
-                          "seconds": round(time.time() - t0, 1), "fid": m["fid"],
-                          "fid_sampling_std": m["fid_sampling_std"], "is": m["is_mean"]}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "teacher_nfe": nfe_of_steps(base["trajectories"]["num_steps"]),
+                    "images": len(images),
+                    "seconds": round(time.time() - t0, 1),
+                    "fid": m["fid"],
+                    "fid_sampling_std": m["fid_sampling_std"],
+                    "is": m["is_mean"],
+                }
+            ),
+            flush=True,
+        )
     for overrides in args.set:
         cfg = json.loads(json.dumps(base))
         for item in overrides:
             key, _, value = item.partition("=")
             # an `hkd:` key, or a top-level scalar such as `compile`
-            section = cfg if key in cfg and key not in cfg["hkd"] and not isinstance(cfg[key], dict) else cfg["hkd"]
+            section = (
+                cfg if key in cfg and key not in cfg["hkd"] and not isinstance(cfg[key], dict) else cfg["hkd"]
+            )
             try:
                 section[key] = json.loads(value)
             except json.JSONDecodeError:
@@ -72,16 +98,44 @@ def main():
         validate_config(cfg, f"--set {' '.join(overrides)}")
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.time()
-            stats = train_hkd(cfg, teacher, paths["trajectories"], str(Path(tmp) / "hkd.pt"),
-                              str(Path(tmp) / "tb"), device, dtype, max_trajectories=args.trajectories)
+            stats = train_hkd(
+                cfg,
+                teacher,
+                paths["trajectories"],
+                str(Path(tmp) / "hkd.pt"),
+                str(Path(tmp) / "tb"),
+                device,
+                dtype,
+                max_trajectories=args.trajectories,
+            )
             model = load_hkd(str(Path(tmp) / "hkd.pt"), device)
-            images, _ = draw(hkd_sampler(model, device, dtype), evaluation_seeds(cfg), shape,
-                             model.label_dim, cfg["sample"]["batch_size"], device, "sample")
+            images, _ = draw(
+                hkd_sampler(model, device, dtype),
+                evaluation_seeds(cfg),
+                shape,
+                model.label_dim,
+                cfg["sample"]["batch_size"],
+                device,
+                "sample",
+            )
             m = scorer(to_uint8(images))
-        print(json.dumps({"set": overrides, "seed": cfg["seed"], "trajectories": stats["trajectories"],
-                          "steps": stats["steps"], "seconds": round(time.time() - t0, 1),
-                          "images": len(images), "fid": m["fid"], "fid_sampling_std": m["fid_sampling_std"],
-                          "is": m["is_mean"], "koopman_T": stats["koopman_T"]}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "set": overrides,
+                    "seed": cfg["seed"],
+                    "trajectories": stats["trajectories"],
+                    "steps": stats["steps"],
+                    "seconds": round(time.time() - t0, 1),
+                    "images": len(images),
+                    "fid": m["fid"],
+                    "fid_sampling_std": m["fid_sampling_std"],
+                    "is": m["is_mean"],
+                    "koopman_T": stats["koopman_T"],
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -83,10 +83,22 @@ def check(fn, args, params, dtype) -> dict:
 
 
 def row(name: str, report: dict) -> bool:
-    diffs = "  ".join(f"{k.replace('max_rel_diff_', '')} {v:.2e}" for k, v in report.items()
-                      if k.startswith("max_rel_diff_"))
-    verdict = "ok" if report["ok"] else ("NaN" if "non-finite" in report["why"]
-                                         else "FAIL" if "compiling failed" in report["why"] else "WRONG")
+    diffs = "  ".join(
+        f"{k.replace('max_rel_diff_', '')} {v:.2e}"
+        for k, v in report.items()
+        if k.startswith("max_rel_diff_")
+    )
+    verdict = (
+        "ok"
+        if report["ok"]
+        else (
+            "NaN"
+            if "non-finite" in report["why"]
+            else "FAIL"
+            if "compiling failed" in report["why"]
+            else "WRONG"
+        )
+    )
     print(f"{verdict:5s} {name:58s} {diffs}  {report.get('why', '')}", flush=True)
     return report["ok"]
 
@@ -105,8 +117,10 @@ def whole_network(net, args) -> bool:
                 params = [p for p in net.parameters()] if train else []
                 with torch.set_grad_enabled(train):
                     report = check(net, (x.contiguous(memory_format=fmt), sigma), params, dtype)
-                name = (f"denoiser {'training' if train else 'inference'} "
-                        f"{'bf16' if dtype else 'fp32'} {'channels-last' if fmt is torch.channels_last else 'contiguous'}")
+                name = (
+                    f"denoiser {'training' if train else 'inference'} "
+                    f"{'bf16' if dtype else 'fp32'} {'channels-last' if fmt is torch.channels_last else 'contiguous'}"
+                )
                 ok &= row(name, report)
     return ok
 
@@ -118,6 +132,7 @@ def piece_inputs(net, x, sigma, dtype) -> dict:
     def keep(name):
         def hook(module, inputs):  # returns None: the inputs pass on unchanged
             seen.setdefault(name, (module, tuple(t.detach().clone() for t in inputs)))
+
         return hook
 
     for name, m in net.named_modules():
@@ -132,8 +147,11 @@ def piece_inputs(net, x, sigma, dtype) -> dict:
 
 def kind(module) -> str:
     if isinstance(module, UNetBlock):
-        return ("attention " if module.num_heads else "") + (
-            "resampling " if module.conv0.up or module.conv0.down else "") + "UNet block"
+        return (
+            ("attention " if module.num_heads else "")
+            + ("resampling " if module.conv0.up or module.conv0.down else "")
+            + "UNet block"
+        )
     if isinstance(module, Conv2d):
         return f"{'resampling' if module.up or module.down else f'{module.weight.shape[-1]}x'} convolution"
     return type(module).__name__
@@ -153,36 +171,56 @@ def pieces(net, args) -> bool:
             for train in (False, True):
                 module.train(train)
                 leaves = [t.requires_grad_(train) if t.is_floating_point() else t for t in inputs]
-                params = [p for p in module.parameters()] + [t for t in leaves if t.requires_grad] if train else []
+                params = (
+                    [p for p in module.parameters()] + [t for t in leaves if t.requires_grad] if train else []
+                )
                 with torch.set_grad_enabled(train):
                     report = check(module, tuple(leaves), params, dtype)
-                ok &= row(f"{kind(module)} {name} {'training' if train else 'inference'} "
-                          f"{'bf16' if dtype else 'fp32'}", report)
+                ok &= row(
+                    f"{kind(module)} {name} {'training' if train else 'inference'} "
+                    f"{'bf16' if dtype else 'fp32'}",
+                    report,
+                )
     return ok
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="configs/default.yaml", help="network of this config (random weights)")
+    ap.add_argument(
+        "--config", default="configs/default.yaml", help="network of this config (random weights)"
+    )
     ap.add_argument("--teacher", default=None, help="a teacher checkpoint instead of random weights")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--sigma", type=float, default=80.0, help="noise level of the inputs (80: the first Heun step)")
+    ap.add_argument(
+        "--sigma", type=float, default=80.0, help="noise level of the inputs (80: the first Heun step)"
+    )
     ap.add_argument("--pieces", choices=("types", "all", "none"), default="types")
     ap.add_argument("--pieces-only", action="store_true", help="skip the whole-network rows")
-    ap.add_argument("--precision", choices=("bf16", "fp32", "both"), default="both",
-                    help="autocast dtype(s) to test; fp32 = no autocast")
+    ap.add_argument(
+        "--precision",
+        choices=("bf16", "fp32", "both"),
+        default="both",
+        help="autocast dtype(s) to test; fp32 = no autocast",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}; {cpu_description()}; {torch.get_num_threads()} threads")
-    print(f"tolerance (relative L2, compile_guard.TOLERANCE): bf16 {TOLERANCE[torch.bfloat16]}, "
-          f"fp32 {TOLERANCE[torch.float32]}", flush=True)
+    print(
+        f"tolerance (relative L2, compile_guard.TOLERANCE): bf16 {TOLERANCE[torch.bfloat16]}, "
+        f"fp32 {TOLERANCE[torch.float32]}",
+        flush=True,
+    )
     net = build_network(args)
     ok = whole_network(net, args) if not args.pieces_only else True
     if args.pieces != "none":
         ok &= pieces(net, args)
-    print("no compiled result differed from eager" if ok else "some compiled results differ from eager (rows above)")
+    print(
+        "no compiled result differed from eager"
+        if ok
+        else "some compiled results differ from eager (rows above)"
+    )
     raise SystemExit(0 if ok else 1)
 
 

@@ -46,7 +46,9 @@ def edit_command(cfg: dict, paths: dict, args) -> dict:
     ecfg, edges = cfg["analysis"]["edit"], cfg["analysis"]["band_edges"]
     band = ecfg["band"] if args.band is None else args.band
     if not 0 <= band < len(edges) - 1:
-        raise ValueError(f"--band {band}: analysis.band_edges has {len(edges) - 1} bands (0..{len(edges) - 2})")
+        raise ValueError(
+            f"--band {band}: analysis.band_edges has {len(edges) - 1} bands (0..{len(edges) - 2})"
+        )
     ratios = ecfg["ratios"] if args.ratios is None else args.ratios
     if any(not 0.0 <= r <= 1.0 for r in ratios):
         raise ValueError(f"--ratios must lie in [0, 1], got {ratios}")
@@ -71,12 +73,34 @@ def edit_command(cfg: dict, paths: dict, args) -> dict:
             raise ValueError("this HKD is class-conditional: give --label for image inputs")
         if not 0 <= int(labels[0]) < model.label_dim:
             raise ValueError(f"--label {int(labels[0])} is not a class (0..{model.label_dim - 1})")
-    result = editing_grid(model, gen, ref, (edges[band], edges[band + 1]), mask, ratios, ecfg["agnostic_ratio"],
-                          one_hot(labels, model.label_dim), one_hot(ref_labels, model.label_dim))
-    cols = ["generated", "reference"] + [f"{100 * r:.0f} %" for r in ratios] + \
-        [f"all modes {100 * ecfg['agnostic_ratio']:.0f} %"]
-    labelled_grid(grid_rows(result), cols, [f"{names[0]} <- {names[1]}"],
-                  f"{band_names(edges)[band]} mixed into {mask_name} at t = {result['midpoint']:.3g}", args.out)
-    return {"out": args.out, "band": band_names(edges)[band], "mask": mask_name, "ratios": ratios,
-            "ratio0_equals_unedited": result["ratio0_equals_unedited"],
-            "full_mix_max_abs_diff_to_reference": result["full_mix_max_abs_diff_to_reference"]}
+    result = editing_grid(
+        model,
+        gen,
+        ref,
+        (edges[band], edges[band + 1]),
+        mask,
+        ratios,
+        ecfg["agnostic_ratio"],
+        one_hot(labels, model.label_dim),
+        one_hot(ref_labels, model.label_dim),
+    )
+    cols = (
+        ["generated", "reference"]
+        + [f"{100 * r:.0f} %" for r in ratios]
+        + [f"all modes {100 * ecfg['agnostic_ratio']:.0f} %"]
+    )
+    labelled_grid(
+        grid_rows(result),
+        cols,
+        [f"{names[0]} <- {names[1]}"],
+        f"{band_names(edges)[band]} mixed into {mask_name} at t = {result['midpoint']:.3g}",
+        args.out,
+    )
+    return {
+        "out": args.out,
+        "band": band_names(edges)[band],
+        "mask": mask_name,
+        "ratios": ratios,
+        "ratio0_equals_unedited": result["ratio0_equals_unedited"],
+        "full_mix_max_abs_diff_to_reference": result["full_mix_max_abs_diff_to_reference"],
+    }

@@ -39,7 +39,7 @@ def spatial_mask(name: str, size: int) -> torch.Tensor:
         m[:, :h] = 1
     elif name == "centre":
         q = size // 4
-        m[q:size - q, q:size - q] = 1
+        m[q : size - q, q : size - q] = 1
     elif name == "all":
         m[:] = 1
     else:
@@ -64,9 +64,17 @@ def midpoint(model) -> float:
 
 
 @torch.no_grad()
-def edit(model, gen_feats: list[torch.Tensor], ref_feats: list[torch.Tensor], s: float,
-         band: tuple[float, float], mask: torch.Tensor, ratios: list[float], class_labels=None,
-         source=None) -> torch.Tensor:
+def edit(
+    model,
+    gen_feats: list[torch.Tensor],
+    ref_feats: list[torch.Tensor],
+    s: float,
+    band: tuple[float, float],
+    mask: torch.Tensor,
+    ratios: list[float],
+    class_labels=None,
+    source=None,
+) -> torch.Tensor:
     """[len(ratios), B, C, H, W] edited images: features at time ``s`` mixed at each ratio;
     ``source``: the input the decoded features count as encoded from (``HKD.decode``)."""
     masks = level_masks(model, band, mask)
@@ -85,7 +93,9 @@ def noised_image(image: torch.Tensor, s: float, seed: int) -> tuple[torch.Tensor
     return image + s * noise, torch.full((image.shape[0],), float(s), device=image.device)
 
 
-def reference_features(model, image: torch.Tensor, s: float, seed: int, class_labels=None) -> list[torch.Tensor]:
+def reference_features(
+    model, image: torch.Tensor, s: float, seed: int, class_labels=None
+) -> list[torch.Tensor]:
     """Features at time ``s`` of a given image: encode image + s * noise."""
     return model.encode(*noised_image(image, s, seed), class_labels)
 
@@ -106,8 +116,17 @@ def start_input(model, source: dict, s: float) -> tuple[torch.Tensor, torch.Tens
 
 
 @torch.no_grad()
-def editing_grid(model, gen: dict, ref: dict, band: tuple[float, float], mask: torch.Tensor,
-                 ratios: list[float], agnostic_ratio: float, class_labels=None, ref_class_labels=None) -> dict:
+def editing_grid(
+    model,
+    gen: dict,
+    ref: dict,
+    band: tuple[float, float],
+    mask: torch.Tensor,
+    ratios: list[float],
+    agnostic_ratio: float,
+    class_labels=None,
+    ref_class_labels=None,
+) -> dict:
     """Figure 5 for a batch of pairs: generated, reference, band edits at ``ratios`` and
     the frequency-agnostic edit (every mode) at ``agnostic_ratio``; ``gen`` / ``ref`` as
     ``start_features`` takes them, ``mask`` [H, W] in [0, 1]; a conditional model encodes
@@ -122,18 +141,29 @@ def editing_grid(model, gen: dict, ref: dict, band: tuple[float, float], mask: t
     unedited = model.decode(to_eps(model, gen_feats, s), class_labels, gen_in)
     reference = model.decode(to_eps(model, ref_feats, s), ref_labels, ref_in)
     edits = edit(model, gen_feats, ref_feats, s, band, mask, [0.0] + list(ratios), class_labels, gen_in)
-    agnostic = edit(model, gen_feats, ref_feats, s, (0.0, 1.0), mask, [agnostic_ratio], class_labels, gen_in)[0]
-    full = edit(model, gen_feats, ref_feats, s, (0.0, 1.0), torch.ones_like(mask), [1.0], ref_labels, ref_in)[0]
-    out = {"midpoint": s, "generated": unedited.cpu().numpy(), "reference": reference.cpu().numpy(),
-           "edits": edits[1:].cpu().numpy(), "agnostic": agnostic.cpu().numpy(),
-           "ratio0_equals_unedited": bool(torch.equal(edits[0], unedited)),
-           "full_mix_max_abs_diff_to_reference": float((full - reference).abs().max())}
+    agnostic = edit(model, gen_feats, ref_feats, s, (0.0, 1.0), mask, [agnostic_ratio], class_labels, gen_in)[
+        0
+    ]
+    full = edit(model, gen_feats, ref_feats, s, (0.0, 1.0), torch.ones_like(mask), [1.0], ref_labels, ref_in)[
+        0
+    ]
+    out = {
+        "midpoint": s,
+        "generated": unedited.cpu().numpy(),
+        "reference": reference.cpu().numpy(),
+        "edits": edits[1:].cpu().numpy(),
+        "agnostic": agnostic.cpu().numpy(),
+        "ratio0_equals_unedited": bool(torch.equal(edits[0], unedited)),
+        "full_mix_max_abs_diff_to_reference": float((full - reference).abs().max()),
+    }
     if agnostic_ratio in ratios:  # Figure 5's claim: the band edit keeps the generated image's structure
         band_edit = edits[1 + list(ratios).index(agnostic_ratio)]
         out["band_edit_rms_change"] = rms_per_image(band_edit - unedited)
         out["agnostic_edit_rms_change"] = rms_per_image(agnostic - unedited)
     if "noise" in gen:  # the midpoint path against the direct one-step sample T -> eps
-        out["one_step_max_abs_diff"] = float((unedited - model.sample(gen["noise"], class_labels)).abs().max())
+        out["one_step_max_abs_diff"] = float(
+            (unedited - model.sample(gen["noise"], class_labels)).abs().max()
+        )
     return out
 
 
@@ -143,6 +173,10 @@ def rms_per_image(diff: torch.Tensor) -> list[float]:
 
 def grid_rows(result: dict) -> np.ndarray:
     """[rows, cols, C, H, W]: one row per pair: generated, reference, edits..., agnostic."""
-    parts = [result["generated"][:, None], result["reference"][:, None],
-             result["edits"].transpose(1, 0, 2, 3, 4), result["agnostic"][:, None]]
+    parts = [
+        result["generated"][:, None],
+        result["reference"][:, None],
+        result["edits"].transpose(1, 0, 2, 3, 4),
+        result["agnostic"][:, None],
+    ]
     return np.concatenate(parts, axis=1)

@@ -30,8 +30,9 @@ TASKS = ("inpaint", "colourise", "upsample")
 
 _COLOUR = torch.tensor([[1.0, 1.0, 1.0], [1.0, -1.0, 0.0], [1.0, 1.0, -2.0]])
 _COLOUR = _COLOUR / _COLOUR.norm(dim=1, keepdim=True)
-_HAAR = 0.5 * torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 1.0, -1.0], [1.0, 1.0, -1.0, -1.0],
-                            [1.0, -1.0, -1.0, 1.0]])
+_HAAR = 0.5 * torch.tensor(
+    [[1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 1.0, -1.0], [1.0, 1.0, -1.0, -1.0], [1.0, -1.0, -1.0, 1.0]]
+)
 
 
 class Transform:
@@ -44,7 +45,9 @@ class Transform:
             self.omega = spatial_mask(mask, h).expand(c, h, h).clone()
         elif task == "colourise":
             if c != 3:
-                raise ValueError(f"colourisation needs RGB images, got {c} channel(s); use 'upsample' for grey data")
+                raise ValueError(
+                    f"colourisation needs RGB images, got {c} channel(s); use 'upsample' for grey data"
+                )
             self.omega = torch.ones(3, h, h)
             self.omega[0] = 0
         elif task == "upsample":
@@ -87,8 +90,9 @@ class Transform:
 
 
 @torch.no_grad()
-def restore(model, y: torch.Tensor, transform: Transform, steps: int, rho: float, seed: int,
-            class_labels=None) -> torch.Tensor:
+def restore(
+    model, y: torch.Tensor, transform: Transform, steps: int, rho: float, seed: int, class_labels=None
+) -> torch.Tensor:
     """Algorithm 4 on images ``y`` in [-1, 1] with ``steps`` noise levels from sigma_max to eps."""
     ts = edm_sigmas(steps, model.eps, model.sigma_max, rho)[:-1].tolist()
     gen = torch.Generator().manual_seed(int(seed))
@@ -101,7 +105,7 @@ def restore(model, y: torch.Tensor, transform: Transform, steps: int, rho: float
     x = y + ts[0] * noise_like(y)
     for n, t in enumerate(ts):
         if n:
-            x = x + math.sqrt(max(t * t - model.eps ** 2, 0.0)) * noise_like(x)
+            x = x + math.sqrt(max(t * t - model.eps**2, 0.0)) * noise_like(x)
         tt = torch.full((x.shape[0],), t, device=x.device)
         x = transform.impose(model(x, tt, class_labels).float(), y)
     return x

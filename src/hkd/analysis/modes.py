@@ -31,8 +31,10 @@ def band_masks(model, lo: float, hi: float) -> list[torch.Tensor]:
     [lo, hi) (``hi`` = 1 includes the largest)."""
     if not 0.0 <= lo < hi <= 1.0:
         raise ValueError(f"band [{lo}, {hi}) must satisfy 0 <= lo < hi <= 1")
-    return [((q >= lo) & ((q < hi) if hi < 1.0 else torch.ones_like(q, dtype=torch.bool))).float()
-            for q in alpha_ranks(model)]
+    return [
+        ((q >= lo) & ((q < hi) if hi < 1.0 else torch.ones_like(q, dtype=torch.bool))).float()
+        for q in alpha_ranks(model)
+    ]
 
 
 def apply_pair_masks(feats: list[torch.Tensor], masks: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -71,13 +73,16 @@ def band_decodes(model, noise: torch.Tensor, edges: list[float], class_labels=No
     source = noise_source(model, noise)
     out = {"all": model.decode(feats, class_labels, source)}
     for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
-        out[f"band{i}"] = model.decode(apply_pair_masks(feats, band_masks(model, lo, hi)), class_labels, source)
+        out[f"band{i}"] = model.decode(
+            apply_pair_masks(feats, band_masks(model, lo, hi)), class_labels, source
+        )
     return out
 
 
 @torch.no_grad()
-def cumulative_contribution(model, noise: torch.Tensor, groups: int, sigmas: list[float],
-                            class_labels=None) -> torch.Tensor:
+def cumulative_contribution(
+    model, noise: torch.Tensor, groups: int, sigmas: list[float], class_labels=None
+) -> torch.Tensor:
     """Figure 4(a): [groups + 1, len(sigmas)] share of the decoded state explained by the
     modes of the first k alpha-quantile groups (k = 0..groups) at each time s:
     1 - |D_k(s) - D_all(s)|^2 / |D_0(s) - D_all(s)|^2, where D_k decodes the latent at s with
@@ -101,5 +106,7 @@ def cumulative_contribution(model, noise: torch.Tensor, groups: int, sigmas: lis
 def bands_partition(model, edges: list[float]) -> bool:
     """Every pair of every level lies in exactly one band of ``edges``."""
     per_band = [band_masks(model, lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
-    return all(torch.equal(sum(m[level] for m in per_band), torch.ones_like(per_band[0][level]))
-               for level in range(len(per_band[0])))
+    return all(
+        torch.equal(sum(m[level] for m in per_band), torch.ones_like(per_band[0][level]))
+        for level in range(len(per_band[0]))
+    )

@@ -29,11 +29,13 @@ def compose(rows: np.ndarray, pad: int = 2) -> np.ndarray:
     for i in range(r):
         for j in range(k):
             y, x = pad + i * (h + pad), pad + j * (w + pad)
-            canvas[y:y + h, x:x + w] = img[i, j]
+            canvas[y : y + h, x : x + w] = img[i, j]
     return canvas
 
 
-def labelled_grid(rows: np.ndarray, col_labels: list[str], row_labels: list[str], title: str, path: str) -> None:
+def labelled_grid(
+    rows: np.ndarray, col_labels: list[str], row_labels: list[str], title: str, path: str
+) -> None:
     """Image grid with a label per column and per row."""
     r, k, _, h, w = rows.shape
     canvas = compose(rows)
@@ -61,8 +63,15 @@ def _finish_lines(fig, ax, xlabel: str, ylabel: str, title: str, path: str) -> N
     _save(fig, path)
 
 
-def curve_plot(x: np.ndarray, curves: dict[str, np.ndarray], xlabel: str, ylabel: str, title: str, path: str,
-               logx: bool = False) -> None:
+def curve_plot(
+    x: np.ndarray,
+    curves: dict[str, np.ndarray],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    path: str,
+    logx: bool = False,
+) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for name, y in curves.items():
         ax.plot(x, y, marker="o", ms=2.5, lw=1.2, label=name)
@@ -71,8 +80,9 @@ def curve_plot(x: np.ndarray, curves: dict[str, np.ndarray], xlabel: str, ylabel
     _finish_lines(fig, ax, xlabel, ylabel, title, path)
 
 
-def errorbar_plot(series: dict[str, tuple], xlabel: str, ylabel: str, title: str, path: str,
-                  logy: bool = False) -> None:
+def errorbar_plot(
+    series: dict[str, tuple], xlabel: str, ylabel: str, title: str, path: str, logy: bool = False
+) -> None:
     """One line with error bars per series {name: (x, y, yerr)}."""
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for name, (x, y, err) in series.items():
@@ -90,21 +100,29 @@ def spectrum_bands_plot(model, edges: list[float], path: str) -> list[dict]:
     n = len(eig)
     fig, axes = plt.subplots(1, n, figsize=(2.8 * n, 2.6), squeeze=False)
     out = []
-    for l, ((alpha, beta), q) in enumerate(zip(eig, ranks)):
+    for level, ((alpha, beta), q) in enumerate(zip(eig, ranks)):
         a, qq = alpha.flatten().numpy(), q.flatten().numpy()
         cuts = []
         for e in edges[1:-1]:
             inside = a[qq >= e]
             cuts.append(float(inside.min()) if len(inside) else float("nan"))
-        ax = axes[0][l]
+        ax = axes[0][level]
         ax.hist(a, bins=60, color="tab:blue", alpha=0.8)
         for c in cuts:
             ax.axvline(c, color="tab:red", lw=0.8)
-        ax.set_title(f"level {l}: {len(a)} pairs", fontsize=8)
+        ax.set_title(f"level {level}: {len(a)} pairs", fontsize=8)
         ax.set_xlabel("alpha", fontsize=7)
         ax.tick_params(labelsize=6)
-        out.append({"level": l, "pairs": int(len(a)), "alpha_min": float(a.min()), "alpha_max": float(a.max()),
-                    "band_edges_alpha": cuts, "abs_beta_max": float(np.abs(beta.numpy()).max())})
+        out.append(
+            {
+                "level": level,
+                "pairs": int(len(a)),
+                "alpha_min": float(a.min()),
+                "alpha_max": float(a.max()),
+                "band_edges_alpha": cuts,
+                "abs_beta_max": float(np.abs(beta.numpy()).max()),
+            }
+        )
     fig.suptitle("Koopman alpha per level; red: band edges", fontsize=9)
     _save(fig, path)
     return out

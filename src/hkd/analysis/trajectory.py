@@ -12,7 +12,7 @@ state x_s and HKD's prediction from it.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -56,14 +56,22 @@ def consistency_check(distance: np.ndarray) -> dict:
     order = np.argsort(np.argsort(distance))
     t_rank = np.arange(n)[::-1]  # columns run from T (largest t) to eps
     rho = float(np.corrcoef(t_rank, order)[0, 1]) if n > 1 else float("nan")
-    return {"distance_at_T": float(distance[0]), "distance_near_eps": float(distance[-1]),
-            "small_near_eps": bool(distance[-1] < distance[0]), "spearman_t_vs_distance": rho,
-            "grows_with_t": bool(rho > 0)}
+    return {
+        "distance_at_T": float(distance[0]),
+        "distance_near_eps": float(distance[-1]),
+        "small_near_eps": bool(distance[-1] < distance[0]),
+        "spearman_t_vs_distance": rho,
+        "grows_with_t": bool(rho > 0),
+    }
 
 
 @torch.no_grad()
 def latent_trajectory(model, noise: torch.Tensor, sigmas: list[float], class_labels=None) -> torch.Tensor:
     """[len(sigmas), B, C, H, W]: decode(evolve(encode(x_T), T -> s)) for each time s."""
     source = noise_source(model, noise)
-    return torch.stack([model.decode(features_at(model, noise, s, class_labels), class_labels, source).float()
-                        for s in sigmas])
+    return torch.stack(
+        [
+            model.decode(features_at(model, noise, s, class_labels), class_labels, source).float()
+            for s in sigmas
+        ]
+    )

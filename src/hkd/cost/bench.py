@@ -41,14 +41,21 @@ WORKLOADS = {
 def cost_keys(cfg: dict) -> dict:
     """The settings a workload's cost depends on: two configs with the same keys share a
     benchmark (e.g. configs/study.yaml and the default it extends)."""
-    return {"data": {k: cfg["data"][k] for k in ("source", "resolution")},
-            "network": {k: v for k, v in cfg["network"].items() if k != "label_dim"},
-            "batches": {"teacher": cfg["teacher"].get("batch_size"), "trajectories": cfg["trajectories"]["batch_size"],
-                        "hkd": cfg["hkd"]["batch_size"], "hkd_micro": cfg["hkd"]["micro_batch"],
-                        "sample": cfg["sample"]["batch_size"],
-                        "classifier": cfg["evaluate"].get("classifier_batch_size")},
-            "precision": cfg["precision"], "compile": cfg["compile"],
-            "feature_extractor": cfg["evaluate"]["feature_extractor"]}
+    return {
+        "data": {k: cfg["data"][k] for k in ("source", "resolution")},
+        "network": {k: v for k, v in cfg["network"].items() if k != "label_dim"},
+        "batches": {
+            "teacher": cfg["teacher"].get("batch_size"),
+            "trajectories": cfg["trajectories"]["batch_size"],
+            "hkd": cfg["hkd"]["batch_size"],
+            "hkd_micro": cfg["hkd"]["micro_batch"],
+            "sample": cfg["sample"]["batch_size"],
+            "classifier": cfg["evaluate"].get("classifier_batch_size"),
+        },
+        "precision": cfg["precision"],
+        "compile": cfg["compile"],
+        "feature_extractor": cfg["evaluate"]["feature_extractor"],
+    }
 
 
 def cost_digest(cfg: dict) -> str:
@@ -59,13 +66,25 @@ def _random_dataset(cfg: dict, path: Path, count: int) -> str:
     """A data-stage file of random images in the config's shape (costs only)."""
     from hkd.config import SOURCE_CHANNELS
 
-    shape = (count, SOURCE_CHANNELS[cfg["data"]["source"]], cfg["data"]["resolution"], cfg["data"]["resolution"])
+    shape = (
+        count,
+        SOURCE_CHANNELS[cfg["data"]["source"]],
+        cfg["data"]["resolution"],
+        cfg["data"]["resolution"],
+    )
     rng = np.random.default_rng(0)
     label_dim = cfg["network"]["label_dim"]
     labels = rng.integers(0, label_dim, count) if label_dim else np.full(count, -1, np.int64)
     images = rng.integers(0, 256, shape, dtype=np.uint8)
-    save_npz(path, train_images=images, train_labels=labels, heldout_images=images[:1], heldout_labels=labels[:1],
-             train_index=np.arange(count), heldout_index=np.arange(1))
+    save_npz(
+        path,
+        train_images=images,
+        train_labels=labels,
+        heldout_images=images[:1],
+        heldout_labels=labels[:1],
+        train_index=np.arange(count),
+        heldout_index=np.arange(1),
+    )
     return str(path)
 
 
@@ -96,10 +115,16 @@ def _teacher_train(cfg, device, dtype, steps, tmp):
     cfg["teacher"]["kimg"] = (steps + 2) * batch / 1000
     data = _random_dataset(cfg, tmp / "images.npz", 2 * batch)
     t0 = time.perf_counter()
-    stats = train_teacher(cfg, data, str(tmp / "t.pt"), str(tmp / "tb-t"), device, dtype, stop_after=steps + 1)
+    stats = train_teacher(
+        cfg, data, str(tmp / "t.pt"), str(tmp / "tb-t"), device, dtype, stop_after=steps + 1
+    )
     total = time.perf_counter() - t0
     per_step = stats["seconds_after_first_step"] / steps
-    return {"rate": batch / per_step, "batch": batch, "first_call_seconds": total - stats["seconds_after_first_step"]}
+    return {
+        "rate": batch / per_step,
+        "batch": batch,
+        "first_call_seconds": total - stats["seconds_after_first_step"],
+    }
 
 
 def _denoiser(cfg, device, dtype, steps, tmp):
@@ -109,8 +134,12 @@ def _denoiser(cfg, device, dtype, steps, tmp):
     teacher = _random_teacher(cfg, tmp, device)
     batch = cfg["trajectories"]["batch_size"]
     denoise = make_denoiser(teacher, device, dtype, compile=cfg["compile"])
-    noise, labels = seeded_inputs(range(batch), (teacher.img_channels, teacher.img_resolution,
-                                                 teacher.img_resolution), teacher.label_dim, device)
+    noise, labels = seeded_inputs(
+        range(batch),
+        (teacher.img_channels, teacher.img_resolution, teacher.img_resolution),
+        teacher.label_dim,
+        device,
+    )
     onehot = one_hot(labels, teacher.label_dim)
     sigma = torch.full((batch,), 2.0, device=device, dtype=torch.float64)
     first, per_call = _timed_calls(lambda: _sync(denoise(noise * 2.0, sigma, onehot)), steps)
@@ -126,14 +155,28 @@ def _hkd_train(cfg, device, dtype, steps, tmp):
     tcfg = cfg["trajectories"]
     tcfg.update(count=n, shard_size=n, batch_size=min(tcfg["batch_size"], n))
     cfg["hkd"]["epochs"] = steps + 2  # 2 steps per epoch over these trajectories
-    generate_trajectories({**cfg, "compile": False}, teacher, str(tmp / "teacher.pt"), str(tmp / "traj"), device, dtype)
+    generate_trajectories(
+        {**cfg, "compile": False}, teacher, str(tmp / "teacher.pt"), str(tmp / "traj"), device, dtype
+    )
     t0 = time.perf_counter()
-    stats = train_hkd(cfg, teacher, str(tmp / "traj" / "manifest.json"), str(tmp / "h.pt"), str(tmp / "tb-h"),
-                      device, dtype, stop_after=steps + 1)
+    stats = train_hkd(
+        cfg,
+        teacher,
+        str(tmp / "traj" / "manifest.json"),
+        str(tmp / "h.pt"),
+        str(tmp / "tb-h"),
+        device,
+        dtype,
+        stop_after=steps + 1,
+    )
     total = time.perf_counter() - t0
     per_step = stats["seconds_after_first_step"] / steps
-    return {"rate": stats["batch"] * stats["time_points"] / per_step, "batch": stats["batch"],
-            "time_points": stats["time_points"], "first_call_seconds": total - stats["seconds_after_first_step"]}
+    return {
+        "rate": stats["batch"] * stats["time_points"] / per_step,
+        "batch": stats["batch"],
+        "time_points": stats["time_points"],
+        "first_call_seconds": total - stats["seconds_after_first_step"],
+    }
 
 
 def _one_step(cfg, device, dtype, steps, tmp):
@@ -143,8 +186,12 @@ def _one_step(cfg, device, dtype, steps, tmp):
 
     model = build_hkd(_random_teacher(cfg, tmp, device), cfg).to(device).eval()
     batch = cfg["sample"]["batch_size"]
-    noise, labels = seeded_inputs(range(batch), (model.img_channels, model.img_resolution, model.img_resolution),
-                                  model.label_dim, device)
+    noise, labels = seeded_inputs(
+        range(batch),
+        (model.img_channels, model.img_resolution, model.img_resolution),
+        model.label_dim,
+        device,
+    )
     sample = hkd_sampler(model, device, dtype)
     first, per_call = _timed_calls(lambda: _sync(sample(noise, labels)), steps)
     return {"rate": batch / per_call, "batch": batch, "first_call_seconds": first}
@@ -168,6 +215,7 @@ def _features(cfg, device, dtype, steps, tmp):
     def call():
         with torch.no_grad():
             _sync(net(x))
+
     first, per_call = _timed_calls(call, steps)
     return {"rate": batch / per_call, "batch": batch, "first_call_seconds": first}
 
@@ -185,6 +233,7 @@ def _classifier_train(cfg, device, dtype, steps, tmp):
         opt.zero_grad()
         loss.backward()
         opt.step()
+
     first, per_call = _timed_calls(step, steps)
     return {"rate": batch / per_call, "batch": batch, "first_call_seconds": first}
 
@@ -195,8 +244,14 @@ def _sync(out):
     return out
 
 
-_MEASURE = {"teacher_train": _teacher_train, "denoiser": _denoiser, "hkd_train": _hkd_train,
-            "one_step": _one_step, "features": _features, "classifier_train": _classifier_train}
+_MEASURE = {
+    "teacher_train": _teacher_train,
+    "denoiser": _denoiser,
+    "hkd_train": _hkd_train,
+    "one_step": _one_step,
+    "features": _features,
+    "classifier_train": _classifier_train,
+}
 
 
 def workloads_of(cfg: dict) -> list[str]:
@@ -220,27 +275,49 @@ def measure_one(cfg: dict, workload: str, steps: int, threads: int | None) -> di
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory(prefix="hkd-bench-") as tmp:
         out = _MEASURE[workload](cfg, device, dtype, steps, Path(tmp))
-    out.update(unit=WORKLOADS[workload][0], steps=steps,
-               peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-               peak_gpu_bytes=torch.cuda.max_memory_allocated() if device.type == "cuda" else None)
+    out.update(
+        unit=WORKLOADS[workload][0],
+        steps=steps,
+        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        peak_gpu_bytes=torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
+    )
     return out
 
 
-def isolated_command(config_file: str, workload: str, steps: int, threads: int | None, device: str | None,
-                     result: Path) -> tuple[list[str], dict]:
+def isolated_command(
+    config_file: str, workload: str, steps: int, threads: int | None, device: str | None, result: Path
+) -> tuple[list[str], dict]:
     """(command, environment) of ``measure_one`` in a fresh process (``hkd bench --only``)
     that writes its JSON to ``result``, compiling into an empty cache beside it, so that the
     first call costs what it costs on a fresh machine."""
-    cmd = [sys.executable, "-m", "hkd", "bench", "--config", config_file, "--only", workload,
-           "--steps", str(steps), "--result", str(result)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hkd",
+        "bench",
+        "--config",
+        config_file,
+        "--only",
+        workload,
+        "--steps",
+        str(steps),
+        "--result",
+        str(result),
+    ]
     cmd += ["--threads", str(threads)] if threads else []
     cmd += ["--device", device] if device else []
-    env = dict(os.environ, TQDM_DISABLE="1", HKD_NO_PROGRESS="1",
-               TORCHINDUCTOR_CACHE_DIR=str(result.parent / f"inductor-{result.stem}"))
+    env = dict(
+        os.environ,
+        TQDM_DISABLE="1",
+        HKD_NO_PROGRESS="1",
+        TORCHINDUCTOR_CACHE_DIR=str(result.parent / f"inductor-{result.stem}"),
+    )
     return cmd, env
 
 
-def _run_isolated(config_file: str, workload: str, steps: int, threads: int | None, device: str | None) -> dict:
+def _run_isolated(
+    config_file: str, workload: str, steps: int, threads: int | None, device: str | None
+) -> dict:
     """``measure_one`` in a fresh process, its JSON read back."""
     with tempfile.TemporaryDirectory(prefix="hkd-bench-") as tmp:
         out = Path(tmp) / "result.json"
@@ -259,8 +336,14 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def bench_config(cfg: dict, config_file: str, steps: int, threads: int | None, device: str | None,
-                 workloads: list[str] | None = None) -> dict:
+def bench_config(
+    cfg: dict,
+    config_file: str,
+    steps: int,
+    threads: int | None,
+    device: str | None,
+    workloads: list[str] | None = None,
+) -> dict:
     """Every workload of a config, each in its own process, with where and when it ran."""
     from hkd.runtime import device_name, pick_device, resolve_precision
 
@@ -269,18 +352,27 @@ def bench_config(cfg: dict, config_file: str, steps: int, threads: int | None, d
     for w in workloads or workloads_of(cfg):
         print(f"bench: {w} ...", flush=True)
         results[w] = _run_isolated(config_file, w, steps, threads, device)
-        print(f"bench: {w}: {results[w]['rate']:.1f} {results[w]['unit']}, first call "
-              f"{results[w]['first_call_seconds']:.1f} s, peak RSS {results[w]['peak_rss_bytes'] / 2**20:.0f} MiB",
-              flush=True)
-    return {"measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "config": config_file, "device_kind": dev.type, "device": device_name(dev), "cpu": cpu_model(),
-            "cores": os.cpu_count(), "threads": threads or torch.get_num_threads(),
-            "torch": torch.__version__, "precision": str(resolve_precision(cfg["precision"], dev)),
-            "cost_keys": cost_keys(cfg), "cost_digest": cost_digest(cfg), "workloads": results}
+        print(
+            f"bench: {w}: {results[w]['rate']:.1f} {results[w]['unit']}, first call "
+            f"{results[w]['first_call_seconds']:.1f} s, peak RSS {results[w]['peak_rss_bytes'] / 2**20:.0f} MiB",
+            flush=True,
+        )
+    return {
+        "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": config_file,
+        "device_kind": dev.type,
+        "device": device_name(dev),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "threads": threads or torch.get_num_threads(),
+        "torch": torch.__version__,
+        "precision": str(resolve_precision(cfg["precision"], dev)),
+        "cost_keys": cost_keys(cfg),
+        "cost_digest": cost_digest(cfg),
+        "workloads": results,
+    }
 
 
 def default_path(cfg: dict, device_kind: str, root: str | Path = "benchmarks") -> Path:
     """benchmarks/<cost digest>-<cpu|cuda>.json: where ``hkd plan`` looks for a config's numbers."""
     return Path(root) / f"{cost_digest(cfg)}-{device_kind}.json"
-
-

@@ -12,16 +12,23 @@ COMMANDS = ("bench", "plan")
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("bench", help="measure every network workload of a config on this machine "
-                                     "(throughput, first-call time, peak memory) and store it for `hkd plan`")
+    p = sub.add_parser(
+        "bench",
+        help="measure every network workload of a config on this machine "
+        "(throughput, first-call time, peak memory) and store it for `hkd plan`",
+    )
     p.add_argument("--config", required=True, help="run configuration (YAML)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the config's device)")
     p.add_argument("--steps", type=int, default=10, help="timed calls of each workload after the first")
-    p.add_argument("--out", default=None, help="JSON to write (default: benchmarks/<cost digest>-<device>.json)")
+    p.add_argument(
+        "--out", default=None, help="JSON to write (default: benchmarks/<cost digest>-<device>.json)"
+    )
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
-    p = sub.add_parser("plan", help="each job's files, disk, memory and time for a config, from stored benchmarks")
+    p = sub.add_parser(
+        "plan", help="each job's files, disk, memory and time for a config, from stored benchmarks"
+    )
     p.add_argument("--config", required=True, help="run configuration (YAML)")
     p.add_argument("--benchmarks", default="benchmarks", help="folder of `hkd bench` results")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")

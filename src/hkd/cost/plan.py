@@ -29,13 +29,13 @@ SMALL = 64 * 1024
 
 @dataclass
 class Job:
-    name: str                       # the Snakemake rule and its variant / shard
+    name: str  # the Snakemake rule and its variant / shard
     stage: str
-    files: dict = field(default_factory=dict)   # path -> estimated bytes (None: small)
-    work: dict = field(default_factory=dict)    # workload -> units of its rate
+    files: dict = field(default_factory=dict)  # path -> estimated bytes (None: small)
+    work: dict = field(default_factory=dict)  # workload -> units of its rate
     compiles: list = field(default_factory=list)  # workloads whose first call this job pays
-    held_bytes: int = 0             # arrays the stage keeps in memory beside the workload's own
-    inputs: set = field(default_factory=set)     # files it reads (its place in the DAG)
+    held_bytes: int = 0  # arrays the stage keeps in memory beside the workload's own
+    inputs: set = field(default_factory=set)  # files it reads (its place in the DAG)
 
 
 def _image_values(cfg: dict) -> int:
@@ -64,8 +64,11 @@ def network_bytes(cfg: dict) -> dict:
     with torch.device("meta"):
         teacher = EDMPrecond(**teacher_kwargs(cfg))
         hkd = build_hkd(teacher, cfg)
-        return {"teacher": _state_bytes(teacher), "hkd": _state_bytes(hkd),
-                "classifier": _state_bytes(DigitClassifier())}
+        return {
+            "teacher": _state_bytes(teacher),
+            "hkd": _state_bytes(hkd),
+            "classifier": _state_bytes(DigitClassifier()),
+        }
 
 
 def _npz(*arrays: tuple[int, int]) -> int:
@@ -117,9 +120,14 @@ def _sizes(cfg: dict, nets: dict) -> dict:
         "classifier": nets["classifier"],
         "teacher": nets["teacher"],
         "shard": _npz((min(shard, cfg["trajectories"]["count"]) * _stored_states(cfg) * v, 2)),
-        "hkd": nets["hkd"], "variant_hkd": nets["hkd"],
-        "hkd_snapshots": nets["hkd"], "variant_snapshots": nets["hkd"],
-        "samples_teacher": samples, "samples_hkd": samples, "samples_teacher_nfe": samples, "variant_samples": samples,
+        "hkd": nets["hkd"],
+        "variant_hkd": nets["hkd"],
+        "hkd_snapshots": nets["hkd"],
+        "variant_snapshots": nets["hkd"],
+        "samples_teacher": samples,
+        "samples_hkd": samples,
+        "samples_teacher_nfe": samples,
+        "variant_samples": samples,
     }
 
 
@@ -130,8 +138,12 @@ def _jobs_of_run(cfg: dict, prefix: str, sizes: dict) -> list[Job]:
             continue
         for variant in pipeline.run_variants(cfg) if stage.per_variant else [None]:
             name = prefix + stage.name + (f"[{variant}]" if variant else "")
-            job = Job(name, stage.name, _files(cfg, stage.name, variant, sizes),
-                      inputs=_flat(pipeline.stage_inputs(cfg, stage.name, variant)))
+            job = Job(
+                name,
+                stage.name,
+                _files(cfg, stage.name, variant, sizes),
+                inputs=_flat(pipeline.stage_inputs(cfg, stage.name, variant)),
+            )
             _fill(job, cfg, variant)
             jobs.extend(_split_shards(job, cfg, sizes) if stage.name == "trajectories" else [job])
     return jobs
@@ -146,7 +158,9 @@ def _fill(job: Job, cfg: dict, variant: str | None) -> None:
     st, e = job.stage, cfg["evaluate"]
     count, ref = cfg["sample"]["count"], _reference_count(cfg)
     if st == "classifier":
-        job.work = {"classifier_train": e["classifier_epochs"] * (cfg["data"]["count"] - cfg["data"]["heldout"])}
+        job.work = {
+            "classifier_train": e["classifier_epochs"] * (cfg["data"]["count"] - cfg["data"]["heldout"])
+        }
     elif st == "teacher" and cfg["teacher"]["source"] == "train":
         job.work, job.compiles = {"teacher_train": cfg["teacher"]["kimg"] * 1000}, ["teacher_train"]
     elif st in ("hkd_train", "variant_train"):
@@ -159,8 +173,11 @@ def _fill(job: Job, cfg: dict, variant: str | None) -> None:
     elif st == "evaluate":
         rows = 2 + len(cfg["sample"]["extra_teacher_nfe"]) + ("no_koopman" in cfg["ablations"])
         thr = e["throughput_batch"] * (e["throughput_repeats"] + 1)
-        job.work = {"features": ref + cfg["data"]["heldout"] + rows * count, "denoiser": thr * _nfe(cfg),
-                    "one_step": thr}
+        job.work = {
+            "features": ref + cfg["data"]["heldout"] + rows * count,
+            "denoiser": thr * _nfe(cfg),
+            "one_step": thr,
+        }
         job.held_bytes = (rows + 1) * count * _image_values(cfg) * 4
     elif st == "variant_evaluate":
         job.work = {"features": ref + count, "one_step": count}
@@ -180,9 +197,17 @@ def _split_shards(job: Job, cfg: dict, sizes: dict) -> list[Job]:
     shards = []
     for k, path in enumerate(pipeline.trajectory_shard_paths(cfg)):
         n = min(t["shard_size"], t["count"] - k * t["shard_size"])
-        shards.append(Job(job.name.replace("trajectories", "trajectory_shard") + f"[{k}]", "trajectories",
-                          {path: sizes["shard"] * n // min(t["shard_size"], t["count"])},
-                          {"denoiser": n * _nfe(cfg)}, ["denoiser"], sizes["shard"], job.inputs))
+        shards.append(
+            Job(
+                job.name.replace("trajectories", "trajectory_shard") + f"[{k}]",
+                "trajectories",
+                {path: sizes["shard"] * n // min(t["shard_size"], t["count"])},
+                {"denoiser": n * _nfe(cfg)},
+                ["denoiser"],
+                sizes["shard"],
+                job.inputs,
+            )
+        )
     return shards + [Job(job.name, "trajectories", job.files, inputs={p for s in shards for p in s.files})]
 
 
@@ -199,8 +224,11 @@ def _newest(cfg: dict, root: str | Path, pattern: str, **match) -> dict | None:
     """The newest stored result under ``root`` matching ``pattern`` for this config's cost
     settings (and the ``match`` fields)."""
     digest = cost_digest(cfg)
-    found = [b for b in (json.loads(p.read_text()) for p in Path(root).glob(pattern))
-             if b.get("cost_digest") == digest and all(b.get(k) == v for k, v in match.items())]
+    found = [
+        b
+        for b in (json.loads(p.read_text()) for p in Path(root).glob(pattern))
+        if b.get("cost_digest") == digest and all(b.get(k) == v for k, v in match.items())
+    ]
     return max(found, key=lambda b: b["measured"]) if found else None
 
 
@@ -217,13 +245,19 @@ def job_seconds(job: Job, bench: dict, speed: dict | None = None) -> float:
     if missing:
         raise KeyError(f"benchmark of {bench['config']} has no {missing}")
     speed = speed or {}
-    return (STARTUP_SECONDS + sum(units / (w[k]["rate"] * speed.get(k, 1.0)) for k, units in job.work.items())
-            + sum(w[k]["first_call_seconds"] for k in job.compiles))
+    return (
+        STARTUP_SECONDS
+        + sum(units / (w[k]["rate"] * speed.get(k, 1.0)) for k, units in job.work.items())
+        + sum(w[k]["first_call_seconds"] for k in job.compiles)
+    )
 
 
 def job_memory(job: Job, bench: dict, key: str) -> int | None:
-    peaks = [bench["workloads"][k][key] for k in set(job.work) | set(job.compiles)
-             if bench["workloads"][k].get(key) is not None]
+    peaks = [
+        bench["workloads"][k][key]
+        for k in set(job.work) | set(job.compiles)
+        if bench["workloads"][k].get(key) is not None
+    ]
     return (max(peaks) + job.held_bytes) if peaks else None
 
 
@@ -234,32 +268,53 @@ def plan(cfg: dict, root: str | Path = "benchmarks") -> dict:
     benches = {kind: find_benchmark(cfg, kind, root) for kind in ("cpu", "cuda")}
     rows, planned = [], jobs(cfg)
     for job in planned:
-        row = {"job": job.name, "files": job.files,
-               "disk_bytes": sum(v for v in job.files.values() if v)}
+        row = {"job": job.name, "files": job.files, "disk_bytes": sum(v for v in job.files.values() if v)}
         for kind, bench in benches.items():
             if bench is not None:
-                row[kind] = {"seconds": job_seconds(job, bench),
-                             "peak_ram_bytes": job_memory(job, bench, "peak_rss_bytes"),
-                             "peak_gpu_bytes": job_memory(job, bench, "peak_gpu_bytes") if kind == "cuda" else None}
+                row[kind] = {
+                    "seconds": job_seconds(job, bench),
+                    "peak_ram_bytes": job_memory(job, bench, "peak_rss_bytes"),
+                    "peak_gpu_bytes": job_memory(job, bench, "peak_gpu_bytes") if kind == "cuda" else None,
+                }
         rows.append(row)
     total = {"disk_bytes": sum(r["disk_bytes"] for r in rows)}
     for kind, bench in benches.items():
         if bench is not None:
             seconds = [r[kind]["seconds"] for r in rows]
-            total[kind] = {"seconds": sum(seconds), "peak_ram_bytes": max(r[kind]["peak_ram_bytes"] or 0 for r in rows),
-                           "threads_per_job": bench["threads"],
-                           "elapsed_seconds_by_cores": {c: elapsed_seconds(planned, seconds, c, bench["threads"])
-                                                        for c in ELAPSED_CORES if c >= bench["threads"]}}
+            total[kind] = {
+                "seconds": sum(seconds),
+                "peak_ram_bytes": max(r[kind]["peak_ram_bytes"] or 0 for r in rows),
+                "threads_per_job": bench["threads"],
+                "elapsed_seconds_by_cores": {
+                    c: elapsed_seconds(planned, seconds, c, bench["threads"])
+                    for c in ELAPSED_CORES
+                    if c >= bench["threads"]
+                },
+            }
             scaling = find_thread_scaling(cfg, root) if kind == "cpu" else None
             if scaling is not None:
-                total[kind]["rules_threads"] = {"measured": scaling["measured"], "elapsed_seconds_by_cores": {
-                    c: rules_elapsed_seconds(cfg, planned, bench, scaling, c) for c in ELAPSED_CORES}}
+                total[kind]["rules_threads"] = {
+                    "measured": scaling["measured"],
+                    "elapsed_seconds_by_cores": {
+                        c: rules_elapsed_seconds(cfg, planned, bench, scaling, c) for c in ELAPSED_CORES
+                    },
+                }
             if "teacher_train" in bench["workloads"]:
                 w = bench["workloads"]["teacher_train"]
                 total[kind]["teacher_step_seconds"] = w["batch"] / w["rate"]
-    return {"digest": cost_digest(cfg), "jobs": rows, "total": total,
-            "benchmarks": {k: ({key: b[key] for key in ("measured", "device", "cpu", "threads", "config", "torch")}
-                               if b else None) for k, b in benches.items()}}
+    return {
+        "digest": cost_digest(cfg),
+        "jobs": rows,
+        "total": total,
+        "benchmarks": {
+            k: (
+                {key: b[key] for key in ("measured", "device", "cpu", "threads", "config", "torch")}
+                if b
+                else None
+            )
+            for k, b in benches.items()
+        },
+    }
 
 
 def elapsed_seconds(jobs: list[Job], seconds: list[float], cores: int, threads: int | list[int]) -> float:
@@ -274,7 +329,12 @@ def elapsed_seconds(jobs: list[Job], seconds: list[float], cores: int, threads: 
     while len(done_at) < len(jobs):
         started = {i for _, i in running}
         for i in range(len(jobs)):
-            if i not in done_at and i not in started and free >= needs[i] and all(d in done_at for d in deps[i]):
+            if (
+                i not in done_at
+                and i not in started
+                and free >= needs[i]
+                and all(d in done_at for d in deps[i])
+            ):
                 running.append((now + seconds[i], i))
                 free -= needs[i]
                 started.add(i)
@@ -290,7 +350,9 @@ def find_thread_scaling(cfg: dict, root: str | Path = "benchmarks") -> dict | No
     return _newest(cfg, root, "threads-*-cpu.json")
 
 
-def rules_elapsed_seconds(cfg: dict, planned: list[Job], bench: dict, scaling: dict, cores: int) -> float | None:
+def rules_elapsed_seconds(
+    cfg: dict, planned: list[Job], bench: dict, scaling: dict, cores: int
+) -> float | None:
     """Wall time on ``cores`` with the threads the rules give each job (pipeline.rule_threads),
     a job's work slowed or sped up by the rate its workloads reached in the thread benchmark
     at that many threads with every core busy, relative to one job with the benchmark's
@@ -335,14 +397,22 @@ def _time(s: float) -> str:
 def format_plan(p: dict, config_file: str) -> str:
     lines = [f"plan of {config_file} (cost settings {p['digest']})"]
     for kind, b in p["benchmarks"].items():
-        lines.append(f"  {kind}: " + (f"throughputs measured {b['measured']} on {b['device']} ({b['cpu']}), "
-                                      f"{b['threads']} threads, torch {b['torch']}" if b else
-                                      f"no stored benchmark; run `hkd bench --config {config_file} --device {kind}` "
-                                      f"there to time this plan"))
+        lines.append(
+            f"  {kind}: "
+            + (
+                f"throughputs measured {b['measured']} on {b['device']} ({b['cpu']}), "
+                f"{b['threads']} threads, torch {b['torch']}"
+                if b
+                else f"no stored benchmark; run `hkd bench --config {config_file} --device {kind}` "
+                f"there to time this plan"
+            )
+        )
     head = f"  {'job':48s} {'disk':>10s}"
     kinds = [k for k, b in p["benchmarks"].items() if b]
     for kind in kinds:
-        head += f" {kind + ' time':>12s} {kind + ' RAM':>10s}" + (f" {'GPU mem':>10s}" if kind == "cuda" else "")
+        head += f" {kind + ' time':>12s} {kind + ' RAM':>10s}" + (
+            f" {'GPU mem':>10s}" if kind == "cuda" else ""
+        )
     lines.append(head)
     for r in p["jobs"]:
         line = f"  {r['job'][:48]:48s} {_size(r['disk_bytes'] or None):>10s}"
@@ -357,17 +427,25 @@ def format_plan(p: dict, config_file: str) -> str:
     lines.append(total)
     for kind in kinds:
         t_kind = t[kind]
-        lines.append(f"  {kind}: computed wall time of all, {t_kind['threads_per_job']} threads per job, jobs side "
-                     "by side where the DAG allows (assumes they do not slow each other): "
-                     + ", ".join(f"{c} cores {_time(s)}" for c, s in t_kind["elapsed_seconds_by_cores"].items()))
+        lines.append(
+            f"  {kind}: computed wall time of all, {t_kind['threads_per_job']} threads per job, jobs side "
+            "by side where the DAG allows (assumes they do not slow each other): "
+            + ", ".join(f"{c} cores {_time(s)}" for c, s in t_kind["elapsed_seconds_by_cores"].items())
+        )
         rules = t_kind.get("rules_threads")
         if rules:
             known = {c: v for c, v in rules["elapsed_seconds_by_cores"].items() if v is not None}
-            lines.append(f"  {kind}: with the threads the rules give each job, scaled by the thread benchmark of "
-                         f"{rules['measured']}: " + (", ".join(f"{c} cores {_time(v)}" for c, v in known.items())
-                                                     or "no core count whose layouts were all measured"))
+            lines.append(
+                f"  {kind}: with the threads the rules give each job, scaled by the thread benchmark of "
+                f"{rules['measured']}: "
+                + (
+                    ", ".join(f"{c} cores {_time(v)}" for c, v in known.items())
+                    or "no core count whose layouts were all measured"
+                )
+            )
         if "teacher_step_seconds" in t_kind:
-            lines.append(f"  {kind}: the teacher training step took {t_kind['teacher_step_seconds']:.2f} s when measured "
-                         "(this machine's speed varies from day to day; scale by your own step time)")
+            lines.append(
+                f"  {kind}: the teacher training step took {t_kind['teacher_step_seconds']:.2f} s when measured "
+                "(this machine's speed varies from day to day; scale by your own step time)"
+            )
     return "\n".join(lines)
-

@@ -26,9 +26,12 @@ META = "batches.meta"
 #: ``_codecs.encode``, with which protocol-2 pickles written by Python 3 store bytes)
 _ALLOWED_GLOBALS = {
     ("_codecs", "encode"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
 }
 
 
@@ -98,6 +101,7 @@ def read_archive(path: str | Path) -> dict[str, np.ndarray | list[str]]:
     return {
         "train_images": np.concatenate([x for x, _ in train]),
         "train_labels": np.concatenate([y for _, y in train]),
-        "test_images": test_images, "test_labels": test_labels,
+        "test_images": test_images,
+        "test_labels": test_labels,
         "label_names": names,
     }

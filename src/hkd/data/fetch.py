@@ -28,7 +28,9 @@ def _md5_mismatch(path: Path, md5: str | None) -> str | None:
     return None if actual == expected else f"md5 {actual}, expected {expected}"
 
 
-def verify_md5(path: str | os.PathLike, md5: str | None, what: str = "file", label: str | None = None) -> None:
+def verify_md5(
+    path: str | os.PathLike, md5: str | None, what: str = "file", label: str | None = None
+) -> None:
     """Raise naming ``path`` (or ``label``) when it is missing or its md5 differs from ``md5``
     (None: skip the checksum)."""
     path = Path(path)

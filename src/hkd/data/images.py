@@ -68,8 +68,10 @@ def _decode(raw: bytes, where: str, resolution: int) -> np.ndarray:
     except Exception as exc:
         raise ValueError(f"{where}: not a readable image ({exc})") from exc
     if img.width != img.height:
-        raise ValueError(f"{where}: image is {img.width}x{img.height}; only square images are read "
-                         "(crop them first, e.g. with EDM's dataset_tool.py --transform=center-crop)")
+        raise ValueError(
+            f"{where}: image is {img.width}x{img.height}; only square images are read "
+            "(crop them first, e.g. with EDM's dataset_tool.py --transform=center-crop)"
+        )
     if img.width != resolution:
         img = img.resize((resolution, resolution), Image.LANCZOS)
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
@@ -98,11 +100,15 @@ def read_image_dataset(path: str | Path, resolution: int, max_images: int | None
                 try:
                     table = {str(n): int(v) for n, v in meta["labels"]}
                 except (TypeError, ValueError) as exc:
-                    raise ValueError(f"{src.path}: dataset.json 'labels' must be [name, integer] pairs ({exc})") from exc
+                    raise ValueError(
+                        f"{src.path}: dataset.json 'labels' must be [name, integer] pairs ({exc})"
+                    ) from exc
                 missing = [n for n in names if n not in table]
                 if missing:
-                    raise ValueError(f"{src.path}: dataset.json has no label for {missing[0]}"
-                                     f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}")
+                    raise ValueError(
+                        f"{src.path}: dataset.json has no label for {missing[0]}"
+                        f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}"
+                    )
                 labels = np.asarray([table[n] for n in names], dtype=np.int64)
         images = np.stack([_decode(src.read(n), f"{src.path}:{n}", resolution) for n in names])
     finally:

@@ -12,18 +12,23 @@ def koopman_exponents(model) -> dict[str, dict[str, float]]:
     can hide a wide random walk, which std and the 5 / 95 % quantiles show."""
     span = abs(model.sigma_max - model.eps) / model.time_unit
     out = {}
-    for l, (a, b) in enumerate(model.koopman.eigenvalues()):
+    for level, (a, b) in enumerate(model.koopman.eigenvalues()):
         for name, v in (("alpha_dt", a.flatten() * span), ("beta_dt", b.flatten() * span)):
             q05, q95 = torch.quantile(v.double(), torch.tensor([0.05, 0.95], dtype=torch.float64)).tolist()
-            out[f"{name}_level{l}"] = {"mean": v.mean().item(), "std": v.std().item(), "q05": q05, "q95": q95}
+            out[f"{name}_level{level}"] = {
+                "mean": v.mean().item(),
+                "std": v.std().item(),
+                "q05": q05,
+                "q95": q95,
+            }
     return out
 
 
 def log_koopman(writer, model, step: int) -> None:
     """Tensorboard: mean alpha and |beta| per level and the spread of the T -> eps exponents."""
-    for l, (a, be) in enumerate(model.koopman.eigenvalues()):
-        writer.add_scalar(f"koopman/alpha_mean_level{l}", a.mean().item(), step)
-        writer.add_scalar(f"koopman/abs_beta_mean_level{l}", be.abs().mean().item(), step)
+    for level, (a, be) in enumerate(model.koopman.eigenvalues()):
+        writer.add_scalar(f"koopman/alpha_mean_level{level}", a.mean().item(), step)
+        writer.add_scalar(f"koopman/abs_beta_mean_level{level}", be.abs().mean().item(), step)
     for name, stats in koopman_exponents(model).items():
         for stat in ("std", "q05", "q95"):
             writer.add_scalar(f"koopman_T/{name}_{stat}", stats[stat], step)

@@ -33,21 +33,28 @@ from torch import nn
 from hkd.koopman.operators import KoopmanOperators
 from hkd.nn.precond import EDMPrecond, edm_coefficients
 
-
 #: the decoder parametrisations (config key hkd.decoder); ``paper`` is the paper's reading
 DECODERS = ("paper", "sigma_max", "boundary")
 
 
 def boundary_coefficients(sigma: torch.Tensor, eps: float, sigma_data: float):
     """(c_skip, c_out) of the consistency-model parametrisation: c_skip(eps) = 1, c_out(eps) = 0."""
-    c_skip = sigma_data ** 2 / ((sigma - eps) ** 2 + sigma_data ** 2)
-    c_out = (sigma - eps) * sigma_data / (sigma ** 2 + sigma_data ** 2).sqrt()
+    c_skip = sigma_data**2 / ((sigma - eps) ** 2 + sigma_data**2)
+    c_out = (sigma - eps) * sigma_data / (sigma**2 + sigma_data**2).sqrt()
     return c_skip, c_out
 
 
 class HKD(nn.Module):
-    def __init__(self, teacher: EDMPrecond, eps: float, sigma_max: float, time_unit: float = 1.0,
-                 koopman: bool = True, hierarchy: bool = True, decoder: str = "paper"):
+    def __init__(
+        self,
+        teacher: EDMPrecond,
+        eps: float,
+        sigma_max: float,
+        time_unit: float = 1.0,
+        koopman: bool = True,
+        hierarchy: bool = True,
+        decoder: str = "paper",
+    ):
         super().__init__()
         self.unet = copy.deepcopy(teacher.model).train().requires_grad_(True)
         self.sigma_data = float(teacher.sigma_data)
@@ -61,18 +68,24 @@ class HKD(nn.Module):
             raise ValueError(f"unknown decoder parametrisation {decoder!r}; one of {DECODERS}")
         self.decoder = decoder
         #: constructor arguments besides the teacher, stored in checkpoints to rebuild the model
-        self.init_kwargs = {"eps": self.eps, "sigma_max": self.sigma_max, "time_unit": self.time_unit,
-                            "koopman": bool(koopman), "hierarchy": bool(hierarchy), "decoder": decoder}
+        self.init_kwargs = {
+            "eps": self.eps,
+            "sigma_max": self.sigma_max,
+            "time_unit": self.time_unit,
+            "koopman": bool(koopman),
+            "hierarchy": bool(hierarchy),
+            "decoder": decoder,
+        }
         self.koopman = KoopmanOperators(self.unet.skip_channels, self.unet.skip_resolutions)
         n = self.koopman.num_levels
         #: levels whose features evolve in time (all; the bottleneck alone; none)
         self.evolved_levels = list(range(n)) if hierarchy else [n - 1]
         if not koopman:
             self.evolved_levels = []
-        for l in range(n):
-            if l not in self.evolved_levels:
-                self.koopman.alpha[l].requires_grad_(False)
-                self.koopman.beta[l].requires_grad_(False)
+        for level in range(n):
+            if level not in self.evolved_levels:
+                self.koopman.alpha[level].requires_grad_(False)
+                self.koopman.beta[level].requires_grad_(False)
         if self.unet.map_augment is not None:  # HKD never passes augmentation labels
             self.unet.map_augment.requires_grad_(False)
 
@@ -126,16 +139,28 @@ class HKD(nn.Module):
 def build_hkd(teacher: EDMPrecond, cfg: dict) -> HKD:
     """The untrained HKD of a run's config (edm: and hkd: sections), teacher-initialised."""
     hk, edm = cfg["hkd"], cfg["edm"]
-    return HKD(teacher, eps=edm["sigma_min"], sigma_max=edm["sigma_max"], time_unit=hk["koopman_time_unit"],
-               koopman=hk["koopman"], hierarchy=hk["hierarchy"], decoder=hk["decoder"])
+    return HKD(
+        teacher,
+        eps=edm["sigma_min"],
+        sigma_max=edm["sigma_max"],
+        time_unit=hk["koopman_time_unit"],
+        koopman=hk["koopman"],
+        hierarchy=hk["hierarchy"],
+        decoder=hk["decoder"],
+    )
 
 
 def hkd_checkpoint(weights: HKD, teacher_kwargs: dict, stats: dict | None = None, ema: bool = False) -> dict:
     """What ``load_hkd`` reads: ``weights`` (the EMA copy where EMA was on), the arguments
     that rebuild it, and the training's record."""
-    return {"kind": "hkd", "teacher_kwargs": teacher_kwargs, "hkd_kwargs": weights.init_kwargs,
-            "state": {k: v.detach().contiguous().clone() for k, v in weights.state_dict().items()},
-            "ema": ema, "stats": stats}
+    return {
+        "kind": "hkd",
+        "teacher_kwargs": teacher_kwargs,
+        "hkd_kwargs": weights.init_kwargs,
+        "state": {k: v.detach().contiguous().clone() for k, v in weights.state_dict().items()},
+        "ema": ema,
+        "stats": stats,
+    }
 
 
 def load_hkd(path: str, device="cpu", cfg: dict | None = None) -> HKD:

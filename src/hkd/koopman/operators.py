@@ -36,22 +36,25 @@ class KoopmanOperators(nn.Module):
         super().__init__()
         if any(c % 2 for c in channels):
             raise ValueError(f"Koopman levels need even channel counts, got {channels}")
-        self.alpha = nn.ParameterList([nn.Parameter(torch.zeros(c // 2, r, r))
-                                       for c, r in zip(channels, resolutions)])
-        self.beta = nn.ParameterList([nn.Parameter(torch.zeros(c // 2, r, r))
-                                      for c, r in zip(channels, resolutions)])
+        self.alpha = nn.ParameterList(
+            [nn.Parameter(torch.zeros(c // 2, r, r)) for c, r in zip(channels, resolutions)]
+        )
+        self.beta = nn.ParameterList(
+            [nn.Parameter(torch.zeros(c // 2, r, r)) for c, r in zip(channels, resolutions)]
+        )
 
     @property
     def num_levels(self) -> int:
         return len(self.alpha)
 
-    def evolve(self, feats: list[torch.Tensor], dt: torch.Tensor,
-               levels: list[int] | None = None) -> list[torch.Tensor]:
+    def evolve(
+        self, feats: list[torch.Tensor], dt: torch.Tensor, levels: list[int] | None = None
+    ) -> list[torch.Tensor]:
         """Evolve every level by ``dt`` (or only ``levels``; others pass through)."""
         chosen = range(self.num_levels) if levels is None else levels
         out = list(feats)
-        for l in chosen:
-            out[l] = evolve_pairs(feats[l], self.alpha[l], self.beta[l], dt)
+        for level in chosen:
+            out[level] = evolve_pairs(feats[level], self.alpha[level], self.beta[level], dt)
         return out
 
     def eigenvalues(self) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -23,11 +23,19 @@ class DigitClassifier(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(1, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(1, w, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(w, w, 3, padding=1),
+            nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(w, 2 * w, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1),
+            nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(2 * w * 8 * 8, FEATURE_DIM), nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(2 * w * 8 * 8, FEATURE_DIM),
+            nn.ReLU(),
         )
         self.head = nn.Linear(FEATURE_DIM, NUM_CLASSES)
 
@@ -50,7 +58,7 @@ def train_classifier(cfg: dict, data_path: str, out_path: str) -> dict:
     for _ in range(ecfg["classifier_epochs"]):
         order = torch.randperm(len(x), generator=gen)
         for start in range(0, len(x), bs):
-            rows = order[start:start + bs]
+            rows = order[start : start + bs]
             xb = x[rows]
             # small random shifts make the features robust to slightly off-centre samples
             shift = torch.randint(-2, 3, (2,), generator=gen).tolist()
@@ -65,8 +73,15 @@ def train_classifier(cfg: dict, data_path: str, out_path: str) -> dict:
     with torch.no_grad():
         logits = torch.cat([net(b)[1] for b in torch.from_numpy(d["heldout_images"]).split(500)])
     acc = float((logits.argmax(1).numpy() == d["heldout_labels"]).mean())
-    save_torch({"kind": "digit_classifier", "state": net.state_dict(), "heldout_accuracy": acc,
-                "feature_dim": FEATURE_DIM}, out_path)
+    save_torch(
+        {
+            "kind": "digit_classifier",
+            "state": net.state_dict(),
+            "heldout_accuracy": acc,
+            "feature_dim": FEATURE_DIM,
+        },
+        out_path,
+    )
     return {"heldout_accuracy": acc}
 
 

@@ -26,20 +26,28 @@ def feature_extractor(cfg: dict, paths: dict, data: dict) -> tuple[str, str | No
         from hkd.metrics.classifier import accuracy_on, load_classifier
 
         classifier, acc = load_classifier(paths["classifier"])
-        info = {"name": EXTRACTOR_NAME,
-                "description": "digit classifier trained on the training split; FID on its 128-d "
-                               "penultimate features, IS on its 10-class logits",
-                "heldout_accuracy": acc}
+        info = {
+            "name": EXTRACTOR_NAME,
+            "description": "digit classifier trained on the training split; FID on its 128-d "
+            "penultimate features, IS on its 10-class logits",
+            "heldout_accuracy": acc,
+        }
         if len(data["heldout_images"]):
-            info["accuracy_on_heldout_recomputed"] = accuracy_on(classifier, data["heldout_images"],
-                                                                 data["heldout_labels"])
+            info["accuracy_on_heldout_recomputed"] = accuracy_on(
+                classifier, data["heldout_images"], data["heldout_labels"]
+            )
         return EXTRACTOR_NAME, paths["classifier"], info
     weights = ecfg["inception_weights"]
-    return "inception-v3-compat", weights, {
-        "name": "inception-v3-compat",
-        "description": "torch-fidelity's Inception-v3 port of the TF FID network: FID on pool3 (2048-d), "
-                       "IS on its logits",
-        "weights": weights or "torch-fidelity download (torch hub cache)"}
+    return (
+        "inception-v3-compat",
+        weights,
+        {
+            "name": "inception-v3-compat",
+            "description": "torch-fidelity's Inception-v3 port of the TF FID network: FID on pool3 (2048-d), "
+            "IS on its logits",
+            "weights": weights or "torch-fidelity download (torch hub cache)",
+        },
+    )
 
 
 def reference_images(cfg: dict, data: dict) -> np.ndarray:
@@ -50,8 +58,14 @@ def reference_images(cfg: dict, data: dict) -> np.ndarray:
 def make_scorer(cfg: dict, paths: dict, data: dict, device) -> tuple[Scorer, dict]:
     """(the run's Scorer against its reference images, the feature extractor's description)."""
     extractor, weights, info = feature_extractor(cfg, paths, data)
-    scorer = Scorer(reference_images(cfg, data), extractor, weights, cuda=device.type == "cuda",
-                    bootstrap=cfg["evaluate"]["bootstrap"], seed=cfg["seed"])
+    scorer = Scorer(
+        reference_images(cfg, data),
+        extractor,
+        weights,
+        cuda=device.type == "cuda",
+        bootstrap=cfg["evaluate"]["bootstrap"],
+        seed=cfg["seed"],
+    )
     return scorer, info
 
 
@@ -59,12 +73,21 @@ def _row(key: str, label: str, nfe_: int | None, images: np.ndarray, scores: dic
     return {"key": key, "method": label, "nfe": nfe_, "images": int(len(images)), **scores}
 
 
-def _cached_scores(partial: Path, key: str, images_u8: np.ndarray, ref_u8: np.ndarray, scorer: Scorer) -> dict:
+def _cached_scores(
+    partial: Path, key: str, images_u8: np.ndarray, ref_u8: np.ndarray, scorer: Scorer
+) -> dict:
     """FID / IS / KID of one row, reusing the scores an interrupted run of this stage left in
     ``partial`` for the same images, reference, feature extractor and bootstrap."""
     weights = scorer.weights_path
-    fingerprint = sha256_json([sha256_array(images_u8), sha256_array(ref_u8), scorer.extractor, scorer.bootstrap,
-                               sha256_file(weights) if weights and Path(weights).is_file() else str(weights)])
+    fingerprint = sha256_json(
+        [
+            sha256_array(images_u8),
+            sha256_array(ref_u8),
+            scorer.extractor,
+            scorer.bootstrap,
+            sha256_file(weights) if weights and Path(weights).is_file() else str(weights),
+        ]
+    )
     cached = partial / f"{key}.json"
     if cached.is_file():
         d = load_json(cached)
@@ -86,14 +109,17 @@ def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> 
     steps = cfg["trajectories"]["num_steps"]
     extra = cfg["sample"]["extra_teacher_nfe"]
     sample_files = {"teacher": paths["samples_teacher"], "hkd": paths["samples_hkd"]}
-    sample_files.update({f"teacher_nfe{n}": paths["samples_teacher_nfe"].replace("{nfe}", str(n)) for n in extra})
+    sample_files.update(
+        {f"teacher_nfe{n}": paths["samples_teacher_nfe"].replace("{nfe}", str(n)) for n in extra}
+    )
     loaded = {k: load_npz(f, ("images", "labels")) for k, f in sample_files.items()}
     generated = {k: d["images"] for k, d in loaded.items()}
     n = cfg["sample"]["count"]
     for name, imgs in generated.items():
         if imgs.shape[1:] != reference.shape[1:] or len(imgs) != n:
-            raise ValueError(f"{sample_files[name]}: expected {n} images of shape "
-                             f"{reference.shape[1:]}, got {imgs.shape}")
+            raise ValueError(
+                f"{sample_files[name]}: expected {n} images of shape {reference.shape[1:]}, got {imgs.shape}"
+            )
     # the real-image floor: images of the other split, as many as each sampler is given
     other = data["train_images" if ref_split == "heldout" else "heldout_images"]
     rng = np.random.default_rng(cfg["seed"] + 3)
@@ -109,8 +135,9 @@ def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> 
     rows = []
     partial = Path(paths["metrics"]).parent / ".partial"  # finished rows, kept until metrics.json is written
     for label, key, images, nfe_ in candidates:
-        rows.append(_row(key, label, nfe_, images,
-                         _cached_scores(partial, key, to_uint8(images), ref, scorer)))
+        rows.append(
+            _row(key, label, nfe_, images, _cached_scores(partial, key, to_uint8(images), ref, scorer))
+        )
     if teacher.label_dim and scorer.extractor == EXTRACTOR_NAME:
         # does a conditional sampler draw the digit it is asked for? (the classifier's call)
         from hkd.metrics.classifier import accuracy_on, load_classifier
@@ -118,15 +145,21 @@ def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> 
         classifier = load_classifier(paths["classifier"])[0]
         for row in rows:
             if row["key"] in loaded:
-                row["label_accuracy"] = accuracy_on(classifier, generated[row["key"]], loaded[row["key"]]["labels"])
+                row["label_accuracy"] = accuracy_on(
+                    classifier, generated[row["key"]], loaded[row["key"]]["labels"]
+                )
 
-    noise, labels = seeded_inputs(np.arange(cfg["evaluate"]["throughput_batch"]) + cfg["sample"]["seed_offset"],
-                                  (teacher.img_channels, teacher.img_resolution, teacher.img_resolution),
-                                  teacher.label_dim, device)
+    noise, labels = seeded_inputs(
+        np.arange(cfg["evaluate"]["throughput_batch"]) + cfg["sample"]["seed_offset"],
+        (teacher.img_channels, teacher.img_resolution, teacher.img_resolution),
+        teacher.label_dim,
+        device,
+    )
     # all eager (compile=False): the ratios compare the same kind of code
     samplers = {"teacher": teacher_sampler(cfg, teacher, device, dtype, compile=False)}
-    samplers.update({f"teacher_nfe{k}": teacher_sampler(cfg, teacher, device, dtype, compile=False, nfe=k)
-                     for k in extra})
+    samplers.update(
+        {f"teacher_nfe{k}": teacher_sampler(cfg, teacher, device, dtype, compile=False, nfe=k) for k in extra}
+    )
     samplers["hkd"] = hkd_sampler(model, device, dtype)
     if kd is not None:
         samplers["kd"] = hkd_sampler(kd, device, dtype)
@@ -152,12 +185,21 @@ def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> 
     return result
 
 
-def score_one_step(cfg: dict, model, scorer: Scorer, device, dtype, desc: str) -> tuple[np.ndarray, np.ndarray, dict]:
+def score_one_step(
+    cfg: dict, model, scorer: Scorer, device, dtype, desc: str
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """(images, labels, FID / IS / KID) of an HKD model's one-step samples from the
     evaluation seeds the full HKD row uses, against the scorer's reference."""
     shape = (model.img_channels, model.img_resolution, model.img_resolution)
-    images, labels = draw(hkd_sampler(model, device, dtype), evaluation_seeds(cfg), shape, model.label_dim,
-                          cfg["sample"]["batch_size"], device, desc)
+    images, labels = draw(
+        hkd_sampler(model, device, dtype),
+        evaluation_seeds(cfg),
+        shape,
+        model.label_dim,
+        cfg["sample"]["batch_size"],
+        device,
+        desc,
+    )
     return images, labels, scorer(to_uint8(images))
 
 
@@ -171,10 +213,18 @@ def evaluate_variant(cfg: dict, paths: dict, variant: str, model, device, dtype)
     images, labels, m = score_one_step(cfg, model, scorer, device, dtype, f"sample {variant}")
     save_npz(paths["variant_samples"], images=images, seeds=evaluation_seeds(cfg), labels=labels)
     ref_split = cfg["evaluate"]["reference"]
-    result = {"variant": variant, "hkd_overrides": ABLATIONS.get(variant, {}),
-              "seed": variant_config(cfg, variant)["seed"], "nfe": 1, "images": int(len(images)),
-              "koopman": bool(model.init_kwargs["koopman"]), "hierarchy": bool(model.init_kwargs["hierarchy"]),
-              **m, "reference": {"split": ref_split, "images": int(len(data[f"{ref_split}_images"]))},
-              "feature_extractor": extractor_info["name"], "training": model.train_stats}
+    result = {
+        "variant": variant,
+        "hkd_overrides": ABLATIONS.get(variant, {}),
+        "seed": variant_config(cfg, variant)["seed"],
+        "nfe": 1,
+        "images": int(len(images)),
+        "koopman": bool(model.init_kwargs["koopman"]),
+        "hierarchy": bool(model.init_kwargs["hierarchy"]),
+        **m,
+        "reference": {"split": ref_split, "images": int(len(data[f"{ref_split}_images"]))},
+        "feature_extractor": extractor_info["name"],
+        "training": model.train_stats,
+    }
     save_json(result, paths["variant_metrics"])
     return {k: result[k] for k in ("variant", "fid", "is_mean")}

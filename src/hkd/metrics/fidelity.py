@@ -23,7 +23,9 @@ class DigitFeatureExtractor(FeatureExtractorBase):
     def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
         super().__init__(name, features_list)
         if feature_extractor_weights_path is None:
-            raise ValueError(f"{EXTRACTOR_NAME} needs feature_extractor_weights_path (a classifier checkpoint)")
+            raise ValueError(
+                f"{EXTRACTOR_NAME} needs feature_extractor_weights_path (a classifier checkpoint)"
+            )
         self.net, _ = load_classifier(feature_extractor_weights_path)
 
     @staticmethod
@@ -32,8 +34,9 @@ class DigitFeatureExtractor(FeatureExtractorBase):
 
     @staticmethod
     def get_default_feature_layer_for_metric(metric):
-        return {"isc": "logits_unbiased", "fid": "penultimate", "kid": "penultimate",
-                "prc": "penultimate"}[metric]
+        return {"isc": "logits_unbiased", "fid": "penultimate", "kid": "penultimate", "prc": "penultimate"}[
+            metric
+        ]
 
     @staticmethod
     def can_be_compiled():
@@ -85,16 +88,30 @@ class Scorer:
     standard deviation of FID over ``bootstrap`` resamples (with replacement) of the generated
     images' features, the reference fixed."""
 
-    def __init__(self, reference: np.ndarray, extractor: str = EXTRACTOR_NAME, weights_path: str | None = None,
-                 cuda: bool = False, bootstrap: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        reference: np.ndarray,
+        extractor: str = EXTRACTOR_NAME,
+        weights_path: str | None = None,
+        cuda: bool = False,
+        bootstrap: int = 0,
+        seed: int = 0,
+    ):
         from torch_fidelity.utils import create_feature_extractor, resolve_feature_layer_for_metric
 
         if extractor == EXTRACTOR_NAME:
             register()
         self.extractor, self.weights_path = extractor, weights_path
         self.cuda, self.bootstrap, self.seed = cuda, int(bootstrap), seed
-        self.kwargs = {"cuda": cuda, "isc_splits": 10, "feature_extractor": extractor, "verbose": False,
-                       "feature_extractor_weights_path": weights_path, "save_cpu_ram": True, "batch_size": 250}
+        self.kwargs = {
+            "cuda": cuda,
+            "isc_splits": 10,
+            "feature_extractor": extractor,
+            "verbose": False,
+            "feature_extractor_weights_path": weights_path,
+            "save_cpu_ram": True,
+            "batch_size": 250,
+        }
         self.layers = {m: resolve_feature_layer_for_metric(m, **self.kwargs) for m in ("isc", "fid", "kid")}
         self.net = create_feature_extractor(extractor, sorted(set(self.layers.values())), **self.kwargs)
         from torch_fidelity.metric_fid import fid_features_to_statistics
@@ -106,8 +123,9 @@ class Scorer:
     def _features(self, images: np.ndarray) -> dict:
         from torch_fidelity.utils import get_featuresdict_from_dataset
 
-        return get_featuresdict_from_dataset(Uint8Images(_as_model_input(images, self.extractor)), self.net,
-                                             250, self.cuda, True, False)
+        return get_featuresdict_from_dataset(
+            Uint8Images(_as_model_input(images, self.extractor)), self.net, 250, self.cuda, True, False
+        )
 
     def _fid(self, features: torch.Tensor) -> float:
         from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
@@ -122,21 +140,38 @@ class Scorer:
 
         feats = self._features(generated)
         isc = isc_featuresdict_to_metric(feats, self.layers["isc"], **self.kwargs)
-        kid = kid_featuresdict_to_metric(feats, self.reference, self.layers["kid"],
-                                         kid_subset_size=min(len(generated), self.n_reference, 1000), **self.kwargs)
+        kid = kid_featuresdict_to_metric(
+            feats,
+            self.reference,
+            self.layers["kid"],
+            kid_subset_size=min(len(generated), self.n_reference, 1000),
+            **self.kwargs,
+        )
         fid_feats = feats[self.layers["fid"]]
         rng = np.random.default_rng(self.seed)
-        boot = [self._fid(fid_feats[rng.integers(0, len(fid_feats), len(fid_feats))]) for _ in range(self.bootstrap)]
-        return {"fid": float(self._fid(fid_feats)),
-                "is_mean": float(isc["inception_score_mean"]), "is_std": float(isc["inception_score_std"]),
-                "kid_mean": float(kid["kernel_inception_distance_mean"]),
-                "kid_std": float(kid["kernel_inception_distance_std"]),
-                "fid_sampling_std": float(np.std(boot, ddof=1)) if len(boot) > 1 else None,
-                "fid_bootstrap": self.bootstrap}
+        boot = [
+            self._fid(fid_feats[rng.integers(0, len(fid_feats), len(fid_feats))])
+            for _ in range(self.bootstrap)
+        ]
+        return {
+            "fid": float(self._fid(fid_feats)),
+            "is_mean": float(isc["inception_score_mean"]),
+            "is_std": float(isc["inception_score_std"]),
+            "kid_mean": float(kid["kernel_inception_distance_mean"]),
+            "kid_std": float(kid["kernel_inception_distance_std"]),
+            "fid_sampling_std": float(np.std(boot, ddof=1)) if len(boot) > 1 else None,
+            "fid_bootstrap": self.bootstrap,
+        }
 
 
-def fidelity_metrics(generated: np.ndarray, reference: np.ndarray, extractor: str = EXTRACTOR_NAME,
-                     weights_path: str | None = None, cuda: bool = False, kid: bool = False) -> dict:
+def fidelity_metrics(
+    generated: np.ndarray,
+    reference: np.ndarray,
+    extractor: str = EXTRACTOR_NAME,
+    weights_path: str | None = None,
+    cuda: bool = False,
+    kid: bool = False,
+) -> dict:
     """torch_fidelity.calculate_metrics on uint8 arrays; IS is of ``generated``. ``extractor``:
     the digit classifier (``weights_path`` = its checkpoint) or a torch-fidelity extractor such
     as ``inception-v3-compat`` (``weights_path`` None = torch-fidelity's download)."""
@@ -145,8 +180,18 @@ def fidelity_metrics(generated: np.ndarray, reference: np.ndarray, extractor: st
     generated, reference = _as_model_input(generated, extractor), _as_model_input(reference, extractor)
     kid_subset = min(len(generated), len(reference), 1000)
     return torch_fidelity.calculate_metrics(
-        input1=Uint8Images(generated), input2=Uint8Images(reference), cuda=cuda,
-        isc=True, fid=True, kid=kid, kid_subset_size=kid_subset, isc_splits=10,
-        feature_extractor=extractor, feature_extractor_weights_path=weights_path,
-        save_cpu_ram=True, cache=False, verbose=False, batch_size=250,
+        input1=Uint8Images(generated),
+        input2=Uint8Images(reference),
+        cuda=cuda,
+        isc=True,
+        fid=True,
+        kid=kid,
+        kid_subset_size=kid_subset,
+        isc_splits=10,
+        feature_extractor=extractor,
+        feature_extractor_weights_path=weights_path,
+        save_cpu_ram=True,
+        cache=False,
+        verbose=False,
+        batch_size=250,
     )

@@ -12,6 +12,7 @@ grids."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 
 from hkd.data.dataset import load_dataset
@@ -19,9 +20,15 @@ from hkd.io import atomic_path, load_json, load_npz, save_json, save_npz
 from hkd.koopman.model import build_hkd, load_hkd
 from hkd.metrics.evaluate import make_scorer, score_one_step
 from hkd.metrics.fidelity import SCORE_KEYS
-from hkd.pipeline import (FULL, ablation_variants, parse_variant, run_paths, seed_variants, snapshot_paths,
-                          variant_paths)
-
+from hkd.pipeline import (
+    FULL,
+    ablation_variants,
+    parse_variant,
+    run_paths,
+    seed_variants,
+    snapshot_paths,
+    variant_paths,
+)
 
 #: samples per epoch kept for the report (which shows the first report.grid_images of them)
 GRID_SAMPLES = 64
@@ -33,8 +40,10 @@ def snapshot_runs(cfg: dict) -> dict[str, dict]:
     p = run_paths(cfg)
     runs = {f"seed{cfg['seed']}": {"model": FULL, "files": snapshot_paths(cfg, p["hkd_snapshots"])}}
     for v in seed_variants(cfg) + ablation_variants(cfg):
-        runs[v] = {"model": parse_variant(cfg, v)["model"],
-                   "files": snapshot_paths(cfg, p["variant_snapshots"].replace("{variant}", v))}
+        runs[v] = {
+            "model": parse_variant(cfg, v)["model"],
+            "files": snapshot_paths(cfg, p["variant_snapshots"].replace("{variant}", v)),
+        }
     return runs
 
 
@@ -50,8 +59,13 @@ def budget_curves(cfg: dict, runs: dict, models: dict[str, str]) -> dict[str, di
     out = {}
     for model in dict.fromkeys(models.values()):
         names = [r for r, m in models.items() if m == model]
-        out[model] = {str(e): {**_mean_std([runs[r][str(e)]["fid"] for r in names]),
-                               "examples": runs[names[0]][str(e)]["examples"]} for e in cfg["hkd"]["snapshot_epochs"]}
+        out[model] = {
+            str(e): {
+                **_mean_std([runs[r][str(e)]["fid"] for r in names]),
+                "examples": runs[names[0]][str(e)]["examples"],
+            }
+            for e in cfg["hkd"]["snapshot_epochs"]
+        }
     return out
 
 
@@ -61,17 +75,27 @@ def plot_budget_curves(curves: dict[str, dict], before: float, path: str) -> Non
     series = {}
     for model, by_epoch in curves.items():
         pts = sorted(by_epoch.values(), key=lambda v: v["examples"])
-        series[model.replace("_", " ")] = ([0] + [v["examples"] for v in pts], [before] + [v["mean"] for v in pts],
-                                           [0.0] + [v["std"] or 0.0 for v in pts])
-    errorbar_plot(series, "training examples (trajectories seen)", "FID (one step)",
-                  "FID against training budget (mean +- std over seeds)", path, logy=True)
+        series[model.replace("_", " ")] = (
+            [0] + [v["examples"] for v in pts],
+            [before] + [v["mean"] for v in pts],
+            [0.0] + [v["std"] or 0.0 for v in pts],
+        )
+    errorbar_plot(
+        series,
+        "training examples (trajectories seen)",
+        "FID (one step)",
+        "FID against training budget (mean +- std over seeds)",
+        path,
+        logy=True,
+    )
 
 
-def budget_curve_table(curves: dict[str, dict], before: float, runs: dict[str, dict] | None = None) -> "pd.DataFrame":
+def budget_curve_table(
+    curves: dict[str, dict], before: float, runs: dict[str, dict] | None = None
+) -> pd.DataFrame:
     """The budget curves as one row per snapshot epoch (and the weights before training,
     epoch -1): training examples, each model's FID mean and its std over seeds, and each
     training's own FID (``run:<name>``, Table 5's rows)."""
-    import pandas as pd
 
     runs = runs or {}
     epochs = sorted({int(e) for by_epoch in curves.values() for e in by_epoch})
@@ -98,8 +122,11 @@ def final_runs(cfg: dict, paths: dict) -> dict[str, dict]:
     out = {f"seed{cfg['seed']}": {"hkd": paths["hkd"], "scores": own, "samples": paths["samples_hkd"]}}
     for v in seed_variants(cfg) + ablation_variants(cfg):
         vp = variant_paths(cfg, v)
-        out[v] = {"hkd": vp["variant_hkd"], "scores": load_json(vp["variant_metrics"]),
-                  "samples": vp["variant_samples"]}
+        out[v] = {
+            "hkd": vp["variant_hkd"],
+            "scores": load_json(vp["variant_metrics"]),
+            "samples": vp["variant_samples"],
+        }
     return out
 
 
@@ -124,7 +151,9 @@ def _score_runs(cfg: dict, paths: dict, scorer, device, dtype) -> tuple[dict, di
         final = {**finals[name], "weights": load_hkd(finals[name]["hkd"], device, cfg)}  # once per run
         for epoch, path in run["files"].items():
             model = load_hkd(path, device, cfg)
-            images, m = _score_snapshot(cfg, model, final, scorer, device, dtype, f"stability: {name} epoch {epoch}")
+            images, m = _score_snapshot(
+                cfg, model, final, scorer, device, dtype, f"stability: {name} epoch {epoch}"
+            )
             stats = model.train_stats or {}
             runs[name][str(epoch)] = {**m, "steps": stats.get("steps"), "examples": stats.get("examples")}
             if name == own:
@@ -147,11 +176,18 @@ def evaluate_stability(cfg: dict, paths: dict, teacher, device, dtype) -> dict:
     plot_budget_curves(curves, before["fid"], paths["budget_curves"])
     with atomic_path(paths["budget_curve_table"]) as tmp:
         budget_curve_table(curves, before["fid"], runs).to_csv(tmp, index=False)
-    result = {"epochs": hk["snapshot_epochs"], "total_epochs": hk["epochs"], "before_training": before,
-              "runs": {r: runs[r] for r in full}, "fid_by_epoch": by_epoch,
-              "std": "sample standard deviation (ddof = 1) over the runs", "budget_curves": curves,
-              "curve_runs": {r: {"model": models[r], "fid_by_epoch": runs[r]} for r in runs},
-              "feature_extractor": info["name"], "images": cfg["sample"]["count"]}
+    result = {
+        "epochs": hk["snapshot_epochs"],
+        "total_epochs": hk["epochs"],
+        "before_training": before,
+        "runs": {r: runs[r] for r in full},
+        "fid_by_epoch": by_epoch,
+        "std": "sample standard deviation (ddof = 1) over the runs",
+        "budget_curves": curves,
+        "curve_runs": {r: {"model": models[r], "fid_by_epoch": runs[r]} for r in runs},
+        "feature_extractor": info["name"],
+        "images": cfg["sample"]["count"],
+    }
     save_npz(paths["stability_samples"], **grids)
     save_json(result, paths["stability"])
     return {"before": before["fid"], "fid_by_epoch": {e: v["mean"] for e, v in by_epoch.items()}}

@@ -13,12 +13,22 @@ from __future__ import annotations
 import numpy as np
 
 from hkd.io import load_json, save_json
-from hkd.pipeline import (FULL, PAPER_LEVERS, PAPER_RECIPE, ablation_variants, parse_variant, seed_variants,
-                          study_variants, variant_config)
+from hkd.pipeline import (
+    FULL,
+    PAPER_LEVERS,
+    PAPER_RECIPE,
+    ablation_variants,
+    parse_variant,
+    seed_variants,
+    study_variants,
+    variant_config,
+)
 
 NOT_RESOLVED = "not resolved at this budget"
-RULE = ("spread = max(std over training seeds (ddof = 1), FID's bootstrap sampling std); two rows are ordered only "
-        "where their means differ by more than the sum of their spreads")
+RULE = (
+    "spread = max(std over training seeds (ddof = 1), FID's bootstrap sampling std); two rows are ordered only "
+    "where their means differ by more than the sum of their spreads"
+)
 
 
 def fid_stats(entries: list[dict]) -> dict:
@@ -27,9 +37,16 @@ def fid_stats(entries: list[dict]) -> dict:
     fids = np.array([e["fid"] for e in entries], dtype=float)
     std_seeds = float(fids.std(ddof=1)) if len(fids) > 1 else None
     sampling = max((e.get("fid_sampling_std") or 0.0) for e in entries)
-    return {"mean": float(fids.mean()), "std_seeds": std_seeds, "sampling_std": sampling,
-            "spread": max(std_seeds or 0.0, sampling), "n_seeds": len(fids),
-            "seeds": [e.get("seed") for e in entries], "fids": fids.tolist(), "images": entries[0].get("images")}
+    return {
+        "mean": float(fids.mean()),
+        "std_seeds": std_seeds,
+        "sampling_std": sampling,
+        "spread": max(std_seeds or 0.0, sampling),
+        "n_seeds": len(fids),
+        "seeds": [e.get("seed") for e in entries],
+        "fids": fids.tolist(),
+        "images": entries[0].get("images"),
+    }
 
 
 def compare(a: dict, b: dict) -> str:
@@ -53,14 +70,21 @@ def _main_entry(cfg: dict, metrics: dict) -> dict:
 
 
 def _variant_entry(cfg: dict, metrics_file: str, variant: str) -> dict:
-    return {**load_json(metrics_file.replace("{variant}", variant)), "seed": variant_config(cfg, variant)["seed"]}
+    return {
+        **load_json(metrics_file.replace("{variant}", variant)),
+        "seed": variant_config(cfg, variant)["seed"],
+    }
 
 
 def adopted_rows(cfg: dict, metrics: dict, variant_metrics: str) -> dict[str, dict]:
     """{model: stats} of the run's own recipe: the full HKD over the run's and the Table 5
     seeds, each ablation over the run's seed and ``ablation_seeds``."""
-    rows = {FULL: fid_stats([_main_entry(cfg, metrics)]
-                            + [_variant_entry(cfg, variant_metrics, v) for v in seed_variants(cfg)])}
+    rows = {
+        FULL: fid_stats(
+            [_main_entry(cfg, metrics)]
+            + [_variant_entry(cfg, variant_metrics, v) for v in seed_variants(cfg)]
+        )
+    }
     for a in cfg["ablations"]:
         names = [v for v in ablation_variants(cfg) if parse_variant(cfg, v)["model"] == a]
         rows[a] = fid_stats([_variant_entry(cfg, variant_metrics, v) for v in names])
@@ -72,7 +96,9 @@ def study_rows(cfg: dict, variant_metrics: str) -> dict[str, dict[str, dict]]:
     out: dict[str, dict[str, list]] = {}
     for v in study_variants(cfg):
         p = parse_variant(cfg, v)
-        out.setdefault(p["recipe"], {}).setdefault(p["model"], []).append(_variant_entry(cfg, variant_metrics, v))
+        out.setdefault(p["recipe"], {}).setdefault(p["model"], []).append(
+            _variant_entry(cfg, variant_metrics, v)
+        )
     return {recipe: {m: fid_stats(e) for m, e in models.items()} for recipe, models in out.items()}
 
 
@@ -82,19 +108,26 @@ def ordering(rows: dict[str, dict]) -> dict | None:
     if FULL not in rows or len(rows) < 2:
         return None
     out = {"full_vs": {a: compare(rows[FULL], rows[a]) for a in rows if a != FULL}}
-    out["full_best"] = ("holds" if all(v == "lower" for v in out["full_vs"].values())
-                        else "does not hold" if any(v == "higher" for v in out["full_vs"].values())
-                        else NOT_RESOLVED)
+    out["full_best"] = (
+        "holds"
+        if all(v == "lower" for v in out["full_vs"].values())
+        else "does not hold"
+        if any(v == "higher" for v in out["full_vs"].values())
+        else NOT_RESOLVED
+    )
     return out
 
 
 def recipe_summary(levers: dict, rows: dict[str, dict], teacher: dict, paper: dict | None = None) -> dict:
     """One recipe's rows with their ratio to the teacher, the full model against the others,
     and (``paper``: the paper-literal recipe's rows) each model against the paper-literal one."""
-    return {"levers": levers, "rows": rows,
-            "ratio_to_teacher": {m: ratio_stats(s, teacher) for m, s in rows.items()},
-            "ordering": ordering(rows),
-            "vs_paper": {m: compare(s, paper[m]) for m, s in rows.items() if m in paper} if paper else None}
+    return {
+        "levers": levers,
+        "rows": rows,
+        "ratio_to_teacher": {m: ratio_stats(s, teacher) for m, s in rows.items()},
+        "ordering": ordering(rows),
+        "vs_paper": {m: compare(s, paper[m]) for m, s in rows.items() if m in paper} if paper else None,
+    }
 
 
 def summarise(cfg: dict, metrics: dict, variant_metrics: str) -> dict:
@@ -105,17 +138,27 @@ def summarise(cfg: dict, metrics: dict, variant_metrics: str) -> dict:
     teacher_stats = {**fid_stats([{**teacher, "seed": None}]), "nfe": teacher["nfe"]}
     study = study_rows(cfg, variant_metrics)
     paper = study.get(PAPER_RECIPE)
-    recipes = {r: recipe_summary(cfg["study"]["recipes"].get(r, {}), rows, teacher_stats,
-                                 None if r == PAPER_RECIPE else paper) for r, rows in study.items()}
-    adopted = recipe_summary({k: cfg["hkd"][k] for k in PAPER_LEVERS}, adopted_rows(cfg, metrics, variant_metrics),
-                             teacher_stats, paper)
+    recipes = {
+        r: recipe_summary(
+            cfg["study"]["recipes"].get(r, {}), rows, teacher_stats, None if r == PAPER_RECIPE else paper
+        )
+        for r, rows in study.items()
+    }
+    adopted = recipe_summary(
+        {k: cfg["hkd"][k] for k in PAPER_LEVERS},
+        adopted_rows(cfg, metrics, variant_metrics),
+        teacher_stats,
+        paper,
+    )
     return {"rule": RULE, "teacher": teacher_stats, "adopted": adopted, "recipes": recipes}
 
 
 def write_study(cfg: dict, paths: dict) -> dict:
     summary = summarise(cfg, load_json(paths["metrics"]), paths["variant_metrics"])
     save_json(summary, paths["study"])
-    return {"adopted": {m: round(s["mean"], 3) for m, s in summary["adopted"]["rows"].items()},
-            "recipes": {r: {m: round(s["mean"], 3) for m, s in v["rows"].items()}
-                        for r, v in summary["recipes"].items()}}
-
+    return {
+        "adopted": {m: round(s["mean"], 3) for m, s in summary["adopted"]["rows"].items()},
+        "recipes": {
+            r: {m: round(s["mean"], 3) for m, s in v["rows"].items()} for r, v in summary["recipes"].items()
+        },
+    }

@@ -23,6 +23,10 @@ def measure(samplers: dict, noise: torch.Tensor, repeats: int, labels=None) -> d
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         sec = statistics.median(times)
-        out[name] = {"seconds_per_batch": sec, "images_per_second": noise.shape[0] / sec,
-                     "batch": int(noise.shape[0]), "repeats": repeats}
+        out[name] = {
+            "seconds_per_batch": sec,
+            "images_per_second": noise.shape[0] / sec,
+            "batch": int(noise.shape[0]),
+            "repeats": repeats,
+        }
     return out

@@ -10,9 +10,9 @@ from hkd.nn.unet import SongUNet
 
 def edm_coefficients(sigma: torch.Tensor, sigma_data: float):
     """(c_skip, c_out, c_in, c_noise) for noise levels ``sigma`` (any shape)."""
-    c_skip = sigma_data ** 2 / (sigma ** 2 + sigma_data ** 2)
-    c_out = sigma * sigma_data / (sigma ** 2 + sigma_data ** 2).sqrt()
-    c_in = 1 / (sigma_data ** 2 + sigma ** 2).sqrt()
+    c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
+    c_out = sigma * sigma_data / (sigma**2 + sigma_data**2).sqrt()
+    c_in = 1 / (sigma_data**2 + sigma**2).sqrt()
     c_noise = sigma.log() / 4
     return c_skip, c_out, c_in, c_noise
 
@@ -20,29 +20,51 @@ def edm_coefficients(sigma: torch.Tensor, sigma_data: float):
 class EDMPrecond(nn.Module):
     """Denoiser D(x; sigma) wrapping a SongUNet ``model`` (attribute name as in EDM)."""
 
-    def __init__(self, img_resolution, img_channels, label_dim=0, sigma_min=0.0,
-                 sigma_max=float("inf"), sigma_data=0.5, **model_kwargs):
+    def __init__(
+        self,
+        img_resolution,
+        img_channels,
+        label_dim=0,
+        sigma_min=0.0,
+        sigma_max=float("inf"),
+        sigma_data=0.5,
+        **model_kwargs,
+    ):
         super().__init__()
         #: constructor arguments, stored in checkpoints so the network can be rebuilt
-        self.init_kwargs = dict(img_resolution=img_resolution, img_channels=img_channels,
-                                label_dim=label_dim, sigma_min=sigma_min, sigma_max=sigma_max,
-                                sigma_data=sigma_data, **model_kwargs)
+        self.init_kwargs = dict(
+            img_resolution=img_resolution,
+            img_channels=img_channels,
+            label_dim=label_dim,
+            sigma_min=sigma_min,
+            sigma_max=sigma_max,
+            sigma_data=sigma_data,
+            **model_kwargs,
+        )
         self.img_resolution = img_resolution
         self.img_channels = img_channels
         self.label_dim = label_dim
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
         self.sigma_data = sigma_data
-        self.model = SongUNet(img_resolution=img_resolution, in_channels=img_channels,
-                              out_channels=img_channels, label_dim=label_dim, **model_kwargs)
+        self.model = SongUNet(
+            img_resolution=img_resolution,
+            in_channels=img_channels,
+            out_channels=img_channels,
+            label_dim=label_dim,
+            **model_kwargs,
+        )
 
     def forward(self, x, sigma, class_labels=None):
         x = x.to(torch.float32)
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
         sigma = sigma.expand(x.shape[0], 1, 1, 1)
         if self.label_dim:
-            class_labels = (torch.zeros([x.shape[0], self.label_dim], device=x.device)
-                            if class_labels is None else class_labels.to(torch.float32))
+            class_labels = (
+                torch.zeros([x.shape[0], self.label_dim], device=x.device)
+                if class_labels is None
+                else class_labels.to(torch.float32)
+            )
         else:
             class_labels = None
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
@@ -55,6 +77,9 @@ def with_unet_defaults(kwargs: dict) -> dict:
     ``init_kwargs`` store only the arguments that were passed)."""
     import inspect
 
-    defaults = {k: p.default for k, p in inspect.signature(SongUNet).parameters.items()
-                if p.default is not inspect.Parameter.empty}
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(SongUNet).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
     return {**defaults, **kwargs}

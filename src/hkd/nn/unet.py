@@ -29,8 +29,9 @@ def _init_weight(shape, mode: str, fan_in: int, fan_out: int) -> torch.Tensor:
 
 
 class Linear(nn.Module):
-    def __init__(self, in_features, out_features, bias=True, init_mode="kaiming_normal",
-                 init_weight=1.0, init_bias=0.0):
+    def __init__(
+        self, in_features, out_features, bias=True, init_mode="kaiming_normal", init_weight=1.0, init_bias=0.0
+    ):
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
@@ -48,9 +49,20 @@ class Linear(nn.Module):
 class Conv2d(nn.Module):
     """3x3/1x1 convolution with optional 2x up/down-sampling by a separable FIR filter."""
 
-    def __init__(self, in_channels, out_channels, kernel, bias=True, up=False, down=False,
-                 resample_filter=(1, 1), fused_resample=False, init_mode="kaiming_normal",
-                 init_weight=1.0, init_bias=0.0):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel,
+        bias=True,
+        up=False,
+        down=False,
+        resample_filter=(1, 1),
+        fused_resample=False,
+        init_mode="kaiming_normal",
+        init_weight=1.0,
+        init_bias=0.0,
+    ):
         super().__init__()
         assert not (up and down)
         self.in_channels = in_channels
@@ -58,12 +70,15 @@ class Conv2d(nn.Module):
         self.up = up
         self.down = down
         self.fused_resample = fused_resample
-        fan = dict(mode=init_mode, fan_in=in_channels * kernel * kernel,
-                   fan_out=out_channels * kernel * kernel)
-        self.weight = (nn.Parameter(_init_weight([out_channels, in_channels, kernel, kernel], **fan) * init_weight)
-                       if kernel else None)
-        self.bias = (nn.Parameter(_init_weight([out_channels], **fan) * init_bias)
-                     if kernel and bias else None)
+        fan = dict(
+            mode=init_mode, fan_in=in_channels * kernel * kernel, fan_out=out_channels * kernel * kernel
+        )
+        self.weight = (
+            nn.Parameter(_init_weight([out_channels, in_channels, kernel, kernel], **fan) * init_weight)
+            if kernel
+            else None
+        )
+        self.bias = nn.Parameter(_init_weight([out_channels], **fan) * init_bias) if kernel and bias else None
         f = torch.as_tensor(resample_filter, dtype=torch.float32)
         f = torch.outer(f, f)[None, None] / f.sum().square()
         self.register_buffer("resample_filter", f if (up or down) else None)
@@ -76,19 +91,30 @@ class Conv2d(nn.Module):
         w_pad = w.shape[-1] // 2 if w is not None else 0
         f_pad = (f.shape[-1] - 1) // 2 if f is not None else 0
         if self.fused_resample and self.up and w is not None:
-            x = F.conv_transpose2d(x, f.mul(4).tile([self.in_channels, 1, 1, 1]),
-                                   groups=self.in_channels, stride=2, padding=max(f_pad - w_pad, 0))
+            x = F.conv_transpose2d(
+                x,
+                f.mul(4).tile([self.in_channels, 1, 1, 1]),
+                groups=self.in_channels,
+                stride=2,
+                padding=max(f_pad - w_pad, 0),
+            )
             x = F.conv2d(x, w, padding=max(w_pad - f_pad, 0))
         elif self.fused_resample and self.down and w is not None:
             x = F.conv2d(x, w, padding=w_pad + f_pad)
             x = F.conv2d(x, f.tile([self.out_channels, 1, 1, 1]), groups=self.out_channels, stride=2)
         else:
             if self.up:
-                x = F.conv_transpose2d(x, f.mul(4).tile([self.in_channels, 1, 1, 1]),
-                                       groups=self.in_channels, stride=2, padding=f_pad)
+                x = F.conv_transpose2d(
+                    x,
+                    f.mul(4).tile([self.in_channels, 1, 1, 1]),
+                    groups=self.in_channels,
+                    stride=2,
+                    padding=f_pad,
+                )
             if self.down:
-                x = F.conv2d(x, f.tile([self.in_channels, 1, 1, 1]),
-                             groups=self.in_channels, stride=2, padding=f_pad)
+                x = F.conv2d(
+                    x, f.tile([self.in_channels, 1, 1, 1]), groups=self.in_channels, stride=2, padding=f_pad
+                )
             if w is not None:
                 x = F.conv2d(x, w, padding=w_pad)
         if b is not None:
@@ -106,45 +132,74 @@ class GroupNorm(nn.Module):
 
     def forward(self, x):
         return torch.nn.functional.group_norm(
-            x, num_groups=self.num_groups, weight=self.weight.to(x.dtype),
-            bias=self.bias.to(x.dtype), eps=self.eps)
+            x,
+            num_groups=self.num_groups,
+            weight=self.weight.to(x.dtype),
+            bias=self.bias.to(x.dtype),
+            eps=self.eps,
+        )
 
 
 class UNetBlock(nn.Module):
     """Residual block with noise-embedding modulation and optional self-attention."""
 
-    def __init__(self, in_channels, out_channels, emb_channels, up=False, down=False,
-                 attention=False, num_heads=None, channels_per_head=64, dropout=0.0,
-                 skip_scale=1.0, eps=1e-5, resample_filter=(1, 1), resample_proj=False,
-                 adaptive_scale=True, init=None, init_zero=None, init_attn=None):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        emb_channels,
+        up=False,
+        down=False,
+        attention=False,
+        num_heads=None,
+        channels_per_head=64,
+        dropout=0.0,
+        skip_scale=1.0,
+        eps=1e-5,
+        resample_filter=(1, 1),
+        resample_proj=False,
+        adaptive_scale=True,
+        init=None,
+        init_zero=None,
+        init_attn=None,
+    ):
         super().__init__()
         init = init or {}
         init_zero = init_zero if init_zero is not None else dict(init_weight=0)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.emb_channels = emb_channels
-        self.num_heads = (0 if not attention
-                          else num_heads if num_heads is not None
-                          else out_channels // channels_per_head)
+        self.num_heads = (
+            0 if not attention else num_heads if num_heads is not None else out_channels // channels_per_head
+        )
         self.dropout = dropout
         self.skip_scale = skip_scale
         self.adaptive_scale = adaptive_scale
 
         self.norm0 = GroupNorm(in_channels, eps=eps)
-        self.conv0 = Conv2d(in_channels, out_channels, kernel=3, up=up, down=down,
-                            resample_filter=resample_filter, **init)
+        self.conv0 = Conv2d(
+            in_channels, out_channels, kernel=3, up=up, down=down, resample_filter=resample_filter, **init
+        )
         self.affine = Linear(emb_channels, out_channels * (2 if adaptive_scale else 1), **init)
         self.norm1 = GroupNorm(out_channels, eps=eps)
         self.conv1 = Conv2d(out_channels, out_channels, kernel=3, **init_zero)
         self.skip = None
         if out_channels != in_channels or up or down:
             kernel = 1 if (resample_proj or out_channels != in_channels) else 0
-            self.skip = Conv2d(in_channels, out_channels, kernel=kernel, up=up, down=down,
-                               resample_filter=resample_filter, **init)
+            self.skip = Conv2d(
+                in_channels,
+                out_channels,
+                kernel=kernel,
+                up=up,
+                down=down,
+                resample_filter=resample_filter,
+                **init,
+            )
         if self.num_heads:
             self.norm2 = GroupNorm(out_channels, eps=eps)
-            self.qkv = Conv2d(out_channels, out_channels * 3, kernel=1,
-                              **(init_attn if init_attn is not None else init))
+            self.qkv = Conv2d(
+                out_channels, out_channels * 3, kernel=1, **(init_attn if init_attn is not None else init)
+            )
             self.proj = Conv2d(out_channels, out_channels, kernel=1, **init_zero)
 
     def forward(self, x, emb):
@@ -160,8 +215,9 @@ class UNetBlock(nn.Module):
         x = (x + (self.skip(orig) if self.skip is not None else orig)) * self.skip_scale
         if self.num_heads:
             b, c, h, w = x.shape
-            q, k, v = (self.qkv(self.norm2(x))
-                       .reshape(b * self.num_heads, c // self.num_heads, 3, h * w).unbind(2))
+            q, k, v = (
+                self.qkv(self.norm2(x)).reshape(b * self.num_heads, c // self.num_heads, 3, h * w).unbind(2)
+            )
             attn = torch.einsum("ncq,nck->nqk", q.float(), k.float() / math.sqrt(k.shape[1]))
             attn = attn.softmax(dim=2).to(q.dtype)
             a = torch.einsum("nqk,nck->ncq", attn, v)
@@ -198,11 +254,26 @@ class FourierEmbedding(nn.Module):
 class SongUNet(nn.Module):
     """DDPM++/NCSN++ U-Net with EDM's module names; see ``encode``/``decode``."""
 
-    def __init__(self, img_resolution, in_channels, out_channels, label_dim=0, augment_dim=0,
-                 model_channels=128, channel_mult=(1, 2, 2, 2), channel_mult_emb=4,
-                 num_blocks=4, attn_resolutions=(16,), dropout=0.10, label_dropout=0.0,
-                 embedding_type="positional", channel_mult_noise=1, encoder_type="standard",
-                 decoder_type="standard", resample_filter=(1, 1)):
+    def __init__(
+        self,
+        img_resolution,
+        in_channels,
+        out_channels,
+        label_dim=0,
+        augment_dim=0,
+        model_channels=128,
+        channel_mult=(1, 2, 2, 2),
+        channel_mult_emb=4,
+        num_blocks=4,
+        attn_resolutions=(16,),
+        dropout=0.10,
+        label_dropout=0.0,
+        embedding_type="positional",
+        channel_mult_noise=1,
+        encoder_type="standard",
+        decoder_type="standard",
+        resample_filter=(1, 1),
+    ):
         super().__init__()
         if embedding_type not in ("fourier", "positional"):
             raise ValueError(f"embedding_type {embedding_type!r}")
@@ -217,16 +288,27 @@ class SongUNet(nn.Module):
         init = dict(init_mode="xavier_uniform")
         init_zero = dict(init_mode="xavier_uniform", init_weight=1e-5)
         init_attn = dict(init_mode="xavier_uniform", init_weight=math.sqrt(0.2))
-        block_kwargs = dict(emb_channels=emb_channels, num_heads=1, dropout=dropout,
-                            skip_scale=math.sqrt(0.5), eps=1e-6, resample_filter=resample_filter,
-                            resample_proj=True, adaptive_scale=False, init=init,
-                            init_zero=init_zero, init_attn=init_attn)
+        block_kwargs = dict(
+            emb_channels=emb_channels,
+            num_heads=1,
+            dropout=dropout,
+            skip_scale=math.sqrt(0.5),
+            eps=1e-6,
+            resample_filter=resample_filter,
+            resample_proj=True,
+            adaptive_scale=False,
+            init=init,
+            init_zero=init_zero,
+            init_attn=init_attn,
+        )
 
-        self.map_noise = (PositionalEmbedding(noise_channels, endpoint=True)
-                          if embedding_type == "positional" else FourierEmbedding(noise_channels))
+        self.map_noise = (
+            PositionalEmbedding(noise_channels, endpoint=True)
+            if embedding_type == "positional"
+            else FourierEmbedding(noise_channels)
+        )
         self.map_label = Linear(label_dim, noise_channels, **init) if label_dim else None
-        self.map_augment = (Linear(augment_dim, noise_channels, bias=False, **init)
-                            if augment_dim else None)
+        self.map_augment = Linear(augment_dim, noise_channels, bias=False, **init) if augment_dim else None
         self.map_layer0 = Linear(noise_channels, emb_channels, **init)
         self.map_layer1 = Linear(emb_channels, emb_channels, **init)
 
@@ -241,18 +323,26 @@ class SongUNet(nn.Module):
             else:
                 self.enc[f"{res}x{res}_down"] = UNetBlock(cout, cout, down=True, **block_kwargs)
                 if encoder_type == "skip":
-                    self.enc[f"{res}x{res}_aux_down"] = Conv2d(caux, caux, kernel=0, down=True,
-                                                               resample_filter=resample_filter)
+                    self.enc[f"{res}x{res}_aux_down"] = Conv2d(
+                        caux, caux, kernel=0, down=True, resample_filter=resample_filter
+                    )
                     self.enc[f"{res}x{res}_aux_skip"] = Conv2d(caux, cout, kernel=1, **init)
                 if encoder_type == "residual":
                     self.enc[f"{res}x{res}_aux_residual"] = Conv2d(
-                        caux, cout, kernel=3, down=True, resample_filter=resample_filter,
-                        fused_resample=True, **init)
+                        caux,
+                        cout,
+                        kernel=3,
+                        down=True,
+                        resample_filter=resample_filter,
+                        fused_resample=True,
+                        **init,
+                    )
                     caux = cout
             for idx in range(num_blocks):
                 cin, cout = cout, model_channels * mult
                 self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(
-                    cin, cout, attention=(res in attn_resolutions), **block_kwargs)
+                    cin, cout, attention=(res in attn_resolutions), **block_kwargs
+                )
         skips = [b.out_channels for name, b in self.enc.items() if "aux" not in name]
         #: channels of every skip tensor, in encoder order (the last is the bottleneck)
         self.skip_channels = list(skips)
@@ -272,12 +362,13 @@ class SongUNet(nn.Module):
             for idx in range(num_blocks + 1):
                 cin, cout = cout + skips.pop(), model_channels * mult
                 self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(
-                    cin, cout, attention=(idx == num_blocks and res in attn_resolutions),
-                    **block_kwargs)
+                    cin, cout, attention=(idx == num_blocks and res in attn_resolutions), **block_kwargs
+                )
             if decoder_type == "skip" or level == 0:
                 if decoder_type == "skip" and level < len(channel_mult) - 1:
-                    self.dec[f"{res}x{res}_aux_up"] = Conv2d(out_channels, out_channels, kernel=0,
-                                                             up=True, resample_filter=resample_filter)
+                    self.dec[f"{res}x{res}_aux_up"] = Conv2d(
+                        out_channels, out_channels, kernel=0, up=True, resample_filter=resample_filter
+                    )
                 self.dec[f"{res}x{res}_aux_norm"] = GroupNorm(cout, eps=1e-6)
                 self.dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, kernel=3, **init_zero)
 

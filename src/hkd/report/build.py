@@ -21,11 +21,31 @@ from hkd.data.dataset import load_dataset
 from hkd.io import atomic_path, load_json, load_npz, sha256_json
 from hkd.pipeline import CONDITIONAL, conditional_config, stage_enabled
 from hkd.report.claims import claims
-from hkd.report.tables import (main_table, main_table_keys, render, study_table, table3, table5, table6,
-                               write_tables)
+from hkd.report.tables import (
+    main_table,
+    main_table_keys,
+    render,
+    study_table,
+    table3,
+    table5,
+    table6,
+    write_tables,
+)
 
-PACKAGES = ("hkd-repro", "torch", "torchvision", "torch-fidelity", "snakemake", "dvc", "numpy",
-            "pandas", "jinja2", "mlxtend", "matplotlib", "tensorboard")
+PACKAGES = (
+    "hkd-repro",
+    "torch",
+    "torchvision",
+    "torch-fidelity",
+    "snakemake",
+    "dvc",
+    "numpy",
+    "pandas",
+    "jinja2",
+    "mlxtend",
+    "matplotlib",
+    "tensorboard",
+)
 
 
 def image_grid(images: np.ndarray, cols: int = 16, pad: int = 2, scale: int = 2) -> Image.Image:
@@ -36,7 +56,9 @@ def image_grid(images: np.ndarray, cols: int = 16, pad: int = 2, scale: int = 2)
     u8 = np.clip(images * 127.5 + 128, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
     for i in range(n):
         r, q = divmod(i, cols)
-        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = u8[i]
+        canvas[
+            pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w
+        ] = u8[i]
     img = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
 
@@ -57,7 +79,9 @@ def sample_grid(samples: dict, k: int) -> Image.Image:
     its first ``k`` images."""
     labels = samples.get("labels")
     if labels is not None and (labels >= 0).any():
-        return class_grid(samples["images"], labels, per_class=max(1, k // len(np.unique(labels[labels >= 0]))))
+        return class_grid(
+            samples["images"], labels, per_class=max(1, k // len(np.unique(labels[labels >= 0])))
+        )
     return image_grid(samples["images"][:k])
 
 
@@ -83,8 +107,10 @@ def metrics_table(metrics: dict) -> pd.DataFrame:
     df = pd.DataFrame(metrics["rows"])
     teacher_fid = df.loc[df["key"] == "teacher", "fid"].iloc[0]
     df["FID / teacher FID"] = df["fid"] / teacher_fid
-    df["± sampling"] = [f"{v:.3f}" if v is not None and not pd.isna(v) else "—"
-                        for v in df.get("fid_sampling_std", [None] * len(df))]
+    df["± sampling"] = [
+        f"{v:.3f}" if v is not None and not pd.isna(v) else "—"
+        for v in df.get("fid_sampling_std", [None] * len(df))
+    ]
     df["IS"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(df["is_mean"], df["is_std"])]
     df["KID × 10³"] = [f"{1e3 * m:.2f} ± {1e3 * s:.2f}" for m, s in zip(df["kid_mean"], df["kid_std"])]
     df["NFE"] = [("—" if pd.isna(v) else str(int(v))) for v in df["nfe"]]
@@ -92,16 +118,25 @@ def metrics_table(metrics: dict) -> pd.DataFrame:
     return df[["Method", "NFE", "Images", "FID", "± sampling", "FID / teacher FID", "IS", "KID × 10³"]]
 
 
-_SAMPLER_LABELS = {"teacher": "EDM teacher (Heun)", "hkd": "HKD (one step)",
-                   "kd": "HKD without Koopman evolution (one step)"}
+_SAMPLER_LABELS = {
+    "teacher": "EDM teacher (Heun)",
+    "hkd": "HKD (one step)",
+    "kd": "HKD without Koopman evolution (one step)",
+}
 
 
 def throughput_table(metrics: dict) -> pd.DataFrame:
     rows = []
     for key, t in metrics["throughput"].items():
-        rows.append({"Sampler": _SAMPLER_LABELS.get(key, "EDM teacher (Heun)"), "NFE": t.get("nfe"),
-                     "Batch": t["batch"], "Seconds / batch": t["seconds_per_batch"],
-                     "Images / s": t["images_per_second"]})
+        rows.append(
+            {
+                "Sampler": _SAMPLER_LABELS.get(key, "EDM teacher (Heun)"),
+                "NFE": t.get("nfe"),
+                "Batch": t["batch"],
+                "Seconds / batch": t["seconds_per_batch"],
+                "Images / s": t["images_per_second"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -122,10 +157,16 @@ def provenance(cfg: dict, paths: dict, metrics: dict) -> dict:
     """Where the numbers come from: commit, config hash, device, and each stage's wall time
     (written by ``hkd <stage>`` under ``results/<run>/logs/timings``)."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
         commit += " (with uncommitted changes)" if dirty else ""
     except (OSError, subprocess.SubprocessError):
         commit = "not a git checkout"
@@ -136,25 +177,44 @@ def provenance(cfg: dict, paths: dict, metrics: dict) -> dict:
     for label, folder in folders:
         for f in sorted(Path(folder).glob("*.json")):
             t = load_json(f)
-            timings.append({"stage": label + t["stage"], "seconds": t["seconds"], "finished": t["finished"],
-                            "compiled": compiled_summary(t.get("compiled", {}))})
-    return {"commit": commit,
-            "config_sha256": sha256_json(cfg),
-            "device": metrics["device"], "threads": metrics["threads"], "precision": metrics["precision"],
-            "timings": timings}
+            timings.append(
+                {
+                    "stage": label + t["stage"],
+                    "seconds": t["seconds"],
+                    "finished": t["finished"],
+                    "compiled": compiled_summary(t.get("compiled", {})),
+                }
+            )
+    return {
+        "commit": commit,
+        "config_sha256": sha256_json(cfg),
+        "device": metrics["device"],
+        "threads": metrics["threads"],
+        "precision": metrics["precision"],
+        "timings": timings,
+    }
 
 
-def table_grids(cfg: dict, paths: dict, metrics: dict, data: dict, split: str) -> dict[str, dict[str, Image.Image]]:
+def table_grids(
+    cfg: dict, paths: dict, metrics: dict, data: dict, split: str
+) -> dict[str, dict[str, Image.Image]]:
     """{table key: {caption: grid}}: the samples behind each paper table's reproduced rows."""
     k = cfg["report"]["grid_images"]
     teacher_nfe = next(r["nfe"] for r in metrics["rows"] if r["key"] == "teacher")
     real = {"images": data[f"{split}_images"], "labels": data[f"{split}_labels"]}
     by_class = " (one row per class)" if (real["labels"] >= 0).any() else ""
-    main = {f"Real ({'held-out' if split == 'heldout' else 'training'} split){by_class}": sample_grid(real, k),
-            f"EDM teacher, {teacher_nfe} NFE": sample_grid(load_npz(paths["samples_teacher"]), k)}
+    main = {
+        f"Real ({'held-out' if split == 'heldout' else 'training'} split){by_class}": sample_grid(real, k),
+        f"EDM teacher, {teacher_nfe} NFE": sample_grid(load_npz(paths["samples_teacher"]), k),
+    }
     for n in cfg["sample"]["extra_teacher_nfe"]:
-        main[f"EDM teacher, {n} NFE"] = sample_grid(load_npz(paths["samples_teacher_nfe"].replace("{nfe}", str(n))), k)
-    variant = {v: sample_grid(load_npz(paths["variant_samples"].replace("{variant}", v)), k) for v in cfg["ablations"]}
+        main[f"EDM teacher, {n} NFE"] = sample_grid(
+            load_npz(paths["samples_teacher_nfe"].replace("{nfe}", str(n))), k
+        )
+    variant = {
+        v: sample_grid(load_npz(paths["variant_samples"].replace("{variant}", v)), k)
+        for v in cfg["ablations"]
+    }
     hkd = sample_grid(load_npz(paths["samples_hkd"]), k)
     if "no_koopman" in variant:
         main["KD: HKD without Koopman evolution, 1 NFE"] = variant["no_koopman"]
@@ -162,36 +222,52 @@ def table_grids(cfg: dict, paths: dict, metrics: dict, data: dict, split: str) -
     keys = main_table_keys(cfg)
     out = {keys[0]: main}
     if variant:
-        out["table3"] = {**{f"Ablation {v.replace('_', ' ')}, 1 NFE": g for v, g in variant.items()},
-                         "Full HKD, 1 NFE": hkd}
+        out["table3"] = {
+            **{f"Ablation {v.replace('_', ' ')}, 1 NFE": g for v, g in variant.items()},
+            "Full HKD, 1 NFE": hkd,
+        }
     if cfg[CONDITIONAL]:
-        nfe = next(r["nfe"] for r in load_json(paths[f"{CONDITIONAL}_metrics"])["rows"] if r["key"] == "teacher")
+        nfe = next(
+            r["nfe"] for r in load_json(paths[f"{CONDITIONAL}_metrics"])["rows"] if r["key"] == "teacher"
+        )
         out["table4"] = {
-            f"Class-conditional EDM teacher, {nfe} NFE (one row per class)":
-                sample_grid(load_npz(paths[f"{CONDITIONAL}_samples_teacher"]), k),
-            "Class-conditional HKD, 1 NFE (same noise and labels)":
-                sample_grid(load_npz(paths[f"{CONDITIONAL}_samples_hkd"]), k)}
+            f"Class-conditional EDM teacher, {nfe} NFE (one row per class)": sample_grid(
+                load_npz(paths[f"{CONDITIONAL}_samples_teacher"]), k
+            ),
+            "Class-conditional HKD, 1 NFE (same noise and labels)": sample_grid(
+                load_npz(paths[f"{CONDITIONAL}_samples_hkd"]), k
+            ),
+        }
     if cfg["hkd"]["snapshot_epochs"]:
         snaps = load_npz(paths["stability_samples"])
         out["table5"] = {"Before training (seed " + str(cfg["seed"]) + ")": image_grid(snaps["before"][:k])}
         for e in cfg["hkd"]["snapshot_epochs"]:
-            out["table5"][f"After epoch {e} of {cfg['hkd']['epochs']}"] = image_grid(snaps[f"epoch{e:04d}"][:k])
+            out["table5"][f"After epoch {e} of {cfg['hkd']['epochs']}"] = image_grid(
+                snaps[f"epoch{e:04d}"][:k]
+            )
     return out
 
 
 def figure_context(paths: dict) -> dict:
     """The figures stage's PNGs as data URIs, its numbers, and the viewer's frames (one
     grid per time: rows = teacher state, HKD prediction, HKD latent decoded; columns = seeds)."""
-    figs = {k: png_data_uri(Path(paths[k]).read_bytes())
-            for k in ("fig2", "fig2_consistency", "fig4", "fig4_modes", "fig4_spectrum", "fig5", "fig6")}
+    figs = {
+        k: png_data_uri(Path(paths[k]).read_bytes())
+        for k in ("fig2", "fig2_consistency", "fig4", "fig4_modes", "fig4_spectrum", "fig5", "fig6")
+    }
     viewer = load_npz(paths["viewer"], ("frames", "sigmas", "rows"))
     frames = []
     for f in viewer["frames"]:  # [3, B, C, H, W] uint8
         rows, b = f.shape[0], f.shape[1]
         flat = f.reshape((rows * b,) + f.shape[2:]).astype(np.float32) / 127.5 - 1.0
         frames.append(png_data_uri(image_grid(flat, cols=b, scale=3)))
-    return {"images": figs, "numbers": load_json(paths["figures"]), "viewer_frames": frames,
-            "viewer_sigmas": [float(x) for x in viewer["sigmas"]], "viewer_rows": [str(r) for r in viewer["rows"]]}
+    return {
+        "images": figs,
+        "numbers": load_json(paths["figures"]),
+        "viewer_frames": frames,
+        "viewer_sigmas": [float(x) for x in viewer["sigmas"]],
+        "viewer_rows": [str(r) for r in viewer["rows"]],
+    }
 
 
 def build_report(cfg: dict, paths: dict, out_html: str) -> None:
@@ -199,8 +275,12 @@ def build_report(cfg: dict, paths: dict, out_html: str) -> None:
     manifest = load_json(paths["data_manifest"])
     data = load_dataset(paths["data"])
     split = "heldout" if len(data["heldout_images"]) else "train"
-    fmt = {"FID": "{:.3f}".format, "FID / teacher FID": "{:.2f}".format,
-           "Seconds / batch": "{:.4f}".format, "Images / s": "{:.1f}".format}
+    fmt = {
+        "FID": "{:.3f}".format,
+        "FID / teacher FID": "{:.2f}".format,
+        "Seconds / batch": "{:.4f}".format,
+        "Images / s": "{:.1f}".format,
+    }
     tables = {
         "metrics": metrics_table(metrics).to_html(index=False, formatters=fmt, classes="tbl", border=0),
         "throughput": throughput_table(metrics).to_html(index=False, formatters=fmt, classes="tbl", border=0),
@@ -210,8 +290,9 @@ def build_report(cfg: dict, paths: dict, out_html: str) -> None:
     if cfg["ablations"]:
         paper_tables.append(table3(cfg, metrics, study))
     if cfg[CONDITIONAL]:
-        paper_tables.append(main_table(conditional_config(cfg), load_json(paths[f"{CONDITIONAL}_metrics"]),
-                                       "table4"))
+        paper_tables.append(
+            main_table(conditional_config(cfg), load_json(paths[f"{CONDITIONAL}_metrics"]), "table4")
+        )
     if cfg["hkd"]["snapshot_epochs"]:
         paper_tables.append(table5(cfg, metrics, load_json(paths["stability"])))
     paper_tables.append(table6(cfg, metrics))
@@ -221,27 +302,57 @@ def build_report(cfg: dict, paths: dict, out_html: str) -> None:
     tables_rel = os.path.relpath(paths["tables"], Path(out_html).parent)
     grids = table_grids(cfg, paths, metrics, data, split)
     first_main = main_table_keys(cfg)[0]
-    rendered = [{"key": t.key, "title": t.title, "html": render(t, "html"),
-                 "files": {fmt: f"{tables_rel}/{t.key}.{fmt}" for fmt in ("tex", "md")},
-                 "grids": {name: png_data_uri(img) for name, img in grids.get(t.key, {}).items()},
-                 "grids_with": (first_main if t.key in main_table_keys(cfg)[1:] else None)}
-                for t in paper_tables]
-    studied = [{"key": t.key, "title": t.title, "html": render(t, "html"),
-                "files": {fmt: f"{tables_rel}/{t.key}.{fmt}" for fmt in ("tex", "md")}} for t in extra_tables]
-    budget = (png_data_uri(Path(paths["budget_curves"]).read_bytes()) if stage_enabled(cfg, "stability") else None)
+    rendered = [
+        {
+            "key": t.key,
+            "title": t.title,
+            "html": render(t, "html"),
+            "files": {fmt: f"{tables_rel}/{t.key}.{fmt}" for fmt in ("tex", "md")},
+            "grids": {name: png_data_uri(img) for name, img in grids.get(t.key, {}).items()},
+            "grids_with": (first_main if t.key in main_table_keys(cfg)[1:] else None),
+        }
+        for t in paper_tables
+    ]
+    studied = [
+        {
+            "key": t.key,
+            "title": t.title,
+            "html": render(t, "html"),
+            "files": {fmt: f"{tables_rel}/{t.key}.{fmt}" for fmt in ("tex", "md")},
+        }
+        for t in extra_tables
+    ]
+    budget = (
+        png_data_uri(Path(paths["budget_curves"]).read_bytes()) if stage_enabled(cfg, "stability") else None
+    )
     figures = figure_context(paths)
     rows = {r["key"]: r for r in metrics["rows"]}
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
-                             autoescape=jinja2.select_autoescape(["html.j2"]), undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+        autoescape=jinja2.select_autoescape(["html.j2"]),
+        undefined=jinja2.StrictUndefined,
+    )
     html = env.get_template("index.html.j2").render(
-        run=cfg["run"], generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        manifest=manifest, metrics=metrics, rows=rows, tables=tables, paper_tables=rendered, study_tables=studied,
-        claims=claims(metrics, study, figures["numbers"]), budget_curves=budget, study=study,
+        run=cfg["run"],
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        manifest=manifest,
+        metrics=metrics,
+        rows=rows,
+        tables=tables,
+        paper_tables=rendered,
+        study_tables=studied,
+        claims=claims(metrics, study, figures["numbers"]),
+        budget_curves=budget,
+        study=study,
         provenance=provenance(cfg, paths, metrics),
-        hkd=cfg["hkd"], trajectories=cfg["trajectories"]["count"],
-        fid_ratio=rows["hkd"]["fid"] / rows["teacher"]["fid"], seed=cfg["seed"],
-        spectral=png_data_uri(Path(paths["spectral"]).read_bytes()), figures=figures,
-        config_yaml=yaml.safe_dump(cfg, sort_keys=False), versions=package_versions(),
+        hkd=cfg["hkd"],
+        trajectories=cfg["trajectories"]["count"],
+        fid_ratio=rows["hkd"]["fid"] / rows["teacher"]["fid"],
+        seed=cfg["seed"],
+        spectral=png_data_uri(Path(paths["spectral"]).read_bytes()),
+        figures=figures,
+        config_yaml=yaml.safe_dump(cfg, sort_keys=False),
+        versions=package_versions(),
     )
     with atomic_path(out_html) as tmp:
         tmp.write_text(html, encoding="utf-8")

@@ -11,8 +11,11 @@ import pandas as pd
 from hkd.io import atomic_path
 
 #: tensorboard tags of hkd_train -> table columns
-LOSS_TAGS = {"hkd/loss_total": "loss_total", "hkd/loss_reconstruction_T": "loss_T",
-             "hkd/loss_trajectory": "loss_trajectory"}
+LOSS_TAGS = {
+    "hkd/loss_total": "loss_total",
+    "hkd/loss_reconstruction_T": "loss_T",
+    "hkd/loss_trajectory": "loss_trajectory",
+}
 
 
 def _scalars(event_file: Path) -> list[tuple[float, int, str, float]]:

@@ -18,8 +18,10 @@ def _rows(metrics: dict, prefix: str) -> dict:
 
 def _ratio_and_speed(metrics: dict, prefix: str) -> dict:
     rows = {r["key"]: r for r in metrics["rows"]}
-    return {f"{prefix}hkd_over_teacher": rows["hkd"]["fid"] / rows["teacher"]["fid"],
-            f"{prefix}speedup_hkd_vs_teacher": metrics["speedup_hkd_vs_teacher"]}
+    return {
+        f"{prefix}hkd_over_teacher": rows["hkd"]["fid"] / rows["teacher"]["fid"],
+        f"{prefix}speedup_hkd_vs_teacher": metrics["speedup_hkd_vs_teacher"],
+    }
 
 
 def _variants(cfg: dict, paths: dict) -> dict:
@@ -35,9 +37,14 @@ def _table3(study: dict) -> dict:
     adopted = study["adopted"]
     out = {}
     for model, stats in adopted["rows"].items():
-        out.update({f"table3/{model}/fid_mean": stats["mean"], f"table3/{model}/fid_spread": stats["spread"],
-                    f"table3/{model}/seeds": stats["n_seeds"],
-                    f"table3/{model}/fid_over_teacher": adopted["ratio_to_teacher"][model]["mean"]})
+        out.update(
+            {
+                f"table3/{model}/fid_mean": stats["mean"],
+                f"table3/{model}/fid_spread": stats["spread"],
+                f"table3/{model}/seeds": stats["n_seeds"],
+                f"table3/{model}/fid_over_teacher": adopted["ratio_to_teacher"][model]["mean"],
+            }
+        )
     if adopted["ordering"]:
         out.update({f"table3/full_vs/{a}": v for a, v in adopted["ordering"]["full_vs"].items()})
         out["table3/full_best"] = adopted["ordering"]["full_best"]

@@ -27,8 +27,18 @@ from hkd.nn.precond import EDMPrecond
 
 #: EDM's network classes (training/networks.py) that may appear in the ``ema`` tree; other
 #: persistent objects of a snapshot (EDMLoss, AugmentPipe, ...) stay inert records
-NETWORK_CLASSES = frozenset({"EDMPrecond", "SongUNet", "UNetBlock", "Linear", "Conv2d", "GroupNorm",
-                             "PositionalEmbedding", "FourierEmbedding"})
+NETWORK_CLASSES = frozenset(
+    {
+        "EDMPrecond",
+        "SongUNet",
+        "UNetBlock",
+        "Linear",
+        "Conv2d",
+        "GroupNorm",
+        "PositionalEmbedding",
+        "FourierEmbedding",
+    }
+)
 #: EDMPrecond arguments that do not change the weights or the function (fp32 is used here)
 _DROPPED_KWARGS = ("use_fp16",)
 
@@ -69,8 +79,12 @@ def _numpy_scalar(dtype, data=None):
     only numeric dtypes."""
     import numpy as np
 
-    if not isinstance(dtype, np.dtype) or dtype.kind not in "biuf" or not isinstance(data, bytes) \
-            or len(data) != dtype.itemsize:
+    if (
+        not isinstance(dtype, np.dtype)
+        or dtype.kind not in "biuf"
+        or not isinstance(data, bytes)
+        or len(data) != dtype.itemsize
+    ):
         raise pickle.UnpicklingError("unexpected numpy scalar")
     return np.frombuffer(data, dtype=dtype, count=1)[0].item()
 
@@ -174,8 +188,10 @@ def load_edm_pickle(path: str | Path) -> EDMPrecond:
         raise ValueError(f"{path}: {exc}") from None
     model_type = kwargs.pop("model_type", "DhariwalUNet")
     if model_type != "SongUNet":
-        raise ValueError(f"{path}: model_type {model_type!r} is not supported (only SongUNet, EDM's "
-                         "DDPM++/NCSN++ networks)")
+        raise ValueError(
+            f"{path}: model_type {model_type!r} is not supported (only SongUNet, EDM's "
+            "DDPM++/NCSN++ networks)"
+        )
     for key in _DROPPED_KWARGS:
         kwargs.pop(key, None)
     try:
@@ -192,15 +208,18 @@ def load_edm_pickle(path: str | Path) -> EDMPrecond:
     unexpected = sorted(tensors.keys() - expected.keys())
     wrong = sorted(k for k in expected.keys() & tensors.keys() if expected[k].shape != tensors[k].shape)
     if missing or unexpected or wrong:
-        raise ValueError(f"{path}: weights do not match EDMPrecond({kwargs}): missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}")
+        raise ValueError(
+            f"{path}: weights do not match EDMPrecond({kwargs}): missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}"
+        )
     net = EDMPrecond(**kwargs)
     net.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
     return net.eval().requires_grad_(False)
 
 
-def import_edm_pickle(source: str, md5: str | None, download_to: str, out_path: str,
-                      cfg: dict | None = None) -> dict:
+def import_edm_pickle(
+    source: str, md5: str | None, download_to: str, out_path: str, cfg: dict | None = None
+) -> dict:
     """A released EDM snapshot (URL or local path; md5-checked when ``md5`` is given) as a
     teacher checkpoint in the format of ``hkd teacher``, so every later stage reads it the
     same way. With ``cfg``, the network must be the architecture its ``network`` / ``data``
@@ -212,7 +231,10 @@ def import_edm_pickle(source: str, md5: str | None, download_to: str, out_path: 
     net = load_edm_pickle(path)
     if cfg is not None:
         check_matches_config(net.init_kwargs, cfg, f"EDM network pickle {path}")
-    stats = {"source": source, "file_sha256": sha256_file(path),
-             "parameters": sum(p.numel() for p in net.parameters())}
+    stats = {
+        "source": source,
+        "file_sha256": sha256_file(path),
+        "parameters": sum(p.numel() for p in net.parameters()),
+    }
     save_teacher(net, out_path, stats)
     return stats

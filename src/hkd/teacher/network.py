@@ -10,9 +10,23 @@ from hkd.nn.precond import EDMPrecond, with_unet_defaults
 
 #: EDMPrecond arguments that the config's ``network`` / ``data`` sections fix: the architecture,
 #: and dropout, which HKD training inherits with the teacher's U-Net
-_ARCHITECTURE = ("img_resolution", "img_channels", "label_dim", "augment_dim", "model_channels",
-                 "channel_mult", "channel_mult_emb", "num_blocks", "attn_resolutions", "dropout",
-                 "embedding_type", "channel_mult_noise", "encoder_type", "decoder_type", "resample_filter")
+_ARCHITECTURE = (
+    "img_resolution",
+    "img_channels",
+    "label_dim",
+    "augment_dim",
+    "model_channels",
+    "channel_mult",
+    "channel_mult_emb",
+    "num_blocks",
+    "attn_resolutions",
+    "dropout",
+    "embedding_type",
+    "channel_mult_noise",
+    "encoder_type",
+    "decoder_type",
+    "resample_filter",
+)
 
 
 def teacher_kwargs(cfg: dict) -> dict:
@@ -20,14 +34,24 @@ def teacher_kwargs(cfg: dict) -> dict:
     DDPM++ settings with the widths of ``network``."""
     net, edm = cfg["network"], cfg["edm"]
     return dict(
-        img_resolution=cfg["data"]["resolution"], img_channels=SOURCE_CHANNELS[cfg["data"]["source"]],
-        label_dim=net["label_dim"], augment_dim=net["augment_dim"],
-        sigma_min=edm["sigma_min"], sigma_max=edm["sigma_max"], sigma_data=edm["sigma_data"],
-        model_channels=net["model_channels"], channel_mult=list(net["channel_mult"]),
-        channel_mult_emb=net["channel_mult_emb"], num_blocks=net["num_blocks"],
-        attn_resolutions=list(net["attn_resolutions"]), dropout=net["dropout"],
-        embedding_type="positional", channel_mult_noise=1, encoder_type="standard",
-        decoder_type="standard", resample_filter=[1, 1],
+        img_resolution=cfg["data"]["resolution"],
+        img_channels=SOURCE_CHANNELS[cfg["data"]["source"]],
+        label_dim=net["label_dim"],
+        augment_dim=net["augment_dim"],
+        sigma_min=edm["sigma_min"],
+        sigma_max=edm["sigma_max"],
+        sigma_data=edm["sigma_data"],
+        model_channels=net["model_channels"],
+        channel_mult=list(net["channel_mult"]),
+        channel_mult_emb=net["channel_mult_emb"],
+        num_blocks=net["num_blocks"],
+        attn_resolutions=list(net["attn_resolutions"]),
+        dropout=net["dropout"],
+        embedding_type="positional",
+        channel_mult_noise=1,
+        encoder_type="standard",
+        decoder_type="standard",
+        resample_filter=[1, 1],
     )
 
 
@@ -36,11 +60,15 @@ def check_matches_config(kwargs: dict, cfg: dict, where: str) -> None:
     be the one the config describes (the HKD model, the data and the report all follow the
     config); name every differing argument."""
     want, kwargs = teacher_kwargs(cfg), with_unet_defaults(kwargs)
-    diff = [f"{k}: {kwargs.get(k)!r} in the network, {want[k]!r} from the config"
-            for k in _ARCHITECTURE if _plain(kwargs.get(k)) != _plain(want[k])]
+    diff = [
+        f"{k}: {kwargs.get(k)!r} in the network, {want[k]!r} from the config"
+        for k in _ARCHITECTURE
+        if _plain(kwargs.get(k)) != _plain(want[k])
+    ]
     if diff:
-        raise ValueError(f"{where} does not match the config's 'network' / 'data' sections:\n  "
-                         + "\n  ".join(diff))
+        raise ValueError(
+            f"{where} does not match the config's 'network' / 'data' sections:\n  " + "\n  ".join(diff)
+        )
 
 
 def _plain(v):
@@ -51,8 +79,15 @@ def save_teacher(net: EDMPrecond, path, stats: dict | None = None) -> None:
     """The teacher checkpoint every later stage reads with ``load_teacher`` (written atomically)."""
     from hkd.io import save_torch
 
-    save_torch({"kind": "edm_teacher", "network_kwargs": net.init_kwargs,
-                "ema": {k: v.contiguous() for k, v in net.state_dict().items()}, "stats": stats or {}}, path)
+    save_torch(
+        {
+            "kind": "edm_teacher",
+            "network_kwargs": net.init_kwargs,
+            "ema": {k: v.contiguous() for k, v in net.state_dict().items()},
+            "stats": stats or {},
+        },
+        path,
+    )
 
 
 def load_teacher(path: str, device: torch.device | str = "cpu", cfg: dict | None = None) -> EDMPrecond:
@@ -80,6 +115,8 @@ def start_from_unconditional(net: EDMPrecond, path: str) -> None:
     label_keys = {k for k in own if ".map_label." in k or k.startswith("map_label.")}
     theirs = source.state_dict()
     if set(own) - label_keys != set(theirs) or any(own[k].shape != v.shape for k, v in theirs.items()):
-        raise ValueError(f"{path}: the unconditional teacher's network differs from the conditional one beyond "
-                         "the label embedding; rerun its teacher stage with the same network settings")
+        raise ValueError(
+            f"{path}: the unconditional teacher's network differs from the conditional one beyond "
+            "the label embedding; rerun its teacher stage with the same network settings"
+        )
     net.load_state_dict({**theirs, **{k: torch.zeros_like(own[k]) for k in label_keys}}, strict=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -15,7 +15,9 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def edm_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
     """float64 grid sigma_0 = sigma_max > ... > sigma_{N-1} = sigma_min, then a final 0."""
     i = torch.arange(num_steps, dtype=torch.float64)
-    s = (sigma_max ** (1 / rho) + i / (num_steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    s = (
+        sigma_max ** (1 / rho) + i / (num_steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
+    ) ** rho
     return torch.cat([s, torch.zeros(1, dtype=torch.float64)])
 
 
@@ -45,8 +47,9 @@ def one_hot(labels: torch.Tensor | None, label_dim: int):
     return torch.nn.functional.one_hot(labels, label_dim).float()
 
 
-def heun_sample(denoise: Denoiser, noise: torch.Tensor, sigmas: torch.Tensor,
-                keep_states: bool = False, class_labels=None):
+def heun_sample(
+    denoise: Denoiser, noise: torch.Tensor, sigmas: torch.Tensor, keep_states: bool = False, class_labels=None
+):
     """Integrate the probability-flow ODE from sigmas[0] down to sigmas[-1] = 0.
 
     ``denoise(x, sigma)`` returns D(x; sigma) (``denoise(x, sigma, class_labels)`` when labels

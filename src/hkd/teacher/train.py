@@ -27,19 +27,27 @@ from hkd.runtime import autocast, progress_enabled
 from hkd.teacher.network import save_teacher, start_from_unconditional, teacher_kwargs
 from hkd.teacher.sampler import one_hot
 
-
 #: the path name of the compiled training step (compile_guard, logs, provenance)
 TRAINING_STEP = "the teacher training step"
 
 
-def edm_loss(net: EDMPrecond, images: torch.Tensor, gen: torch.Generator, P_mean: float,
-             P_std: float, sigma_data: float, device, dtype, class_labels=None) -> torch.Tensor:
+def edm_loss(
+    net: EDMPrecond,
+    images: torch.Tensor,
+    gen: torch.Generator,
+    P_mean: float,
+    P_std: float,
+    sigma_data: float,
+    device,
+    dtype,
+    class_labels=None,
+) -> torch.Tensor:
     """Per-pixel weighted denoising loss with log-normal noise levels (``class_labels``:
     one-hot [B, label_dim] for a conditional network)."""
     b = images.shape[0]
     rnd = torch.randn([b, 1, 1, 1], generator=gen).to(device)
     sigma = (rnd * P_std + P_mean).exp()
-    weight = (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
+    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
     noise = torch.randn(images.shape, generator=gen).to(device) * sigma
     with autocast(device, dtype):
         denoised = net((images + noise).contiguous(memory_format=torch.channels_last), sigma, class_labels)
@@ -56,9 +64,17 @@ def _fingerprint(cfg: dict, data_path: str, init_path: str | None) -> str:
     return h.hexdigest()
 
 
-def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
-                  device: torch.device, dtype, stop_after: int | None = None,
-                  resume_path: str | None = None, init_path: str | None = None) -> dict:
+def train_teacher(
+    cfg: dict,
+    data_path: str,
+    out_path: str,
+    tb_dir: str,
+    device: torch.device,
+    dtype,
+    stop_after: int | None = None,
+    resume_path: str | None = None,
+    init_path: str | None = None,
+) -> dict:
     """Train the teacher and write its checkpoint. ``stop_after``: return after that many
     steps without writing anything (throughput benchmarks). ``resume_path``: where the
     training state is saved every ``teacher.checkpoint_every`` steps and resumed from.
@@ -98,13 +114,21 @@ def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
     watch.restore(state.get("nonfinite") if state is not None else None)
 
     from torch.utils.tensorboard import SummaryWriter
+
     if state is None:
         shutil.rmtree(tb_dir, ignore_errors=True)
     writer = SummaryWriter(tb_dir, purge_step=nimg if state is not None else None)
     t0 = time.time()
     running = 0.0
-    bar = tqdm(range(step0, total_steps), desc="teacher", unit="step", mininterval=2,
-               disable=not progress_enabled(), initial=step0, total=total_steps)
+    bar = tqdm(
+        range(step0, total_steps),
+        desc="teacher",
+        unit="step",
+        mininterval=2,
+        disable=not progress_enabled(),
+        initial=step0,
+        total=total_steps,
+    )
     t_first = None
     for step in bar:
         if step == step0 + 1:
@@ -114,16 +138,19 @@ def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
             return {"steps": step, "batch": batch, "seconds_after_first_step": time.time() - t_first}
         if cursor + batch > len(order):
             order, cursor = torch.randperm(len(images), generator=gen), 0
-        rows = order[cursor:cursor + batch]
+        rows = order[cursor : cursor + batch]
         y = images[rows].to(device)
         labels = onehot[rows].to(device) if onehot is not None else None
         cursor += batch
         lr = tcfg["lr"] * min(nimg / max(tcfg["lr_rampup_kimg"] * 1000, 1e-8), 1.0)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss = edm_loss(forward, y, gen, edm["P_mean"], edm["P_std"], edm["sigma_data"], device, dtype,
-                        labels).mean()
-        where = f"the last saved state is in {resume}" if resume and resume.is_file() else "no state was saved"
+        loss = edm_loss(
+            forward, y, gen, edm["P_mean"], edm["P_std"], edm["sigma_data"], device, dtype, labels
+        ).mean()
+        where = (
+            f"the last saved state is in {resume}" if resume and resume.is_file() else "no state was saved"
+        )
         if not torch.isfinite(loss):
             raise FloatingPointError(f"teacher loss is {loss.item()} at step {step}; stopping ({where})")
         opt.zero_grad(set_to_none=True)
@@ -144,17 +171,34 @@ def train_teacher(cfg: dict, data_path: str, out_path: str, tb_dir: str,
             bar.set_postfix(loss=f"{running / n:.4f}", kimg=f"{nimg / 1000:.1f}")
             running = 0.0
         if resume and (step + 1) % tcfg["checkpoint_every"] == 0 and step + 1 < total_steps:
-            save_torch({"fingerprint": fingerprint, "step": step + 1, "cursor": cursor, "nimg": nimg,
-                        "order": order, "net": net.state_dict(), "ema": ema.net.state_dict(),
-                        "opt": opt.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                        "nonfinite": watch.summary()}, resume)
+            save_torch(
+                {
+                    "fingerprint": fingerprint,
+                    "step": step + 1,
+                    "cursor": cursor,
+                    "nimg": nimg,
+                    "order": order,
+                    "net": net.state_dict(),
+                    "ema": ema.net.state_dict(),
+                    "opt": opt.state_dict(),
+                    "gen": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "nonfinite": watch.summary(),
+                },
+                resume,
+            )
     writer.close()
     elapsed = time.time() - t0
-    stats = {"kimg": nimg / 1000, "steps": total_steps, "seconds": elapsed,
-             "images_per_second": (nimg - step0 * batch) / elapsed,
-             "parameters": sum(p.numel() for p in net.parameters()),
-             "resumed_from_step": step0 if state is not None else None, "started_from": init_path,
-             **watch.summary()}
+    stats = {
+        "kimg": nimg / 1000,
+        "steps": total_steps,
+        "seconds": elapsed,
+        "images_per_second": (nimg - step0 * batch) / elapsed,
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "resumed_from_step": step0 if state is not None else None,
+        "started_from": init_path,
+        **watch.summary(),
+    }
     save_teacher(ema.net, out_path, stats)  # ema.net.init_kwargs are teacher_kwargs(cfg)
     if resume and resume.is_file():
         resume.unlink()  # finished: a later forced rerun trains afresh

@@ -51,6 +51,7 @@ def make_denoiser(net, device, dtype, compile=False, what: str = DENOISER):
         with torch.no_grad(), autocast(device, dtype):
             out = net(x.contiguous(memory_format=torch.channels_last), sigma, class_labels)
         return out.float()
+
     return denoise
 
 
@@ -68,9 +69,16 @@ def stored_indices(num_steps: int, store_every: int) -> np.ndarray:
 
 def fingerprint(cfg: dict, teacher_sha256: str, dtype) -> str:
     tcfg, edm = cfg["trajectories"], cfg["edm"]
-    spec = {"teacher_sha256": teacher_sha256, "sigma_min": edm["sigma_min"], "sigma_max": edm["sigma_max"],
-            "rho": edm["rho"], "num_steps": tcfg["num_steps"], "store_every": tcfg["store_every"],
-            "autocast": str(dtype), "state_dtype": np.dtype(STATE_DTYPE).name}
+    spec = {
+        "teacher_sha256": teacher_sha256,
+        "sigma_min": edm["sigma_min"],
+        "sigma_max": edm["sigma_max"],
+        "rho": edm["rho"],
+        "num_steps": tcfg["num_steps"],
+        "store_every": tcfg["store_every"],
+        "autocast": str(dtype),
+        "state_dtype": np.dtype(STATE_DTYPE).name,
+    }
     return sha256_json(spec)
 
 
@@ -91,23 +99,34 @@ def _shard_status(path: Path, seeds: np.ndarray, fp: str) -> str | None:
     return None
 
 
-def generate_batch(denoise, seeds, shape, label_dim, sigmas, keep, device,
-                   log: str = "") -> tuple[np.ndarray, np.ndarray]:
+def generate_batch(
+    denoise, seeds, shape, label_dim, sigmas, keep, device, log: str = ""
+) -> tuple[np.ndarray, np.ndarray]:
     """(states fp16 [B, len(keep), C, H, W], labels [B]) of the trajectories of ``seeds``;
     ``log``: the stage's log file, named in the error for non-finite states."""
     noise, labels = seeded_inputs(seeds, shape, label_dim, device)
-    _, traj = heun_sample(denoise, noise, sigmas, keep_states=True,
-                          class_labels=one_hot(labels, label_dim))
+    _, traj = heun_sample(denoise, noise, sigmas, keep_states=True, class_labels=one_hot(labels, label_dim))
     block = torch.stack([traj[i] for i in keep], dim=1).to(torch.float16).cpu().numpy()
     if not np.isfinite(block).all():
-        raise FloatingPointError(non_finite_message("teacher states", seeds, ~np.isfinite(block).reshape(len(seeds), -1)
-                                                    .any(1), DENOISER, log))
+        raise FloatingPointError(
+            non_finite_message(
+                "teacher states", seeds, ~np.isfinite(block).reshape(len(seeds), -1).any(1), DENOISER, log
+            )
+        )
     labels = labels.cpu().numpy() if labels is not None else np.full(len(seeds), -1, np.int64)
     return block, labels
 
 
-def generate_trajectories(cfg: dict, teacher, teacher_path: str, out_dir: str, device, dtype,
-                          shards: list[int] | None = None, write: bool = True) -> dict:
+def generate_trajectories(
+    cfg: dict,
+    teacher,
+    teacher_path: str,
+    out_dir: str,
+    device,
+    dtype,
+    shards: list[int] | None = None,
+    write: bool = True,
+) -> dict:
     """Generate the pending shards (all, or ``shards``), then, when all were asked for, write
     the manifest. Under torchrun each process takes every world-th pending shard and rank 0
     writes the manifest. ``write=False`` generates without writing (the writer benchmark)."""
@@ -121,8 +140,10 @@ def generate_trajectories(cfg: dict, teacher, teacher_path: str, out_dir: str, d
     asked = list(all_shards) if shards is None else list(shards)
     bad = [k for k in asked if k not in all_shards]
     if bad:
-        raise ValueError(f"shard {bad[0]} does not exist: trajectories.count / shard_size gives "
-                         f"{len(all_shards)} shards (0..{len(all_shards) - 1})")
+        raise ValueError(
+            f"shard {bad[0]} does not exist: trajectories.count / shard_size gives "
+            f"{len(all_shards)} shards (0..{len(all_shards) - 1})"
+        )
     # Each process takes a fixed share of the asked shards (not of the pending ones: another
     # process may finish a shard while this one is still looking) and skips its finished ones.
     rank, size, _ = distributed.world()
@@ -145,17 +166,31 @@ def generate_trajectories(cfg: dict, teacher, teacher_path: str, out_dir: str, d
             states = np.empty((len(seeds), len(keep)) + shape, dtype=STATE_DTYPE)
             labels = np.empty(len(seeds), dtype=np.int64)
             for start in range(0, len(seeds), bs):
-                batch = seeds[start:start + bs]
-                states[start:start + len(batch)], labels[start:start + len(batch)] = generate_batch(
-                    denoise, batch, shape, teacher.label_dim, sigmas, keep, device,
-                    log_path(cfg, f"trajectories-{k:05d}"))
+                batch = seeds[start : start + bs]
+                states[start : start + len(batch)], labels[start : start + len(batch)] = generate_batch(
+                    denoise,
+                    batch,
+                    shape,
+                    teacher.label_dim,
+                    sigmas,
+                    keep,
+                    device,
+                    log_path(cfg, f"trajectories-{k:05d}"),
+                )
                 bar.update(len(batch))
             if writing is not None:
                 writing.result()  # one shard in flight at a time; a failed write stops the run
             if write:
-                writing = writer.submit(save_npz, out / shard_name(k), states=states, labels=labels,
-                                        seeds=seeds, sigmas=sigmas.numpy()[keep], grid_index=keep,
-                                        fingerprint=np.array(fp))
+                writing = writer.submit(
+                    save_npz,
+                    out / shard_name(k),
+                    states=states,
+                    labels=labels,
+                    seeds=seeds,
+                    sigmas=sigmas.numpy()[keep],
+                    grid_index=keep,
+                    fingerprint=np.array(fp),
+                )
         if writing is not None:
             writing.result()
     bar.close()
@@ -181,24 +216,42 @@ def write_manifest(cfg: dict, out: Path, fp: str, teacher) -> dict:
         why = _shard_status(path, seeds, fp)
         if why is not None:
             raise RuntimeError(f"cannot write the trajectory manifest: {path} is {why}")
-        entries.append({"file": path.name, "first_seed": int(seeds[0]), "count": int(len(seeds)),
-                        "bytes": path.stat().st_size, "sha256": sha256_file(path)})
+        entries.append(
+            {
+                "file": path.name,
+                "first_seed": int(seeds[0]),
+                "count": int(len(seeds)),
+                "bytes": path.stat().st_size,
+                "sha256": sha256_file(path),
+            }
+        )
     edm = cfg["edm"]
     sigmas = edm_sigmas(tcfg["num_steps"], edm["sigma_min"], edm["sigma_max"], edm["rho"])
     keep = stored_indices(tcfg["num_steps"], tcfg["store_every"])
     c, r = teacher.img_channels, teacher.img_resolution
     manifest = {
-        "count": int(tcfg["count"]), "seed_offset": int(tcfg["seed_offset"]),
-        "num_steps": int(tcfg["num_steps"]), "nfe": nfe(tcfg["num_steps"]),
-        "grid_sigmas": sigmas.tolist(), "stored_grid_index": keep.tolist(),
-        "shape": [c, r, r], "label_dim": int(teacher.label_dim), "state_dtype": np.dtype(STATE_DTYPE).name,
+        "count": int(tcfg["count"]),
+        "seed_offset": int(tcfg["seed_offset"]),
+        "num_steps": int(tcfg["num_steps"]),
+        "nfe": nfe(tcfg["num_steps"]),
+        "grid_sigmas": sigmas.tolist(),
+        "stored_grid_index": keep.tolist(),
+        "shape": [c, r, r],
+        "label_dim": int(teacher.label_dim),
+        "state_dtype": np.dtype(STATE_DTYPE).name,
         "bytes_per_trajectory_states": int(len(keep) * c * r * r * np.dtype(STATE_DTYPE).itemsize),
         "bytes_total": int(sum(e["bytes"] for e in entries)),
-        "fingerprint": fp, "shards": entries,
+        "fingerprint": fp,
+        "shards": entries,
     }
     save_json(manifest, out / MANIFEST)
-    return {"count": manifest["count"], "shards": len(entries), "grid_points_stored": len(keep),
-            "nfe": manifest["nfe"], "bytes_total": manifest["bytes_total"]}
+    return {
+        "count": manifest["count"],
+        "shards": len(entries),
+        "grid_points_stored": len(keep),
+        "nfe": manifest["nfe"],
+        "bytes_total": manifest["bytes_total"],
+    }
 
 
 class ShardedStates:
@@ -249,7 +302,9 @@ def load_trajectories(manifest_path: str, verify: bool = True, stream: bool = Fa
         n_states, shape = len(m["stored_grid_index"]), tuple(m["shape"])
         total = sum(int(e["count"]) for e in entries)
     except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
-        raise ValueError(f"{manifest_path}: not a trajectory manifest ({exc!r}); rerun the trajectories stage") from exc
+        raise ValueError(
+            f"{manifest_path}: not a trajectory manifest ({exc!r}); rerun the trajectories stage"
+        ) from exc
     if not entries:
         raise ValueError(f"{manifest_path}: lists no shards; rerun the trajectories stage")
     # in RAM: one array filled shard by shard, so the peak is the set plus one shard
@@ -263,8 +318,10 @@ def load_trajectories(manifest_path: str, verify: bool = True, stream: bool = Fa
         if not path.is_file():
             raise FileNotFoundError(f"trajectory shard listed in {manifest_path} not found: {path}")
         if verify and sha256_file(path) != e["sha256"]:
-            raise ValueError(f"{path}: sha256 differs from {manifest_path} (truncated, corrupted or "
-                             "regenerated since); rerun the trajectories stage")
+            raise ValueError(
+                f"{path}: sha256 differs from {manifest_path} (truncated, corrupted or "
+                "regenerated since); rerun the trajectories stage"
+            )
         if stream:
             s = npz_memmap(path, "states")
             with np.load(path, allow_pickle=False) as z:  # reads only the named members
@@ -276,14 +333,21 @@ def load_trajectories(manifest_path: str, verify: bool = True, stream: bool = Fa
             d = load_npz(path, ("states", "sigmas", "seeds", "labels"))
             s = d["states"]
         n = int(e["count"])
-        if s.shape != (n, n_states) + shape or s.dtype != STATE_DTYPE or len(d["seeds"]) != n or len(d["labels"]) != n:
-            raise ValueError(f"{path}: 'states' is {s.dtype} {s.shape}, expected "
-                             f"{np.dtype(STATE_DTYPE).name} {(n, n_states) + shape}")
+        if (
+            s.shape != (n, n_states) + shape
+            or s.dtype != STATE_DTYPE
+            or len(d["seeds"]) != n
+            or len(d["labels"]) != n
+        ):
+            raise ValueError(
+                f"{path}: 'states' is {s.dtype} {s.shape}, expected "
+                f"{np.dtype(STATE_DTYPE).name} {(n, n_states) + shape}"
+            )
         if stream:
             maps.append(s)
         else:
-            states[row:row + n] = s
-        seeds[row:row + n], labels[row:row + n] = d["seeds"], d["labels"]
+            states[row : row + n] = s
+        seeds[row : row + n], labels[row : row + n] = d["seeds"], d["labels"]
         sigmas = d["sigmas"] if sigmas is None else sigmas
         row += n
         del d, s

@@ -87,8 +87,16 @@ def states_at(states: torch.Tensor, sigmas: torch.Tensor, t: torch.Tensor) -> to
     return (1 - w) * states[rows, idx].float() + w * states[rows, idx + 1].float()
 
 
-def hkd_distances(model, states: torch.Tensor, sigmas: torch.Tensor, t: torch.Tensor, device, dtype,
-                  class_labels: torch.Tensor | None = None, perceptual=None):
+def hkd_distances(
+    model,
+    states: torch.Tensor,
+    sigmas: torch.Tensor,
+    t: torch.Tensor,
+    device,
+    dtype,
+    class_labels: torch.Tensor | None = None,
+    perceptual=None,
+):
     """(MSE, LPIPS or None) per (example, time point), each [B, K], for times ``t`` [B, K];
     ``class_labels``: one-hot [B, label_dim] of a conditional run."""
     b, k = t.shape
@@ -114,8 +122,11 @@ def hkd_loss(model, states, sigmas, t, device, dtype, class_labels=None) -> torc
 
 def _fingerprint(cfg: dict, teacher, traj_path: str, max_trajectories, world: int) -> str:
     """What a resume state must have been made with: settings, teacher weights, trajectories."""
-    h = hashlib.sha256(json.dumps({k: cfg[k] for k in ("seed", "precision", "compile", "edm", "hkd")},
-                                  sort_keys=True).encode())
+    h = hashlib.sha256(
+        json.dumps(
+            {k: cfg[k] for k in ("seed", "precision", "compile", "edm", "hkd")}, sort_keys=True
+        ).encode()
+    )
     h.update(json.dumps([max_trajectories, world, sha256_file(traj_path)]).encode())
     for name, v in teacher.state_dict().items():
         h.update(name.encode())
@@ -123,10 +134,19 @@ def _fingerprint(cfg: dict, teacher, traj_path: str, max_trajectories, world: in
     return h.hexdigest()
 
 
-def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
-              device: torch.device, dtype, max_trajectories: int | None = None,
-              resume_path: str | None = None, stop_after: int | None = None,
-              snapshot_paths: dict[int, str] | None = None) -> dict:
+def train_hkd(
+    cfg: dict,
+    teacher,
+    traj_path: str,
+    out_path: str,
+    tb_dir: str,
+    device: torch.device,
+    dtype,
+    max_trajectories: int | None = None,
+    resume_path: str | None = None,
+    stop_after: int | None = None,
+    snapshot_paths: dict[int, str] | None = None,
+) -> dict:
     """Train on the trajectories of ``traj_path`` (a manifest; the first ``max_trajectories``
     only when given) and write the checkpoint to ``out_path``. ``resume_path``: where the
     training state is saved every ``hkd.checkpoint_every`` steps and resumed from.
@@ -142,14 +162,18 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
         states, traj["labels"] = states.head(max_trajectories), traj["labels"][:max_trajectories]
     sigmas = torch.from_numpy(traj["sigmas"]).double()  # of the stored states, T .. eps, 0
     if traj["label_dim"] != teacher.label_dim:
-        raise ValueError(f"{traj_path}: trajectories have label_dim {traj['label_dim']}, the teacher "
-                         f"{teacher.label_dim}; rerun the trajectories stage")
+        raise ValueError(
+            f"{traj_path}: trajectories have label_dim {traj['label_dim']}, the teacher "
+            f"{teacher.label_dim}; rerun the trajectories stage"
+        )
     onehot = one_hot(torch.from_numpy(traj["labels"]), teacher.label_dim) if teacher.label_dim else None
     n_traj = states.shape[0]
     batch = min(hcfg["batch_size"], n_traj)
     if batch % world:
-        raise ValueError(f"hkd.batch_size {batch} is the global batch and must be divisible by the "
-                         f"{world} torchrun processes")
+        raise ValueError(
+            f"hkd.batch_size {batch} is the global batch and must be divisible by the "
+            f"{world} torchrun processes"
+        )
     local = slice(rank * batch // world, (rank + 1) * batch // world)
     steps_per_epoch = n_traj // batch
     total_steps = hcfg["epochs"] * steps_per_epoch
@@ -163,19 +187,25 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
     gen = torch.Generator().manual_seed(cfg["seed"] + 1)
     model = build_hkd(teacher, cfg).to(device)
     model.unet.to(memory_format=torch.channels_last)
-    ema = (EMA(model, hcfg["ema_halflife_kimg"], hcfg["ema_rampup_ratio"])
-           if hcfg["ema_halflife_kimg"] > 0 else None)
+    ema = (
+        EMA(model, hcfg["ema_halflife_kimg"], hcfg["ema_rampup_ratio"])
+        if hcfg["ema_halflife_kimg"] > 0
+        else None
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=hcfg["lr"])
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total_steps, hcfg["lr_rampdown"]))
+        opt, lambda s: lr_factor(s, total_steps, hcfg["lr_rampdown"])
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     resume = Path(resume_path) if resume_path else None
     fingerprint = _fingerprint(cfg, teacher, traj_path, max_trajectories, world) if resume else None
     step, seen, epoch0, pos0, order = 0, 0, 0, 0, None
     last_saved = None
-    state = load_resume(resume, fingerprint, "hkd-train", "settings, teacher or trajectories") if resume else None
+    state = (
+        load_resume(resume, fingerprint, "hkd-train", "settings, teacher or trajectories") if resume else None
+    )
     if state is not None:
         model.load_state_dict(state["model"])
         if ema is not None:
@@ -185,7 +215,13 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
         scaler.load_state_dict(state["scaler"])
         gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
-        step, seen, epoch0, pos0, order = state["step"], state["seen"], state["epoch"], state["pos"], state["order"]
+        step, seen, epoch0, pos0, order = (
+            state["step"],
+            state["seen"],
+            state["epoch"],
+            state["pos"],
+            state["order"],
+        )
         last_saved = step
         print(f"hkd-train: resuming from step {step} of {total_steps} ({resume})")
 
@@ -196,20 +232,37 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
             path.unlink(missing_ok=True)
 
     def checkpoint(stats: dict) -> dict:
-        return hkd_checkpoint(ema.net if ema is not None else model, teacher.init_kwargs, stats, ema is not None)
+        return hkd_checkpoint(
+            ema.net if ema is not None else model, teacher.init_kwargs, stats, ema is not None
+        )
 
     def save_state(epoch: int, pos: int, order: torch.Tensor) -> None:
         if rank == 0:
-            save_torch({"fingerprint": fingerprint, "step": step, "seen": seen, "epoch": epoch, "pos": pos,
-                        "order": order, "model": model.state_dict(),
-                        "ema": ema.net.state_dict() if ema is not None else None,
-                        "opt": opt.state_dict(), "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
-                        "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "nonfinite": watch.summary()},
-                       resume)
+            save_torch(
+                {
+                    "fingerprint": fingerprint,
+                    "step": step,
+                    "seen": seen,
+                    "epoch": epoch,
+                    "pos": pos,
+                    "order": order,
+                    "model": model.state_dict(),
+                    "ema": ema.net.state_dict() if ema is not None else None,
+                    "opt": opt.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "gen": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "nonfinite": watch.summary(),
+                },
+                resume,
+            )
 
     net = model
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        )
     # With `compile: true` the first step traces and builds kernels (1.5-2.5 minutes on 2 CPU
     # cores); later steps run the fused forward/backward, ~1.2x faster there (docs/faithful.md).
     forward = maybe_compile(net, cfg["compile"], TRAINING_STEP)
@@ -219,12 +272,14 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
+
         if state is None:
             shutil.rmtree(tb_dir, ignore_errors=True)
         writer = SummaryWriter(tb_dir, purge_step=step if state is not None else None)
     grid_seeds = range(cfg["sample"]["seed_offset"], cfg["sample"]["seed_offset"] + 16)
-    grid_noise, grid_labels = seeded_inputs(grid_seeds, (model.img_channels, model.img_resolution,
-                                                         model.img_resolution), model.label_dim, device)
+    grid_noise, grid_labels = seeded_inputs(
+        grid_seeds, (model.img_channels, model.img_resolution, model.img_resolution), model.label_dim, device
+    )
     # the next step's rows are read from the shard files while this step computes
     reader = ThreadPoolExecutor(1, thread_name_prefix="hkd-trajectory-reader")
 
@@ -232,22 +287,28 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
         return reader.submit(lambda: torch.from_numpy(states.take(rows.numpy())))
 
     t0, step0, t_first = time.time(), step, None
-    bar = tqdm(total=total_steps, initial=step, desc="hkd-train", unit="step", mininterval=2,
-               disable=not progress_enabled() or rank != 0)
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        desc="hkd-train",
+        unit="step",
+        mininterval=2,
+        disable=not progress_enabled() or rank != 0,
+    )
     for epoch in range(epoch0, hcfg["epochs"]):
         lam = lambda1(epoch, hcfg["epochs"], hcfg["lambda1"])
         if not (state is not None and epoch == epoch0):
             order, pos0 = torch.randperm(n_traj, generator=gen), 0
         end = steps_per_epoch * batch
-        pending = read_rows(order[pos0:pos0 + batch][local]) if pos0 < end else None
+        pending = read_rows(order[pos0 : pos0 + batch][local]) if pos0 < end else None
         for start in range(pos0, end, batch):
-            rows = order[start:start + batch]
+            rows = order[start : start + batch]
             # the global batch's times, the same in every process
             t = sample_times(batch, k, sigmas, gen, hcfg["time_sampling"], (edm["P_mean"], edm["P_std"]))
             mine, t_mine = rows[local], t[local]
             my_states = pending.result()  # this process's rows of the batch, in the order of `mine`
             if start + batch < end:
-                pending = read_rows(order[start + batch:start + 2 * batch][local])
+                pending = read_rows(order[start + batch : start + 2 * batch][local])
             opt.zero_grad(set_to_none=True)
             errs, n_local = [], len(mine)
             parts = list(zip(mine.split(micro), my_states.split(micro), t_mine.split(micro)))
@@ -255,16 +316,28 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
                 # gradients accumulate over the parts; DDP synchronises only after the last
                 sync = world == 1 or i == len(parts) - 1
                 with contextlib.nullcontext() if sync else net.no_sync():
-                    mse, lp = hkd_distances(forward, part_states, sigmas, t_part, device, dtype,
-                                            onehot[part] if onehot is not None else None, perceptual)
+                    mse, lp = hkd_distances(
+                        forward,
+                        part_states,
+                        sigmas,
+                        t_part,
+                        device,
+                        dtype,
+                        onehot[part] if onehot is not None else None,
+                        perceptual,
+                    )
                     dist = distance(mse, pixels, hcfg["distance"], hcfg["pseudo_huber_c"])
                     err = lam * dist if lp is None else lam * dist + LAMBDA2 * lp  # d of the paper
                     loss = (err * weights).sum(1).sum() / n_local  # the parts add up to the batch mean
                     if not distributed.all_finite(loss):
-                        where = (f"the last good state (step {last_saved}) is in {resume}"
-                                 if last_saved is not None else "no resume state was saved yet")
-                        raise FloatingPointError(f"HKD loss is {loss.item()} at epoch {epoch}, step {step}; "
-                                                 f"stopping ({where})")
+                        where = (
+                            f"the last good state (step {last_saved}) is in {resume}"
+                            if last_saved is not None
+                            else "no resume state was saved yet"
+                        )
+                        raise FloatingPointError(
+                            f"HKD loss is {loss.item()} at epoch {epoch}, step {step}; stopping ({where})"
+                        )
                     scaler.scale(loss).backward()
                 errs.append((err.detach(), mse.detach(), lp.detach() if lp is not None else None))
             err = torch.cat([e[0] for e in errs])
@@ -272,8 +345,11 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
             lp = torch.cat([e[2] for e in errs]) if perceptual is not None else None
             loss = (err * weights).sum(1).mean()
             scaler.unscale_(opt)
-            where = (f" (the last good state, step {last_saved}, is in {resume})" if last_saved is not None
-                     else " (no resume state was saved yet)")
+            where = (
+                f" (the last good state, step {last_saved}, is in {resume})"
+                if last_saved is not None
+                else " (no resume state was saved yet)"
+            )
             if watch.count(step, where, scaler_skips=scaler.is_enabled()) and not scaler.is_enabled():
                 opt.zero_grad(set_to_none=True)  # skip this update, as a loss scaler would
             grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
@@ -314,8 +390,13 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
                 bar.close()
                 if writer is not None:
                     writer.close()
-                return {"steps": step - step0, "batch": batch, "time_points": k + 1,
-                        "seconds": time.time() - t0, "seconds_after_first_step": time.time() - t_first}
+                return {
+                    "steps": step - step0,
+                    "batch": batch,
+                    "time_points": k + 1,
+                    "seconds": time.time() - t0,
+                    "seconds_after_first_step": time.time() - t_first,
+                }
         if epoch in partial and rank == 0:  # the weights after this epoch (Table 5)
             save_torch(checkpoint({"epoch": epoch, "steps": step, "examples": seen}), partial[epoch])
     reader.shutdown()
@@ -324,17 +405,27 @@ def train_hkd(cfg: dict, teacher, traj_path: str, out_path: str, tb_dir: str,
         writer.close()
     elapsed = time.time() - t0
     done = step - step0
-    stats = {"epochs": hcfg["epochs"], "steps": step, "steps_this_run": done, "examples": seen,
-             "lambda1": hcfg["lambda1"], "seconds": elapsed, "processes": world,
-             "examples_per_second": done * batch / elapsed if done else None,
-             "example_time_points_per_second": done * batch * (k + 1) / elapsed if done else None,
-             "trajectories": int(n_traj), "resumed_from_step": step0 if state is not None else None,
-             "koopman_T": koopman_exponents(ema.net if ema is not None else model),
-             **watch.summary()}
+    stats = {
+        "epochs": hcfg["epochs"],
+        "steps": step,
+        "steps_this_run": done,
+        "examples": seen,
+        "lambda1": hcfg["lambda1"],
+        "seconds": elapsed,
+        "processes": world,
+        "examples_per_second": done * batch / elapsed if done else None,
+        "example_time_points_per_second": done * batch * (k + 1) / elapsed if done else None,
+        "trajectories": int(n_traj),
+        "resumed_from_step": step0 if state is not None else None,
+        "koopman_T": koopman_exponents(ema.net if ema is not None else model),
+        **watch.summary(),
+    }
     if rank == 0:
         for e, path in snapshot_paths.items():
             if not partial[e].is_file():
-                raise FileNotFoundError(f"snapshot after epoch {e} missing: {partial[e]} (removed while training?)")
+                raise FileNotFoundError(
+                    f"snapshot after epoch {e} missing: {partial[e]} (removed while training?)"
+                )
             partial[e].replace(path)
         save_torch(checkpoint(stats), out_path)
         if resume and resume.is_file():

@@ -20,8 +20,14 @@ import torch
 TIME_SAMPLINGS = ("uniform_sigma", "grid_index", "lognormal")
 
 
-def sample_times(b: int, k: int, sigmas: torch.Tensor, gen: torch.Generator, how: str = "uniform_sigma",
-                 lognormal: tuple[float, float] = (-1.2, 1.2)) -> torch.Tensor:
+def sample_times(
+    b: int,
+    k: int,
+    sigmas: torch.Tensor,
+    gen: torch.Generator,
+    how: str = "uniform_sigma",
+    lognormal: tuple[float, float] = (-1.2, 1.2),
+) -> torch.Tensor:
     """[B, 1 + k] times: column 0 is T = sigmas[0], the other k on [eps, T) drawn ``how``
     (TIME_SAMPLINGS); ``lognormal``: (P_mean, P_std) of ln sigma."""
     grid = sigmas[:-1].double()  # the stored states' times, T .. eps (the final 0 is the target)

@@ -37,15 +37,19 @@ def _torchvision_state(kind: str, weights: str | None) -> dict:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ValueError(f"hkd.perceptual_weights: cannot read {path} as a torchvision state dict ({exc})") from exc
+            raise ValueError(
+                f"hkd.perceptual_weights: cannot read {path} as a torchvision state dict ({exc})"
+            ) from exc
     url = backbone_url(kind)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     try:
         return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False)
     except Exception as exc:
-        raise RuntimeError(f"hkd.perceptual: the {kind} backbone is not in the torch hub cache ({cached}) and "
-                           f"cannot be downloaded from {url} ({exc}); put the file there, set "
-                           "hkd.perceptual_weights to a local copy, or use perceptual: none") from exc
+        raise RuntimeError(
+            f"hkd.perceptual: the {kind} backbone is not in the torch hub cache ({cached}) and "
+            f"cannot be downloaded from {url} ({exc}); put the file there, set "
+            "hkd.perceptual_weights to a local copy, or use perceptual: none"
+        ) from exc
 
 
 class Perceptual(nn.Module):
@@ -66,7 +70,9 @@ class Perceptual(nn.Module):
             _, index, param = name.split(".")  # sliceN.<index>.<weight|bias>
             key = f"features.{index}.{param}"
             if key not in state:
-                raise ValueError(f"LPIPS backbone weights lack {key} (is this a torchvision {kind[6:]} state dict?)")
+                raise ValueError(
+                    f"LPIPS backbone weights lack {key} (is this a torchvision {kind[6:]} state dict?)"
+                )
             ours[name] = state[key]
         try:
             self.lpips.net.load_state_dict(ours, strict=True)
