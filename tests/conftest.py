@@ -7,7 +7,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-os.environ.setdefault("HKD_NO_PROGRESS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 

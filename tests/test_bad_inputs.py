@@ -20,7 +20,7 @@ def hkd(work, *args):
         capture_output=True,
         text=True,
         timeout=300,
-        env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin", "HKD_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"},
+        env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"},
     )
     return r.returncode, r.stdout + r.stderr
 

@@ -87,10 +87,6 @@ def device_name(device: torch.device) -> str:
     return f"CPU: {platform.processor() or platform.machine()}"
 
 
-def progress_enabled() -> bool:
-    return os.environ.get("HKD_NO_PROGRESS", "") == ""
-
-
 def say(message: str) -> None:
     """A line on the stage's log (stderr) that does not break a running progress bar."""
     from tqdm import tqdm

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from hkd.compile_guard import non_finite_message
 from hkd.io import load_npz, save_npz, sha256_file, sha256_json
 from hkd.pipeline import log_path
-from hkd.runtime import autocast, progress_enabled
+from hkd.runtime import autocast
 from hkd.teacher.sampler import edm_sigmas, heun_sample, one_hot, seeded_inputs
 from hkd.teacher.trajectories import DENOISER, make_denoiser
 
@@ -80,7 +80,6 @@ def draw(
             desc=desc,
             unit="batch",
             mininterval=2,
-            disable=not progress_enabled(),
         )
     ):
         batch = seeds[start : start + batch_size]

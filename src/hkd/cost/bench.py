@@ -309,7 +309,6 @@ def isolated_command(
     env = dict(
         os.environ,
         TQDM_DISABLE="1",
-        HKD_NO_PROGRESS="1",
         TORCHINDUCTOR_CACHE_DIR=str(result.parent / f"inductor-{result.stem}"),
     )
     return cmd, env

@@ -10,7 +10,6 @@ from tqdm import tqdm
 
 from hkd.data.dataset import load_dataset
 from hkd.io import load_torch, save_torch
-from hkd.runtime import progress_enabled
 
 FEATURE_DIM = 128
 NUM_CLASSES = 10
@@ -54,7 +53,7 @@ def train_classifier(cfg: dict, data_path: str, out_path: str) -> dict:
     opt = torch.optim.Adam(net.parameters(), lr=ecfg["classifier_lr"])
     bs = ecfg["classifier_batch_size"]
     steps = ecfg["classifier_epochs"] * ((len(x) + bs - 1) // bs)
-    bar = tqdm(total=steps, desc="classifier", unit="step", mininterval=2, disable=not progress_enabled())
+    bar = tqdm(total=steps, desc="classifier", unit="step", mininterval=2)
     for _ in range(ecfg["classifier_epochs"]):
         order = torch.randperm(len(x), generator=gen)
         for start in range(0, len(x), bs):

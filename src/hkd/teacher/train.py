@@ -23,7 +23,7 @@ from hkd.ema import EMA
 from hkd.gradient_watch import GradientWatch
 from hkd.io import load_resume, save_torch, sha256_file
 from hkd.nn.precond import EDMPrecond
-from hkd.runtime import autocast, progress_enabled
+from hkd.runtime import autocast
 from hkd.teacher.network import save_teacher, start_from_unconditional, teacher_kwargs
 from hkd.teacher.sampler import one_hot
 
@@ -125,7 +125,6 @@ def train_teacher(
         desc="teacher",
         unit="step",
         mininterval=2,
-        disable=not progress_enabled(),
         initial=step0,
         total=total_steps,
     )

@@ -31,7 +31,7 @@ from hkd import distributed
 from hkd.compile_guard import maybe_compile, non_finite_message
 from hkd.io import load_json, load_npz, npz_memmap, save_json, save_npz, sha256_file, sha256_json
 from hkd.pipeline import log_path, shard_count, shard_name
-from hkd.runtime import autocast, progress_enabled
+from hkd.runtime import autocast
 from hkd.teacher.sampler import edm_sigmas, heun_sample, nfe, one_hot, seeded_inputs
 
 MANIFEST = "manifest.json"
@@ -158,7 +158,7 @@ def generate_trajectories(
     denoise = make_denoiser(teacher, device, dtype, compile=cfg["compile"])
     bs = tcfg["batch_size"]
     total = sum(len(shard_seeds(tcfg, k)) for k in mine)
-    bar = tqdm(total=total, desc="trajectories", unit="traj", mininterval=2, disable=not progress_enabled())
+    bar = tqdm(total=total, desc="trajectories", unit="traj", mininterval=2)
     with ThreadPoolExecutor(max_workers=1) as writer:
         writing = None
         for k in mine:

@@ -46,7 +46,7 @@ from hkd.gradient_watch import GradientWatch
 from hkd.io import load_resume, save_torch, sha256_file
 from hkd.koopman.diagnostics import koopman_exponents, log_koopman
 from hkd.koopman.model import build_hkd, hkd_checkpoint
-from hkd.runtime import autocast, progress_enabled
+from hkd.runtime import autocast
 from hkd.teacher.sampler import one_hot, seeded_inputs
 from hkd.teacher.trajectories import load_trajectories
 from hkd.train.objective import distance, sample_times, time_weights
@@ -293,7 +293,7 @@ def train_hkd(
         desc="hkd-train",
         unit="step",
         mininterval=2,
-        disable=not progress_enabled() or rank != 0,
+        **({"disable": True} if rank != 0 else {}),  # rank 0: TQDM_DISABLE decides
     )
     for epoch in range(epoch0, hcfg["epochs"]):
         lam = lambda1(epoch, hcfg["epochs"], hcfg["lambda1"])
