@@ -61,7 +61,27 @@ def case_corrupt_archive(work, cfg, paper):
     bad = work / "cifar-10-python.tar.gz"
     bad.write_bytes(b"\x1f\x8b\x08 this is not a tar archive")
     cfg["data"]["path"] = str(bad)
-    return ["data", "--config", write(work, cfg)], [str(bad), "corrupt or truncated"]
+    return ["data", "--config", write(work, cfg)], [str(bad), "corrupt CIFAR-10 archive"]
+
+
+def case_cut_archive_without_md5(work, cfg, paper):
+    """A local archive with ``md5: null`` missing its last byte: the gzip trailer is checked."""
+    from test_cifar10 import make_archive
+
+    cfg = copy.deepcopy(paper)
+    archive = work / "cifar-10-python.tar.gz"
+    make_archive(archive)
+    archive.write_bytes(archive.read_bytes()[:-1])
+    cfg["data"].update(path=str(archive), md5=None)
+    return ["data", "--config", write(work, cfg)], [str(archive), "truncated or corrupt CIFAR-10 archive"]
+
+
+def case_text_file_as_edm_pickle(work, cfg, paper):
+    cfg = copy.deepcopy(paper)
+    notes = work / "edm-cifar10-32x32-uncond-vp.pkl"
+    notes.write_text("these are notes, not a network\n")
+    cfg["teacher"]["path"] = str(notes)
+    return ["teacher", "--config", write(work, cfg)], [f"not an EDM network pickle: {notes} (a text file)"]
 
 
 def case_nan_in_data(work, cfg):
@@ -89,6 +109,8 @@ CASES = {
     "wrong type": case_wrong_type,
     "missing dataset file": case_missing_dataset_file,
     "corrupt archive": case_corrupt_archive,
+    "cut archive without md5": case_cut_archive_without_md5,
+    "text file as EDM pickle": case_text_file_as_edm_pickle,
     "NaN in data": case_nan_in_data,
     "unreadable checkpoint": case_not_a_checkpoint,
 }
@@ -132,7 +154,6 @@ def test_truncated_trajectory_shard_stops_training(tmp_path, smoke_cfg):
         str(root / "teacher" / "teacher.pt"),
         str(root / "trajectories"),
         torch.device("cpu"),
-        None,
     )
     shard = root / "trajectories" / "shard-00001.npz"
     shard.write_bytes(shard.read_bytes()[:-1000])
@@ -175,3 +196,100 @@ def test_checkpoint_from_another_config_is_refused(kind, tmp_path, smoke_cfg):
     assert out.count(" from the config") == 2, out  # arguments left at their defaults are no difference
     assert "Traceback" not in out, out[-2000:]
     assert (tmp_path / ckpt).read_bytes() == before and kept.read_bytes() == b"earlier output"
+
+
+def _raise_deep(exc):
+    """Raise ``exc`` two calls down, so that a traceback shows where."""
+
+    def inner():
+        raise exc
+
+    inner()
+
+
+@pytest.fixture
+def cli_run(tmp_path, smoke_cfg, monkeypatch, capsys):
+    """``run(exc, *args)``: ``hkd spectral --config <smoke config> *args`` in-process in
+    ``tmp_path``, its stage function replaced by one raising ``exc`` (None: the real stage);
+    returns (exit status, stdout, stderr)."""
+    from hkd import cli
+
+    monkeypatch.chdir(tmp_path)
+    config = write(tmp_path, copy.deepcopy(smoke_cfg))
+
+    def run(exc, *args):
+        if exc is not None:
+            monkeypatch.setitem(cli.STAGE_FUNCTIONS, "spectral", lambda cfg, paths, a: _raise_deep(exc))
+        rc = cli.main(["spectral", "--config", config, *args])
+        out = capsys.readouterr()
+        return rc, out.out, out.err
+
+    return run
+
+
+def test_unexpected_error_traceback_goes_to_the_log(cli_run, tmp_path):
+    """With --log (what Snakemake's rules pass) the terminal gets one line with the type, the
+    message's first line and where the traceback is; the log gets the whole traceback."""
+    log = tmp_path / "results" / "smoke" / "logs" / "spectral.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("earlier output of the rule\n")
+    rc, out, err = cli_run(TypeError("boom\nsecond line"), "--log", str(log))
+    assert rc == 1 and out == ""
+    assert err == f"hkd spectral: error: TypeError: boom (traceback in {log})\n", err
+    text = log.read_text()
+    assert text.startswith(
+        "earlier output of the rule\nhkd spectral: traceback\nTraceback (most recent call last)"
+    ), text
+    assert "in _raise_deep" in text and "in inner" in text and text.endswith("TypeError: boom\nsecond line\n")
+
+
+def test_unexpected_error_without_log_prints_its_traceback(cli_run):
+    """A direct call (or dvc repro) without --log: the traceback on stderr, then the line."""
+    rc, _, err = cli_run(KeyError("teacher"))
+    lines = err.splitlines()
+    assert rc == 1 and lines[0] == "Traceback (most recent call last):" and "in inner" in err
+    assert lines[-1] == "hkd spectral: error: KeyError: 'teacher' (traceback above)", lines[-1]
+
+
+def test_project_message_stays_one_line(cli_run, tmp_path, smoke_cfg):
+    """An error the project raises itself (a checkpoint that is not one) is its one-line
+    message, without --log and with it; with it the traceback is in the log all the same."""
+    from hkd.pipeline import run_paths
+
+    checkpoint = tmp_path / run_paths(smoke_cfg)["hkd"]
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"not a checkpoint")
+    rc, _, err = cli_run(None)
+    assert rc == 1 and err.count("\n") == 1 and err.startswith("hkd spectral: error: cannot read"), err
+    assert str(run_paths(smoke_cfg)["hkd"]) in err and "traceback" not in err.lower()
+    log = tmp_path / "spectral.log"
+    rc, _, logged = cli_run(None, "--log", str(log))
+    assert rc == 1 and logged == err
+    text = log.read_text()
+    assert text.startswith("hkd spectral: traceback\nTraceback (most recent call last)"), text
+    assert f"RuntimeError: {err.removeprefix('hkd spectral: error: ')}" in text
+
+
+def test_which_errors_are_the_projects_messages(tmp_path):
+    """A raise statement in src/hkd is a message; the same kinds from a failed operation in
+    src/hkd (a dict lookup, a tensor op) or from outside it need their traceback."""
+    import torch
+
+    from hkd.config import load_config
+    from hkd.failures import is_project_message
+    from hkd.koopman.operators import evolve_pairs
+    from hkd.pipeline import run_paths
+
+    def caught(fn, *args):
+        try:
+            fn(*args)
+        except Exception as exc:
+            return exc
+        raise AssertionError(f"{fn.__name__} raised nothing")
+
+    assert is_project_message(caught(load_config, tmp_path / "absent.yaml"))
+    assert not is_project_message(caught(run_paths, {}))  # KeyError of a subscript
+    z, a = torch.zeros(1, 4, 2, 2), torch.zeros(2, 3, 3)
+    assert not is_project_message(caught(evolve_pairs, z, a, a, torch.zeros(1)))  # torch's RuntimeError
+    assert not is_project_message(caught(_raise_deep, ValueError("raised outside src/hkd")))
+    assert not is_project_message(caught(_raise_deep, TypeError("not a message kind")))

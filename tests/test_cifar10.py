@@ -23,12 +23,17 @@ def _batch(rng, n, label):
     }
 
 
-def make_archive(path, seed=0, evil=False):
+def make_archive(path, seed=0, evil=False, smooth=False):
     """A tiny cifar-10-python.tar.gz: same folder, member names and pickled dicts as the
-    official one, PER_BATCH images per batch. Returns the batches written."""
+    official one, PER_BATCH images per batch. Returns the batches written. ``smooth``:
+    images of slowly varying pixels, which deflate codes with Huffman tables (random
+    pixels mostly end up in stored blocks, copied byte for byte)."""
     rng = np.random.default_rng(seed)
     batches = {f"data_batch_{i}": _batch(rng, PER_BATCH, f"training batch {i} of 5") for i in range(1, 6)}
     batches["test_batch"] = _batch(rng, PER_BATCH, "testing batch 1 of 1")
+    if smooth:
+        for b in batches.values():
+            b["data"] = (np.cumsum(rng.integers(0, 2, b["data"].shape), axis=1) % 256).astype(np.uint8)
     meta = {
         "num_cases_per_batch": PER_BATCH,
         "num_vis": 3072,
@@ -120,6 +125,72 @@ def test_reader_errors_name_the_file(tmp_path):
                 dst.addfile(m, src.extractfile(m))
     with pytest.raises(ValueError, match="partial.tar.gz.*data_batch_3"):
         cifar10.read_archive(partial)
+
+
+def _deflate_span(raw: bytes) -> tuple[int, int]:
+    """Where the deflate data of a one-member gzip file lies: after the 10-byte header and
+    the file name tarfile writes there, before the 8-byte CRC-32 and length trailer."""
+    assert raw[:3] == b"\x1f\x8b\x08" and raw[3] & ~0x08 == 0, "only the FNAME flag is expected"
+    start = raw.index(b"\x00", 10) + 1 if raw[3] & 0x08 else 10
+    return start, len(raw) - 8
+
+
+def _same_pixels(a: dict, b: dict) -> bool:
+    keys = ("train_images", "train_labels", "test_images", "test_labels")
+    return all(np.array_equal(a[k], b[k]) for k in keys) and a["label_names"] == b["label_names"]
+
+
+@pytest.mark.parametrize("smooth", [False, True], ids=["random-pixels", "smooth-pixels"])
+def test_changed_bytes_never_load_different_pixels(tmp_path, smooth):
+    """Without an md5, a byte changed anywhere in the deflate data or the trailer is an
+    error naming the file, or (a change deflate never reads) the same pixels: the gzip
+    CRC-32 is checked even though tarfile stops reading at the tar's end blocks."""
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    make_archive(archive, smooth=smooth)
+    good = cifar10.read_archive(archive)
+    raw = archive.read_bytes()
+    start, end = _deflate_span(raw)
+    positions = sorted({*np.linspace(start, end - 1, 64).astype(int).tolist(), *range(end, len(raw))})
+    for pos in positions:
+        changed = bytearray(raw)
+        changed[pos] ^= 0x5A
+        bad = tmp_path / f"flipped-at-{pos}.tar.gz"
+        bad.write_bytes(changed)
+        try:
+            loaded = cifar10.read_archive(bad)
+        except ValueError as exc:
+            assert str(bad) in str(exc) and "corrupt" in str(exc), (pos, str(exc))
+        else:
+            assert _same_pixels(loaded, good), f"byte {pos} changed: different pixels loaded silently"
+
+
+@pytest.mark.parametrize("cut", [1, 4, 8, 9, 47, 100, 1000, -1])
+def test_cut_archive_is_an_error_naming_the_file(tmp_path, cut):
+    """Bytes cut from the end (-1: all but the gzip header) are an error naming the file
+    that says truncated, from one byte of the trailer on."""
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    make_archive(archive)
+    raw = archive.read_bytes()
+    keep = _deflate_span(raw)[0] if cut == -1 else len(raw) - cut
+    bad = tmp_path / "cut.tar.gz"
+    bad.write_bytes(raw[:keep])
+    with pytest.raises(ValueError, match=r"cut\.tar\.gz: truncated or corrupt CIFAR-10 archive"):
+        cifar10.read_archive(bad)
+
+
+def test_bytes_after_the_gzip_stream(tmp_path):
+    """Zero padding after the stream (as tape and some copies leave) loads the same pixels;
+    anything else after it is an error naming the file."""
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    make_archive(archive)
+    good = cifar10.read_archive(archive)
+    padded = tmp_path / "padded.tar.gz"
+    padded.write_bytes(archive.read_bytes() + bytes(512))
+    assert _same_pixels(cifar10.read_archive(padded), good)
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(archive.read_bytes() + b"appended junk")
+    with pytest.raises(ValueError, match=r"junk\.tar\.gz: corrupt CIFAR-10 archive"):
+        cifar10.read_archive(junk)
 
 
 @pytest.fixture

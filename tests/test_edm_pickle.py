@@ -286,3 +286,39 @@ def test_imported_pickle_is_a_teacher_checkpoint(tmp_path, edm_modules, smoke_cf
     with pytest.raises(ValueError, match="edm-tiny-uncond.pkl has md5"):
         import_edm_pickle(str(pkl), "0" * 32, str(tmp_path / "cache.pkl"), str(tmp_path / "other.pt"))
     assert not (tmp_path / "other.pt").exists()
+
+
+def _bad_files(tmp_path):
+    """{file: the reason its error gives} for files that are no EDM network snapshot."""
+    rng = np.random.default_rng(0)
+    files = {
+        "notes.txt": (b"model: edm-cifar10-32x32-uncond-vp\nsteps: 18\n", "a text file"),
+        "empty.pkl": (b"", "empty file"),
+        "random.bin": (b"\x07" + rng.integers(0, 256, 4095, dtype=np.uint8).tobytes(), "no pickle header"),
+        "a-list.pkl": (pickle.dumps([1, 2, 3]), "it holds a list, not a training snapshot dict"),
+        "no-ema.pkl": (pickle.dumps({"G": 1, "D": 2}), "a dict without an 'ema' network; its keys: D, G"),
+        "cut.pkl": (pickle.dumps({"ema": list(range(1000))})[:-100], "the pickle ends early: truncated"),
+    }
+    for seed in range(8):  # random bytes behind a valid protocol header
+        body = np.random.default_rng(seed).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+        files[f"random-{seed}.pkl"] = (b"\x80\x04" + body, "")
+    for name, (raw, _) in files.items():
+        (tmp_path / name).write_bytes(raw)
+    torch.save({"ema": {"w": torch.zeros(2)}}, tmp_path / "checkpoint.pt")
+    files["checkpoint.pt"] = (None, "a zip archive, e.g. a torch.save checkpoint")
+    return {tmp_path / name: reason for name, (_, reason) in files.items()}
+
+
+def test_files_that_are_no_snapshot_say_so(tmp_path):
+    """A text file, an empty file, random bytes, a pickle of something else, a torch.save
+    checkpoint: 'not an EDM network pickle: <path> (<reason>)', nothing else."""
+    import re
+
+    for path, reason in _bad_files(tmp_path).items():
+        with pytest.raises(ValueError) as info:
+            load_edm_pickle(path)
+        message = str(info.value)
+        assert message.startswith(f"not an EDM network pickle: {path} ("), message
+        assert reason in message and "\n" not in message, message
+        if not reason:  # random data after the header: the unpickler's complaint, on one line
+            assert re.search(r"\((corrupt pickle data: \w+|the pickle ends early)", message), message

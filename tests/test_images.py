@@ -23,8 +23,8 @@ def make_folder(root, n=5, size=96, labels=True):
     return names
 
 
-def zip_folder(root, out):
-    with zipfile.ZipFile(out, "w") as z:
+def zip_folder(root, out, compression=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(out, "w", compression=compression) as z:
         for p in sorted(root.rglob("*")):
             if p.is_file():
                 z.write(p, p.relative_to(root).as_posix())
@@ -87,3 +87,35 @@ def test_only_plain_image_decoders(tmp_path):
     (root / "dataset.json").write_text(json.dumps({"labels": [["00000/img00000000.png", "x"]]}))
     with pytest.raises(ValueError, match="dataset.json 'labels' must be"):
         read_image_dataset(root, 8)
+
+
+@pytest.mark.parametrize(
+    "compression",
+    [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA],
+    ids=["stored", "deflated", "bzip2", "lzma"],
+)
+def test_changed_zip_member_is_an_error_naming_it(tmp_path, compression):
+    """A byte changed inside a member's compressed data is an error naming the zip and the
+    member (each method fails its own way: CRC, zlib, bzip2, LZMA), or (a byte the
+    decompressor never uses) the same images; never different images silently."""
+    root = tmp_path / "d"
+    names = make_folder(root, n=3, size=16)
+    archive = tmp_path / "images.zip"
+    zip_folder(root, archive, compression)
+    good = read_image_dataset(archive, 16)
+    raw = archive.read_bytes()
+    with zipfile.ZipFile(archive) as z:
+        members = [i for i in z.infolist() if i.filename in names]
+    for info in members:
+        start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+        for pos in np.linspace(start, start + info.compress_size - 1, 12).astype(int):
+            changed = bytearray(raw)
+            changed[pos] ^= 0x5A
+            bad = tmp_path / "changed.zip"
+            bad.write_bytes(changed)
+            try:
+                loaded = read_image_dataset(bad, 16)
+            except ValueError as exc:
+                assert f"{bad}: cannot read zip member {info.filename}: corrupt" in str(exc), (pos, str(exc))
+            else:
+                np.testing.assert_array_equal(loaded["images"], good["images"], err_msg=f"byte {pos}")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from hkd.config import ConfigError, load_config
 from hkd.cost import commands as cost_commands
+from hkd.failures import report_failure
 from hkd.pipeline import (
     ABLATIONS,
     CONDITIONAL,
@@ -72,9 +73,8 @@ def stage_trajectories(cfg, paths, args):
     from hkd.teacher.network import load_teacher
     from hkd.teacher.trajectories import generate_trajectories
 
-    device, dtype = _torch_setup(cfg, args.threads)
-    device = distributed.init(device)
-    try:
+    device, _ = _torch_setup(cfg, args.threads)  # the teacher runs under teacher_precision
+    with distributed.process_group(device) as device:
         teacher = load_teacher(paths["teacher"], device, cfg)
         return generate_trajectories(
             cfg,
@@ -82,11 +82,8 @@ def stage_trajectories(cfg, paths, args):
             paths["teacher"],
             paths["trajectories_dir"],
             device,
-            dtype,
             shards=None if args.shard is None else [args.shard],
         )
-    finally:
-        distributed.finish()
 
 
 def stage_hkd_train(cfg, paths, args):
@@ -95,8 +92,7 @@ def stage_hkd_train(cfg, paths, args):
     from hkd.train.hkd_train import train_hkd
 
     device, dtype = _torch_setup(cfg, args.threads)
-    device = distributed.init(device)
-    try:
+    with distributed.process_group(device) as device:
         teacher = load_teacher(paths["teacher"], device, cfg)
         return train_hkd(
             cfg,
@@ -109,8 +105,6 @@ def stage_hkd_train(cfg, paths, args):
             resume_path=paths["hkd_resume"],
             snapshot_paths=snapshot_paths(cfg, paths["hkd_snapshots"]),
         )
-    finally:
-        distributed.finish()
 
 
 def stage_variant_train(cfg, paths, args):
@@ -121,8 +115,7 @@ def stage_variant_train(cfg, paths, args):
     from hkd.train.hkd_train import train_hkd
 
     device, dtype = _torch_setup(cfg, args.threads)
-    device = distributed.init(device)
-    try:
+    with distributed.process_group(device) as device:
         teacher = load_teacher(paths["teacher"], device, cfg)
         return train_hkd(
             variant_config(cfg, args.variant),
@@ -135,8 +128,6 @@ def stage_variant_train(cfg, paths, args):
             resume_path=paths["variant_resume"],
             snapshot_paths=snapshot_paths(cfg, paths["variant_snapshots"]),
         )
-    finally:
-        distributed.finish()
 
 
 def stage_variant_evaluate(cfg, paths, args):
@@ -334,13 +325,18 @@ def _record_time(paths: dict, args, seconds: float) -> None:
         print(f"hkd {args.stage}: {guard.describe(what)}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hkd", description=__doc__)
-    sub = parser.add_subparsers(dest="stage", required=True)
+def _add_stage_parsers(sub) -> None:
     for name in STAGE_FUNCTIONS:
         p = sub.add_parser(name, help=f"run the {name} stage")
         p.add_argument("--config", required=True, help="run configuration (YAML)")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        p.add_argument(
+            "--log",
+            default=None,
+            help="the stage's log file (Snakemake's rules pass theirs): a failure's traceback is "
+            "appended there and the terminal gets one line; without it the traceback of an "
+            "unexpected error goes to stderr",
+        )
         if name == "trajectories":
             p.add_argument(
                 "--shard",
@@ -361,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
                 help=f"a Table 3 ablation ({', '.join(ABLATIONS)}) with an optional -seed<N>, a Table 5 "
                 "run seed<N>, or a study run study-<recipe>-<model>-seed<N> (docs/training.md, docs/study.md)",
             )
+
+
+def _add_edit_parser(sub) -> None:
     p = sub.add_parser("edit", help="frequency-aware one-step editing (Figure 5) of two seeds or two images")
     p.add_argument("--config", required=True, help="run configuration (YAML); edits that run's HKD")
     p.add_argument(
@@ -401,12 +400,44 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--threads", type=int, default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hkd", description=__doc__)
+    sub = parser.add_subparsers(dest="stage", required=True)
+    _add_stage_parsers(sub)
+    _add_edit_parser(sub)
     cost_commands.add_parsers(sub)
     p = sub.add_parser("dvc-yaml", help="write (or --check) dvc.yaml from the pipeline definition")
     p.add_argument("--config", default="configs/default.yaml")
     p.add_argument("--out", default="dvc.yaml")
     p.add_argument("--check", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_stage(args) -> int:
+    """One pipeline stage: its config and paths, the stage function, its wall time."""
+    cfg = run_config(args)
+    paths = run_paths(cfg)
+    if args.stage in PER_VARIANT:
+        if args.variant not in run_variants(cfg):
+            raise ConfigError(
+                f"{args.config}: none of the keys 'ablations', 'ablation_seeds', 'stability.seeds' "
+                f"and 'study' makes a variant {args.variant!r}"
+            )
+        paths = variant_paths(cfg, args.variant)
+    t0 = time.time()
+    summary = STAGE_FUNCTIONS[args.stage](cfg, paths, args)
+    seconds = time.time() - t0
+    print(f"hkd {args.stage}: done in {seconds:.1f} s")
+    _record_time(paths, args, seconds)
+    if summary:
+        print(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.stage == "dvc-yaml":
             return write_dvc_yaml(args.config, args.out, args.check)
@@ -414,26 +445,9 @@ def main(argv: list[str] | None = None) -> int:
             return run_edit(args)
         if args.stage in cost_commands.COMMANDS:
             return cost_commands.run(args)
-        cfg = run_config(args)
-        paths = run_paths(cfg)
-        if args.stage in PER_VARIANT:
-            if args.variant not in run_variants(cfg):
-                raise ConfigError(
-                    f"{args.config}: none of the keys 'ablations', 'ablation_seeds', 'stability.seeds' "
-                    f"and 'study' makes a variant {args.variant!r}"
-                )
-            paths = variant_paths(cfg, args.variant)
-        t0 = time.time()
-        summary = STAGE_FUNCTIONS[args.stage](cfg, paths, args)
-        seconds = time.time() - t0
-        print(f"hkd {args.stage}: done in {seconds:.1f} s")
-        _record_time(paths, args, seconds)
-        if summary:
-            print(json.dumps(summary, indent=1, default=str))
-        return 0
-    except (ConfigError, FileNotFoundError, ValueError, KeyError, FloatingPointError, RuntimeError) as exc:
-        print(f"hkd {args.stage}: error: {exc}", file=sys.stderr)
-        return 1
+        return run_stage(args)
+    except Exception as exc:
+        return report_failure(args.stage, exc, getattr(args, "log", None))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ barrier. Outside torchrun (WORLD_SIZE unset) everything is a single process."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 
@@ -39,6 +40,17 @@ def init(device: torch.device) -> torch.device:
             timeout=datetime.timedelta(hours=48),
         )
     return device
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device):
+    """The set-up and tear-down of a torchrun stage: ``init`` on entry (yielding this
+    process's device), ``finish`` on exit however the stage ends."""
+    device = init(device)
+    try:
+        yield device
+    finally:
+        finish()
 
 
 def barrier() -> None:

@@ -81,10 +81,12 @@ def gpus(cfg=None):
 
 def hkd_shell(command, flag="", multi_gpu=False):
     """The thin body of every rule, which runs one stage and tees its output into the log.
-    ``multi_gpu``: a job given several GPUs (resource gpu > 1, e.g. from the cluster
-    profile) starts one process per GPU with torchrun (training and trajectory stages)."""
-    args = f" {command} --config {CONFIG_FILE}{flag} --threads {{threads}}"
+    The stage gets the log too (--log): a failure's traceback goes there only, appended as
+    `tee -a` appends (Snakemake deletes a job's log before it runs), and the terminal gets a
+    one-line error. ``multi_gpu``: a job given several GPUs (resource gpu > 1, e.g. from the
+    cluster profile) starts one process per GPU with torchrun (training and trajectory stages)."""
+    args = f" {command} --config {CONFIG_FILE}{flag} --threads {{threads}} --log {{log}}"
     if not multi_gpu:
-        return HKD + args + " 2>&1 | tee {log}"
+        return HKD + args + " 2>&1 | tee -a {log}"
     torchrun = f"env PYTHONPATH={SRC} {_PY} -m torch.distributed.run --standalone --nproc-per-node {{resources.gpu}} -m hkd"
-    return (f"if [ {{resources.gpu}} -gt 1 ]; then {torchrun}{args}; else {HKD}{args}; fi 2>&1 | tee {{log}}")
+    return (f"if [ {{resources.gpu}} -gt 1 ]; then {torchrun}{args}; else {HKD}{args}; fi 2>&1 | tee -a {{log}}")

@@ -3,14 +3,19 @@
 The archive holds pickled batches (``data_batch_1`` .. ``data_batch_5``, ``test_batch``,
 ``batches.meta``) inside ``cifar-10-batches-py/``. They are read straight from the tar
 stream with an unpickler that accepts only the builtin containers and numpy arrays, so
-a tampered archive cannot run code.
+a tampered archive cannot run code. The gzip stream is always read to its end, so its
+CRC-32 and length are checked even when no md5 is given (a local ``data.path`` with
+``data.md5: null``): a corrupt or cut archive is an error naming the file, never
+different pixels.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import pickle
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -69,21 +74,37 @@ def _batch_arrays(batch: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
+def _read_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
+    """The ``wanted`` members' bytes. The gzip stream is read to its end, past the tar's
+    end-of-archive blocks where tarfile stops, so that its CRC-32 and length trailer is
+    checked: a changed or cut archive is an error here, whether or not an md5 was given."""
+    members: dict[str, bytes] = {}
+    try:
+        with gzip.open(path, "rb") as stream:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for m in tar:
+                    if m.name in wanted and m.isfile():
+                        members[m.name] = tar.extractfile(m).read()
+            while stream.read(1 << 20):
+                pass
+    except EOFError as exc:
+        # a cut file, or a changed byte that made deflate expect more data
+        raise ValueError(
+            f"{path}: truncated or corrupt CIFAR-10 archive: its gzip stream ends before the end marker"
+        ) from exc
+    except (tarfile.TarError, OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"{path}: corrupt CIFAR-10 archive ({type(exc).__name__}: {exc})") from exc
+    return members
+
+
 def read_archive(path: str | Path) -> dict[str, np.ndarray | list[str]]:
     """Images uint8 [N, 3, 32, 32] (channel-first, rows top to bottom) and int64 labels of the
     train (50,000 in the official archive) and test (10,000) splits, plus the class names."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR-10 archive not found: {path}")
-    members: dict[str, bytes] = {}
     wanted = {f"{FOLDER}/{n}" for n in (*TRAIN_BATCHES, TEST_BATCH, META)}
-    try:
-        with tarfile.open(path, "r:gz") as tar:
-            for m in tar:
-                if m.name in wanted and m.isfile():
-                    members[m.name] = tar.extractfile(m).read()
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise ValueError(f"{path}: corrupt or truncated CIFAR-10 archive ({exc})") from exc
+    members = _read_members(path, wanted)
     missing = sorted(wanted - members.keys())
     if missing:
         raise ValueError(f"{path}: archive lacks {', '.join(missing)}")

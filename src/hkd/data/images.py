@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import io
 import json
+import lzma
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,19 @@ import numpy as np
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 #: decoders PIL may use: a member named .png holding e.g. EPS would otherwise reach Ghostscript
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
+#: what reading a damaged zip member raises: a CRC mismatch (BadZipFile), a broken deflate,
+#: bzip2 or LZMA stream (zlib.error, OSError, LZMAError), data that ends early (EOFError), an
+#: encrypted member (RuntimeError) or an unknown compression method (NotImplementedError)
+_ZIP_MEMBER_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    OSError,
+    EOFError,
+    RuntimeError,
+    NotImplementedError,
+    KeyError,
+)
 
 
 def _is_image(name: str) -> bool:
@@ -46,12 +61,18 @@ class _Source:
         return sorted(p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file())
 
     def read(self, name: str) -> bytes:
+        if self.zip is None:
+            try:
+                return (self.path / name).read_bytes()
+            except OSError as exc:
+                raise ValueError(f"{self.path}: cannot read {name} ({exc})") from exc
         try:
-            if self.zip is not None:
-                return self.zip.read(name)
-            return (self.path / name).read_bytes()
-        except (KeyError, OSError, zipfile.BadZipFile) as exc:
-            raise ValueError(f"{self.path}: cannot read {name} ({exc})") from exc
+            return self.zip.read(name)  # checks the member's CRC-32
+        except _ZIP_MEMBER_ERRORS as exc:
+            raise ValueError(
+                f"{self.path}: cannot read zip member {name}: corrupt, truncated or unsupported "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
 
     def close(self):
         if self.zip is not None:

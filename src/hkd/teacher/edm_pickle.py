@@ -10,7 +10,9 @@ plain record of (class name, state), and numpy scalars become Python numbers; th
 top-level ``ema`` network is then rebuilt as
 *our* ``EDMPrecond`` from its stored constructor arguments, and its parameters and
 buffers are loaded by name with strict name and shape checks. Anything else is an error
-that names the class or global.
+that names the class or global. A file that is no pickled snapshot at all (a text file, an
+empty one, a torch.save zip, corrupt or cut pickle data, a pickle of something else) is
+``not an EDM network pickle: <path> (<reason>)``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ NETWORK_CLASSES = frozenset(
 _DROPPED_KWARGS = ("use_fp16",)
 
 
+class _Refused(pickle.UnpicklingError):
+    """An object the loader will not build (a global outside the allow-list, a malformed
+    record): the file may be hostile, so the message names what was refused."""
+
+
 class _Record:
     """A persistent EDM object, not rebuilt: its class name and pickled state."""
 
@@ -71,7 +78,7 @@ def _reconstruct_persistent(meta):
             raise ValueError("not a class record")
         return _Record(meta["class_name"], _plain_dict(meta.get("state"), f"state of {meta['class_name']!r}"))
     except ValueError as exc:
-        raise pickle.UnpicklingError(f"unexpected persistent object: {exc}") from None
+        raise _Refused(f"unexpected persistent object: {exc}") from None
 
 
 def _numpy_scalar(dtype, data=None):
@@ -85,7 +92,7 @@ def _numpy_scalar(dtype, data=None):
         or not isinstance(data, bytes)
         or len(data) != dtype.itemsize
     ):
-        raise pickle.UnpicklingError("unexpected numpy scalar")
+        raise _Refused("unexpected numpy scalar")
     return np.frombuffer(data, dtype=dtype, count=1)[0].item()
 
 
@@ -93,7 +100,7 @@ def _numpy_dtype(spec, align=False, copy=True):
     import numpy as np
 
     if not isinstance(spec, str):
-        raise pickle.UnpicklingError("unexpected numpy dtype")
+        raise _Refused("unexpected numpy dtype")
     return np.dtype(spec, align, copy)
 
 
@@ -104,7 +111,7 @@ def _storage_from_bytes(b: bytes):
 
 def _reconstructor(cls, base, state):
     if cls is not _Container or base is not object or state is not None:
-        raise pickle.UnpicklingError(f"unexpected object of type {getattr(cls, '__name__', cls)}")
+        raise _Refused(f"unexpected object of type {getattr(cls, '__name__', cls)}")
     return _Container()
 
 
@@ -130,7 +137,7 @@ class _SnapshotUnpickler(pickle.Unpickler):
         try:
             return _GLOBALS[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from an EDM pickle") from None
+            raise _Refused(f"refusing to load {module}.{name} from an EDM pickle") from None
 
 
 def _module_state(node, prefix: str, out: dict, seen: set | None = None) -> None:
@@ -156,20 +163,57 @@ def _module_state(node, prefix: str, out: dict, seen: set | None = None) -> None
             _module_state(child, f"{prefix}{name}.", out, seen)
 
 
+def _not_a_snapshot(path: Path, reason: str) -> ValueError:
+    return ValueError(f"not an EDM network pickle: {path} ({reason})")
+
+
+def _header_problem(head: bytes) -> str | None:
+    """Why a file whose first bytes are ``head`` cannot be an EDM snapshot: ``pickle.dump``
+    writes those with protocol 2 or later, which starts with the PROTO opcode (byte 0x80)."""
+    if not head:
+        return "empty file"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive, e.g. a torch.save checkpoint"
+    if head[0] == 0x80:
+        return None
+    if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return "a text file"
+    return f"no pickle header; it starts with {head[:8].hex(' ')}"
+
+
+def _unpickle(path: Path, raw: bytes):
+    """The unpickled object; refusals keep their message, other failures say the file is not
+    a snapshot (read from memory: a corrupt length field cannot make a huge read buffer)."""
+    try:
+        return _SnapshotUnpickler(io.BytesIO(raw)).load()
+    except _Refused as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    except EOFError as exc:
+        raise _not_a_snapshot(path, "the pickle ends early: truncated") from exc
+    except Exception as exc:  # corrupt pickle data, or arguments no allowed global takes
+        first = (str(exc).strip().splitlines() or [""])[0]
+        if first == "pickle data was truncated":  # the C unpickler's EOFError for data in memory
+            raise _not_a_snapshot(path, "the pickle ends early: truncated") from exc
+        detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        raise _not_a_snapshot(path, f"corrupt pickle data: {detail}") from exc
+
+
 def read_snapshot(path: str | Path) -> dict:
     """The unpickled snapshot: a dict whose networks are records (see module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"EDM network pickle not found: {path}")
-    try:
-        with open(path, "rb") as f:
-            data = _SnapshotUnpickler(f).load()
-    except pickle.UnpicklingError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
-    except Exception as exc:  # truncated or not a pickle
-        raise ValueError(f"{path}: not a readable EDM network pickle ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(data, dict) or "ema" not in data:
-        raise ValueError(f"{path}: expected a snapshot dict with an 'ema' network")
+    with open(path, "rb") as f:
+        problem = _header_problem(f.read(64))
+    if problem:
+        raise _not_a_snapshot(path, problem)
+    data = _unpickle(path, path.read_bytes())
+    if not isinstance(data, dict):
+        found = data.class_name if isinstance(data, _Record) else type(data).__name__
+        raise _not_a_snapshot(path, f"it holds a {found}, not a training snapshot dict")
+    if "ema" not in data:
+        keys = ", ".join(sorted(map(str, data))[:5]) or "none"
+        raise _not_a_snapshot(path, f"a dict without an 'ema' network; its keys: {keys}")
     return data
 
 
