@@ -40,7 +40,6 @@ def make_run(tmp_path, smoke_cfg, teacher_cfg=False):
         str(root / "teacher" / "teacher.pt"),
         str(root / "trajectories"),
         torch.device("cpu"),
-        None,
     )
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     return cfg, teacher, tmp_path

@@ -37,6 +37,17 @@ def test_edm_parameter_names():
         "dec.16x16_aux_conv.weight",
     ):
         assert expected in names, expected
+    # modules in EDM's order (each draws its initial weights from the global RNG in turn)
+    cond = tiny_unet(label_dim=10, augment_dim=9)
+    assert [n for n, _ in cond.named_children()] == [
+        "map_noise",
+        "map_label",
+        "map_augment",
+        "map_layer0",
+        "map_layer1",
+        "enc",
+        "dec",
+    ]
 
 
 def test_encode_decode_equals_forward():

@@ -8,7 +8,7 @@ import pytest
 
 from hkd.metrics.study import NOT_RESOLVED, fid_stats, recipe_summary
 from hkd.pipeline import conditional_config
-from hkd.report.build import class_grid, image_grid
+from hkd.report.build import class_grid, image_grid, provenance
 from hkd.report.paper import TABLE1, TABLE2, TABLE3_FID, TABLE4
 from hkd.report.tables import FORMATS, main_table, render, study_table, table3, table5, table6, write_tables
 
@@ -44,6 +44,7 @@ def metrics(hkd_fid=20.0):
         "device": "test CPU",
         "threads": 2,
         "precision": "bfloat16",
+        "teacher_precision": "float32",
         "reference": {"split": "heldout", "images": 1000},
         "feature_extractor": {"name": "hkd-digit-classifier"},
     }
@@ -247,6 +248,20 @@ def test_table6_times_and_speedups(smoke_cfg):
     assert row[("KD", 1)]["s / image (this run)"] == pytest.approx(1 / 410.0)
     assert pd.isna(row[("DDPM", 1000)]["s / image (this run)"])
     assert "test CPU" in t.caption
+
+
+def test_precisions_are_reported_and_older_metrics_still_render(smoke_cfg, tmp_path):
+    """Table 6 and the provenance name HKD's and the teacher's precision; a metrics file
+    written before the teacher's was recorded says so instead of failing."""
+    cfg = {**copy.deepcopy(smoke_cfg), "conditional": False}
+    cfg["trajectories"]["num_steps"] = 18
+    paths = {"timings": str(tmp_path)}
+    assert "HKD bfloat16, teacher float32" in table6(cfg, metrics()).caption
+    p = provenance(cfg, paths, metrics())
+    assert (p["precision"], p["teacher_precision"]) == ("bfloat16", "float32")
+    old = {k: v for k, v in metrics().items() if k != "teacher_precision"}
+    assert "teacher precision not recorded" in table6(cfg, old).caption
+    assert provenance(cfg, paths, old)["teacher_precision"] == "not recorded"
 
 
 def test_table5_pairs_epochs_by_fraction_of_training(smoke_cfg):

@@ -46,7 +46,7 @@ def write_teacher(path, seed=0, cfg=None, **over):
 @pytest.fixture
 def setup(tmp_path, smoke_cfg):
     cfg = copy.deepcopy(smoke_cfg)
-    cfg["precision"] = "fp32"
+    cfg["precision"] = cfg["teacher_precision"] = "fp32"
     cfg["trajectories"].update(count=10, num_steps=4, shard_size=4, batch_size=3, store_every=1)
     teacher_path = tmp_path / "teacher.pt"
     teacher = write_teacher(teacher_path)
@@ -54,7 +54,7 @@ def setup(tmp_path, smoke_cfg):
 
 
 def generate(cfg, teacher, teacher_path, out, **kw):
-    return tj.generate_trajectories(cfg, teacher, teacher_path, str(out), torch.device("cpu"), None, **kw)
+    return tj.generate_trajectories(cfg, teacher, teacher_path, str(out), torch.device("cpu"), **kw)
 
 
 def test_shards_manifest_and_single_trajectory_regeneration(setup):
@@ -163,6 +163,23 @@ def test_other_teacher_regenerates_and_corruption_is_named(setup, capsys):
         tj.load_trajectories(str(out / "manifest.json"))
     with pytest.raises(ValueError, match="shard 3 does not exist"):
         generate(cfg, other, teacher_path, out, shards=[3])
+
+
+def test_teacher_precision_decides_the_shards_and_precision_does_not(setup, capsys):
+    """The teacher runs under teacher_precision (its dtype is in each shard's fingerprint);
+    the run's precision, HKD's, neither changes the states nor regenerates them."""
+    cfg, teacher, teacher_path, out = setup
+    generate(cfg, teacher, teacher_path, out)
+    fp32 = tj.load_trajectories(str(out / "manifest.json"))["states"]
+    assert generate({**cfg, "precision": "bf16"}, teacher, teacher_path, out)["generated_shards"] == 0
+    bf16 = {**cfg, "teacher_precision": "bf16"}
+    assert generate(bf16, teacher, teacher_path, out)["generated_shards"] == 3
+    assert "made by another teacher, grid or precision" in capsys.readouterr().out
+    states = tj.load_trajectories(str(out / "manifest.json"))["states"]
+    assert not np.array_equal(states, fp32)
+    assert load_json(out / "manifest.json")["fingerprint"] == tj.fingerprint(
+        bf16, tj.sha256_file(teacher_path), torch.bfloat16
+    )
 
 
 def test_stored_subset_and_class_labels(setup, tmp_path):

@@ -50,6 +50,18 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return torch.bfloat16
 
 
+def teacher_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype of the teacher's ODE (trajectories, teacher samples), from the config key
+    ``teacher_precision``: EDM samples its CIFAR-10 / FFHQ networks in fp32, while HKD training
+    runs under ``precision``."""
+    return resolve_precision(cfg["teacher_precision"], device)
+
+
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """How metrics files name an autocast dtype (None: plain fp32): ``bfloat16``, ``float32``."""
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()

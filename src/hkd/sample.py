@@ -18,7 +18,7 @@ from tqdm import tqdm
 from hkd.compile_guard import non_finite_message
 from hkd.io import load_npz, save_npz, sha256_file, sha256_json
 from hkd.pipeline import log_path
-from hkd.runtime import autocast
+from hkd.runtime import autocast, teacher_dtype
 from hkd.teacher.sampler import edm_sigmas, heun_sample, one_hot, seeded_inputs
 from hkd.teacher.trajectories import DENOISER, make_denoiser
 
@@ -31,6 +31,7 @@ def evaluation_seeds(cfg: dict) -> np.ndarray:
 
 def teacher_sampler(cfg: dict, teacher, device, dtype, compile=False, nfe: int | None = None):
     """EDM's Heun sampler on the EDM grid: the trajectories' step count, or ``nfe`` (odd);
+    ``dtype``: the teacher's autocast dtype (``runtime.teacher_dtype``, from ``teacher_precision``);
     ``compile``: auto | true | false (compile_guard)."""
     edm = cfg["edm"]
     steps = cfg["trajectories"]["num_steps"] if nfe is None else (nfe + 1) // 2
@@ -111,9 +112,11 @@ def draw(
 
 
 def write_samples(cfg: dict, teacher, model, paths: dict, device, dtype) -> dict:
-    """Teacher (at the trajectories' NFE and each ``sample.extra_teacher_nfe``) and HKD
-    samples from the evaluation seeds, to the files named in ``paths``."""
+    """Teacher (at the trajectories' NFE and each ``sample.extra_teacher_nfe``, under
+    ``teacher_precision``) and HKD (under ``dtype``, the run's ``precision``) samples from the
+    evaluation seeds, to the files named in ``paths``."""
     seeds = evaluation_seeds(cfg)
+    dtypes = {"teacher": teacher_dtype(cfg, device), "hkd": dtype}
     shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
     bs = cfg["sample"]["batch_size"]
     times = {}
@@ -122,7 +125,7 @@ def write_samples(cfg: dict, teacher, model, paths: dict, device, dtype) -> dict
     jobs = [
         (
             "teacher",
-            teacher_sampler(cfg, teacher, device, dtype, cfg["compile"]),
+            teacher_sampler(cfg, teacher, device, dtypes["teacher"], cfg["compile"]),
             paths["samples_teacher"],
             teacher_path_name(None),
         )
@@ -131,7 +134,7 @@ def write_samples(cfg: dict, teacher, model, paths: dict, device, dtype) -> dict
         jobs.append(
             (
                 f"teacher_nfe{n}",
-                teacher_sampler(cfg, teacher, device, dtype, cfg["compile"], nfe=n),
+                teacher_sampler(cfg, teacher, device, dtypes["teacher"], cfg["compile"], nfe=n),
                 paths["samples_teacher_nfe"].replace("{nfe}", str(n)),
                 teacher_path_name(n),
             )
@@ -141,10 +144,11 @@ def write_samples(cfg: dict, teacher, model, paths: dict, device, dtype) -> dict
     for name, sampler, path, path_name in jobs:
         t0 = time.time()
         partial = Path(path).parent / ".partial" / name
+        net = "hkd" if name == "hkd" else "teacher"
         spec = {
             "sampler": name,
-            "net": nets["hkd" if name == "hkd" else "teacher"],
-            "precision": str(dtype),
+            "net": nets[net],
+            "precision": str(dtypes[net]),
             "compile": cfg["compile"],
             "edm": cfg["edm"],
             "steps": cfg["trajectories"]["num_steps"],
@@ -169,8 +173,3 @@ def write_samples(cfg: dict, teacher, model, paths: dict, device, dtype) -> dict
         with contextlib.suppress(OSError):  # the .partial folder, once no sampler has batches left
             partial.parent.rmdir()
     return times
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """[-1, 1] floats -> uint8, rounded as EDM saves images."""
-    return np.clip(images * 127.5 + 128, 0, 255).astype(np.uint8)

@@ -28,13 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from hkd.config import load_config  # noqa: E402
 from hkd.nn.precond import EDMPrecond  # noqa: E402
-from hkd.runtime import device_name, torch_setup  # noqa: E402
+from hkd.runtime import device_name, dtype_name, teacher_dtype, torch_setup  # noqa: E402
 from hkd.teacher.network import load_teacher, save_teacher, teacher_kwargs  # noqa: E402
 from hkd.teacher.sampler import nfe  # noqa: E402
 from hkd.teacher.trajectories import generate_trajectories  # noqa: E402
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/default.yaml")
     ap.add_argument("--teacher", default=None, help="teacher checkpoint (default: random weights)")
@@ -46,8 +46,11 @@ def main() -> int:
     ap.add_argument("--device", default=None, help="override the config's device (auto|cpu|cuda)")
     ap.add_argument("--eager", action="store_true", help="no torch.compile, whatever the config says")
     ap.add_argument("--out", default=None, help="folder for the shards (default: a temporary one)")
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def bench_config(args: argparse.Namespace) -> dict:
+    """The config with the benchmark's trajectory count, shard size, batch, device and compile."""
     cfg = copy.deepcopy(load_config(args.config))
     t = cfg["trajectories"]
     t.update(count=args.trajectories, shard_size=args.shard_size or max(1, args.trajectories // 5))
@@ -57,7 +60,13 @@ def main() -> int:
         cfg["device"] = args.device
     if args.eager:
         cfg["compile"] = False
-    device, dtype = torch_setup(cfg, args.threads)
+    return cfg
+
+
+def measure(cfg: dict, args: argparse.Namespace, device, dtype) -> tuple[float, dict, int]:
+    """(warm-up seconds, {kind: seconds of each run}, bytes of the last run's shards): runs
+    alternate between generating without writing and the full stage."""
+    t = cfg["trajectories"]
     with tempfile.TemporaryDirectory(dir=args.out) as tmp:
         tmp = Path(tmp)
         teacher_path = args.teacher
@@ -72,26 +81,34 @@ def main() -> int:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            generate_trajectories(cfg, teacher, teacher_path, str(tmp / tag), device, dtype, write=write)
+            generate_trajectories(cfg, teacher, teacher_path, str(tmp / tag), device, write=write)
             return time.perf_counter() - t0
 
         warm = copy.deepcopy(cfg)
         warm["trajectories"].update(count=t["batch_size"], shard_size=t["batch_size"])
         t0 = time.perf_counter()
-        generate_trajectories(warm, teacher, teacher_path, str(tmp / "warm"), device, dtype, write=False)
+        generate_trajectories(warm, teacher, teacher_path, str(tmp / "warm"), device, write=False)
         warm_s = time.perf_counter() - t0
         times = {"without_writing": [], "with_writing": []}
         for r in range(args.repeats):
             times["without_writing"].append(run(False, f"no-write-{r}"))
             times["with_writing"].append(run(True, f"write-{r}"))
         shard_bytes = sum(p.stat().st_size for p in (tmp / f"write-{args.repeats - 1}").glob("shard-*.npz"))
+    return warm_s, times, shard_bytes
 
+
+def main() -> int:
+    args = parse_args()
+    cfg = bench_config(args)
+    t = cfg["trajectories"]
+    device, dtype = torch_setup(cfg, args.threads)
+    warm_s, times, shard_bytes = measure(cfg, args, device, dtype)
     med = {k: statistics.median(v) for k, v in times.items()}
     n, steps = t["count"], t["num_steps"]
     out = {
         "config": args.config,
         "device": device_name(device),
-        "precision": str(dtype),
+        "teacher_precision": dtype_name(teacher_dtype(cfg, device)),
         "compile": cfg["compile"],
         "trajectories": n,
         "shards": -(-n // t["shard_size"]),

@@ -53,6 +53,7 @@ def cost_keys(cfg: dict) -> dict:
             "classifier": cfg["evaluate"].get("classifier_batch_size"),
         },
         "precision": cfg["precision"],
+        "teacher_precision": cfg["teacher_precision"],
         "compile": cfg["compile"],
         "feature_extractor": cfg["evaluate"]["feature_extractor"],
     }
@@ -128,12 +129,14 @@ def _teacher_train(cfg, device, dtype, steps, tmp):
 
 
 def _denoiser(cfg, device, dtype, steps, tmp):
+    """The teacher's ODE step, at the teacher's precision (``dtype`` is HKD's)."""
+    from hkd.runtime import teacher_dtype
     from hkd.teacher.sampler import one_hot, seeded_inputs
     from hkd.teacher.trajectories import make_denoiser
 
     teacher = _random_teacher(cfg, tmp, device)
     batch = cfg["trajectories"]["batch_size"]
-    denoise = make_denoiser(teacher, device, dtype, compile=cfg["compile"])
+    denoise = make_denoiser(teacher, device, teacher_dtype(cfg, device), compile=cfg["compile"])
     noise, labels = seeded_inputs(
         range(batch),
         (teacher.img_channels, teacher.img_resolution, teacher.img_resolution),
@@ -156,7 +159,7 @@ def _hkd_train(cfg, device, dtype, steps, tmp):
     tcfg.update(count=n, shard_size=n, batch_size=min(tcfg["batch_size"], n))
     cfg["hkd"]["epochs"] = steps + 2  # 2 steps per epoch over these trajectories
     generate_trajectories(
-        {**cfg, "compile": False}, teacher, str(tmp / "teacher.pt"), str(tmp / "traj"), device, dtype
+        {**cfg, "compile": False}, teacher, str(tmp / "teacher.pt"), str(tmp / "traj"), device
     )
     t0 = time.perf_counter()
     stats = train_hkd(

@@ -11,11 +11,12 @@ import numpy as np
 import torch
 
 from hkd.data.dataset import load_dataset
+from hkd.images import to_uint8
 from hkd.io import load_json, load_npz, save_json, save_npz, sha256_array, sha256_file, sha256_json
 from hkd.metrics.fidelity import EXTRACTOR_NAME, Scorer
 from hkd.metrics.throughput import measure
-from hkd.runtime import device_name
-from hkd.sample import draw, evaluation_seeds, hkd_sampler, teacher_sampler, to_uint8
+from hkd.runtime import device_name, dtype_name, teacher_dtype
+from hkd.sample import draw, evaluation_seeds, hkd_sampler, teacher_sampler
 from hkd.teacher.sampler import nfe, seeded_inputs
 
 
@@ -102,7 +103,8 @@ def _cached_scores(
 def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> dict:
     """FID / IS / KID rows (real floor, teacher at each NFE, HKD) and the time per image of
     every sampler (teacher at each NFE, HKD, and ``kd``, the no-Koopman one-step
-    distillation, when trained), measured in this one process."""
+    distillation, when trained), measured in this one process: the teacher under
+    ``teacher_precision``, HKD under ``dtype`` (the run's ``precision``)."""
     data = load_dataset(paths["data"])
     ref_split = cfg["evaluate"]["reference"]
     reference = data[f"{ref_split}_images"]
@@ -149,17 +151,39 @@ def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> 
                     classifier, generated[row["key"]], loaded[row["key"]]["labels"]
                 )
 
+    speed = time_samplers(cfg, teacher, model, kd, device, dtype)
+    result = {
+        "rows": rows,
+        "reference": {"split": ref_split, "images": int(len(reference))},
+        "feature_extractor": extractor_info,
+        "throughput": speed,
+        "speedup_hkd_vs_teacher": speed["hkd"]["images_per_second"] / speed["teacher"]["images_per_second"],
+        "device": device_name(device),
+        "threads": torch.get_num_threads(),
+        "precision": dtype_name(dtype),
+        "teacher_precision": dtype_name(teacher_dtype(cfg, device)),
+    }
+    save_json(result, paths["metrics"])
+    shutil.rmtree(partial, ignore_errors=True)
+    return result
+
+
+def time_samplers(cfg: dict, teacher, model, kd, device, dtype) -> dict:
+    """Time per image of every sampler on one noise batch (``metrics.throughput.measure``),
+    each with its NFE: the teacher at each NFE under ``teacher_precision``, HKD and ``kd``
+    (when trained) under ``dtype``. All eager (compile=False): the ratios compare the same
+    kind of code."""
+    steps, extra = cfg["trajectories"]["num_steps"], cfg["sample"]["extra_teacher_nfe"]
     noise, labels = seeded_inputs(
         np.arange(cfg["evaluate"]["throughput_batch"]) + cfg["sample"]["seed_offset"],
         (teacher.img_channels, teacher.img_resolution, teacher.img_resolution),
         teacher.label_dim,
         device,
     )
-    # all eager (compile=False): the ratios compare the same kind of code
-    samplers = {"teacher": teacher_sampler(cfg, teacher, device, dtype, compile=False)}
-    samplers.update(
-        {f"teacher_nfe{k}": teacher_sampler(cfg, teacher, device, dtype, compile=False, nfe=k) for k in extra}
-    )
+    t_dtype = teacher_dtype(cfg, device)
+    samplers = {"teacher": teacher_sampler(cfg, teacher, device, t_dtype, compile=False)}
+    for k in extra:
+        samplers[f"teacher_nfe{k}"] = teacher_sampler(cfg, teacher, device, t_dtype, compile=False, nfe=k)
     samplers["hkd"] = hkd_sampler(model, device, dtype)
     if kd is not None:
         samplers["kd"] = hkd_sampler(kd, device, dtype)
@@ -170,19 +194,7 @@ def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> 
     for k in ("hkd", "kd"):
         if k in speed:
             speed[k]["nfe"] = 1
-    result = {
-        "rows": rows,
-        "reference": {"split": ref_split, "images": int(len(reference))},
-        "feature_extractor": extractor_info,
-        "throughput": speed,
-        "speedup_hkd_vs_teacher": speed["hkd"]["images_per_second"] / speed["teacher"]["images_per_second"],
-        "device": device_name(device),
-        "threads": torch.get_num_threads(),
-        "precision": str(dtype).replace("torch.", "") if dtype is not None else "float32",
-    }
-    save_json(result, paths["metrics"])
-    shutil.rmtree(partial, ignore_errors=True)
-    return result
+    return speed
 
 
 def score_one_step(

@@ -140,6 +140,16 @@ class GroupNorm(nn.Module):
         )
 
 
+def attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Softmax over keys of the scaled query-key products [n, q, k], computed in at least fp32
+    whatever autocast is in force: EDM keeps these in fp32 in its fp16 networks, and under
+    ``torch.autocast`` the einsum (a matmul) would otherwise run in the autocast dtype."""
+    dtype = torch.promote_types(q.dtype, torch.float32)  # fp64 stays fp64 (reference runs)
+    with torch.autocast(q.device.type, enabled=False):
+        w = torch.einsum("ncq,nck->nqk", q.to(dtype), k.to(dtype) / math.sqrt(k.shape[1]))
+        return w.softmax(dim=2)
+
+
 class UNetBlock(nn.Module):
     """Residual block with noise-embedding modulation and optional self-attention."""
 
@@ -218,9 +228,7 @@ class UNetBlock(nn.Module):
             q, k, v = (
                 self.qkv(self.norm2(x)).reshape(b * self.num_heads, c // self.num_heads, 3, h * w).unbind(2)
             )
-            attn = torch.einsum("ncq,nck->nqk", q.float(), k.float() / math.sqrt(k.shape[1]))
-            attn = attn.softmax(dim=2).to(q.dtype)
-            a = torch.einsum("nqk,nck->ncq", attn, v)
+            a = torch.einsum("nqk,nck->ncq", attention_weights(q, k).to(q.dtype), v)
             x = (self.proj(a.reshape(b, c, h, w)) + x) * self.skip_scale
         return x
 
@@ -251,6 +259,16 @@ class FourierEmbedding(nn.Module):
         return torch.cat([x.cos(), x.sin()], dim=1)
 
 
+def _check_kinds(embedding_type: str, encoder_type: str, decoder_type: str) -> None:
+    """EDM's SongUNet variants that this module builds."""
+    if embedding_type not in ("fourier", "positional"):
+        raise ValueError(f"embedding_type {embedding_type!r}")
+    if encoder_type not in ("standard", "skip", "residual"):
+        raise ValueError(f"encoder_type {encoder_type!r}")
+    if decoder_type not in ("standard", "skip"):
+        raise ValueError(f"decoder_type {decoder_type!r}")
+
+
 class SongUNet(nn.Module):
     """DDPM++/NCSN++ U-Net with EDM's module names; see ``encode``/``decode``."""
 
@@ -275,19 +293,12 @@ class SongUNet(nn.Module):
         resample_filter=(1, 1),
     ):
         super().__init__()
-        if embedding_type not in ("fourier", "positional"):
-            raise ValueError(f"embedding_type {embedding_type!r}")
-        if encoder_type not in ("standard", "skip", "residual"):
-            raise ValueError(f"encoder_type {encoder_type!r}")
-        if decoder_type not in ("standard", "skip"):
-            raise ValueError(f"decoder_type {decoder_type!r}")
+        _check_kinds(embedding_type, encoder_type, decoder_type)
         self.img_resolution = img_resolution
         self.label_dropout = label_dropout
         emb_channels = model_channels * channel_mult_emb
         noise_channels = model_channels * channel_mult_noise
         init = dict(init_mode="xavier_uniform")
-        init_zero = dict(init_mode="xavier_uniform", init_weight=1e-5)
-        init_attn = dict(init_mode="xavier_uniform", init_weight=math.sqrt(0.2))
         block_kwargs = dict(
             emb_channels=emb_channels,
             num_heads=1,
@@ -298,10 +309,26 @@ class SongUNet(nn.Module):
             resample_proj=True,
             adaptive_scale=False,
             init=init,
-            init_zero=init_zero,
-            init_attn=init_attn,
+            init_zero=dict(init_mode="xavier_uniform", init_weight=1e-5),
+            init_attn=dict(init_mode="xavier_uniform", init_weight=math.sqrt(0.2)),
         )
+        # modules are created in EDM's order: their initial weights come from the global RNG in turn
+        self._build_mapping(embedding_type, noise_channels, emb_channels, label_dim, augment_dim, init)
+        levels = dict(
+            img_resolution=img_resolution,
+            model_channels=model_channels,
+            channel_mult=channel_mult,
+            num_blocks=num_blocks,
+            attn_resolutions=attn_resolutions,
+        )
+        cout = self._build_encoder(in_channels, encoder_type, levels, block_kwargs)
+        #: channels of every skip tensor, in encoder order (the last is the bottleneck)
+        self.skip_channels = [b.out_channels for name, b in self.enc.items() if "aux" not in name]
+        self.skip_resolutions = [int(name.split("x")[0]) for name in self.enc if "aux" not in name]
+        self._build_decoder(cout, self.skip_channels, out_channels, decoder_type, levels, block_kwargs)
 
+    def _build_mapping(self, embedding_type, noise_channels, emb_channels, label_dim, augment_dim, init):
+        """Noise, label and augmentation embeddings and the two mapping layers."""
         self.map_noise = (
             PositionalEmbedding(noise_channels, endpoint=True)
             if embedding_type == "positional"
@@ -312,13 +339,15 @@ class SongUNet(nn.Module):
         self.map_layer0 = Linear(noise_channels, emb_channels, **init)
         self.map_layer1 = Linear(emb_channels, emb_channels, **init)
 
+    def _build_encoder(self, in_channels, encoder_type, levels: dict, block_kwargs: dict) -> int:
+        """The down path ``enc``, level by level; returns the bottleneck's channels."""
         self.enc = nn.ModuleDict()
-        cout = in_channels
-        caux = in_channels
-        for level, mult in enumerate(channel_mult):
-            res = img_resolution >> level
+        init, resample_filter = block_kwargs["init"], block_kwargs["resample_filter"]
+        cout = caux = in_channels
+        for level, mult in enumerate(levels["channel_mult"]):
+            res = levels["img_resolution"] >> level
             if level == 0:
-                cin, cout = cout, model_channels
+                cin, cout = cout, levels["model_channels"]
                 self.enc[f"{res}x{res}_conv"] = Conv2d(cin, cout, kernel=3, **init)
             else:
                 self.enc[f"{res}x{res}_down"] = UNetBlock(cout, cout, down=True, **block_kwargs)
@@ -338,39 +367,45 @@ class SongUNet(nn.Module):
                         **init,
                     )
                     caux = cout
-            for idx in range(num_blocks):
-                cin, cout = cout, model_channels * mult
+            for idx in range(levels["num_blocks"]):
+                cin, cout = cout, levels["model_channels"] * mult
                 self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(
-                    cin, cout, attention=(res in attn_resolutions), **block_kwargs
+                    cin, cout, attention=(res in levels["attn_resolutions"]), **block_kwargs
                 )
-        skips = [b.out_channels for name, b in self.enc.items() if "aux" not in name]
-        #: channels of every skip tensor, in encoder order (the last is the bottleneck)
-        self.skip_channels = list(skips)
-        self.skip_resolutions = []
-        for name in self.enc:
-            if "aux" not in name:
-                self.skip_resolutions.append(int(name.split("x")[0]))
+        return cout
 
+    def _build_decoder(self, cout, skips, out_channels, decoder_type, levels: dict, block_kwargs: dict):
+        """The up path ``dec`` from the bottleneck's ``cout`` channels, taking the encoder's
+        ``skips`` (their channels) from the last."""
         self.dec = nn.ModuleDict()
+        skips = list(skips)
+        channel_mult, num_blocks = levels["channel_mult"], levels["num_blocks"]
         for level, mult in reversed(list(enumerate(channel_mult))):
-            res = img_resolution >> level
+            res = levels["img_resolution"] >> level
             if level == len(channel_mult) - 1:
                 self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block_kwargs)
                 self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block_kwargs)
             else:
                 self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block_kwargs)
             for idx in range(num_blocks + 1):
-                cin, cout = cout + skips.pop(), model_channels * mult
+                cin, cout = cout + skips.pop(), levels["model_channels"] * mult
+                attention = idx == num_blocks and res in levels["attn_resolutions"]
                 self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(
-                    cin, cout, attention=(idx == num_blocks and res in attn_resolutions), **block_kwargs
+                    cin, cout, attention=attention, **block_kwargs
                 )
             if decoder_type == "skip" or level == 0:
                 if decoder_type == "skip" and level < len(channel_mult) - 1:
                     self.dec[f"{res}x{res}_aux_up"] = Conv2d(
-                        out_channels, out_channels, kernel=0, up=True, resample_filter=resample_filter
+                        out_channels,
+                        out_channels,
+                        kernel=0,
+                        up=True,
+                        resample_filter=block_kwargs["resample_filter"],
                     )
                 self.dec[f"{res}x{res}_aux_norm"] = GroupNorm(cout, eps=1e-6)
-                self.dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, kernel=3, **init_zero)
+                self.dec[f"{res}x{res}_aux_conv"] = Conv2d(
+                    cout, out_channels, kernel=3, **block_kwargs["init_zero"]
+                )
 
     def embed(self, noise_labels, class_labels=None, augment_labels=None):
         """Noise (and label) embedding shared by every block."""

@@ -392,7 +392,8 @@ def table6(cfg: dict, metrics: dict) -> Table:
                 }
             )
     caption = (
-        f"This run: {metrics['device']}, {metrics['threads']} threads, {metrics['precision']}, batch "
+        f"This run: {metrics['device']}, {metrics['threads']} threads, HKD {metrics['precision']}, teacher "
+        f"{metrics.get('teacher_precision', 'precision not recorded')}, batch "
         f"{speed['hkd']['batch']}, eager, one process, median of {speed['hkd']['repeats']} repeats after a "
         "warm-up. Paper: one V100."
     )

@@ -9,13 +9,14 @@ Layout of the trajectories folder::
 Each shard holds ``states`` fp16 [n, S, C, H, W] (the S stored grid states, T first and the
 final state last), ``sigmas`` float64 [S] and ``grid_index`` [S] of those states, ``seeds``,
 ``labels`` (-1 when unconditional) and ``fingerprint``: a hash of everything that decides
-the states (teacher weights, sampler grid, stored states, precision). A shard whose file
-exists with the right seeds and fingerprint is finished: an interrupted run keeps it and
-generates only the rest; a shard from another teacher or grid is regenerated. Shards are
-independent, so Snakemake runs one job per shard (``hkd trajectories --shard K``), and
-under ``torchrun`` the processes split the pending shards. Trajectory i uses noise seed
-``seed_offset + i`` (and its class label from the same generator), so it can be regenerated
-alone. Files are written by a background thread while the next shard is generated.
+the states (teacher weights, sampler grid, stored states, the teacher's autocast dtype from
+``teacher_precision``). A shard whose file exists with the right seeds and fingerprint is
+finished: an interrupted run keeps it and generates only the rest; a shard from another
+teacher, grid or precision is regenerated. Shards are independent, so Snakemake runs one
+job per shard (``hkd trajectories --shard K``), and under ``torchrun`` the processes split
+the pending shards. Trajectory i uses noise seed ``seed_offset + i`` (and its class label
+from the same generator), so it can be regenerated alone. Files are written by a background
+thread while the next shard is generated.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from hkd import distributed
 from hkd.compile_guard import maybe_compile, non_finite_message
 from hkd.io import load_json, load_npz, npz_memmap, save_json, save_npz, sha256_file, sha256_json
 from hkd.pipeline import log_path, shard_count, shard_name
-from hkd.runtime import autocast
+from hkd.runtime import autocast, teacher_dtype
 from hkd.teacher.sampler import edm_sigmas, heun_sample, nfe, one_hot, seeded_inputs
 
 MANIFEST = "manifest.json"
@@ -68,6 +69,7 @@ def stored_indices(num_steps: int, store_every: int) -> np.ndarray:
 
 
 def fingerprint(cfg: dict, teacher_sha256: str, dtype) -> str:
+    """Hash of what decides the states; ``dtype``: the teacher's autocast dtype (None: fp32)."""
     tcfg, edm = cfg["trajectories"], cfg["edm"]
     spec = {
         "teacher_sha256": teacher_sha256,
@@ -117,25 +119,9 @@ def generate_batch(
     return block, labels
 
 
-def generate_trajectories(
-    cfg: dict,
-    teacher,
-    teacher_path: str,
-    out_dir: str,
-    device,
-    dtype,
-    shards: list[int] | None = None,
-    write: bool = True,
-) -> dict:
-    """Generate the pending shards (all, or ``shards``), then, when all were asked for, write
-    the manifest. Under torchrun each process takes every world-th pending shard and rank 0
-    writes the manifest. ``write=False`` generates without writing (the writer benchmark)."""
-    tcfg, edm = cfg["trajectories"], cfg["edm"]
-    out = Path(out_dir)
-    sigmas = edm_sigmas(tcfg["num_steps"], edm["sigma_min"], edm["sigma_max"], edm["rho"])
-    keep = stored_indices(tcfg["num_steps"], tcfg["store_every"])
-    shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
-    fp = fingerprint(cfg, sha256_file(teacher_path), dtype)
+def _my_pending_shards(cfg: dict, out: Path, shards: list[int] | None, fp: str, write: bool) -> list[int]:
+    """This process's share of the asked shards (all, or ``shards``) that are not finished
+    for fingerprint ``fp`` (every one of its share when not ``write``: the benchmark)."""
     all_shards = range(shard_count(cfg))
     asked = list(all_shards) if shards is None else list(shards)
     bad = [k for k in asked if k not in all_shards]
@@ -149,13 +135,42 @@ def generate_trajectories(
     rank, size, _ = distributed.world()
     mine = []
     for k in asked[rank::size]:
-        why = _shard_status(out / shard_name(k), shard_seeds(tcfg, k), fp) if write else "benchmark"
+        why = (
+            _shard_status(out / shard_name(k), shard_seeds(cfg["trajectories"], k), fp)
+            if write
+            else "benchmark"
+        )
         if why is None:
             continue
         if why != "missing" and write:
             print(f"regenerating {out / shard_name(k)}: {why}")
         mine.append(k)
-    denoise = make_denoiser(teacher, device, dtype, compile=cfg["compile"])
+    return mine
+
+
+def generate_trajectories(
+    cfg: dict,
+    teacher,
+    teacher_path: str,
+    out_dir: str,
+    device,
+    shards: list[int] | None = None,
+    write: bool = True,
+) -> dict:
+    """Generate the pending shards (all, or ``shards``), then, when all were asked for, write
+    the manifest. Under torchrun each process takes every world-th pending shard and rank 0
+    writes the manifest. ``write=False`` generates without writing (the writer benchmark).
+    The teacher runs under ``teacher_precision`` (:func:`hkd.runtime.teacher_dtype`)."""
+    tcfg, edm = cfg["trajectories"], cfg["edm"]
+    autocast_dtype = teacher_dtype(cfg, device)
+    out = Path(out_dir)
+    sigmas = edm_sigmas(tcfg["num_steps"], edm["sigma_min"], edm["sigma_max"], edm["rho"])
+    keep = stored_indices(tcfg["num_steps"], tcfg["store_every"])
+    shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
+    fp = fingerprint(cfg, sha256_file(teacher_path), autocast_dtype)
+    rank = distributed.world()[0]
+    mine = _my_pending_shards(cfg, out, shards, fp, write)
+    denoise = make_denoiser(teacher, device, autocast_dtype, compile=cfg["compile"])
     bs = tcfg["batch_size"]
     total = sum(len(shard_seeds(tcfg, k)) for k in mine)
     bar = tqdm(total=total, desc="trajectories", unit="traj", mininterval=2)
