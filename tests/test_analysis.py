@@ -250,3 +250,51 @@ def test_edit_command_from_seeds_and_images(smoke_cfg, repo, tmp_path, monkeypat
         assert main(base + args + ["--out", "x.png"]) == 1, args
         assert message in capsys.readouterr().err, args
     assert not (tmp_path / "x.png").exists()
+
+
+def test_figures_stage_writes_every_figure_and_its_checks(smoke_cfg, tmp_path):
+    """make_figures, one function per figure: every output written, figures.json holds each
+    figure's numbers, the stage summary its exactness checks (true for any network)."""
+    import copy
+    import json
+
+    from PIL import Image
+
+    from hkd.analysis.figures import make_figures
+    from hkd.io import load_npz, save_npz
+    from hkd.pipeline import FIGURES
+
+    cfg = copy.deepcopy(smoke_cfg)
+    cfg["analysis"]["seeds"] = 1
+    cfg["trajectories"]["num_steps"] = 3
+    cfg["analysis"]["inpaint"].update(images=1, steps=2)
+    model = small_hkd(cfg)
+    torch.manual_seed(1)
+    teacher = EDMPrecond(**teacher_kwargs(cfg)).eval()
+    rng = np.random.default_rng(0)
+    split = {
+        f"{s}_images": rng.integers(0, 256, (n, 1, 32, 32), dtype=np.uint8)
+        for s, n in (("train", 6), ("heldout", 3))
+    }
+    save_npz(tmp_path / "data.npz", **split, train_labels=np.full(6, -1), heldout_labels=np.full(3, -1))
+    suffix = {"figures": "json", "viewer": "npz"}
+    paths = {k: str(tmp_path / f"{k}.{suffix.get(k, 'png')}") for k in FIGURES} | {
+        "data": str(tmp_path / "data.npz")
+    }
+
+    summary = make_figures(cfg, paths, teacher, model, torch.device("cpu"), torch.bfloat16)
+    numbers = json.loads((tmp_path / "figures.json").read_text())
+    assert set(numbers) == {"seeds", "figure2", "figure4", "figure5", "figure6"}
+    assert summary == {
+        "figure2": numbers["figure2"]["small_near_eps"],
+        "figure4": True,
+        "figure5": True,
+        "figure6": {"inpaint": True, "upsample": True},
+    }
+    assert len(numbers["figure2"]["distance"]) == 3 and numbers["figure6"]["split"] == "heldout"
+    for key in FIGURES:
+        if key not in suffix:
+            assert Image.open(paths[key]).size[0] > 100, key
+    viewer = load_npz(paths["viewer"])
+    assert viewer["frames"].shape == (3, 3, 1, 1, 32, 32) and viewer["frames"].dtype == np.uint8
+    assert len(viewer["sigmas"]) == 3 and list(viewer["seeds"]) == numbers["seeds"]

@@ -16,10 +16,11 @@ def work(tmp_path):
     return copy_workflow(tmp_path)
 
 
-def dry_run(repo, *args):
+def dry_run(work, *args):
+    """A Snakemake dry run in ``work`` (a copy of the workflow, never the checkout)."""
     r = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "-p", *args],
-        cwd=repo,
+        cwd=work,
         capture_output=True,
         text=True,
         timeout=300,

@@ -47,7 +47,8 @@ def test_every_workload_measures_a_rate(workload):
     assert out["unit"] == bench.WORKLOADS[workload][0]
 
 
-def test_bench_writes_where_plan_finds_it(tmp_path):
+def test_bench_writes_where_plan_finds_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # hkd runs outside the checkout (conftest's guard)
     cfg = load_config(SMOKE)
     result = bench.bench_config(cfg, str(SMOKE), steps=1, threads=1, device="cpu", workloads=["one_step"])
     path = bench.default_path(cfg, "cpu", tmp_path)

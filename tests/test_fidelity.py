@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from hkd.images import to_uint8
 from hkd.io import save_torch
 from hkd.metrics.classifier import DigitClassifier
 from hkd.metrics.fidelity import fidelity_metrics
-from hkd.sample import to_uint8
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Snakemake and DVC must describe the same pipeline."""
 
 import re
+import shutil
 import subprocess
 import sys
 
@@ -24,9 +25,9 @@ from hkd.pipeline import (
 )
 
 
-def snakemake_dag(repo, configfile):
+def snakemake_dag(work, configfile):
     """{rule: {"outputs": set, "inputs": set, "shell": set}} from a forced Snakemake dry run
-    (``shell``: the stage commands the jobs would run)."""
+    in ``work`` (a copy of the workflow; ``shell``: the stage commands the jobs would run)."""
     r = subprocess.run(
         [
             sys.executable,
@@ -40,7 +41,7 @@ def snakemake_dag(repo, configfile):
             "--configfile",
             configfile,
         ],
-        cwd=repo,
+        cwd=work,
         capture_output=True,
         text=True,
     )
@@ -77,7 +78,7 @@ def dvc_dag(repo):
     return dag
 
 
-def test_dvc_declares_metrics_and_plots(repo):
+def test_dvc_declares_metrics_and_plots(repo, tmp_path):
     """The run's summary is DVC's metrics file and the budget-curve table its plot, both kept
     in git (cache: false; .gitignore lets them through) so other revisions can be compared."""
     dvc = yaml.safe_load((repo / "dvc.yaml").read_text())
@@ -88,6 +89,9 @@ def test_dvc_declares_metrics_and_plots(repo):
     loss, budget = dvc["plots"]
     assert loss[paths["loss_curve"]]["y"] == ["loss_total"]
     assert budget[paths["budget_curve_table"]]["y"] == ["full", "no_koopman", "no_trajectory", "no_hierarchy"]
+    # the checkout's .gitignore in a repository of its own: the answer depends on that file alone
+    shutil.copy2(repo / ".gitignore", tmp_path / ".gitignore")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     ignored = subprocess.run(
         [
             "git",
@@ -98,17 +102,17 @@ def test_dvc_declares_metrics_and_plots(repo):
             paths["loss_curve"],
             paths["metrics"],
         ],
-        cwd=repo,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
     ).stdout.split()
     assert ignored == [paths["metrics"]]
 
 
-def test_dvc_yaml_is_generated_from_pipeline(repo):
+def test_dvc_yaml_is_generated_from_pipeline(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "hkd", "dvc-yaml", "--config", "configs/default.yaml", "--check"],
-        cwd=repo,
+        cwd=copy_workflow(tmp_path),
         capture_output=True,
         text=True,
     )
@@ -167,7 +171,7 @@ def test_snakemake_and_dvc_agree(repo, tmp_path):
             assert d in produced or (repo / d).exists(), f"{name}: unknown dependency {d}"
 
 
-def test_conditional_companion(repo):
+def test_conditional_companion(repo, tmp_path):
     """Table 4's companion: the run's settings with a class-conditional network and only the
     main row, its own teacher, trajectories and HKD under results/<run>/conditional/, the
     run's data and digit classifier; the report reads its metrics."""
@@ -204,7 +208,7 @@ def test_conditional_companion(repo):
     )
     r = subprocess.run(
         [sys.executable, "-m", "hkd", "teacher", "--config", "configs/cifar10.yaml", "--conditional"],
-        cwd=repo,
+        cwd=copy_workflow(tmp_path),
         capture_output=True,
         text=True,
     )

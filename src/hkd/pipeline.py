@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hkd.config import SOURCE_CLASSES
+from hkd.stage_code import PIPELINE_FILE, stage_code
 
 #: the paper's Table 3 ablations: the ``hkd:`` keys each one changes (the full model is the
 #: run's own HKD). Table 3 rows are (Koopman evolution / trajectory-consistency / hierarchy).
@@ -347,17 +348,18 @@ DIRECTORY_OUTPUTS = frozenset({"teacher_tb", "hkd_tb", "variant_tb", "tables"})
 
 @dataclass(frozen=True)
 class Stage:
+    """One stage of the pipeline. Its source files (DVC ``deps`` besides its inputs) are read
+    from the imports of its stage function (``hkd.stage_code``), not declared here."""
+
     name: str  # Snakemake rule / DVC stage name
     command: str  # ``hkd <command>``
     inputs: tuple[str, ...]  # names from run_paths
     outputs: tuple[str, ...]
     params: tuple[str, ...]  # top-level config sections the stage reads
-    code: tuple[str, ...]  # source folders/files whose change reruns it under DVC
     per_variant: bool = False  # one job per variant of run_variants (paths carry ``{variant}``)
     conditional: bool = False  # also runs for the class-conditional companion (dag_runs)
 
 
-_PIPELINE = "src/hkd/pipeline.py"
 #: the figures stage's outputs (run_paths keys)
 FIGURES = (
     "figures",
@@ -370,14 +372,6 @@ FIGURES = (
     "fig6",
     "viewer",
 )
-#: modules every torch stage runs through (device, precision, atomic file writes)
-_RUNTIME = ("src/hkd/runtime.py", "src/hkd/io.py")
-#: how the teacher checkpoint is built from the config and read back (teacher_kwargs, load_teacher)
-_TEACHER_CKPT = ("src/hkd/teacher/network.py",)
-#: torch.compile checked against eager, and the trainers' non-finite gradient counts
-_COMPILED = ("src/hkd/compile_guard.py",)
-_TRAINING = _COMPILED + ("src/hkd/gradient_watch.py",)
-
 STAGES: tuple[Stage, ...] = (
     Stage(
         "data",
@@ -385,7 +379,6 @@ STAGES: tuple[Stage, ...] = (
         (),
         ("data", "data_manifest"),
         ("seed", "downloads", "data", "network"),
-        ("src/hkd/data", "src/hkd/io.py"),
     ),
     Stage(
         "classifier",
@@ -393,7 +386,6 @@ STAGES: tuple[Stage, ...] = (
         ("data",),
         ("classifier",),
         ("seed", "evaluate"),
-        ("src/hkd/metrics/classifier.py", "src/hkd/data/dataset.py") + _RUNTIME,
     ),
     Stage(
         "teacher",
@@ -401,17 +393,6 @@ STAGES: tuple[Stage, ...] = (
         ("data", "init_teacher"),
         ("teacher", "teacher_tb"),
         ("seed", "downloads", "device", "precision", "compile", "data", "network", "edm", "teacher"),
-        (
-            "src/hkd/nn",
-            "src/hkd/teacher/train.py",
-            "src/hkd/teacher/edm_pickle.py",
-            "src/hkd/data/fetch.py",
-            "src/hkd/data/dataset.py",
-            "src/hkd/ema.py",
-        )
-        + _TEACHER_CKPT
-        + _TRAINING
-        + _RUNTIME,
         conditional=True,
     ),
     Stage(
@@ -419,16 +400,7 @@ STAGES: tuple[Stage, ...] = (
         "trajectories",
         ("teacher",),
         ("trajectories",),
-        ("device", "precision", "compile", "edm", "trajectories"),
-        (
-            "src/hkd/nn",
-            "src/hkd/teacher/sampler.py",
-            "src/hkd/teacher/trajectories.py",
-            "src/hkd/distributed.py",
-        )
-        + _TEACHER_CKPT
-        + _COMPILED
-        + _RUNTIME,
+        ("device", "teacher_precision", "compile", "edm", "trajectories"),
         conditional=True,
     ),
     Stage(
@@ -437,16 +409,6 @@ STAGES: tuple[Stage, ...] = (
         ("teacher", "trajectories"),
         ("hkd", "hkd_tb", "hkd_snapshots"),
         ("seed", "device", "precision", "compile", "edm", "hkd"),
-        (
-            "src/hkd/nn",
-            "src/hkd/koopman",
-            "src/hkd/train",
-            "src/hkd/teacher/trajectories.py",
-            "src/hkd/ema.py",
-        )
-        + _TEACHER_CKPT
-        + _TRAINING
-        + _RUNTIME,
         conditional=True,
     ),
     Stage(
@@ -454,17 +416,7 @@ STAGES: tuple[Stage, ...] = (
         "sample",
         ("teacher", "hkd"),
         ("samples_teacher", "samples_hkd", "samples_teacher_nfe"),
-        ("device", "precision", "compile", "edm", "trajectories", "sample"),
-        (
-            "src/hkd/nn",
-            "src/hkd/sample.py",
-            "src/hkd/teacher/sampler.py",
-            "src/hkd/teacher/trajectories.py",
-            "src/hkd/koopman",
-        )
-        + _TEACHER_CKPT
-        + _COMPILED
-        + _RUNTIME,
+        ("device", "precision", "teacher_precision", "compile", "edm", "trajectories", "sample"),
         conditional=True,
     ),
     Stage(
@@ -481,11 +433,7 @@ STAGES: tuple[Stage, ...] = (
             "samples_teacher_nfe",
         ),
         ("metrics",),
-        ("device", "precision", "trajectories", "ablations", "sample", "evaluate"),
-        ("src/hkd/metrics", "src/hkd/data/dataset.py", "src/hkd/sample.py", "src/hkd/koopman")
-        + _TEACHER_CKPT
-        + _COMPILED
-        + _RUNTIME,
+        ("device", "precision", "teacher_precision", "trajectories", "ablations", "sample", "evaluate"),
         conditional=True,
     ),
     Stage(
@@ -494,17 +442,6 @@ STAGES: tuple[Stage, ...] = (
         ("teacher", "trajectories"),
         ("variant_hkd", "variant_tb", "variant_snapshots"),
         ("seed", "device", "precision", "compile", "edm", "hkd"),
-        (
-            "src/hkd/nn",
-            "src/hkd/koopman",
-            "src/hkd/train",
-            "src/hkd/teacher/trajectories.py",
-            "src/hkd/ema.py",
-            _PIPELINE,
-        )
-        + _TEACHER_CKPT
-        + _TRAINING
-        + _RUNTIME,
         per_variant=True,
     ),
     Stage(
@@ -513,10 +450,6 @@ STAGES: tuple[Stage, ...] = (
         ("data", "classifier", "variant_hkd"),
         ("variant_samples", "variant_metrics"),
         ("device", "precision", "sample", "evaluate"),
-        ("src/hkd/nn", "src/hkd/koopman", "src/hkd/sample.py", "src/hkd/metrics", "src/hkd/data/dataset.py")
-        + _TEACHER_CKPT
-        + _COMPILED
-        + _RUNTIME,
         per_variant=True,
     ),
     Stage(
@@ -553,18 +486,6 @@ STAGES: tuple[Stage, ...] = (
             "sample",
             "evaluate",
         ),
-        (
-            "src/hkd/nn",
-            "src/hkd/koopman",
-            "src/hkd/sample.py",
-            "src/hkd/metrics",
-            "src/hkd/data/dataset.py",
-            "src/hkd/analysis/plots.py",
-            _PIPELINE,
-        )
-        + _TEACHER_CKPT
-        + _COMPILED
-        + _RUNTIME,
     ),
     Stage(
         "study",
@@ -572,26 +493,14 @@ STAGES: tuple[Stage, ...] = (
         ("metrics", "variant_metrics"),
         ("study",),
         ("seed", "hkd", "ablations", "ablation_seeds", "stability", "study"),
-        ("src/hkd/metrics/study.py", _PIPELINE),
     ),
-    Stage("spectral", "spectral", ("hkd",), ("spectral",), (), ("src/hkd/analysis/spectral.py",)),
+    Stage("spectral", "spectral", ("hkd",), ("spectral",), ()),
     Stage(
         "figures",
         "figures",
         ("data", "teacher", "hkd"),
         FIGURES,
-        ("seed", "device", "precision", "edm", "trajectories", "sample", "analysis"),
-        (
-            "src/hkd/analysis",
-            "src/hkd/koopman",
-            "src/hkd/nn",
-            "src/hkd/teacher/sampler.py",
-            "src/hkd/teacher/trajectories.py",
-            "src/hkd/data/dataset.py",
-        )
-        + _TEACHER_CKPT
-        + _COMPILED
-        + _RUNTIME,
+        ("seed", "device", "precision", "teacher_precision", "edm", "trajectories", "sample", "analysis"),
     ),
     Stage(
         "report",
@@ -637,7 +546,6 @@ STAGES: tuple[Stage, ...] = (
             "analysis",
             "report",
         ),
-        ("src/hkd/report", "src/hkd/data/dataset.py", _PIPELINE),
     ),
 )
 
@@ -830,13 +738,14 @@ def dvc_stages(cfg: dict, config_file: str) -> dict:
                 deps = []
                 for k, path in stage_inputs(run_cfg, st.name, variant).items():
                     deps += [as_dvc.get(k, p) for p in (path if isinstance(path, list) else [path])]
-                code = list(st.code)
-                if prefix and _PIPELINE not in code:  # conditional_config derives the companion's settings
-                    code.append(_PIPELINE)
+                code = stage_code(st.command)
+                # conditional_config derives the companion's settings
+                if prefix and PIPELINE_FILE not in code:
+                    code = tuple(sorted(code + (PIPELINE_FILE,)))
                 entry = {
                     "cmd": f"hkd {st.command} --config {config_file}{flag}"
                     + (f" --variant {variant}" if variant else ""),
-                    "deps": deps + code,
+                    "deps": deps + list(code),
                 }
                 params = _param_keys(run_cfg, st.name) + ((CONDITIONAL,) if prefix else ())
                 if params:

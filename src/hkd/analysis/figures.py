@@ -3,6 +3,8 @@ trajectory viewer's frames, and each figure's numerical check (``figures.json``)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -26,7 +28,9 @@ from hkd.analysis.trajectory import (
     teacher_states,
 )
 from hkd.data.dataset import load_dataset
+from hkd.images import to_uint8
 from hkd.io import save_json, save_npz
+from hkd.runtime import teacher_dtype
 from hkd.teacher.sampler import one_hot, seeded_inputs
 from hkd.teacher.trajectories import make_denoiser
 
@@ -45,28 +49,64 @@ def display_state(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return x / (0.25 + sigma * sigma) ** 0.5
 
 
-def make_figures(cfg: dict, paths: dict, teacher, model, device, dtype) -> dict:
-    acfg = cfg["analysis"]
-    offset = cfg["sample"]["seed_offset"]
-    seeds = np.arange(acfg["seeds"]) + offset
-    shape = (model.img_channels, model.img_resolution, model.img_resolution)
-    noise, labels = seeded_inputs(seeds, shape, model.label_dim, device)
-    cl = one_hot(labels, model.label_dim)
-    model = model.float().eval()
-    result = {"seeds": seeds.tolist()}
+@dataclass(frozen=True)
+class Draw:
+    """The figures' noise seeds and what they draw (Figures 2 and 4 and the viewer)."""
 
-    # Figure 2: HKD's prediction from each state of the teacher's trajectory
-    denoise = make_denoiser(teacher, device, dtype, compile=False)
-    sigmas, states = teacher_states(denoise, noise, cfg, labels, teacher.label_dim)
-    preds = predictions_along(lambda x, t: model(x, t, cl), sigmas, states)
+    seeds: np.ndarray
+    noise: torch.Tensor
+    labels: torch.Tensor | None
+    cond: torch.Tensor | None  # the labels one-hot, as the networks take them
+
+    def row_labels(self) -> list[str]:
+        return [f"seed {s}" for s in self.seeds]
+
+
+def image_shape(model) -> tuple[int, int, int]:
+    return (model.img_channels, model.img_resolution, model.img_resolution)
+
+
+def make_figures(cfg: dict, paths: dict, teacher, model, device, dtype) -> dict:
+    """Every figure of the stage (in this order), ``figures.json`` with each one's numbers,
+    and the stage summary: whether each figure's exactness check holds."""
+    seeds = np.arange(cfg["analysis"]["seeds"]) + cfg["sample"]["seed_offset"]
+    noise, labels = seeded_inputs(seeds, image_shape(model), model.label_dim, device)
+    draw = Draw(seeds, noise, labels, one_hot(labels, model.label_dim))
+    model = model.float().eval()
+    fig2, trajectory = figure2(cfg, paths, teacher, model, draw, device, dtype)
+    write_viewer(paths, model, draw, *trajectory)
+    sigmas = trajectory[0]
+    result = {
+        "seeds": seeds.tolist(),
+        "figure2": fig2,
+        "figure4": figure4(cfg, paths, model, draw, sigmas),
+        "figure5": figure5(cfg, paths, model, device),
+        "figure6": figure6(cfg, paths, model, device),
+    }
+    save_json(result, paths["figures"])
+    return {
+        "figure2": result["figure2"]["small_near_eps"],
+        "figure4": result["figure4"]["all_bands_equal_unmasked"],
+        "figure5": result["figure5"]["ratio0_equals_unedited"]
+        and result["figure5"]["full_mix_gives_reference"],
+        "figure6": {k: v["known_part_kept"] for k, v in result["figure6"]["checks"].items()},
+    }
+
+
+def figure2(cfg: dict, paths: dict, teacher, model, draw: Draw, device, dtype) -> tuple[dict, tuple]:
+    """Figure 2: HKD's prediction from each state of the teacher's trajectory, and its
+    distance to the teacher's final image. Returns the figure's numbers and (sigmas, states,
+    predictions) for the viewer."""
+    denoise = make_denoiser(teacher, device, teacher_dtype(cfg, device), compile=False)
+    sigmas, states = teacher_states(denoise, draw.noise, cfg, draw.labels, teacher.label_dim)
+    preds = predictions_along(lambda x, t: model(x, t, draw.cond), sigmas, states)
     final = states[-1]
     dist = consistency(preds, final)
-    cols = [f"{float(s):.3g}" for s in sigmas[:-1]] + ["teacher x0"]
     rows = torch.cat([preds, final[None]]).transpose(0, 1).cpu().numpy()
     labelled_grid(
         rows,
-        cols,
-        [f"seed {s}" for s in seeds],
+        [f"{float(s):.3g}" for s in sigmas[:-1]] + ["teacher x0"],
+        draw.row_labels(),
         "Figure 2: HKD's one-step prediction from the teacher "
         "state x_t (columns: t from T to eps; last: the teacher's final image)",
         paths["fig2"],
@@ -80,37 +120,43 @@ def make_figures(cfg: dict, paths: dict, teacher, model, device, dtype) -> dict:
         paths["fig2_consistency"],
         logx=True,
     )
-    result["figure2"] = {"sigmas": sigmas[:-1].tolist(), "distance": dist.tolist(), **consistency_check(dist)}
+    numbers = {"sigmas": sigmas[:-1].tolist(), "distance": dist.tolist(), **consistency_check(dist)}
+    return numbers, (sigmas, states, preds)
 
-    # Viewer: teacher state, HKD's prediction from it, HKD's latent trajectory decoded
-    latent = latent_trajectory(model, noise, sigmas[:-1].tolist(), cl)
+
+def write_viewer(paths: dict, model, draw: Draw, sigmas, states, preds) -> None:
+    """The viewer's frames, one per noisy state: the teacher's state, HKD's prediction from
+    it, and HKD's own latent at that time decoded."""
+    latent = latent_trajectory(model, draw.noise, sigmas[:-1].tolist(), draw.cond)
     frames = []
     for i, s in enumerate(sigmas[:-1].tolist()):
         strip = torch.stack([display_state(states[i], s), preds[i], latent[i]])  # [3, B, C, H, W]
-        frames.append(_to_uint8(strip.cpu().numpy()))
+        frames.append(to_uint8(strip.cpu().numpy()))
     save_npz(
         paths["viewer"],
         frames=np.stack(frames),
         sigmas=sigmas[:-1].numpy(),
-        seeds=seeds,
+        seeds=draw.seeds,
         rows=np.array(["teacher state x_t (scaled)", "HKD prediction from x_t", "HKD latent at t, decoded"]),
     )
 
-    # Figure 4: spectral masking by alpha band, cumulative contribution of mode groups, spectrum
-    edges = acfg["band_edges"]
-    decodes = band_decodes(model, noise, edges, cl)
+
+def figure4(cfg: dict, paths: dict, model, draw: Draw, sigmas: torch.Tensor) -> dict:
+    """Figure 4: spectral masking by alpha band, cumulative contribution of mode groups and
+    the spectrum; its check: every band kept at once is the unmasked decode."""
+    acfg = cfg["analysis"]
+    edges, groups = acfg["band_edges"], acfg["mode_groups"]
+    decodes = band_decodes(model, draw.noise, edges, draw.cond)
     names = band_names(edges)
-    keys = [f"band{i}" for i in range(len(names))]
-    grid = torch.stack([decodes["all"]] + [decodes[k] for k in keys]).transpose(0, 1).cpu().numpy()
+    bands = [decodes[f"band{i}"] for i in range(len(names))]
     labelled_grid(
-        grid,
+        torch.stack([decodes["all"]] + bands).transpose(0, 1).cpu().numpy(),
         ["all modes"] + names,
-        [f"seed {s}" for s in seeds],
+        draw.row_labels(),
         "Figure 4 (b-d): decoded with one band of Koopman modes per level",
         paths["fig4"],
     )
-    groups = acfg["mode_groups"]
-    contrib = cumulative_contribution(model, noise, groups, sigmas[:-1].tolist(), cl).numpy()
+    contrib = cumulative_contribution(model, draw.noise, groups, sigmas[:-1].tolist(), draw.cond).numpy()
     curve_plot(
         sigmas[:-1].numpy(),
         {f"first {k} of {groups} groups": contrib[k] for k in range(1, groups)},
@@ -122,10 +168,10 @@ def make_figures(cfg: dict, paths: dict, teacher, model, device, dtype) -> dict:
     )
     spectrum = spectrum_bands_plot(model, edges, paths["fig4_spectrum"])
     # every band kept at once (the sum of the bands' masks) must be the unmasked decode
-    feats = features_at(model, noise, model.eps, cl)
+    feats = features_at(model, draw.noise, model.eps, draw.cond)
     union = [sum(m) for m in zip(*[band_masks(model, lo, hi) for lo, hi in zip(edges[:-1], edges[1:])])]
-    all_bands = model.decode(apply_pair_masks(feats, union), cl, noise_source(model, noise))
-    result["figure4"] = {
+    all_bands = model.decode(apply_pair_masks(feats, union), draw.cond, noise_source(model, draw.noise))
+    return {
         "band_edges": edges,
         "bands": names,
         "mode_groups": groups,
@@ -135,52 +181,58 @@ def make_figures(cfg: dict, paths: dict, teacher, model, device, dtype) -> dict:
         "all_bands_equal_unmasked": bool(torch.equal(all_bands, decodes["all"])),
     }
 
-    # Figure 5: frequency-aware editing at the trajectory's midpoint
-    ecfg = acfg["edit"]
-    band = (edges[ecfg["band"]], edges[ecfg["band"] + 1])
+
+def figure5(cfg: dict, paths: dict, model, device) -> dict:
+    """Figure 5: frequency-aware editing at the trajectory's midpoint, with its checks (ratio
+    0 leaves the image as it was; a full mix gives the reference)."""
+    acfg, offset = cfg["analysis"], cfg["sample"]["seed_offset"]
+    ecfg, edges = acfg["edit"], acfg["band_edges"]
+    band_name = band_names(edges)[ecfg["band"]]
     pairs = ecfg["pairs"]
+    shape = image_shape(model)
     gen_noise, gen_labels = seeded_inputs([offset + g for g, _ in pairs], shape, model.label_dim, device)
     ref_noise, ref_labels = seeded_inputs([offset + r for _, r in pairs], shape, model.label_dim, device)
     edit = editing_grid(
         model,
         {"noise": gen_noise},
         {"noise": ref_noise},
-        band,
+        (edges[ecfg["band"]], edges[ecfg["band"] + 1]),
         spatial_mask(ecfg["mask"], model.img_resolution),
         ecfg["ratios"],
         ecfg["agnostic_ratio"],
         one_hot(gen_labels, model.label_dim),
         one_hot(ref_labels, model.label_dim),
     )
-    cols = (
-        ["generated", "reference"]
-        + [f"{100 * r:.0f} %" for r in ecfg["ratios"]]
-        + [f"all modes {100 * ecfg['agnostic_ratio']:.0f} %"]
-    )
     labelled_grid(
         grid_rows(edit),
-        cols,
+        ["generated", "reference"]
+        + [f"{100 * r:.0f} %" for r in ecfg["ratios"]]
+        + [f"all modes {100 * ecfg['agnostic_ratio']:.0f} %"],
         [f"seeds {offset + g} <- {offset + r}" for g, r in pairs],
-        f"Figure 5: mixing the reference's modes of {names[ecfg['band']]} into the {ecfg['mask']} region "
+        f"Figure 5: mixing the reference's modes of {band_name} into the {ecfg['mask']} region "
         f"at t = {edit['midpoint']:.3g}",
         paths["fig5"],
     )
-    result["figure5"] = {
-        "band": names[ecfg["band"]],
+    full_mix = edit["full_mix_max_abs_diff_to_reference"]
+    return {
+        "band": band_name,
         "mask": ecfg["mask"],
         "ratios": ecfg["ratios"],
         "agnostic_ratio": ecfg["agnostic_ratio"],
         "midpoint": edit["midpoint"],
         "ratio0_equals_unedited": edit["ratio0_equals_unedited"],
-        "full_mix_max_abs_diff_to_reference": edit["full_mix_max_abs_diff_to_reference"],
-        "full_mix_gives_reference": edit["full_mix_max_abs_diff_to_reference"] < FULL_MIX_TOLERANCE,
+        "full_mix_max_abs_diff_to_reference": full_mix,
+        "full_mix_gives_reference": full_mix < FULL_MIX_TOLERANCE,
         "midpoint_path_vs_one_step_max_abs_diff": edit["one_step_max_abs_diff"],
         "band_edit_rms_change": edit.get("band_edit_rms_change"),
         "agnostic_edit_rms_change": edit.get("agnostic_edit_rms_change"),
     }
 
-    # Figure 6: inpainting and colourisation (grey data: restoration from 2x2 block means)
-    icfg = acfg["inpaint"]
+
+def figure6(cfg: dict, paths: dict, model, device) -> dict:
+    """Figure 6: inpainting and colourisation (grey data: restoration from 2x2 block means)
+    of seeded data images, with each task's check that the known part is kept."""
+    icfg = cfg["analysis"]["inpaint"]
     data = load_dataset(paths["data"])
     split = "heldout" if len(data["heldout_images"]) else "train"
     # a seeded draw, not the first images: a split may be stored in class order
@@ -192,36 +244,18 @@ def make_figures(cfg: dict, paths: dict, teacher, model, device, dtype) -> dict:
     tasks = ["inpaint", "colourise" if model.img_channels == 3 else "upsample"]
     rows, cols, checks = [], [], {}
     for task in tasks:
-        tf = Transform(task, shape, icfg["mask"])
-        known = tf.inverse(tf.forward(refs) * (1 - tf.omega.to(refs)))
-        out = restore(
-            model,
-            refs,
-            tf,
-            icfg["steps"],
-            cfg["edm"]["rho"],
-            cfg["seed"],
-            one_hot(ref_labels, model.label_dim),
-        )
+        known, out, checks[task] = restoration(cfg, model, task, refs, one_hot(ref_labels, model.label_dim))
         rows += [known, out]
         cols += [f"{task}: input", f"{task}: HKD"]
-        err = tf.known_error(out, refs)
-        checks[task] = {
-            "known_max_abs_error": err,
-            "rms_error_generated": float((out - refs).pow(2).mean().sqrt()),
-            # pixels are copied; transformed components go through A^-1 A (rounding)
-            "known_part_kept": err == 0.0 if task == "inpaint" else err < KNOWN_TOLERANCE,
-        }
-    grid = torch.stack(rows + [refs]).transpose(0, 1).cpu().numpy()
     labelled_grid(
-        grid,
+        torch.stack(rows + [refs]).transpose(0, 1).cpu().numpy(),
         cols + ["original"],
         [f"{split} image {i}" for i in pick],
         f"Figure 6: {' and '.join(tasks)} with HKD ({icfg['steps']} noise levels, consistency-model "
         "Algorithm 4)",
         paths["fig6"],
     )
-    result["figure6"] = {
+    return {
         "tasks": tasks,
         "mask": icfg["mask"],
         "steps": icfg["steps"],
@@ -229,15 +263,19 @@ def make_figures(cfg: dict, paths: dict, teacher, model, device, dtype) -> dict:
         "split": split,
         "checks": checks,
     }
-    save_json(result, paths["figures"])
-    return {
-        "figure2": result["figure2"]["small_near_eps"],
-        "figure4": result["figure4"]["all_bands_equal_unmasked"],
-        "figure5": result["figure5"]["ratio0_equals_unedited"]
-        and result["figure5"]["full_mix_gives_reference"],
-        "figure6": {k: v["known_part_kept"] for k, v in checks.items()},
+
+
+def restoration(cfg: dict, model, task: str, refs: torch.Tensor, cond) -> tuple:
+    """(the known part shown as an image, HKD's restoration, the task's check) of one task."""
+    icfg = cfg["analysis"]["inpaint"]
+    tf = Transform(task, image_shape(model), icfg["mask"])
+    known = tf.inverse(tf.forward(refs) * (1 - tf.omega.to(refs)))
+    out = restore(model, refs, tf, icfg["steps"], cfg["edm"]["rho"], cfg["seed"], cond)
+    err = tf.known_error(out, refs)
+    check = {
+        "known_max_abs_error": err,
+        "rms_error_generated": float((out - refs).pow(2).mean().sqrt()),
+        # pixels are copied; transformed components go through A^-1 A (rounding)
+        "known_part_kept": err == 0.0 if task == "inpaint" else err < KNOWN_TOLERANCE,
     }
-
-
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    return np.clip(x * 127.5 + 128, 0, 255).astype(np.uint8)
+    return known, out, check

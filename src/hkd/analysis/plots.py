@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hkd.analysis.modes import alpha_ranks  # noqa: E402
+from hkd.images import grid  # noqa: E402
 from hkd.io import atomic_path  # noqa: E402
 
 
@@ -20,17 +21,12 @@ def _save(fig, path: str) -> None:
 
 
 def compose(rows: np.ndarray, pad: int = 2) -> np.ndarray:
-    """[R, K, C, H, W] images in [-1, 1] -> one [R*(H+pad), K*(W+pad), 3] float canvas in [0, 1]."""
+    """[R, K, C, H, W] images in [-1, 1] -> one [R*(H+pad)+pad, K*(W+pad)+pad, 3] float
+    canvas in [0, 1], white between the images (grey images drawn as RGB)."""
     r, k, c, h, w = rows.shape
-    canvas = np.ones((r * (h + pad) + pad, k * (w + pad) + pad, 3))
-    img = np.clip((rows + 1) / 2, 0, 1).transpose(0, 1, 3, 4, 2)
-    if c == 1:
-        img = np.repeat(img, 3, axis=-1)
-    for i in range(r):
-        for j in range(k):
-            y, x = pad + i * (h + pad), pad + j * (w + pad)
-            canvas[y : y + h, x : x + w] = img[i, j]
-    return canvas
+    img = np.clip((rows.reshape(r * k, c, h, w) + 1) / 2, 0, 1)
+    canvas = grid(img, k, pad, pad_value=1.0)
+    return np.repeat(canvas, 3, axis=-1) if c == 1 else canvas
 
 
 def labelled_grid(

@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 
 from hkd.data.dataset import load_dataset
+from hkd.images import grid, to_uint8
 from hkd.io import atomic_path, load_json, load_npz, sha256_json
 from hkd.pipeline import CONDITIONAL, conditional_config, stage_enabled
 from hkd.report.claims import claims
@@ -49,17 +50,10 @@ PACKAGES = (
 
 
 def image_grid(images: np.ndarray, cols: int = 16, pad: int = 2, scale: int = 2) -> Image.Image:
-    """[-1, 1] images [N, C, H, W] -> one PIL grid."""
-    n, c, h, w = images.shape
-    rows = (n + cols - 1) // cols
-    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
-    u8 = np.clip(images * 127.5 + 128, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
-    for i in range(n):
-        r, q = divmod(i, cols)
-        canvas[
-            pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w
-        ] = u8[i]
-    img = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+    """[-1, 1] images [N, C, H, W] -> one PIL grid, white between the images, each pixel
+    ``scale`` x ``scale`` (nearest) so small images stay legible in the report."""
+    canvas = grid(to_uint8(images), cols, pad, pad_value=255)
+    img = Image.fromarray(canvas[..., 0] if canvas.shape[-1] == 1 else canvas)
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
 
 
@@ -191,6 +185,7 @@ def provenance(cfg: dict, paths: dict, metrics: dict) -> dict:
         "device": metrics["device"],
         "threads": metrics["threads"],
         "precision": metrics["precision"],
+        "teacher_precision": metrics.get("teacher_precision", "not recorded"),
         "timings": timings,
     }
 
@@ -270,22 +265,25 @@ def figure_context(paths: dict) -> dict:
     }
 
 
-def build_report(cfg: dict, paths: dict, out_html: str) -> None:
-    metrics = load_json(paths["metrics"])
-    manifest = load_json(paths["data_manifest"])
-    data = load_dataset(paths["data"])
-    split = "heldout" if len(data["heldout_images"]) else "train"
-    fmt = {
-        "FID": "{:.3f}".format,
-        "FID / teacher FID": "{:.2f}".format,
-        "Seconds / batch": "{:.4f}".format,
-        "Images / s": "{:.1f}".format,
+SUMMARY_FORMATS = {
+    "FID": "{:.3f}".format,
+    "FID / teacher FID": "{:.2f}".format,
+    "Seconds / batch": "{:.4f}".format,
+    "Images / s": "{:.1f}".format,
+}
+
+
+def summary_tables(metrics: dict) -> dict:
+    """The report's two plain tables (every row's scores, and throughput) as HTML."""
+    as_html = dict(index=False, formatters=SUMMARY_FORMATS, classes="tbl", border=0)
+    return {
+        "metrics": metrics_table(metrics).to_html(**as_html),
+        "throughput": throughput_table(metrics).to_html(**as_html),
     }
-    tables = {
-        "metrics": metrics_table(metrics).to_html(index=False, formatters=fmt, classes="tbl", border=0),
-        "throughput": throughput_table(metrics).to_html(index=False, formatters=fmt, classes="tbl", border=0),
-    }
-    study = load_json(paths["study"]) if stage_enabled(cfg, "study") else None
+
+
+def paper_and_study_tables(cfg: dict, paths: dict, metrics: dict, study: dict | None) -> tuple[list, list]:
+    """The paper's tables this run fills (sorted by key), and the study's table if it ran."""
     paper_tables = [main_table(cfg, metrics, key, study) for key in main_table_keys(cfg)]
     if cfg["ablations"]:
         paper_tables.append(table3(cfg, metrics, study))
@@ -298,49 +296,65 @@ def build_report(cfg: dict, paths: dict, out_html: str) -> None:
     paper_tables.append(table6(cfg, metrics))
     paper_tables.sort(key=lambda t: t.key)
     extra_tables = [study_table(cfg, metrics, study)] if study is not None and study["recipes"] else []
-    write_tables(paper_tables + extra_tables, paths["tables"])
-    tables_rel = os.path.relpath(paths["tables"], Path(out_html).parent)
-    grids = table_grids(cfg, paths, metrics, data, split)
-    first_main = main_table_keys(cfg)[0]
-    rendered = [
+    return paper_tables, extra_tables
+
+
+def table_entry(table, tables_rel: str) -> dict:
+    """What the template shows of one table: its HTML and links to its .tex / .md files."""
+    return {
+        "key": table.key,
+        "title": table.title,
+        "html": render(table, "html"),
+        "files": {fmt: f"{tables_rel}/{table.key}.{fmt}" for fmt in ("tex", "md")},
+    }
+
+
+def paper_table_entries(cfg: dict, paper_tables: list, tables_rel: str, grids: dict) -> list[dict]:
+    """Each paper table's entry with its sample grids; later main tables point to the first's grids."""
+    main_keys = main_table_keys(cfg)
+    return [
         {
-            "key": t.key,
-            "title": t.title,
-            "html": render(t, "html"),
-            "files": {fmt: f"{tables_rel}/{t.key}.{fmt}" for fmt in ("tex", "md")},
+            **table_entry(t, tables_rel),
             "grids": {name: png_data_uri(img) for name, img in grids.get(t.key, {}).items()},
-            "grids_with": (first_main if t.key in main_table_keys(cfg)[1:] else None),
+            "grids_with": (main_keys[0] if t.key in main_keys[1:] else None),
         }
         for t in paper_tables
     ]
-    studied = [
-        {
-            "key": t.key,
-            "title": t.title,
-            "html": render(t, "html"),
-            "files": {fmt: f"{tables_rel}/{t.key}.{fmt}" for fmt in ("tex", "md")},
-        }
-        for t in extra_tables
-    ]
-    budget = (
-        png_data_uri(Path(paths["budget_curves"]).read_bytes()) if stage_enabled(cfg, "stability") else None
-    )
-    figures = figure_context(paths)
-    rows = {r["key"]: r for r in metrics["rows"]}
+
+
+def render_index(**context) -> str:
+    """index.html from its Jinja template; a missing template variable is an error."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
         autoescape=jinja2.select_autoescape(["html.j2"]),
         undefined=jinja2.StrictUndefined,
     )
-    html = env.get_template("index.html.j2").render(
+    return env.get_template("index.html.j2").render(**context)
+
+
+def build_report(cfg: dict, paths: dict, out_html: str) -> None:
+    metrics = load_json(paths["metrics"])
+    data = load_dataset(paths["data"])
+    split = "heldout" if len(data["heldout_images"]) else "train"
+    study = load_json(paths["study"]) if stage_enabled(cfg, "study") else None
+    paper_tables, extra_tables = paper_and_study_tables(cfg, paths, metrics, study)
+    write_tables(paper_tables + extra_tables, paths["tables"])
+    tables_rel = os.path.relpath(paths["tables"], Path(out_html).parent)
+    grids = table_grids(cfg, paths, metrics, data, split)
+    budget = (
+        png_data_uri(Path(paths["budget_curves"]).read_bytes()) if stage_enabled(cfg, "stability") else None
+    )
+    figures = figure_context(paths)
+    rows = {r["key"]: r for r in metrics["rows"]}
+    html = render_index(
         run=cfg["run"],
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        manifest=manifest,
+        manifest=load_json(paths["data_manifest"]),
         metrics=metrics,
         rows=rows,
-        tables=tables,
-        paper_tables=rendered,
-        study_tables=studied,
+        tables=summary_tables(metrics),
+        paper_tables=paper_table_entries(cfg, paper_tables, tables_rel, grids),
+        study_tables=[table_entry(t, tables_rel) for t in extra_tables],
         claims=claims(metrics, study, figures["numbers"]),
         budget_curves=budget,
         study=study,
