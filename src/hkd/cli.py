@@ -86,7 +86,9 @@ def stage_trajectories(cfg, paths, args):
         )
 
 
-def stage_hkd_train(cfg, paths, args):
+def _hkd_training(train_cfg: dict, cfg: dict, paths: dict, args, files: str) -> dict:
+    """HKD training from the run's teacher and trajectories; ``files``: "hkd" (the run's own,
+    paths hkd, hkd_tb, ...) or "variant" (variant_hkd, variant_tb, ...)."""
     from hkd import distributed
     from hkd.teacher.network import load_teacher
     from hkd.train.hkd_train import train_hkd
@@ -95,39 +97,26 @@ def stage_hkd_train(cfg, paths, args):
     with distributed.process_group(device) as device:
         teacher = load_teacher(paths["teacher"], device, cfg)
         return train_hkd(
-            cfg,
+            train_cfg,
             teacher,
             paths["trajectories"],
-            paths["hkd"],
-            paths["hkd_tb"],
+            paths["hkd" if files == "hkd" else "variant_hkd"],
+            paths[f"{files}_tb"],
             device,
             dtype,
-            resume_path=paths["hkd_resume"],
-            snapshot_paths=snapshot_paths(cfg, paths["hkd_snapshots"]),
+            resume_path=paths[f"{files}_resume"],
+            snapshot_paths=snapshot_paths(cfg, paths[f"{files}_snapshots"]),
         )
+
+
+def stage_hkd_train(cfg, paths, args):
+    return _hkd_training(cfg, cfg, paths, args, "hkd")
 
 
 def stage_variant_train(cfg, paths, args):
     """HKD of one variant (a Table 3 ablation's ``hkd:`` keys, or a Table 5 seed), from the
     run's teacher and trajectories."""
-    from hkd import distributed
-    from hkd.teacher.network import load_teacher
-    from hkd.train.hkd_train import train_hkd
-
-    device, dtype = _torch_setup(cfg, args.threads)
-    with distributed.process_group(device) as device:
-        teacher = load_teacher(paths["teacher"], device, cfg)
-        return train_hkd(
-            variant_config(cfg, args.variant),
-            teacher,
-            paths["trajectories"],
-            paths["variant_hkd"],
-            paths["variant_tb"],
-            device,
-            dtype,
-            resume_path=paths["variant_resume"],
-            snapshot_paths=snapshot_paths(cfg, paths["variant_snapshots"]),
-        )
+    return _hkd_training(variant_config(cfg, args.variant), cfg, paths, args, "variant")
 
 
 def stage_variant_evaluate(cfg, paths, args):
