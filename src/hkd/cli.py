@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -66,16 +67,24 @@ def stage_teacher(cfg, paths, args):
     )
 
 
+@contextlib.contextmanager
+def _teacher_in_process_group(cfg: dict, paths: dict, args):
+    """(teacher, device, dtype) for this process, inside the torch.distributed process group
+    that torchrun asks for (a single process needs none)."""
+    from hkd import distributed
+    from hkd.teacher.network import load_teacher
+
+    device, dtype = _torch_setup(cfg, args.threads)
+    with distributed.process_group(device) as device:
+        yield load_teacher(paths["teacher"], device, cfg), device, dtype
+
+
 def stage_trajectories(cfg, paths, args):
     """All pending shards then the manifest, or (``--shard K``) shard K alone; under torchrun
     the processes split the pending shards."""
-    from hkd import distributed
-    from hkd.teacher.network import load_teacher
     from hkd.teacher.trajectories import generate_trajectories
 
-    device, _ = _torch_setup(cfg, args.threads)  # the teacher runs under teacher_precision
-    with distributed.process_group(device) as device:
-        teacher = load_teacher(paths["teacher"], device, cfg)
+    with _teacher_in_process_group(cfg, paths, args) as (teacher, device, _):  # teacher_precision
         return generate_trajectories(
             cfg,
             teacher,
@@ -89,13 +98,9 @@ def stage_trajectories(cfg, paths, args):
 def _hkd_training(train_cfg: dict, cfg: dict, paths: dict, args, files: str) -> dict:
     """HKD training from the run's teacher and trajectories; ``files``: "hkd" (the run's own,
     paths hkd, hkd_tb, ...) or "variant" (variant_hkd, variant_tb, ...)."""
-    from hkd import distributed
-    from hkd.teacher.network import load_teacher
     from hkd.train.hkd_train import train_hkd
 
-    device, dtype = _torch_setup(cfg, args.threads)
-    with distributed.process_group(device) as device:
-        teacher = load_teacher(paths["teacher"], device, cfg)
+    with _teacher_in_process_group(cfg, paths, args) as (teacher, device, dtype):
         return train_hkd(
             train_cfg,
             teacher,
