@@ -29,13 +29,14 @@ def evaluation_seeds(cfg: dict) -> np.ndarray:
     return np.arange(start, start + cfg["sample"]["count"], dtype=np.int64)
 
 
-def teacher_sampler(cfg: dict, teacher, device, dtype, compile=False, nfe: int | None = None):
-    """EDM's Heun sampler on the EDM grid: the trajectories' step count, or ``nfe`` (odd);
-    ``dtype``: the teacher's autocast dtype (``runtime.teacher_dtype``, from ``teacher_precision``);
-    ``compile``: auto | true | false (compile_guard)."""
+def teacher_sampler(cfg: dict, teacher, device, compile=False, nfe: int | None = None):
+    """EDM's Heun sampler on the EDM grid: the trajectories' step count, or ``nfe`` (odd), under
+    the config's ``teacher_precision`` (``runtime.teacher_dtype``); ``compile``: auto | true |
+    false (compile_guard)."""
     edm = cfg["edm"]
     steps = cfg["trajectories"]["num_steps"] if nfe is None else (nfe + 1) // 2
     sigmas = edm_sigmas(steps, edm["sigma_min"], edm["sigma_max"], edm["rho"])
+    dtype = teacher_dtype(cfg, device)
     denoise = make_denoiser(teacher, device, dtype, compile=compile, what=teacher_path_name(nfe))
 
     def sample(noise, labels=None):
@@ -125,7 +126,7 @@ def write_samples(cfg: dict, teacher, model, paths: dict, device, dtype) -> dict
     jobs = [
         (
             "teacher",
-            teacher_sampler(cfg, teacher, device, dtypes["teacher"], cfg["compile"]),
+            teacher_sampler(cfg, teacher, device, cfg["compile"]),
             paths["samples_teacher"],
             teacher_path_name(None),
         )
@@ -134,7 +135,7 @@ def write_samples(cfg: dict, teacher, model, paths: dict, device, dtype) -> dict
         jobs.append(
             (
                 f"teacher_nfe{n}",
-                teacher_sampler(cfg, teacher, device, dtypes["teacher"], cfg["compile"], nfe=n),
+                teacher_sampler(cfg, teacher, device, cfg["compile"], nfe=n),
                 paths["samples_teacher_nfe"].replace("{nfe}", str(n)),
                 teacher_path_name(n),
             )

@@ -26,7 +26,7 @@ from hkd.images import to_uint8
 from hkd.koopman.model import load_hkd
 from hkd.metrics.evaluate import make_scorer
 from hkd.pipeline import run_paths
-from hkd.runtime import teacher_dtype, torch_setup
+from hkd.runtime import torch_setup
 from hkd.sample import draw, evaluation_seeds, hkd_sampler, teacher_sampler
 from hkd.teacher.network import load_teacher
 from hkd.train.hkd_train import train_hkd
@@ -62,7 +62,7 @@ def main():
     if args.teacher:
         t0 = time.time()
         images, _ = draw(
-            teacher_sampler(base, teacher, device, teacher_dtype(base, device), base["compile"]),
+            teacher_sampler(base, teacher, device, base["compile"]),
             evaluation_seeds(base),
             shape,
             teacher.label_dim,

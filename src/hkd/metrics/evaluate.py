@@ -180,10 +180,9 @@ def time_samplers(cfg: dict, teacher, model, kd, device, dtype) -> dict:
         teacher.label_dim,
         device,
     )
-    t_dtype = teacher_dtype(cfg, device)
-    samplers = {"teacher": teacher_sampler(cfg, teacher, device, t_dtype, compile=False)}
+    samplers = {"teacher": teacher_sampler(cfg, teacher, device, compile=False)}
     for k in extra:
-        samplers[f"teacher_nfe{k}"] = teacher_sampler(cfg, teacher, device, t_dtype, compile=False, nfe=k)
+        samplers[f"teacher_nfe{k}"] = teacher_sampler(cfg, teacher, device, compile=False, nfe=k)
     samplers["hkd"] = hkd_sampler(model, device, dtype)
     if kd is not None:
         samplers["kd"] = hkd_sampler(kd, device, dtype)
