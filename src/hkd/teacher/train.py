@@ -14,7 +14,6 @@ run started again continues from it and ends with the weights an uninterrupted r
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from hkd.nn.precond import EDMPrecond
 from hkd.runtime import autocast
 from hkd.teacher.network import save_teacher, start_from_unconditional, teacher_kwargs
 from hkd.teacher.sampler import one_hot
-from hkd.train.resume import restore_training_state, save_training_state
+from hkd.train.resume import open_writer, restore_training_state, save_training_state
 
 #: the path name of the compiled training step (compile_guard, logs, provenance)
 TRAINING_STEP = "the teacher training step"
@@ -175,15 +174,6 @@ def _train_step(run: _Run, cfg: dict, forward, watch: GradientWatch, device, dty
     return loss.item() / per_pixel[0].numel()
 
 
-def _open_writer(tb_dir: str, resumed: bool, nimg: int):
-    """Tensorboard writer: a fresh folder, or the resumed run's with later events dropped."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    if not resumed:
-        shutil.rmtree(tb_dir, ignore_errors=True)
-    return SummaryWriter(tb_dir, purge_step=nimg if resumed else None)
-
-
 def _log(writer, bar, losses: list[float], lr: float, nimg: int, watch: GradientWatch) -> None:
     """Mean per-pixel loss of the steps since the last log, lr and non-finite gradient count."""
     mean = sum(losses) / len(losses)
@@ -232,7 +222,7 @@ def train_teacher(
     forward = maybe_compile(run.net, cfg["compile"], TRAINING_STEP)
     watch = GradientWatch(run.net.named_parameters(), TRAINING_STEP, forward)
     watch.restore(state.get("nonfinite") if state is not None else None)
-    writer = _open_writer(tb_dir, state is not None, run.nimg)
+    writer = open_writer(tb_dir, state is not None, run.nimg)
     t0, t_first, losses = time.time(), None, []
     steps = range(step0, run.total_steps)
     bar = tqdm(steps, desc="teacher", unit="step", mininterval=2, initial=step0, total=run.total_steps)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ from hkd.teacher.sampler import one_hot, seeded_inputs
 from hkd.teacher.trajectories import load_trajectories
 from hkd.train.objective import distance, sample_times, time_weights
 from hkd.train.perceptual import build_perceptual
-from hkd.train.resume import restore_training_state, save_training_state
+from hkd.train.resume import open_writer, restore_training_state, save_training_state
 
 #: the path name of the compiled training step (compile_guard, logs, provenance)
 TRAINING_STEP = "the HKD training step"
@@ -417,18 +416,6 @@ def _partial_snapshots(snapshot_paths: dict[int, str], fresh: bool, rank: int) -
     return partial
 
 
-def _open_writer(tb_dir: str, rank: int, resumed: bool, step: int):
-    """Rank 0's tensorboard writer (None elsewhere): a fresh folder, or the resumed run's
-    with the events after ``step`` dropped."""
-    if rank != 0:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    if not resumed:
-        shutil.rmtree(tb_dir, ignore_errors=True)
-    return SummaryWriter(tb_dir, purge_step=step if resumed else None)
-
-
 def _sample_inputs(cfg: dict, model, device):
     """The noise and labels of the tensorboard sample grid: 16 evaluation seeds."""
     seeds = range(cfg["sample"]["seed_offset"], cfg["sample"]["seed_offset"] + 16)
@@ -482,7 +469,7 @@ def train_hkd(
     snapshot_paths = snapshot_paths or {}
     partial = _partial_snapshots(snapshot_paths, state is None, rank)
     trainer.prepare(state)
-    writer = _open_writer(tb_dir, rank, state is not None, trainer.step)
+    writer = open_writer(tb_dir, state is not None, trainer.step) if rank == 0 else None
     grid = _sample_inputs(cfg, trainer.model, device)
     reader = ThreadPoolExecutor(1, thread_name_prefix="hkd-trajectory-reader")
     t0, step0, t_first = time.time(), trainer.step, None

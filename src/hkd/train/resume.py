@@ -5,11 +5,13 @@ EMA, optimiser, lr schedule, ...), both random generators and its position (step
 seen, data order) beside its output; a killed run started again restores all of it and
 ends with the weights an uninterrupted run would have. A state made from other inputs
 (its fingerprint differs) or by an earlier version that lacks a part is ignored, with the
-reason printed, and training starts from the beginning.
+reason printed, and training starts from the beginning. A resumed run keeps its tensorboard
+folder, less the events it will log again (``open_writer``).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -61,3 +63,13 @@ def restore_training_state(
     gen.set_state(state["gen"])
     torch.set_rng_state(state["torch_rng"])
     return state
+
+
+def open_writer(tb_dir: str, resumed: bool, purge_step: int):
+    """The trainer's tensorboard writer: a fresh folder, or a resumed run's own with the events
+    from ``purge_step`` on dropped (they are logged again)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    if not resumed:
+        shutil.rmtree(tb_dir, ignore_errors=True)
+    return SummaryWriter(tb_dir, purge_step=purge_step if resumed else None)
