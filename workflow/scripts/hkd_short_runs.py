@@ -24,10 +24,10 @@ from hkd.config import load_config, nfe_of_steps, validate_config
 from hkd.data.dataset import load_dataset
 from hkd.images import to_uint8
 from hkd.koopman.model import load_hkd
-from hkd.metrics.evaluate import make_scorer
+from hkd.metrics.evaluate import make_scorer, score_one_step
 from hkd.pipeline import run_paths
 from hkd.runtime import torch_setup
-from hkd.sample import draw, evaluation_seeds, hkd_sampler, teacher_sampler
+from hkd.sample import draw, evaluation_seeds, teacher_sampler
 from hkd.teacher.network import load_teacher
 from hkd.train.hkd_train import train_hkd
 
@@ -110,16 +110,7 @@ def main():
                 max_trajectories=args.trajectories,
             )
             model = load_hkd(str(Path(tmp) / "hkd.pt"), device)
-            images, _ = draw(
-                hkd_sampler(model, device, dtype),
-                evaluation_seeds(cfg),
-                shape,
-                model.label_dim,
-                cfg["sample"]["batch_size"],
-                device,
-                "sample",
-            )
-            m = scorer(to_uint8(images))
+            _, _, m = score_one_step(cfg, model, scorer, device, dtype, "sample")
         print(
             json.dumps(
                 {
