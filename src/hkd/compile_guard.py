@@ -21,7 +21,8 @@ negligible against a network call).
 
 ``compile`` key: ``auto`` = on disagreement or a failed compile, warn (naming the path and
 the difference) and run that path eagerly from then on; ``true`` = stop with an error that
-names the path and the key; ``false`` = eager, nothing compiled. Dropout draws different
+names the path and the key; ``false`` = eager, nothing compiled. On Apple MPS every path
+runs eagerly, whatever the key says. Dropout draws different
 masks in the two graphs, so a training check runs with dropout off (a graph of its own);
 the real graph is then covered by the finiteness checks and the trainers' non-finite
 gradient counts. What each path did is kept in ``decisions()``, which the stage commands
@@ -48,6 +49,10 @@ TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.15, torch.float16: 0.05}
 FLOOR_SHARE = 0.01
 
 MODES = ("auto", True, False)
+
+#: why a path on Apple MPS is not compiled: torch.compile's MPS backend is a prototype, and
+#: the tolerances above were measured on CPU
+MPS_EAGER = "Apple MPS runs eagerly"
 
 #: each graph is checked at its calls 1, 10, 100, ...: a defect that shows only once a
 #: network has trained is still caught, for about log10(calls) extra eager calls
@@ -104,7 +109,8 @@ class CompileDisagrees(RuntimeError):
 
 
 def maybe_compile(module: torch.nn.Module, mode, what: str):
-    """``module`` itself (``mode`` false), or a ``GuardedCompile`` of it (``auto`` / true).
+    """``module`` itself (``mode`` false, or its parameters on Apple MPS), or a
+    ``GuardedCompile`` of it (``auto`` / true).
     The first call of each graph traces and builds fused kernels (about 0.5-2.5 minutes on
     2 CPU cores with a C++ compiler) and runs the check; later calls reuse both."""
     if mode not in MODES:
@@ -112,7 +118,15 @@ def maybe_compile(module: torch.nn.Module, mode, what: str):
     if mode is False:
         _DECISIONS[what] = {"mode": "false", "compiled": False, "reason": "compile: false"}
         return module
+    if _on_mps(module):
+        _DECISIONS[what] = {"mode": str(mode).lower(), "compiled": False, "reason": MPS_EAGER}
+        return module
     return GuardedCompile(module, mode, what)
+
+
+def _on_mps(module: torch.nn.Module) -> bool:
+    param = next(module.parameters(), None)
+    return param is not None and param.device.type == "mps"
 
 
 class GuardedCompile:

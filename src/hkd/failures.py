@@ -7,13 +7,15 @@ one line. Everything else (the same kinds raised by torch or numpy, such as CUDA
 memory, a key missing from a dict, any other exception) is unexpected and needs its
 traceback. With ``--log FILE`` (every Snakemake rule passes its log) the traceback of any
 failure is appended to FILE and the terminal line says so; without it an unexpected
-error's traceback goes to stderr, followed by the line.
+error's traceback goes to stderr, followed by the line. An operator missing on Apple MPS
+gets a line of its own that names the operator and the way around it.
 """
 
 from __future__ import annotations
 
 import dis
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -67,7 +69,21 @@ def report_failure(command: str, exc: Exception, log: str | None) -> int:
     if not logged:
         sys.stderr.write(trace)
     lines = str(exc).strip().splitlines()
-    first = f": {lines[0]}" if lines else ""
+    first = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
     where = f"traceback in {log}" if logged else "traceback above"
-    print(f"hkd {command}: error: {type(exc).__name__}{first} ({where})", file=sys.stderr)
+    print(f"hkd {command}: error: {mps_missing_op(exc) or first} ({where})", file=sys.stderr)
     return 1
+
+
+def mps_missing_op(exc: BaseException) -> str | None:
+    """The line for an operator that Apple MPS lacks (torch's NotImplementedError, whose own
+    text is a paragraph), with the two ways around it; None for any other error."""
+    text = str(exc)
+    if not isinstance(exc, NotImplementedError) or "MPS" not in text:
+        return None
+    op = re.search(r"operator '([^']+)'", text)
+    name = f"the operator {op[1]}" if op else "an operator"
+    return (
+        f"{name} is not implemented on Apple MPS; set PYTORCH_ENABLE_MPS_FALLBACK=1 to run it "
+        "on the CPU, or use 'device: cpu' in the config"
+    )

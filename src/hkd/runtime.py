@@ -18,11 +18,22 @@ def setup_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
+def mps_available() -> bool:
+    """Apple's Metal GPU (MPS) is usable: Apple silicon, macOS 12.3+, a torch built with it."""
+    return torch.backends.mps.is_available()
+
+
 def pick_device(name: str) -> torch.device:
+    """The config's ``device``: auto = cuda, then mps, then cpu; an absent GPU is an error."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("config 'device: cuda' but no CUDA device is available")
+    if name == "mps" and not mps_available():
+        raise RuntimeError(
+            "config 'device: mps' but Apple MPS is not available (it needs Apple silicon, "
+            "macOS 12.3 or later and a torch built with MPS); use 'device: auto' or 'device: cpu'"
+        )
     return torch.device(name)
 
 
@@ -38,8 +49,10 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``precision`` (auto|bf16|fp16|fp32); None means plain fp32."""
-    if precision == "fp32":
+    """Autocast dtype for ``precision`` (auto|bf16|fp16|fp32); None means plain fp32. Apple
+    MPS always runs fp32: its autocast covers fewer ops, and no reduced-precision result of
+    this project has been checked there."""
+    if precision == "fp32" or device.type == "mps":
         return None
     if precision == "auto":
         if device.type == "cuda":
@@ -83,20 +96,40 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def widest_float(device: torch.device) -> torch.dtype:
+    """float64 where ``device`` has it (the teacher's ODE state); float32 on MPS, which has none."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work (CUDA or MPS) before reading a clock; nothing on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def device_name(device: torch.device) -> str:
     """Human-readable name of the device that ran a measurement."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return f"Apple MPS GPU ({cpu_name()})"
+    return f"CPU: {cpu_name()}"
+
+
+def cpu_name() -> str:
+    """The processor's model name and logical cores (Linux), else what ``platform`` says."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    return f"CPU: {line.split(':', 1)[1].strip()} ({os.cpu_count()} logical cores)"
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical cores)"
     except OSError:
         pass
     import platform
 
-    return f"CPU: {platform.processor() or platform.machine()}"
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical cores)"
 
 
 def say(message: str) -> None:

@@ -7,6 +7,8 @@ import time
 
 import torch
 
+from hkd.runtime import synchronize
+
 
 def measure(samplers: dict, noise: torch.Tensor, repeats: int, labels=None) -> dict:
     """images/s of each ``samplers[name](noise, labels)``, after one warm-up call each; median of repeats."""
@@ -15,12 +17,10 @@ def measure(samplers: dict, noise: torch.Tensor, repeats: int, labels=None) -> d
         fn(noise, labels)  # warm-up: allocations, kernel selection
         times = []
         for _ in range(repeats):
-            if noise.is_cuda:
-                torch.cuda.synchronize()
+            synchronize(noise.device)
             t0 = time.perf_counter()
             fn(noise, labels)
-            if noise.is_cuda:
-                torch.cuda.synchronize()
+            synchronize(noise.device)
             times.append(time.perf_counter() - t0)
         sec = statistics.median(times)
         out[name] = {

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 
 from hkd.config import nfe_of_steps as nfe  # noqa: F401  (NFE of a Heun step count)
+from hkd.runtime import widest_float
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -55,19 +56,21 @@ def heun_sample(
     ``denoise(x, sigma)`` returns D(x; sigma) (``denoise(x, sigma, class_labels)`` when labels
     are given). NFE = 2 * (len(sigmas) - 1) - 1.
     Returns the final state, or (final, states) with every grid state when ``keep_states``.
+    The state is float64, except on Apple MPS (float32: MPS has no float64).
     """
     if class_labels is not None:
         denoise = functools.partial(_with_labels, denoise, class_labels)
-    sigmas = sigmas.to(torch.float64)
-    x = noise.to(torch.float64) * sigmas[0]
+    wide = widest_float(noise.device)
+    sigmas = sigmas.to(wide)
+    x = noise.to(wide) * sigmas[0]
     states = [x] if keep_states else None
     n = len(sigmas) - 1
     for i in range(n):
         s_cur, s_next = sigmas[i], sigmas[i + 1]
-        d_cur = (x - denoise(x.float(), s_cur.float()).to(torch.float64)) / s_cur
+        d_cur = (x - denoise(x.float(), s_cur.float()).to(wide)) / s_cur
         x_next = x + (s_next - s_cur) * d_cur
         if i < n - 1:
-            d_next = (x_next - denoise(x_next.float(), s_next.float()).to(torch.float64)) / s_next
+            d_next = (x_next - denoise(x_next.float(), s_next.float()).to(wide)) / s_next
             x_next = x + (s_next - s_cur) * (0.5 * d_cur + 0.5 * d_next)
         x = x_next
         if keep_states:
