@@ -45,12 +45,16 @@ def test_every_workload_measures_a_rate(workload):
     out = bench.measure_one(cfg, workload, steps=1, threads=1)
     assert out["rate"] > 0 and out["first_call_seconds"] > 0 and out["peak_rss_bytes"] > 2**20
     assert out["unit"] == bench.WORKLOADS[workload][0]
+    if workload == "teacher_train":  # each timed step, for the speed index's median
+        assert len(out["step_seconds"]) == 1 and out["step_seconds"][0] > 0
 
 
 def test_bench_writes_where_plan_finds_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # hkd runs outside the checkout (conftest's guard)
     cfg = load_config(SMOKE)
-    result = bench.bench_config(cfg, str(SMOKE), steps=1, threads=1, device="cpu", workloads=["one_step"])
+    result = bench.bench_config(
+        cfg, str(SMOKE), steps=1, threads=1, device="cpu", workloads=["one_step"], with_reference=False
+    )
     path = bench.default_path(cfg, "cpu", tmp_path)
     path.write_text(json.dumps(result))
     assert find_benchmark(cfg, "cpu", tmp_path)["workloads"]["one_step"]["rate"] > 0

@@ -10,11 +10,11 @@ from the steady state. ``hkd plan`` turns the stored results into the cost of ev
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -25,7 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hkd.cost import reference
+from hkd.cost.reference import cpu_model  # noqa: F401 (workflow/scripts/bench_threads.py reads it here)
 from hkd.io import save_npz, sha256_json
+from hkd.runtime import synchronize
 
 #: workload -> (what its rate counts, the stages that run it)
 WORKLOADS = {
@@ -40,7 +43,7 @@ WORKLOADS = {
 
 def cost_keys(cfg: dict) -> dict:
     """The settings a workload's cost depends on: two configs with the same keys share a
-    benchmark (e.g. configs/study.yaml and the default it extends)."""
+    benchmark (e.g. configs/claims.yaml and the default it extends)."""
     return {
         "data": {k: cfg["data"][k] for k in ("source", "resolution")},
         "network": {k: v for k, v in cfg["network"].items() if k != "label_dim"},
@@ -109,22 +112,48 @@ def _timed_calls(fn, steps: int) -> tuple[float, float]:
     return first, (time.perf_counter() - t0) / steps
 
 
+@contextlib.contextmanager
+def _each_call_timed(module, name: str):
+    """Seconds of every call of ``module.name`` while inside: the trainer returns only the
+    total after its first step, and the speed index wants the median step, which the other
+    jobs of a shared machine move less than the mean."""
+    original, seconds = getattr(module, name), []
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - t0)
+
+    setattr(module, name, timed)
+    try:
+        yield seconds
+    finally:
+        setattr(module, name, original)
+
+
 def _teacher_train(cfg, device, dtype, steps, tmp):
-    from hkd.teacher.train import train_teacher
+    """The teacher's real training loop, stopped after the first step and ``steps`` more;
+    ``step_seconds``: each of those ``steps`` (the step returns its loss as a number, so
+    the time includes the device's work)."""
+    from hkd.teacher import train
 
     batch = cfg["teacher"]["batch_size"]
     cfg["teacher"]["kimg"] = (steps + 2) * batch / 1000
     data = _random_dataset(cfg, tmp / "images.npz", 2 * batch)
     t0 = time.perf_counter()
-    stats = train_teacher(
-        cfg, data, str(tmp / "t.pt"), str(tmp / "tb-t"), device, dtype, stop_after=steps + 1
-    )
+    with _each_call_timed(train, "_train_step") as step_seconds:
+        stats = train.train_teacher(
+            cfg, data, str(tmp / "t.pt"), str(tmp / "tb-t"), device, dtype, stop_after=steps + 1
+        )
     total = time.perf_counter() - t0
     per_step = stats["seconds_after_first_step"] / steps
     return {
         "rate": batch / per_step,
         "batch": batch,
         "first_call_seconds": total - stats["seconds_after_first_step"],
+        "step_seconds": step_seconds[1:],
     }
 
 
@@ -144,7 +173,7 @@ def _denoiser(cfg, device, dtype, steps, tmp):
         device,
     )
     onehot = one_hot(labels, teacher.label_dim)
-    sigma = torch.full((batch,), 2.0, device=device, dtype=torch.float64)
+    sigma = torch.full((batch,), 2.0, device=device)  # fp32, as heun_sample passes it
     first, per_call = _timed_calls(lambda: _sync(denoise(noise * 2.0, sigma, onehot)), steps)
     return {"rate": batch / per_call, "batch": batch, "first_call_seconds": first}
 
@@ -242,8 +271,8 @@ def _classifier_train(cfg, device, dtype, steps, tmp):
 
 
 def _sync(out):
-    if isinstance(out, torch.Tensor) and out.is_cuda:
-        torch.cuda.synchronize()
+    if isinstance(out, torch.Tensor):
+        synchronize(out.device)
     return out
 
 
@@ -288,18 +317,15 @@ def measure_one(cfg: dict, workload: str, steps: int, threads: int | None) -> di
 
 
 def isolated_command(
-    config_file: str, workload: str, steps: int, threads: int | None, device: str | None, result: Path
+    config_file: str | None, workload: str, steps: int, threads: int | None, device: str | None, result: Path
 ) -> tuple[list[str], dict]:
     """(command, environment) of ``measure_one`` in a fresh process (``hkd bench --only``)
     that writes its JSON to ``result``, compiling into an empty cache beside it, so that the
-    first call costs what it costs on a fresh machine."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "hkd",
-        "bench",
-        "--config",
-        config_file,
+    first call costs what it costs on a fresh machine. ``config_file`` None: the reference
+    workload (``hkd bench --reference``)."""
+    cmd = [sys.executable, "-m", "hkd", "bench"]
+    cmd += ["--config", config_file] if config_file else ["--reference"]
+    cmd += [
         "--only",
         workload,
         "--steps",
@@ -318,7 +344,7 @@ def isolated_command(
 
 
 def _run_isolated(
-    config_file: str, workload: str, steps: int, threads: int | None, device: str | None
+    config_file: str | None, workload: str, steps: int, threads: int | None, device: str | None
 ) -> dict:
     """``measure_one`` in a fresh process, its JSON read back."""
     with tempfile.TemporaryDirectory(prefix="hkd-bench-") as tmp:
@@ -328,14 +354,33 @@ def _run_isolated(
         return json.loads(out.read_text())
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def reference_parameters() -> int:
+    """Parameters of the reference network (built on the meta device: no memory, no time)."""
+    from hkd.nn.precond import EDMPrecond
+    from hkd.teacher.network import teacher_kwargs
+
+    with torch.device("meta"):
+        net = EDMPrecond(**teacher_kwargs(reference.reference_config()))
+    return sum(p.numel() for p in net.parameters())
+
+
+def bench_reference(steps: int = reference.REFERENCE_STEPS, threads: int | None = None) -> dict:
+    """The speed index: the reference workload (``hkd.cost.reference``) in a process of its
+    own, at ``threads`` (default: the 2 the index is defined at), stored form."""
+    from hkd.runtime import device_name
+
+    threads = threads or reference.REFERENCE_THREADS
+    print(f"bench: reference teacher step, {threads} threads ...", flush=True)
+    when = _now()
+    measured = _run_isolated(None, "teacher_train", steps, threads, "cpu")
+    versions = {"device": device_name(torch.device("cpu")), "torch": torch.__version__}
+    result = reference.reference_result(measured, when, threads, reference_parameters(), versions)
+    print(f"bench: speed index {reference.describe(result)}", flush=True)
+    return result
 
 
 def bench_config(
@@ -345,11 +390,15 @@ def bench_config(
     threads: int | None,
     device: str | None,
     workloads: list[str] | None = None,
+    with_reference: bool = True,
 ) -> dict:
-    """Every workload of a config, each in its own process, with where and when it ran."""
+    """Every workload of a config, each in its own process, with where and when it ran, and
+    on CPU the speed index measured first, in the same session (``with_reference``): the
+    newest stored one may be from another day, and the plan scales by the ratio of the two."""
     from hkd.runtime import device_name, pick_device, resolve_precision
 
     dev = pick_device(device or cfg["device"])
+    ref = bench_reference() if with_reference and dev.type == "cpu" else None
     results = {}
     for w in workloads or workloads_of(cfg):
         print(f"bench: {w} ...", flush=True)
@@ -360,7 +409,7 @@ def bench_config(
             flush=True,
         )
     return {
-        "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "measured": _now(),
         "config": config_file,
         "device_kind": dev.type,
         "device": device_name(dev),
@@ -372,6 +421,7 @@ def bench_config(
         "cost_keys": cost_keys(cfg),
         "cost_digest": cost_digest(cfg),
         "workloads": results,
+        "reference": ref,
     }
 
 

@@ -9,6 +9,7 @@ it is: the plan assumes the config's own batch sizes, which the benchmark measur
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 
 from hkd import pipeline
 from hkd.cost.bench import cost_digest
+from hkd.cost.reference import brief
 from hkd.pipeline import rule_threads
 
 #: time of starting a stage process (python, torch, the config), added to every job
@@ -306,15 +308,52 @@ def plan(cfg: dict, root: str | Path = "benchmarks") -> dict:
         "digest": cost_digest(cfg),
         "jobs": rows,
         "total": total,
-        "benchmarks": {
-            k: (
-                {key: b[key] for key in ("measured", "device", "cpu", "threads", "config", "torch")}
-                if b
-                else None
-            )
-            for k, b in benches.items()
-        },
+        "benchmarks": {k: _bench_summary(b) for k, b in benches.items()},
     }
+
+
+def _bench_summary(b: dict | None) -> dict | None:
+    """Where and when a benchmark was measured, with the speed index of that session
+    (``reference`` None: measured without one, before ``hkd bench --reference`` existed)."""
+    if b is None:
+        return None
+    out = {key: b[key] for key in ("measured", "device", "cpu", "threads", "config", "torch")}
+    return out | {"reference": brief(b.get("reference"))}
+
+
+def scale_to_index(p: dict, index: float) -> dict:
+    """The plan with its CPU times moved from the day its benchmark was measured to a day
+    whose speed index (``hkd bench --reference``) is ``index`` s/step: each time x ``index``
+    over the index stored with the benchmark. A slower or faster machine stretches every job
+    alike, so the DAG's wall times scale by the same ratio. A benchmark stored without an
+    index cannot be scaled: that is an error, not an unscaled plan."""
+    b = p["benchmarks"]["cpu"]
+    if b is None:
+        raise ValueError("--index scales CPU times, and no CPU benchmark is stored for this config")
+    if b["reference"] is None:
+        raise ValueError(
+            f"the stored CPU benchmark (measured {b['measured']} from {b['config']}) has no speed index "
+            "recorded (it predates `hkd bench --reference`), so its times cannot be scaled to --index; "
+            f"rerun `hkd bench --config {b['config']}` to store one with it, or plan without --index"
+        )
+    factor = index / b["reference"]["seconds_per_step"]
+    out = copy.deepcopy(p)
+    for row in out["jobs"]:
+        row["cpu"]["seconds"] *= factor
+    total = out["total"]["cpu"]
+    total["seconds"] *= factor
+    _scale_values(total["elapsed_seconds_by_cores"], factor)
+    if "rules_threads" in total:
+        _scale_values(total["rules_threads"]["elapsed_seconds_by_cores"], factor)
+    if "teacher_step_seconds" in total:
+        total["teacher_step_seconds"] *= factor
+    out["index"] = {"today": index, "stored": b["reference"], "factor": factor}
+    return out
+
+
+def _scale_values(seconds: dict, factor: float) -> None:
+    for key, value in seconds.items():
+        seconds[key] = None if value is None else value * factor
 
 
 def elapsed_seconds(jobs: list[Job], seconds: list[float], cores: int, threads: int | list[int]) -> float:
@@ -394,6 +433,30 @@ def _time(s: float) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.2f} h"
 
 
+def _index_lines(p: dict) -> list[str]:
+    """The speed index a CPU plan's times stand for: the benchmark's own, or today's given
+    with --index (and the ratio the times were scaled by)."""
+    b = p["benchmarks"].get("cpu")
+    if b is None:
+        return []
+    ref, scaled = b["reference"], p.get("index")
+    if scaled:
+        return [
+            f"  cpu: times scaled to today's speed index {scaled['today']:.2f} s/step: x {scaled['factor']:.3f} "
+            f"of the benchmark's times (its index {ref['seconds_per_step']:.2f} s/step, measured "
+            f"{ref['measured'][:10]}, {ref['threads']} threads)"
+        ]
+    if ref is None:
+        return [
+            "  cpu: times of the day the benchmark was measured; no speed index was recorded with it "
+            "(it predates `hkd bench --reference`), so --index cannot scale them"
+        ]
+    return [
+        f"  cpu: times of the day the benchmark was measured, speed index {ref['seconds_per_step']:.2f} s/step; "
+        "`hkd plan --index S` scales them to today's (S from `hkd bench --reference`)"
+    ]
+
+
 def format_plan(p: dict, config_file: str) -> str:
     lines = [f"plan of {config_file} (cost settings {p['digest']})"]
     for kind, b in p["benchmarks"].items():
@@ -407,6 +470,7 @@ def format_plan(p: dict, config_file: str) -> str:
                 f"there to time this plan"
             )
         )
+    lines += _index_lines(p)
     head = f"  {'job':48s} {'disk':>10s}"
     kinds = [k for k, b in p["benchmarks"].items() if b]
     for kind in kinds:
@@ -445,7 +509,11 @@ def format_plan(p: dict, config_file: str) -> str:
             )
         if "teacher_step_seconds" in t_kind:
             lines.append(
-                f"  {kind}: the teacher training step took {t_kind['teacher_step_seconds']:.2f} s when measured "
-                "(this machine's speed varies from day to day; scale by your own step time)"
+                f"  {kind}: the teacher training step: {t_kind['teacher_step_seconds']:.2f} s"
+                + (
+                    " scaled to today's index"
+                    if kind == "cpu" and "index" in p
+                    else " when measured (this machine's speed varies from day to day)"
+                )
             )
     return "\n".join(lines)
