@@ -70,6 +70,11 @@ def test_smoke_dag_with_snakemake(tmp_path):
         # the table in the report shows the same numbers
         assert f"{value:.3f}" in html, key
     assert re.search(r"HKD FID / teacher FID = <strong>[0-9.]+</strong>", html)
+    # the digit classifier's recognisable digit rate beside each row's FID, and in DVC's metrics
+    summary = json.loads((work / "results" / "smoke" / "eval" / "summary.json").read_text())
+    for r in metrics["rows"]:
+        assert 0.0 <= r["recognisable_rate"] <= 1.0 and f"{r['recognisable_rate']:.3f} ± " in html, r["key"]
+        assert summary[f"{r['key']}/recognisable_rate"] == r["recognisable_rate"]
     assert "Table 3: ablations" in html
     for variant in ("no_koopman", "no_trajectory", "no_hierarchy", "seed1"):  # as configs/smoke.yaml lists
         abl = json.loads((work / "results" / "smoke" / "variants" / variant / "metrics.json").read_text())

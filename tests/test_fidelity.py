@@ -5,7 +5,7 @@ import torch
 from hkd.images import to_uint8
 from hkd.io import save_torch
 from hkd.metrics.classifier import DigitClassifier
-from hkd.metrics.fidelity import fidelity_metrics
+from hkd.metrics.fidelity import RECOGNISABLE_KEYS, fidelity_metrics
 
 
 @pytest.fixture
@@ -143,6 +143,14 @@ def test_suite_fid_equals_torch_fidelity_on_the_saved_images(
     assert suite["fid"] == pytest.approx(direct["frechet_inception_distance"], rel=1e-5)
     assert suite["is_mean"] == pytest.approx(direct["inception_score_mean"], rel=1e-5)
     assert suite["kid_mean"] == pytest.approx(direct["kernel_inception_distance_mean"], rel=1e-4, abs=1e-7)
+    if extractor == "inception-v3-compat":  # ImageNet classes: no recognisable digit rate
+        assert not any(k in suite for k in RECOGNISABLE_KEYS)
+    else:  # the rate from the IS logits equals the classifier run on the saved images
+        from hkd.metrics.classifier import load_classifier, uint8_to_model
+
+        saved = torch.from_numpy(to_uint8(np.load(tmp_path / paths["variant_samples"])["images"]))
+        probs = torch.softmax(load_classifier(weights)[0](uint8_to_model(saved))[1], dim=1)
+        assert suite["recognisable_rate"] == float((probs.max(1).values >= 0.9).float().mean())
 
 
 def test_scorer_matches_torch_fidelity_and_gives_a_sampling_spread(weights):
@@ -164,3 +172,44 @@ def test_scorer_matches_torch_fidelity_and_gives_a_sampling_spread(weights):
     small = scorer(gen[:100])
     assert small["fid_sampling_std"] > mine["fid_sampling_std"]
     assert Scorer(ref, weights_path=weights, bootstrap=0)(gen)["fid_sampling_std"] is None
+
+
+def _brightness_classifier(path) -> str:
+    """A hand-set digit classifier whose class-0 logit is 4 x (1 + the image's value) and
+    every other logit 0, for an image of one grey value: black (-1) gives class 0 p = 0.1,
+    mid-grey (0) p = e^4 / (e^4 + 9) = 0.86, white (+1) p = e^8 / (e^8 + 9) = 0.997."""
+    net = DigitClassifier()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
+        for conv in convs:  # channel 0 passes through unchanged (the input shifted by +1, >= 0)
+            conv.weight[0, 0, 1, 1] = 1.0
+        convs[0].bias[0] = 1.0
+        linear = net.features[-2]
+        linear.weight[0, :64] = 1.0 / 64  # the mean of channel 0's 8 x 8 map
+        net.head.weight[0, 0] = 4.0
+    save_torch({"kind": "digit_classifier", "state": net.state_dict(), "heldout_accuracy": 0.0}, path)
+    return str(path)
+
+
+def test_recognisable_rate_counts_the_images_the_classifier_is_sure_of(tmp_path):
+    """The Scorer's recognisable digit rate, from the logits it extracts for IS, is the hand
+    count of images whose top class has p >= 0.9; its spread comes from FID's resamples."""
+    from hkd.metrics.fidelity import RECOGNISABLE_THRESHOLD, Scorer, recognisable
+
+    logits = torch.tensor([[np.log(81.0) + 1e-6] + [0.0] * 9, [np.log(81.0) - 1e-3] + [0.0] * 9])
+    assert list(recognisable(logits)) == [True, False]  # p = 0.9 is recognisable, just below is not
+    assert RECOGNISABLE_THRESHOLD == 0.9
+
+    weights = _brightness_classifier(tmp_path / "bright.pt")
+    values = np.array([255] * 7 + [128] * 9 + [0] * 4, np.uint8)  # 7 of 20 recognisable
+    rng = np.random.default_rng(0)
+    gen = np.broadcast_to(values[:, None, None, None], (20, 1, 32, 32)).copy()
+    ref = rng.integers(0, 256, (40, 1, 32, 32)).astype(np.uint8)
+    scores = Scorer(ref, weights_path=weights, bootstrap=50, seed=0)(gen)
+    assert scores["recognisable_rate"] == pytest.approx(7 / 20)
+    assert scores["recognisable_threshold"] == 0.9
+    expected_std = np.sqrt(0.35 * 0.65 / 20)  # the binomial standard error the bootstrap estimates
+    assert 0.5 * expected_std < scores["recognisable_rate_std"] < 1.5 * expected_std
+    assert Scorer(ref, weights_path=weights, bootstrap=0)(gen)["recognisable_rate_std"] is None

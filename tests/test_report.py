@@ -317,3 +317,84 @@ def test_every_template_renders_every_table(smoke_cfg, tmp_path):
     ]
     with pytest.raises(ValueError, match="unknown table format"):
         render(t1, "pdf")
+
+
+RECOGNISABLE = "Recognisable (p ≥ 0.9, this run)"
+
+
+def scored_metrics(extractor="hkd-digit-classifier", rates=(0.97, 0.93, 0.9, 0.71)):
+    """metrics() with the scores the Sample quality table reads, and with the digit
+    classifier, each row's recognisable digit rate (None: a row scored before it existed)."""
+    m = metrics()
+    m["feature_extractor"] = {"name": extractor}
+    for row, rate in zip(m["rows"], rates):
+        row.update(is_mean=2.0, is_std=0.1, kid_mean=0.01, kid_std=0.001, images=100, fid_sampling_std=0.5)
+        if extractor == "hkd-digit-classifier" and rate is not None:
+            row.update(recognisable_rate=rate, recognisable_rate_std=0.02, recognisable_threshold=0.9)
+    return m
+
+
+def test_recognisable_rate_beside_fid_in_the_report_tables(smoke_cfg):
+    """The digit classifier's recognisable digit rate sits beside FID in the Sample quality
+    table (± its bootstrap spread) and in Tables 1 and 3 (trained rows: the mean over seeds),
+    in every format; a row scored before the rate existed says 'not recorded'."""
+    from hkd.report.build import metrics_table, summary_tables
+
+    cfg = copy.deepcopy(smoke_cfg)
+    cfg["trajectories"]["num_steps"] = 18
+    m = scored_metrics(rates=(0.97, 0.93, 0.9, None))
+    quality = metrics_table(m)
+    assert list(quality.columns).index("Recognisable (p ≥ 0.9)") == list(quality.columns).index("FID") + 3
+    assert "<td>0.930 ± 0.020</td>" in summary_tables(m)["metrics"]  # the report's HTML
+    assert list(quality["Recognisable (p ≥ 0.9)"]) == [
+        "0.970 ± 0.020",
+        "0.930 ± 0.020",
+        "0.900 ± 0.020",
+        "not recorded",
+    ]
+
+    with_rates = study()
+    with_rates["adopted"]["rows"]["full"] = fid_stats(
+        [
+            {"fid": 20.0, "fid_sampling_std": 0.1, "seed": i, "recognisable_rate": r}
+            for i, r in enumerate((0.7, 0.8))
+        ]
+    )
+    t1 = main_table(cfg, m, study=with_rates)
+    by_row = t1.frame.set_index(t1.frame["Method"].str.split(" ").str[0] + "@" + t1.frame["NFE"].astype(str))
+    assert by_row.loc["EDM@35", RECOGNISABLE] == 0.93 and by_row.loc["EDM@15", RECOGNISABLE] == 0.9
+    assert by_row.loc["HKD@1", RECOGNISABLE] == pytest.approx(0.75)  # mean over the training seeds
+    assert by_row.loc["KD@1", RECOGNISABLE] == "not recorded"  # its study row predates the rate
+    assert pd.isna(by_row.loc["DDPM@1000", RECOGNISABLE])  # no such sampler here: a dash
+    for fmt in FORMATS:
+        text = render(t1, fmt)
+        assert "0.930" in text and "not recorded" in text
+    assert "p $\\geq$ 0.9" in render(t1, "tex") and RECOGNISABLE in render(t1, "html")
+    assert any(n.startswith("Recognisable") for n in t1.notes)
+
+    t3 = table3(cfg, m, with_rates).frame
+    assert t3[RECOGNISABLE].iloc[-1] == pytest.approx(0.75) and t3[RECOGNISABLE].iloc[0] == "not recorded"
+
+
+def test_inception_rows_have_no_recognisable_rate(smoke_cfg):
+    """With Inception features the rate does not exist: no column, rather than a made-up number."""
+    from hkd.report.build import metrics_table
+
+    m = scored_metrics("inception-v3-compat")
+    assert not any(c.startswith("Recognisable") for c in metrics_table(m).columns)
+    assert not any(
+        c.startswith("Recognisable") for c in main_table(smoke_cfg, m, study=study()).frame.columns
+    )
+    assert not any(c.startswith("Recognisable") for c in table3(smoke_cfg, m, study()).frame.columns)
+
+
+def test_the_quality_claim_names_the_recognisable_rates():
+    from hkd.report.claims import quality_claim
+
+    claim = quality_claim(None, scored_metrics())
+    assert (
+        "recognisable digits (p ≥ 0.9): teacher 0.93, HKD 0.71 (the run's own samples, 100 each)"
+        in (claim["this_run"])
+    )
+    assert "recognisable" not in quality_claim(None, scored_metrics(rates=(None,) * 4))["this_run"]
+    assert "recognisable" not in quality_claim(None, scored_metrics("inception-v3-compat"))["this_run"]

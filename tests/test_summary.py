@@ -1,6 +1,7 @@
 """results/<run>/eval/summary.json: the flat numbers DVC shows as the run's metrics."""
 
 import json
+from pathlib import Path
 
 from hkd.pipeline import run_paths
 from hkd.report.summary import run_summary
@@ -34,6 +35,29 @@ def test_summary_holds_every_row_the_ratio_and_the_variants(tmp_path, smoke_cfg)
     assert s["variant/no_koopman/fid"] == 70.0
     assert s["table3/full_vs/no_koopman"] == "higher" and s["table3/full_best"] == "does not hold"
     assert all(not isinstance(v, (dict, list)) for v in s.values())
+
+
+def test_summary_holds_the_recognisable_rate_where_the_rows_have_one(tmp_path, smoke_cfg):
+    """Digit-classifier rows (and variants) carry their recognisable digit rate and its spread
+    into summary.json; rows without one (Inception features, older files) add no key."""
+    cfg = {**smoke_cfg, "run": "t", "ablations": ["no_koopman"], "ablation_seeds": [], "conditional": False}
+    cfg["stability"] = {"seeds": []}
+    cfg["study"] = {**smoke_cfg["study"], "recipes": {}}
+    paths = {k: str(tmp_path / v) for k, v in run_paths(cfg).items()}
+    rate = {"recognisable_rate": 0.85, "recognisable_rate_std": 0.02, "recognisable_threshold": 0.9}
+    rows = [{**_row("teacher", 50.0), **rate}, _row("hkd", 75.0)]
+    files = {
+        paths["metrics"]: {"rows": rows, "speedup_hkd_vs_teacher": 30.0},
+        paths["study"]: _study(),
+        paths["variant_metrics"].replace("{variant}", "no_koopman"): {"fid": 70.0, **rate},
+    }
+    for path, obj in files.items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(obj))
+    s = run_summary(cfg, paths)
+    assert s["teacher/recognisable_rate"] == 0.85 and s["teacher/recognisable_rate_std"] == 0.02
+    assert s["variant/no_koopman/recognisable_rate"] == 0.85
+    assert not any(k.startswith("hkd/recognisable") for k in s)
 
 
 def _study():

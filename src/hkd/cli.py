@@ -289,9 +289,24 @@ def write_dvc_yaml(config_file: str, out: str, check: bool) -> int:
     return 0
 
 
-def _record_time(paths: dict, args, seconds: float) -> None:
-    """The stage's wall time and how each of its network paths ran (compiled or eager, and
-    why) for the report's provenance block and the stage's log (process 0 under torchrun)."""
+def _speed_index() -> dict | None:
+    """Print this machine's newest stored speed index (``hkd bench --reference``) at the
+    start of the stage's log (process 0 under torchrun), so that the stage's wall time can be
+    read against the machine's speed that day; a look at stored files, never a measurement."""
+    import os
+
+    from hkd.cost.reference import index_line
+
+    line, ref = index_line()
+    if os.environ.get("RANK", "0") == "0":
+        print(line, flush=True)
+    return ref
+
+
+def _record_time(paths: dict, args, seconds: float, speed_index: dict | None) -> None:
+    """The stage's wall time, the speed index it started with and how each of its network
+    paths ran (compiled or eager, and why) for the report's provenance block and the stage's
+    log (process 0 under torchrun)."""
     import os
     from datetime import datetime, timezone
 
@@ -312,6 +327,7 @@ def _record_time(paths: dict, args, seconds: float) -> None:
             "seconds": round(seconds, 1),
             "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
             "compiled": compiled,
+            "speed_index": speed_index,
         },
         Path(paths["timings"]) / f"{name}.json",
     )
@@ -396,11 +412,33 @@ def _add_edit_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=None)
 
 
+def _add_export_parser(sub) -> None:
+    p = sub.add_parser(
+        "export-teacher",
+        help="write a run's trained teacher as an EDM network pickle (how resources/ teachers are made)",
+    )
+    p.add_argument("--config", required=True, help="run configuration (YAML) whose teacher to export")
+    p.add_argument(f"--{CONDITIONAL}", action="store_true", help="export the class-conditional companion's")
+    p.add_argument("--out", required=True, help="the .pkl file to write")
+
+
+def run_export(args) -> int:
+    """``hkd export-teacher``: the teacher of ``--config`` as an EDM pickle, checked by reading it
+    back through the ``edm_pickle`` loader."""
+    from hkd.teacher.edm_export import export_teacher
+
+    cfg = run_config(args)
+    dataset = {"source": cfg["data"]["source"], "resolution": cfg["data"]["resolution"], "run": cfg["run"]}
+    print(json.dumps(export_teacher(run_paths(cfg)["teacher"], args.out, dataset), indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hkd", description=__doc__)
     sub = parser.add_subparsers(dest="stage", required=True)
     _add_stage_parsers(sub)
     _add_edit_parser(sub)
+    _add_export_parser(sub)
     cost_commands.add_parsers(sub)
     p = sub.add_parser("dvc-yaml", help="write (or --check) dvc.yaml from the pipeline definition")
     p.add_argument("--config", default="configs/default.yaml")
@@ -420,11 +458,12 @@ def run_stage(args) -> int:
                 f"and 'study' makes a variant {args.variant!r}"
             )
         paths = variant_paths(cfg, args.variant)
+    speed_index = _speed_index()
     t0 = time.time()
     summary = STAGE_FUNCTIONS[args.stage](cfg, paths, args)
     seconds = time.time() - t0
     print(f"hkd {args.stage}: done in {seconds:.1f} s")
-    _record_time(paths, args, seconds)
+    _record_time(paths, args, seconds, speed_index)
     if summary:
         print(json.dumps(summary, indent=1, default=str))
     return 0
@@ -437,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
             return write_dvc_yaml(args.config, args.out, args.check)
         if args.stage == "edit":
             return run_edit(args)
+        if args.stage == "export-teacher":
+            return run_export(args)
         if args.stage in cost_commands.COMMANDS:
             return cost_commands.run(args)
         return run_stage(args)

@@ -16,11 +16,13 @@ NUM_CLASSES = 10
 
 
 class DigitClassifier(nn.Module):
-    """conv-conv-pool x2 -> 128-d penultimate features -> 10 logits (input [-1, 1], 1 channel)."""
+    """conv-conv-pool x2 -> 128-d penultimate features -> 10 logits (input [-1, 1], 1 channel,
+    ``resolution`` x ``resolution``: 32 for the padded digits, 28 for the unpadded ones)."""
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 32, resolution: int = 32):
         super().__init__()
-        w = width
+        w, pooled = width, resolution // 4
+        self.resolution = resolution
         self.features = nn.Sequential(
             nn.Conv2d(1, w, 3, padding=1),
             nn.ReLU(),
@@ -33,7 +35,7 @@ class DigitClassifier(nn.Module):
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(2 * w * 8 * 8, FEATURE_DIM),
+            nn.Linear(2 * w * pooled * pooled, FEATURE_DIM),
             nn.ReLU(),
         )
         self.head = nn.Linear(FEATURE_DIM, NUM_CLASSES)
@@ -49,7 +51,7 @@ def train_classifier(cfg: dict, data_path: str, out_path: str) -> dict:
     torch.manual_seed(cfg["seed"] + 2)
     d = load_dataset(data_path)
     x, y = torch.from_numpy(d["train_images"]), torch.from_numpy(d["train_labels"])
-    net = DigitClassifier()
+    net = DigitClassifier(resolution=x.shape[-1])
     opt = torch.optim.Adam(net.parameters(), lr=ecfg["classifier_lr"])
     bs = ecfg["classifier_batch_size"]
     steps = ecfg["classifier_epochs"] * ((len(x) + bs - 1) // bs)
@@ -78,6 +80,7 @@ def train_classifier(cfg: dict, data_path: str, out_path: str) -> dict:
             "state": net.state_dict(),
             "heldout_accuracy": acc,
             "feature_dim": FEATURE_DIM,
+            "resolution": net.resolution,
         },
         out_path,
     )
@@ -88,7 +91,7 @@ def load_classifier(path: str) -> tuple[DigitClassifier, float]:
     ckpt = load_torch(path, "classifier checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "digit_classifier":
         raise ValueError(f"{path} is not a classifier written by 'hkd classifier'")
-    net = DigitClassifier()
+    net = DigitClassifier(resolution=ckpt.get("resolution", 32))
     net.load_state_dict(ckpt["state"], strict=True)
     return net.eval().requires_grad_(False), float(ckpt["heldout_accuracy"])
 

@@ -1,6 +1,7 @@
 """The evaluate stage: FID / IS rows of both samplers against the configured reference
-images (held-out split, or the training split as in the paper), plus sampler throughput;
-and the same one-step row for each Table 3 ablation."""
+images (held-out split, or the training split as in the paper), with the digit classifier
+also each row's recognisable digit rate, plus sampler throughput; and the same one-step row
+for each Table 3 ablation."""
 
 from __future__ import annotations
 
@@ -77,18 +78,20 @@ def _row(key: str, label: str, nfe_: int | None, images: np.ndarray, scores: dic
 def _cached_scores(
     partial: Path, key: str, images_u8: np.ndarray, ref_u8: np.ndarray, scorer: Scorer
 ) -> dict:
-    """FID / IS / KID of one row, reusing the scores an interrupted run of this stage left in
-    ``partial`` for the same images, reference, feature extractor and bootstrap."""
+    """FID / IS / KID (and the recognisable digit rate) of one row, reusing the scores an
+    interrupted run of this stage left in ``partial`` for the same images, reference, feature
+    extractor, bootstrap and recognisable threshold."""
     weights = scorer.weights_path
-    fingerprint = sha256_json(
-        [
-            sha256_array(images_u8),
-            sha256_array(ref_u8),
-            scorer.extractor,
-            scorer.bootstrap,
-            sha256_file(weights) if weights and Path(weights).is_file() else str(weights),
-        ]
-    )
+    parts = [
+        sha256_array(images_u8),
+        sha256_array(ref_u8),
+        scorer.extractor,
+        scorer.bootstrap,
+        sha256_file(weights) if weights and Path(weights).is_file() else str(weights),
+    ]
+    if scorer.threshold is not None:  # rows scored before the rate existed are scored again
+        parts.append({"recognisable_threshold": scorer.threshold})
+    fingerprint = sha256_json(parts)
     cached = partial / f"{key}.json"
     if cached.is_file():
         d = load_json(cached)

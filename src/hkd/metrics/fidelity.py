@@ -1,5 +1,6 @@
 """FID / IS / KID through torch-fidelity, with the digit classifier registered as an
-offline feature extractor (``hkd-digit-classifier``)."""
+offline feature extractor (``hkd-digit-classifier``); with that classifier, also the share
+of images it calls one digit with confidence (the recognisable digit rate)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,25 @@ from hkd.metrics.classifier import load_classifier, uint8_to_model
 EXTRACTOR_NAME = "hkd-digit-classifier"
 
 
+#: a sample is a "recognisable digit" when the digit classifier gives one class at least
+#: this probability: a check on the samples themselves, beside FID's check on their distribution
+RECOGNISABLE_THRESHOLD = 0.9
+
+#: the recognisable-digit keys a scorer adds with the digit classifier (with Inception's 1008
+#: ImageNet classes the rate has no meaning, and the keys are absent)
+RECOGNISABLE_KEYS = ("recognisable_rate", "recognisable_rate_std", "recognisable_threshold")
+
 #: what a scorer returns for a set of generated images
-SCORE_KEYS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "fid_sampling_std", "fid_bootstrap")
+SCORE_KEYS = (
+    "fid",
+    "is_mean",
+    "is_std",
+    "kid_mean",
+    "kid_std",
+    "fid_sampling_std",
+    "fid_bootstrap",
+    *RECOGNISABLE_KEYS,
+)
 
 
 class DigitFeatureExtractor(FeatureExtractorBase):
@@ -74,6 +92,24 @@ class Uint8Images(torch.utils.data.Dataset):
         return self.images[i]
 
 
+def recognisable(logits: torch.Tensor, threshold: float = RECOGNISABLE_THRESHOLD) -> np.ndarray:
+    """Per image, whether the classifier's most probable class has probability >= ``threshold``
+    (bool [N]), from the logits torch-fidelity already extracted for IS: no second pass."""
+    probs = torch.softmax(logits.double(), dim=1)
+    return (probs.max(dim=1).values >= threshold).numpy()
+
+
+def recognisable_scores(hits: np.ndarray, resamples: list[np.ndarray], threshold: float) -> dict:
+    """The share of recognisable images (``hits``) and its standard deviation over the same
+    bootstrap ``resamples`` (index arrays) as FID's sampling spread (None with fewer than two)."""
+    boot = [float(hits[i].mean()) for i in resamples]
+    return {
+        "recognisable_rate": float(hits.mean()),
+        "recognisable_rate_std": float(np.std(boot, ddof=1)) if len(boot) > 1 else None,
+        "recognisable_threshold": threshold,
+    }
+
+
 def _as_model_input(images: np.ndarray, extractor: str) -> np.ndarray:
     """Inception reads RGB: grey images as three equal channels; the digit classifier reads them as they are."""
     if extractor != EXTRACTOR_NAME and images.shape[1] == 1:
@@ -86,7 +122,9 @@ class Scorer:
     own feature extraction and metric functions (the numbers ``calculate_metrics`` gives), with
     the reference's features computed once for every row, and FID's sampling spread: the
     standard deviation of FID over ``bootstrap`` resamples (with replacement) of the generated
-    images' features, the reference fixed."""
+    images' features, the reference fixed. With the digit classifier, also the recognisable
+    digit rate (``RECOGNISABLE_THRESHOLD``) from the same logits, with its spread over the same
+    resamples."""
 
     def __init__(
         self,
@@ -103,6 +141,8 @@ class Scorer:
             register()
         self.extractor, self.weights_path = extractor, weights_path
         self.cuda, self.bootstrap, self.seed = cuda, int(bootstrap), seed
+        #: the recognisable-digit threshold; None where the features are not the digit classifier's
+        self.threshold = RECOGNISABLE_THRESHOLD if extractor == EXTRACTOR_NAME else None
         self.kwargs = {
             "cuda": cuda,
             "isc_splits": 10,
@@ -149,11 +189,9 @@ class Scorer:
         )
         fid_feats = feats[self.layers["fid"]]
         rng = np.random.default_rng(self.seed)
-        boot = [
-            self._fid(fid_feats[rng.integers(0, len(fid_feats), len(fid_feats))])
-            for _ in range(self.bootstrap)
-        ]
-        return {
+        resamples = [rng.integers(0, len(fid_feats), len(fid_feats)) for _ in range(self.bootstrap)]
+        boot = [self._fid(fid_feats[i]) for i in resamples]
+        scores = {
             "fid": float(self._fid(fid_feats)),
             "is_mean": float(isc["inception_score_mean"]),
             "is_std": float(isc["inception_score_std"]),
@@ -162,6 +200,10 @@ class Scorer:
             "fid_sampling_std": float(np.std(boot, ddof=1)) if len(boot) > 1 else None,
             "fid_bootstrap": self.bootstrap,
         }
+        if self.threshold is not None:  # the digit classifier: its logits are IS's features
+            hits = recognisable(feats[self.layers["isc"]], self.threshold)
+            scores.update(recognisable_scores(hits, resamples, self.threshold))
+        return scores
 
 
 def fidelity_metrics(

@@ -31,9 +31,16 @@ RULE = (
 )
 
 
+def mean_recognisable_rate(entries: list[dict]) -> float | None:
+    """The recognisable digit rate averaged over one row's trainings, as FID is; None when
+    any of them has none (Inception features, or metrics written before the rate existed)."""
+    rates = [e.get("recognisable_rate") for e in entries]
+    return None if not rates or None in rates else float(np.mean(rates))
+
+
 def fid_stats(entries: list[dict]) -> dict:
     """Mean and spread of FID over one row's trainings (``entries``: metrics with ``fid``,
-    ``fid_sampling_std`` and ``seed``)."""
+    ``fid_sampling_std`` and ``seed``), and the mean recognisable digit rate beside it."""
     fids = np.array([e["fid"] for e in entries], dtype=float)
     std_seeds = float(fids.std(ddof=1)) if len(fids) > 1 else None
     sampling = max((e.get("fid_sampling_std") or 0.0) for e in entries)
@@ -46,6 +53,7 @@ def fid_stats(entries: list[dict]) -> dict:
         "seeds": [e.get("seed") for e in entries],
         "fids": fids.tolist(),
         "images": entries[0].get("images"),
+        "recognisable_rate": mean_recognisable_rate(entries),
     }
 
 

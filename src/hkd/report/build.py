@@ -17,14 +17,17 @@ import pandas as pd
 import yaml
 from PIL import Image
 
+from hkd.cost.reference import describe, describe_short, newest_reference
 from hkd.data.dataset import load_dataset
 from hkd.images import grid, to_uint8
 from hkd.io import atomic_path, load_json, load_npz, sha256_json
 from hkd.pipeline import CONDITIONAL, conditional_config, stage_enabled
 from hkd.report.claims import claims
 from hkd.report.tables import (
+    NOT_RECORDED,
     main_table,
     main_table_keys,
+    recognisable_column,
     render,
     study_table,
     table3,
@@ -109,7 +112,21 @@ def metrics_table(metrics: dict) -> pd.DataFrame:
     df["KID × 10³"] = [f"{1e3 * m:.2f} ± {1e3 * s:.2f}" for m, s in zip(df["kid_mean"], df["kid_std"])]
     df["NFE"] = [("—" if pd.isna(v) else str(int(v))) for v in df["nfe"]]
     df = df.rename(columns={"method": "Method", "images": "Images", "fid": "FID"})
-    return df[["Method", "NFE", "Images", "FID", "± sampling", "FID / teacher FID", "IS", "KID × 10³"]]
+    columns = ["Method", "NFE", "Images", "FID", "± sampling", "FID / teacher FID", "IS", "KID × 10³"]
+    header = recognisable_column(metrics)
+    if header:  # digit-classifier features: whether the samples are digits at all, beside FID
+        df[header] = [recognisable_text(r) for r in metrics["rows"]]
+        columns.insert(columns.index("FID / teacher FID") + 1, header)
+    return df[columns]
+
+
+def recognisable_text(row: dict) -> str:
+    """A row's recognisable digit rate ± its standard deviation over FID's bootstrap
+    resamples; "not recorded" for a row scored before the rate existed."""
+    rate, std = row.get("recognisable_rate"), row.get("recognisable_rate_std")
+    if rate is None:
+        return NOT_RECORDED
+    return f"{rate:.3f}" if std is None else f"{rate:.3f} ± {std:.3f}"
 
 
 _SAMPLER_LABELS = {
@@ -148,8 +165,10 @@ def compiled_summary(decisions: dict) -> str:
 
 
 def provenance(cfg: dict, paths: dict, metrics: dict) -> dict:
-    """Where the numbers come from: commit, config hash, device, and each stage's wall time
-    (written by ``hkd <stage>`` under ``results/<run>/logs/timings``)."""
+    """Where the numbers come from: commit, config hash, device, this machine's speed index
+    (``hkd bench --reference``) now, and each stage's wall time with the index it started
+    with (written by ``hkd <stage>`` under ``results/<run>/logs/timings``): wall times from
+    days of different speed can then be told apart."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
@@ -177,6 +196,7 @@ def provenance(cfg: dict, paths: dict, metrics: dict) -> dict:
                     "seconds": t["seconds"],
                     "finished": t["finished"],
                     "compiled": compiled_summary(t.get("compiled", {})),
+                    "speed_index": describe_short(t["speed_index"]) if "speed_index" in t else "not recorded",
                 }
             )
     return {
@@ -186,6 +206,7 @@ def provenance(cfg: dict, paths: dict, metrics: dict) -> dict:
         "threads": metrics["threads"],
         "precision": metrics["precision"],
         "teacher_precision": metrics.get("teacher_precision", "not recorded"),
+        "speed_index": describe(newest_reference()),
         "timings": timings,
     }
 

@@ -23,6 +23,21 @@ def _against(value: float, spread: float, bound: float, below_holds: bool = True
     return NOT_RESOLVED
 
 
+def recognisable_evidence(metrics: dict) -> str:
+    """The teacher's and HKD's recognisable digit rates as a clause of the quality claim: a
+    ratio of FIDs near the paper's says little if the teacher draws few recognisable digits.
+    Empty where the rows have no rate (Inception features, or older metrics files)."""
+    rows = {r["key"]: r for r in metrics["rows"]}
+    teacher, hkd = rows["teacher"], rows["hkd"]
+    if teacher.get("recognisable_rate") is None or hkd.get("recognisable_rate") is None:
+        return ""
+    return (
+        f"; recognisable digits (p ≥ {teacher['recognisable_threshold']:g}): teacher "
+        f"{teacher['recognisable_rate']:.2f}, HKD {hkd['recognisable_rate']:.2f} "
+        f"(the run's own samples, {hkd['images']} each)"
+    )
+
+
 def quality_claim(study: dict | None, metrics: dict) -> dict:
     """One-step quality close to the teacher: HKD's FID relative to its teacher, at most the
     paper's ratio (HKD 3.30 / EDM 35 NFE 1.97)."""
@@ -37,7 +52,8 @@ def quality_claim(study: dict | None, metrics: dict) -> dict:
     return {
         "claim": "One-step HKD comes close to its multi-step teacher",
         "paper": f"HKD / EDM (35 NFE) = 3.30 / 1.97 = {paper:.2f} (Table 1)",
-        "this_run": f"HKD / teacher = {r['mean']:.2f} ± {r['spread']:.2f} ({n} training seed{'s' * (n > 1)})",
+        "this_run": f"HKD / teacher = {r['mean']:.2f} ± {r['spread']:.2f} ({n} training seed{'s' * (n > 1)})"
+        + recognisable_evidence(metrics),
         "verdict": _against(r["mean"], r["spread"], paper),
         "rule": f"holds when the ratio is below the paper's {paper:.2f} beyond its spread",
     }

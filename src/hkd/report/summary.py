@@ -7,8 +7,18 @@ from __future__ import annotations
 from hkd.io import load_json, save_json
 from hkd.pipeline import CONDITIONAL, run_variants, stage_enabled
 
-#: the per-row numbers copied from an evaluation row
-ROW_KEYS = ("fid", "fid_sampling_std", "is_mean", "kid_mean", "images", "label_accuracy")
+#: the per-row numbers copied from an evaluation row (a key the row lacks is left out: the
+#: recognisable digit rate exists only with the digit classifier, label accuracy only with labels)
+ROW_KEYS = (
+    "fid",
+    "fid_sampling_std",
+    "is_mean",
+    "kid_mean",
+    "images",
+    "recognisable_rate",
+    "recognisable_rate_std",
+    "label_accuracy",
+)
 
 
 def _rows(metrics: dict, prefix: str) -> dict:
@@ -52,8 +62,9 @@ def _table3(study: dict) -> dict:
 
 
 def run_summary(cfg: dict, paths: dict) -> dict:
-    """Every FID / IS / KID row, HKD / teacher, the speed-up, each variant's row, the
-    conditional companion's rows and Table 3's spreads and verdicts, under flat keys."""
+    """Every FID / IS / KID row (with the digit classifier, its recognisable digit rate),
+    HKD / teacher, the speed-up, each variant's row, the conditional companion's rows and
+    Table 3's spreads and verdicts, under flat keys."""
     metrics = load_json(paths["metrics"])
     out = {**_rows(metrics, ""), **_ratio_and_speed(metrics, "")}
     out.update(_variants(cfg, paths))

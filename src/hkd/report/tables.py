@@ -15,12 +15,15 @@ import pandas as pd
 
 from hkd.config import nfe_of_steps
 from hkd.io import atomic_path
+from hkd.metrics.fidelity import EXTRACTOR_NAME, RECOGNISABLE_THRESHOLD
 from hkd.metrics.study import RULE, fid_stats
 from hkd.pipeline import FULL
 from hkd.report.paper import TABLE1, TABLE2, TABLE3_FID, TABLE4, TABLE5, TABLE6, reproduced_key
 
 FORMATS = ("html", "tex", "md")
 MISSING = "—"
+#: a scored row whose metrics file was written before the recognisable digit rate existed
+NOT_RECORDED = "not recorded"
 
 
 @dataclass
@@ -72,6 +75,33 @@ def scale_caption(cfg: dict, metrics: dict) -> str:
     )
 
 
+def recognisable_column(metrics: dict, suffix: str = "") -> str | None:
+    """The header of the recognisable digit rate's column, with the threshold the rows were
+    scored at; None where the run's features are Inception's, for which the rate does not
+    exist (no column rather than a made-up number)."""
+    if metrics["feature_extractor"]["name"] != EXTRACTOR_NAME:
+        return None
+    recorded = (r.get("recognisable_threshold") for r in metrics["rows"])
+    threshold = next((t for t in recorded if t is not None), RECOGNISABLE_THRESHOLD)
+    return f"Recognisable (p ≥ {threshold:g}{suffix})"
+
+
+def recognisable_cell(scores: dict | None):
+    """A row's recognisable digit rate; NOT_RECORDED for a scored row without one (metrics
+    written before the rate existed), None (a dash) for a row this run has no sampler for."""
+    if scores is None:
+        return None
+    rate = scores.get("recognisable_rate")
+    return NOT_RECORDED if rate is None else rate
+
+
+RECOGNISABLE_NOTE = (
+    "Recognisable: the share of a row's samples to which the digit classifier (the FID features) "
+    "gives one class a probability of at least the threshold (not in the paper); a trained row: "
+    "the mean over its training seeds."
+)
+
+
 MAIN_TABLES = {
     "table1": ("Table 1: unconditional generation (paper: CIFAR-10)", TABLE1),
     "table2": ("Table 2: unconditional generation (paper: FFHQ 64x64)", TABLE2),
@@ -121,6 +151,7 @@ def main_table(cfg: dict, metrics: dict, key: str | None = None, study: dict | N
     teacher = stats["teacher"]["mean"]
     # conditional runs scored by the digit classifier: how often a sample is the digit asked for
     accuracy = {r["key"]: r["label_accuracy"] for r in metrics["rows"] if "label_accuracy" in r}
+    recognisable = recognisable_column(metrics, ", this run")
 
     def line(method: str, nfe, paper_fid, k: str | None) -> dict:
         mine = stats.get(k)
@@ -136,6 +167,8 @@ def main_table(cfg: dict, metrics: dict, key: str | None = None, study: dict | N
             "Seeds": None if mine is None else mine["n_seeds"],
             "FID / teacher (this run)": None if mine is None else mine["mean"] / teacher,
         }
+        if recognisable:
+            row[recognisable] = recognisable_cell(mine)
         if accuracy:
             row["Label accuracy (this run)"] = accuracy.get(k)
         return row
@@ -165,6 +198,8 @@ def main_table(cfg: dict, metrics: dict, key: str | None = None, study: dict | N
             "Class-conditional: each evaluation seed draws its noise and its class label; the teacher "
             "and HKD get the same pairs."
         )
+    if recognisable:
+        notes.append(RECOGNISABLE_NOTE)
     if accuracy:
         notes.append(
             "Label accuracy: the share of samples the digit classifier assigns to the class they were "
@@ -182,6 +217,7 @@ def main_table(cfg: dict, metrics: dict, key: str | None = None, study: dict | N
             "± spread": 3,
             "Seeds": 0,
             "FID / teacher (this run)": 2,
+            **({recognisable: 3} if recognisable else {}),
             "Label accuracy (this run)": 3,
         },
         notes,
@@ -204,31 +240,35 @@ def table3(cfg: dict, metrics: dict, study: dict) -> Table:
     each ablation."""
     rows_stats = study["adopted"]["rows"]
     full = rows_stats[FULL]
+    recognisable = recognisable_column(metrics, ", this run")
     verdicts = (study["adopted"]["ordering"] or {"full_vs": {}})["full_vs"]
     rows = []
     for key in ("no_koopman", "no_trajectory", "no_hierarchy", FULL):
         if key not in rows_stats:
             continue
         on, st = _COMPONENTS[key], rows_stats[key]
-        rows.append(
-            {
-                "Koopman evolution": "yes" if on[0] else "no",
-                "Trajectory consistency": "yes" if on[1] else "no",
-                "Hierarchy": "yes" if on[2] else "no",
-                "FID (paper)": TABLE3_FID[key],
-                "FID / full (paper)": TABLE3_FID[key] / TABLE3_FID[FULL],
-                "FID (this run)": st["mean"],
-                "± spread": st["spread"],
-                "Seeds": st["n_seeds"],
-                "FID / full (this run)": st["mean"] / full["mean"],
-                "Full HKD against it (this run)": "—" if key not in verdicts else f"full {verdicts[key]}",
-            }
-        )
+        row = {
+            "Koopman evolution": "yes" if on[0] else "no",
+            "Trajectory consistency": "yes" if on[1] else "no",
+            "Hierarchy": "yes" if on[2] else "no",
+            "FID (paper)": TABLE3_FID[key],
+            "FID / full (paper)": TABLE3_FID[key] / TABLE3_FID[FULL],
+            "FID (this run)": st["mean"],
+            "± spread": st["spread"],
+            "Seeds": st["n_seeds"],
+            "FID / full (this run)": st["mean"] / full["mean"],
+        }
+        if recognisable:
+            row[recognisable] = recognisable_cell(st)
+        row["Full HKD against it (this run)"] = "—" if key not in verdicts else f"full {verdicts[key]}"
+        rows.append(row)
     notes = [
         "Each ablation is trained from the same teacher, trajectories and hkd: settings as the full "
         "HKD with one switch changed, and scored on the same evaluation seeds.",
         f"'± spread': {RULE}. 'full lower' = the full model has the lower FID beyond the spreads.",
     ]
+    if recognisable:
+        notes.append(RECOGNISABLE_NOTE)
     return Table(
         "table3",
         "Table 3: ablations (paper: CIFAR-10)",
@@ -241,6 +281,7 @@ def table3(cfg: dict, metrics: dict, study: dict) -> Table:
             "± spread": 3,
             "Seeds": 0,
             "FID / full (this run)": 2,
+            **({recognisable: 3} if recognisable else {}),
         },
         notes,
     )
@@ -425,6 +466,7 @@ def latex_escape(text: str) -> str:
         "^": r"\textasciicircum{}",
         "—": "---",
         "×": r"$\times$",
+        "≥": r"$\geq$",
     }
     return "".join(repl.get(c, c) for c in str(text))
 
