@@ -22,3 +22,10 @@ rule all:
     default_target: True
     input:
         stage_outputs(config, "report")["report"],
+
+
+# The claims tier (configs/claims.yaml): every training the claims need with >= 3 seeds, and the
+# study; same run folder as `all`, so its teacher, trajectories and classifier are reused.
+rule claims:
+    input:
+        claims_report,

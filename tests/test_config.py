@@ -64,14 +64,18 @@ _DROP = object()
             r"hkd\.snapshot_epochs.*\[28\] not below hkd\.epochs \(28",
         ),
         ("default", {"stability.seeds": [0, 1]}, r"stability\.seeds.*0 is the run's own seed"),
-        ("default", {"hkd.snapshot_epochs": []}, r"stability\.seeds' needs hkd\.snapshot_epochs"),
+        ("claims", {"hkd.snapshot_epochs": []}, r"stability\.seeds' needs hkd\.snapshot_epochs"),
         ("default", {"ablations": ["no_decoder"]}, r"key 'ablations\.0'.*no_decoder"),
         ("cifar10", {"data.resolution": 64}, r"data\.resolution"),
         ("ffhq64", {"data.path": None}, r"data\.path"),
         ("cifar10_cond", {"network.label_dim": 5}, r"network\.label_dim.*10 classes"),
         ("default", {"data.md5": "0" * 32}, r"data\.path"),
         ("cifar10_cond", {"conditional": True}, r"key 'conditional': the run is already class-conditional"),
-        ("cifar10", {"conditional": True}, r"key 'conditional'.*needs teacher\.source 'train'"),
+        (
+            "cifar10",
+            {"conditional": True},
+            r"key 'teacher.conditional_path': the class-conditional companion imports",
+        ),
         ("ffhq64", {"conditional": True}, r"key 'conditional': the image_folder source has no class labels"),
         ("default", {"conditional": "yes"}, r"conditional"),
         ("default", {"analysis.seeds": 4001}, r"key 'analysis\.seeds': 4001 seeds"),
@@ -182,7 +186,7 @@ def test_extends_lays_a_file_over_another(tmp_path, repo):
     """The study config is the default with its own study: recipes; a chain is followed, a
     loop and a missing parent are named."""
     study, default = (
-        load_config(repo / "configs" / "study.yaml"),
+        load_config(repo / "configs" / "claims.yaml"),
         load_config(repo / "configs" / "default.yaml"),
     )
     assert study["study"]["recipes"] and not default["study"]["recipes"]

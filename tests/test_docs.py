@@ -36,7 +36,7 @@ def snakemake_commands(text: str) -> list[str]:
 
 def test_commands_are_found():
     commands = [c for d in MARKDOWN for c in snakemake_commands(d.read_text())]
-    assert any("configs/study.yaml" in c for c in commands)
+    assert any("configs/claims.yaml" in c for c in commands)
     assert any("configs/budget_curve.yaml" in c for c in snakemake_commands((ROOT / "README.md").read_text()))
     assert snakemake_commands("x\n#   snakemake all --configfile a.yaml   # note\n") == [
         "snakemake all --configfile a.yaml"

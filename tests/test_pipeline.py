@@ -233,35 +233,37 @@ def test_variant_stages_follow_the_config(repo, tmp_path):
     (and its extra seeds), stability seed and study recipe, gathered by the study and report
     stages; none when every list is empty; an ablation changes only its hkd: keys, a seed run
     only the seed, a study run the levers (at the paper's reading, then its recipe's)."""
-    cfg = load_config(repo / "configs" / "default.yaml")
-    assert cfg["ablations"] == ["no_koopman", "no_trajectory", "no_hierarchy"]
-    assert run_variants(cfg) == [
+    default = load_config(repo / "configs" / "default.yaml")
+    assert default["ablations"] == ["no_koopman", "no_trajectory", "no_hierarchy"]
+    assert run_variants(default) == ["no_koopman", "no_trajectory", "no_hierarchy"]
+    cfg = load_config(repo / "configs" / "claims.yaml")  # the default with seeds and the study's recipes
+    variants = run_variants(cfg)
+    same = ("study", "ablation_seeds", "stability")
+    assert {k: v for k, v in cfg.items() if k not in same} == {
+        k: v for k, v in default.items() if k not in same
+    }
+    assert variants[:11] == [
         "no_koopman",
         "no_trajectory",
         "no_hierarchy",
         "no_koopman-seed1",
+        "no_koopman-seed2",
         "no_trajectory-seed1",
+        "no_trajectory-seed2",
         "no_hierarchy-seed1",
+        "no_hierarchy-seed2",
         "seed1",
         "seed2",
     ]
-    study = load_config(repo / "configs" / "study.yaml")  # the default with the study's lever recipes
-    variants = run_variants(study)
-    assert {k: v for k, v in study.items() if k != "study"} == {k: v for k, v in cfg.items() if k != "study"}
-    assert variants[:8] == run_variants(cfg) and variants[8:12] == [
-        "study-paper-full-seed0",
-        "study-paper-full-seed1",
-        "study-paper-no_koopman-seed0",
-        "study-paper-no_koopman-seed1",
-    ]
+    assert variants[11:17] == [f"study-paper-{m}-seed{n}" for m in ("full", "no_koopman") for n in (0, 1, 2)]
     # a lever that an ablation does not use is not trained for it (the clock without Koopman evolution)
     assert "study-clock_80-full-seed0" in variants and "study-clock_80-no_koopman-seed0" not in variants
     assert "study-decoder_boundary-no_koopman-seed0" in variants
+    last = default["hkd"]["epochs"] - 1
     dvc = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     assert dvc["variant_train_no_koopman"]["cmd"].endswith("--variant no_koopman")
-    assert "results/default/variants/seed2/snapshots/epoch-0027.pt" in dvc["stability"]["deps"]
-    assert "results/default/variants/no_koopman-seed1/snapshots/epoch-0027.pt" in dvc["stability"]["deps"]
-    assert not any("study-" in d for d in dvc["stability"]["deps"])
+    assert f"results/default/variants/no_koopman/snapshots/epoch-{last:04d}.pt" in dvc["stability"]["deps"]
+    assert not any("seed" in d or "study-" in d for d in dvc["stability"]["deps"])
     assert "results/default/variants/no_hierarchy/metrics.json" in dvc["study"]["deps"]
     assert "results/default/eval/study.json" in dvc["report"]["deps"]
     for variant, keys in ABLATIONS.items():
@@ -277,21 +279,23 @@ def test_variant_stages_follow_the_config(repo, tmp_path):
     assert seeded["seed"] == 2 and {k: v for k, v in seeded.items() if k != "seed"} == {
         k: v for k, v in cfg.items() if k != "seed"
     }
-    paper = variant_config(study, "study-paper-full-seed1")
+    paper = variant_config(cfg, "study-paper-full-seed1")
     assert paper["seed"] == 1 and {k: paper["hkd"][k] for k in PAPER_LEVERS} == PAPER_LEVERS
-    lever = variant_config(study, "study-decoder_boundary-no_koopman-seed0")
+    lever = variant_config(cfg, "study-decoder_boundary-no_koopman-seed0")
     assert lever["hkd"] == {**paper["hkd"], "decoder": "boundary", "koopman": False, "time_points": 0}
     for bad in ("study-unknown-full-seed0", "study-paper-seed0", "no_koopmann", "full"):
         with pytest.raises(ValueError, match="unknown variant"):
-            variant_config(study, bad)
+            variant_config(cfg, bad)
 
     work = copy_workflow(tmp_path)
     text = (work / "configs" / "default.yaml").read_text()
-    text = text.replace("ablation_seeds: [1]", "ablation_seeds: []")
     one = text.replace("ablations: [no_koopman, no_trajectory, no_hierarchy]", "ablations: [no_hierarchy]")
-    (work / "configs" / "one.yaml").write_text(one.replace("seeds: [1, 2]", "seeds: []"))
+    (work / "configs" / "one.yaml").write_text(one)
     dag = snakemake_dag(work, "configs/one.yaml")
-    snaps = {f"results/default/variants/no_hierarchy/snapshots/epoch-{e:04d}.pt" for e in (0, 5, 10, 27)}
+    snaps = {
+        f"results/default/variants/no_hierarchy/snapshots/epoch-{e:04d}.pt"
+        for e in default["hkd"]["snapshot_epochs"]
+    }
     assert (
         dag["variant_train"]["outputs"]
         == {
@@ -305,7 +309,7 @@ def test_variant_stages_follow_the_config(repo, tmp_path):
         "results/default/variants/no_hierarchy/metrics.json",
     }
     none = text.replace("ablations: [no_koopman, no_trajectory, no_hierarchy]", "ablations: []")
-    (work / "configs" / "none.yaml").write_text(none.replace("seeds: [1, 2]", "seeds: []"))
+    (work / "configs" / "none.yaml").write_text(none)
     dag = snakemake_dag(work, "configs/none.yaml")
     assert (
         "variant_train" not in dag

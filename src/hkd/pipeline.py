@@ -50,6 +50,29 @@ _VARIANT = re.compile(
 )
 
 
+#: Snakemake targets that name a tier: ``snakemake claims`` reads this config (it extends the
+#: default and shares its run folder) unless --configfile names another
+TIER_CONFIGS = {"claims": "configs/claims.yaml"}
+DEFAULT_CONFIG = "configs/default.yaml"
+
+
+def requested_tier(argv: list[str]) -> str | None:
+    """The tier a Snakemake command line names as a target (``snakemake --cores 2 claims``).
+    Snakemake parses the Snakefile before it hands over its targets, so the words are read."""
+    named = sorted(set(argv) & set(TIER_CONFIGS))
+    if len(named) > 1:
+        raise ValueError(f"one tier per invocation; the command names {named}")
+    return named[0] if named else None
+
+
+def tier_config_files(tier: str | None, configfiles: list[str], basedir: str) -> list[str]:
+    """The config files of a Snakemake invocation: those of ``--configfile`` when given, else
+    the ``tier``'s config, else the embedded default."""
+    if configfiles:
+        return list(configfiles)
+    return [str(Path(basedir) / (TIER_CONFIGS[tier] if tier else DEFAULT_CONFIG))]
+
+
 def seed_variants(cfg: dict) -> list[str]:
     """The extra HKD trainings of Table 5 (training stability): ``seed<N>`` for each of
     ``stability.seeds``; the run's own HKD is the run with the config's ``seed``."""
@@ -198,8 +221,12 @@ def conditional_config(cfg: dict) -> dict:
     out["run"] = f"{cfg['run']}/{CONDITIONAL}"
     out["network"]["label_dim"] = SOURCE_CLASSES[cfg["data"]["source"]]
     out["conditional"] = False
-    if cfg["teacher"]["source"] == "train" and cfg["teacher"]["conditional_kimg"] is not None:
-        out["teacher"]["kimg"] = cfg["teacher"]["conditional_kimg"]
+    teacher = out["teacher"]
+    if teacher["source"] == "train" and teacher["conditional_kimg"] is not None:
+        teacher["kimg"] = teacher["conditional_kimg"]
+    if teacher["source"] == "edm_pickle":
+        teacher["path"] = teacher.pop("conditional_path")
+        teacher["md5"] = teacher.pop("conditional_md5", None)
     out["ablations"] = []
     out["ablation_seeds"] = []
     out["study"]["recipes"] = {}

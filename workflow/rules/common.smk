@@ -2,22 +2,29 @@
 # src/hkd/pipeline.py, the single definition of stages, inputs and outputs.
 import os
 import sys
+from pathlib import Path
 
 SRC = os.path.join(workflow.basedir, "src")
 sys.path.insert(0, SRC)
 
 from hkd.pipeline import (  # noqa: E402
     DIRECTORY_OUTPUTS, FIGURES, benchmark_path, dag_runs, is_companion, log_path, rule_threads, run_paths,
-    run_variants, stage_inputs, stage_outputs, stage_params, trajectory_shard_paths, trajectory_shard_pattern)
+    run_variants, stage_inputs, stage_outputs, stage_params, TIER_CONFIGS, requested_tier, tier_config_files, trajectory_shard_paths,
+    trajectory_shard_pattern)
 
 from hkd.config import load_run_config, write_run_config  # noqa: E402
+from snakemake.exceptions import WorkflowError  # noqa: E402
 
 # Snakemake's own merge (--configfile files over configs/default.yaml, then --config) knows
 # neither `extends:` nor the schema's cross-key rules: the run's config is built here instead,
 # validated, and written to results/<run>/config.yaml, the one file every job reads (rewritten
 # only when it changes, so an override reruns just the jobs whose params it changes).
-CONFIG_FILES = [str(f) for f in workflow.overwrite_configfiles] or [os.path.join(workflow.basedir,
-                                                                                 "configs/default.yaml")]
+# `snakemake claims` (the claims tier) reads configs/claims.yaml unless --configfile names another;
+# that file then joins Snakemake's --configfiles, so jobs it spawns (cluster executors) read it too.
+TIER = None if workflow.overwrite_configfiles else requested_tier(sys.argv[1:])
+CONFIG_FILES = tier_config_files(TIER, [str(f) for f in workflow.overwrite_configfiles], workflow.basedir)
+if TIER:
+    workflow.config_settings.configfiles.append(Path(CONFIG_FILES[0]))
 _RUN_CONFIG = load_run_config(CONFIG_FILES, workflow.config_settings.config)
 validate(_RUN_CONFIG, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
 config.clear()
@@ -90,3 +97,13 @@ def hkd_shell(command, flag="", multi_gpu=False):
         return HKD + args + " 2>&1 | tee -a {log}"
     torchrun = f"env PYTHONPATH={SRC} {_PY} -m torch.distributed.run --standalone --nproc-per-node {{resources.gpu}} -m hkd"
     return (f"if [ {{resources.gpu}} -gt 1 ]; then {torchrun}{args}; else {HKD}{args}; fi 2>&1 | tee -a {{log}}")
+
+
+def claims_report(wildcards):
+    """The report of the claims tier: `snakemake claims` must have read configs/claims.yaml."""
+    if Path(CONFIG_FILES[0]).resolve() != Path(workflow.basedir, TIER_CONFIGS["claims"]).resolve():
+        raise WorkflowError(
+            "the claims target runs configs/claims.yaml; with --configfile, run "
+            "`snakemake all --configfile <config>` instead (docs/configs.md, \"Tiers\")"
+        )
+    return stage_outputs(config, "report")["report"]
