@@ -71,4 +71,16 @@ def copy_workflow(dest: Path) -> Path:
             symlinks=True,
             ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
         )
+    for shipped in shipped_files():
+        (dest / shipped).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / shipped, dest / shipped)
     return dest
+
+
+def shipped_files() -> list[str]:
+    """The files under resources/ that the embedded default imports (its teachers)."""
+    from hkd.config import is_url, load_config
+
+    teacher = load_config(REPO / "configs" / "default.yaml")["teacher"]
+    paths = [teacher.get(k) for k in ("path", "conditional_path")]
+    return [p for p in paths if p and not is_url(p)]

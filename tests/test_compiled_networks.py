@@ -27,6 +27,7 @@ CPU = torch.device("cpu")
 CFG = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "default.yaml"))
 DTYPE = resolve_precision(CFG["precision"], CPU)  # bf16 on CPUs with bf16 instructions
 TOL = TOLERANCE[DTYPE or torch.float32]
+RES = CFG["data"]["resolution"]
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +57,7 @@ def report(what: str) -> dict:
 
 def test_default_teacher_denoiser_through_the_guard():
     net = default_teacher().eval().requires_grad_(False)
-    noise = seeded_noise(range(8), (1, 32, 32))
+    noise = seeded_noise(range(8), (1, RES, RES))
     sigmas = edm_sigmas(4, CFG["edm"]["sigma_min"], CFG["edm"]["sigma_max"], CFG["edm"]["rho"])
     eager = heun_sample(make_denoiser(net, CPU, DTYPE), noise, sigmas)
     guarded = heun_sample(make_denoiser(net, CPU, DTYPE, compile="auto", what="denoiser"), noise, sigmas)
@@ -83,7 +84,7 @@ def assert_guarded_step_matches_eager(step, module, what: str) -> None:
 
 def test_default_teacher_training_step_through_the_guard():
     net = default_teacher().train()
-    images = torch.rand(32, 1, 32, 32) * 2 - 1
+    images = torch.rand(32, 1, RES, RES) * 2 - 1
     edm = CFG["edm"]
 
     def step(forward):
@@ -107,7 +108,7 @@ def test_default_hkd_training_step_through_the_guard():
     sigmas = edm_sigmas(
         CFG["trajectories"]["num_steps"], CFG["edm"]["sigma_min"], CFG["edm"]["sigma_max"], CFG["edm"]["rho"]
     )
-    states = torch.randn(4, len(sigmas), 1, 32, 32) * sigmas[:, None, None, None].float().clamp(min=0.5)
+    states = torch.randn(4, len(sigmas), 1, RES, RES) * sigmas[:, None, None, None].float().clamp(min=0.5)
     t = sample_times(4, CFG["hkd"]["time_points"], sigmas, torch.Generator().manual_seed(1))
 
     def step(forward):

@@ -32,9 +32,19 @@ _DROP = object()
     [
         ("cifar10", {"teacher.kimg": 5}, r"'teacher\.kimg' is only read when teacher\.source is 'train'"),
         (
-            "default",
+            "mnist_long",
             {"teacher.path": "x.pkl"},
             r"'teacher\.path' is only read when teacher\.source is 'edm_pickle'",
+        ),
+        (
+            "default",
+            {"teacher.kimg": 10},
+            r"'teacher\.kimg' is only read when teacher\.source is 'train'",
+        ),
+        (
+            "default",
+            {"teacher.conditional_path": _DROP},
+            r"key 'teacher\.conditional_path': the class-conditional companion imports",
         ),
         ("cifar10", {"evaluate.classifier_lr": 0.1}, r"'evaluate\.classifier_lr' is only read"),
         ("cifar10", {"teacher.path": _DROP}, r"key 'teacher': 'path' is a required property"),
@@ -60,7 +70,7 @@ _DROP = object()
         ("default", {"ablations": ["no_koopman", "no_koopman"]}, r"key 'ablations'.*non-unique"),
         (
             "default",
-            {"hkd.snapshot_epochs": [0, 28]},
+            {"hkd.epochs": 28, "hkd.snapshot_epochs": [0, 28]},
             r"hkd\.snapshot_epochs.*\[28\] not below hkd\.epochs \(28",
         ),
         ("default", {"stability.seeds": [0, 1]}, r"stability\.seeds.*0 is the run's own seed"),

@@ -100,3 +100,26 @@ def test_unreadable_teacher_leaves_no_output(tmp_path):
 def _write(path, raw: bytes):
     path.write_bytes(raw)
     return path
+
+
+def test_default_imports_the_shipped_teachers(repo):
+    """The embedded default distils the teachers in resources/ through the edm_pickle path:
+    each file is its teacher stage's input, md5-pinned, and the network its config describes
+    (the conditional companion's with 10 labels)."""
+    from torchvision.datasets.utils import calculate_md5
+
+    from hkd.config import load_config
+    from hkd.pipeline import conditional_config, stage_inputs
+    from hkd.teacher.network import check_matches_config
+
+    cfg = load_config(repo / "configs" / "default.yaml")
+    for run in (cfg, conditional_config(cfg)):
+        teacher = run["teacher"]
+        assert teacher["source"] == "edm_pickle"
+        assert stage_inputs(run, "teacher") == {"edm_pickle": teacher["path"]}
+        path = repo / teacher["path"]
+        assert path.stat().st_size <= 10 * 2**20
+        assert calculate_md5(str(path)) == teacher["md5"]
+        net = load_edm_pickle(path)
+        check_matches_config(net.init_kwargs, run, str(path))
+        assert net.label_dim == run["network"]["label_dim"]

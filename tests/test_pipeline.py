@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import copy_workflow
+from conftest import copy_workflow, shipped_files
 
 from hkd.config import load_config
 from hkd.pipeline import (
@@ -154,7 +154,7 @@ def test_snakemake_and_dvc_agree(repo, tmp_path):
     assert set(smk) - {"all"} == set(dvc) == expected
     for name, st in dvc.items():
         assert norm(smk[name]["outputs"]) == st["outputs"], name
-        data_deps = {d for d in st["deps"] if d in produced}
+        data_deps = {d for d in st["deps"] if d in produced or d in shipped_files()}
         assert norm(smk[name]["inputs"]) == data_deps, name
         assert all("--config configs/default.yaml" in c for c in st["cmds"])
         assert all(c.endswith("--conditional") == name.startswith("conditional_") for c in st["cmds"]), name
@@ -181,8 +181,14 @@ def test_conditional_companion(repo, tmp_path):
     assert (
         cond["ablations"] == [] and cond["stability"]["seeds"] == [] and cond["hkd"]["snapshot_epochs"] == []
     )
-    same = ("seed", "device", "precision", "data", "edm", "teacher", "trajectories", "evaluate")
+    same = ("seed", "device", "precision", "data", "edm", "trajectories", "evaluate")
     assert all(cond[k] == cfg[k] for k in same)
+    teacher = cfg["teacher"]  # the companion imports its own shipped pickle
+    assert cond["teacher"] == {
+        "source": "edm_pickle",
+        "path": teacher["conditional_path"],
+        "md5": teacher["conditional_md5"],
+    }
     assert {k: v for k, v in cond["hkd"].items() if k != "snapshot_epochs"} == {
         k: v for k, v in cfg["hkd"].items() if k != "snapshot_epochs"
     }
@@ -348,8 +354,8 @@ def test_jobs_that_can_run_together_share_the_cores(repo):
 
 
 def test_conditional_teacher_can_start_from_the_run_teacher(repo):
-    cfg = load_config(repo / "configs" / "default.yaml")
-    assert "init_teacher" not in stage_inputs(conditional_config(cfg), "teacher")  # the default: scratch
+    cfg = load_config(repo / "configs" / "mnist_long.yaml")  # a run that trains its teachers
+    assert "init_teacher" not in stage_inputs(conditional_config(cfg), "teacher")  # scratch there
     warm = {
         **cfg,
         "teacher": {**cfg["teacher"], "conditional_start": "unconditional", "conditional_kimg": 20},

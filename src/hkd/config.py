@@ -13,6 +13,14 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+_URL_SCHEMES = ("http://", "https://", "ftp://", "file://")
+
+
+def is_url(source: str) -> bool:
+    """A file named by URL (downloaded) rather than by a local path."""
+    return str(source).lower().startswith(_URL_SCHEMES)
+
+
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
 

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from hkd.config import SOURCE_CLASSES
+from hkd.config import SOURCE_CLASSES, is_url
 from hkd.stage_code import PIPELINE_FILE, stage_code
 
 #: the paper's Table 3 ablations: the ``hkd:`` keys each one changes (the full model is the
@@ -662,7 +662,9 @@ def _resolve(cfg: dict, name: str, key: str, variant: str | None):
 def stage_inputs(cfg: dict, name: str, variant: str | None = None) -> dict:
     keys = STAGE_BY_NAME[name].inputs
     if name == "teacher" and cfg["teacher"]["source"] != "train":
-        keys = ()  # an imported EDM network needs no dataset
+        # an imported EDM network needs no dataset; a local pickle (resources/) is its input
+        path = cfg["teacher"]["path"]
+        return {} if is_url(path) else {"edm_pickle": path}
     out = {k: _resolve(cfg, name, k, variant) for k in keys if _path_enabled(cfg, k)}
     return {k: v for k, v in out.items() if v != []}
 
@@ -683,8 +685,8 @@ def _param_keys(cfg: dict, name: str) -> tuple[str, ...]:
         # an imported network depends on the file and on the architecture the config states,
         # not on the seed, precision or which images the data stage reads
         keys = ("downloads", "data.source", "data.resolution", "network", "teacher")
-    elif name == "teacher" and "/" not in cfg["run"]:
-        # how the companion's teacher starts and trains does not change the run's own
+    if name == "teacher" and "/" not in cfg["run"]:
+        # how the companion's teacher starts, trains or is imported does not change the run's own
         own = tuple(f"teacher.{k}" for k in cfg["teacher"] if not k.startswith("conditional_"))
         keys = tuple(k for k in keys if k != "teacher") + own
     return keys

@@ -94,7 +94,7 @@ def hkd_shell(command, flag="", multi_gpu=False):
     cluster profile) starts one process per GPU with torchrun (training and trajectory stages)."""
     args = f" {command} --config {CONFIG_FILE}{flag} --threads {{threads}} --log {{log}}"
     if not multi_gpu:
-        return HKD + args + " 2>&1 | tee -a {log}"
+        return f"{HKD}{args} 2>&1 | tee -a {{log}}"
     torchrun = f"env PYTHONPATH={SRC} {_PY} -m torch.distributed.run --standalone --nproc-per-node {{resources.gpu}} -m hkd"
     return (f"if [ {{resources.gpu}} -gt 1 ]; then {torchrun}{args}; else {HKD}{args}; fi 2>&1 | tee -a {{log}}")
 

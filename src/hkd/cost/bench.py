@@ -237,7 +237,9 @@ def _features(cfg, device, dtype, steps, tmp):
 
     batch = 250
     if cfg["evaluate"]["feature_extractor"] == "digit_classifier":
-        net, x = DigitClassifier().to(device).eval(), torch.zeros(batch, 1, 32, 32, device=device)
+        res = cfg["data"]["resolution"]
+        net = DigitClassifier(resolution=res).to(device).eval()
+        x = torch.zeros(batch, 1, res, res, device=device)
     else:
         from torchvision.models import inception_v3
 
@@ -256,9 +258,10 @@ def _classifier_train(cfg, device, dtype, steps, tmp):
     from hkd.metrics.classifier import DigitClassifier
 
     batch = cfg["evaluate"]["classifier_batch_size"]
-    net = DigitClassifier()
+    res = cfg["data"]["resolution"]
+    net = DigitClassifier(resolution=res)
     opt = torch.optim.Adam(net.parameters())
-    x, y = torch.zeros(batch, 1, 32, 32), torch.zeros(batch, dtype=torch.long)
+    x, y = torch.zeros(batch, 1, res, res), torch.zeros(batch, dtype=torch.long)
 
     def step():
         loss = torch.nn.functional.cross_entropy(net(x)[1], y)

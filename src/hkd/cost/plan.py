@@ -69,7 +69,7 @@ def network_bytes(cfg: dict) -> dict:
         return {
             "teacher": _state_bytes(teacher),
             "hkd": _state_bytes(hkd),
-            "classifier": _state_bytes(DigitClassifier()),
+            "classifier": _state_bytes(DigitClassifier(resolution=cfg["data"]["resolution"])),
         }
 
 

@@ -13,11 +13,7 @@ from pathlib import Path
 
 from torchvision.datasets.utils import calculate_md5, download_url
 
-_URL_SCHEMES = ("http://", "https://", "ftp://", "file://")
-
-
-def is_url(source: str) -> bool:
-    return str(source).lower().startswith(_URL_SCHEMES)
+from hkd.config import is_url
 
 
 def _md5_mismatch(path: Path, md5: str | None) -> str | None:

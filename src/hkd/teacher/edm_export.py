@@ -63,13 +63,9 @@ class _Pickler(pickle._Pickler):
 
 
 def _attributes(module: torch.nn.Module) -> dict:
-    """A module's attributes as EDM's persistence stores them (floats that EDM computes with
-    numpy, e.g. ``skip_scale``, as numpy scalars; our ``init_kwargs`` bookkeeping left out)."""
-    return {
-        k: np.float64(v) if type(v) is float else v
-        for k, v in vars(module).items()
-        if not k.startswith("_") and k not in ("init_kwargs", "training")
-    }
+    """A module's ``__dict__`` as EDM's persistence stores it (the whole of it, hooks and all;
+    floats that EDM computes with numpy, e.g. ``skip_scale``, as numpy scalars)."""
+    return {k: np.float64(v) if type(v) is float else v for k, v in vars(module).items()}
 
 
 def _layout(module: torch.nn.Module, source: str, init_kwargs: dict | None = None):
@@ -83,16 +79,7 @@ def _layout(module: torch.nn.Module, source: str, init_kwargs: dict | None = Non
         container._modules = children
         return container
     state = _attributes(module)
-    state.update(
-        training=False,
-        _init_args=(),
-        _init_kwargs=init_kwargs or {},
-        _parameters=collections.OrderedDict(
-            (k, v.detach().contiguous()) for k, v in module._parameters.items()
-        ),
-        _buffers=collections.OrderedDict(module._buffers),
-        _modules=children,
-    )
+    state.update(training=False, _init_args=(), _init_kwargs=init_kwargs or {}, _modules=children)
     meta = dict(
         type="class",
         version=PERSISTENCE_VERSION,
