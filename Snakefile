@@ -24,8 +24,9 @@ rule all:
         stage_outputs(config, "report")["report"],
 
 
-# The claims tier (configs/claims.yaml): every training the claims need with >= 3 seeds, and the
-# study; same run folder as `all`, so its teacher, trajectories and classifier are reused.
+# The claims tier (configs/claims.yaml, over configs/default.yaml): every training the claims
+# need with >= 3 seeds, and the study; same run folder as `all`, so its teacher, trajectories,
+# classifier and trainings are reused; its report goes to reports/claims/.
 rule claims:
     input:
-        claims_report,
+        tier_report("claims"),

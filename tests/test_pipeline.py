@@ -16,16 +16,18 @@ from hkd.pipeline import (
     STAGES,
     conditional_config,
     dag_runs,
+    own_variants,
     run_paths,
     run_variants,
     shard_count,
     stage_inputs,
     stage_outputs,
+    tier_owns,
     variant_config,
 )
 
 
-def snakemake_dag(work, configfile):
+def snakemake_dag(work, configfile, *targets):
     """{rule: {"outputs": set, "inputs": set, "shell": set}} from a forced Snakemake dry run
     in ``work`` (a copy of the workflow; ``shell``: the stage commands the jobs would run)."""
     r = subprocess.run(
@@ -38,6 +40,7 @@ def snakemake_dag(work, configfile):
             "--forceall",
             "--cores",
             "1",
+            *targets,
             "--configfile",
             configfile,
         ],
@@ -66,8 +69,18 @@ def dvc_dag(repo):
     """{stage: {"outputs", "deps", "cmds"}}, the per-ablation stages (``<stage>_<variant>``)
     merged under their stage name as Snakemake's dry run merges the jobs of one rule."""
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    tier_stages = yaml.safe_load((repo / "claims" / "dvc.yaml").read_text())["stages"]
+    assert all(st.pop("wdir") == ".." for st in tier_stages.values())  # run from the repository root
+    stages |= tier_stages
     cfg = load_config(repo / "configs" / "default.yaml")
+    claims = load_config(repo / "configs" / "claims.yaml")
     per_variant = {f"{s.name}_{v}": s.name for s in STAGES if s.per_variant for v in run_variants(cfg)}
+    per_variant |= {
+        f"claims_{s.name}_{v}": f"claims_{s.name}"
+        for s in STAGES
+        if s.per_variant
+        for v in own_variants(claims, cfg)
+    }
     dag = {}
     for name, st in stages.items():
         entry = dag.setdefault(per_variant.get(name, name), {"outputs": set(), "deps": set(), "cmds": []})
@@ -89,6 +102,15 @@ def test_dvc_declares_metrics_and_plots(repo, tmp_path):
     loss, budget = dvc["plots"]
     assert loss[paths["loss_curve"]]["y"] == ["loss_total"]
     assert budget[paths["budget_curve_table"]]["y"] == ["full", "no_koopman", "no_trajectory", "no_hierarchy"]
+    # the claims tier's own summary and budget curves (over >= 3 seeds), in claims/dvc.yaml
+    claims = run_paths(load_config(repo / "configs" / "claims.yaml"))
+    tier = yaml.safe_load((repo / "claims" / "dvc.yaml").read_text())
+    assert tier["stages"]["claims_report"]["metrics"] == [{claims["summary"]: {"cache": False}}]
+    assert claims["summary"] != paths["summary"]
+    assert [next(iter(pl)) for pl in tier["plots"]] == [
+        f"../{claims['loss_curve']}",
+        f"../{claims['budget_curve_table']}",
+    ]
     # the checkout's .gitignore in a repository of its own: the answer depends on that file alone
     shutil.copy2(repo / ".gitignore", tmp_path / ".gitignore")
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
@@ -101,6 +123,8 @@ def test_dvc_declares_metrics_and_plots(repo, tmp_path):
             paths["budget_curve_table"],
             paths["loss_curve"],
             paths["metrics"],
+            claims["summary"],
+            claims["budget_curve_table"],
         ],
         cwd=tmp_path,
         capture_output=True,
@@ -109,25 +133,28 @@ def test_dvc_declares_metrics_and_plots(repo, tmp_path):
     assert ignored == [paths["metrics"]]
 
 
-def test_dvc_yaml_is_generated_from_pipeline(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-m", "hkd", "dvc-yaml", "--config", "configs/default.yaml", "--check"],
-        cwd=copy_workflow(tmp_path),
-        capture_output=True,
-        text=True,
-    )
+def test_dvc_yaml_is_generated_from_pipeline(repo, tmp_path):
+    """dvc.yaml and the claims tier's claims/dvc.yaml are what `hkd dvc-yaml` writes."""
+    work = copy_workflow(tmp_path)
+    check = [sys.executable, "-m", "hkd", "dvc-yaml", "--config", "configs/default.yaml", "--check"]
+    r = subprocess.run(check, cwd=work, capture_output=True, text=True)
+    assert r.returncode == 1 and "claims/dvc.yaml is out of date" in r.stderr
+    shutil.copytree(repo / "claims", work / "claims")
+    r = subprocess.run(check, cwd=work, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
 
 def test_snakemake_and_dvc_agree(repo, tmp_path):
-    """Same stages, files and dependencies, for the run and its class-conditional companion
-    (conditional_<stage>). Snakemake runs trajectories as one job per shard plus a manifest
-    job; DVC as one stage whose output is the trajectories folder."""
+    """Same stages, files and dependencies, for the run, its class-conditional companion
+    (conditional_<stage>) and the claims tier (claims_<stage>). Snakemake runs trajectories as
+    one job per shard plus a manifest job; DVC as one stage whose output is the trajectories
+    folder."""
     cfg = load_config(repo / "configs" / "default.yaml")
+    claims = load_config(repo / "configs" / "claims.yaml")
     runs = dag_runs(cfg)
     assert [prefix for prefix, _, _ in runs] == ["", "conditional_"]
     produced, traj_dirs = set(), set()
-    for _, run_cfg, _ in runs:
+    for _, run_cfg, _ in runs + [("claims_", claims, "")]:
         paths = run_paths(run_cfg)
         traj_dirs.add(paths["trajectories_dir"])
         produced |= set(paths.values())
@@ -139,9 +166,8 @@ def test_snakemake_and_dvc_agree(repo, tmp_path):
     def norm(files):
         return {next((d for d in traj_dirs if f.startswith(d + "/")), f) for f in files}
 
-    smk = snakemake_dag(
-        copy_workflow(tmp_path), "configs/default.yaml"
-    )  # a dry run writes results/<run>/config.yaml
+    # a dry run writes results/<run>/config.yaml (and results/<run>/claims/config.yaml)
+    smk = snakemake_dag(copy_workflow(tmp_path), "configs/default.yaml", "all", "claims")
     for prefix, run_cfg, _ in runs:
         paths = run_paths(run_cfg)
         shard_rule = smk.pop(prefix + "trajectory_shard")
@@ -150,20 +176,26 @@ def test_snakemake_and_dvc_agree(repo, tmp_path):
         assert shard_rule["inputs"] == {paths["teacher"]}
         smk[prefix + "trajectories"]["inputs"] -= shard_rule["outputs"]
     dvc = dvc_dag(repo)
-    expected = {s.name for s in STAGES} | {f"conditional_{s.name}" for s in STAGES if s.conditional}
-    assert set(smk) - {"all"} == set(dvc) == expected
+    expected = (
+        {s.name for s in STAGES}
+        | {f"conditional_{s.name}" for s in STAGES if s.conditional}
+        | {f"claims_{s.name}" for s in STAGES if tier_owns(claims, cfg, s.name)}
+    )
+    assert {"claims_variant_train", "claims_stability", "claims_report"} <= expected
+    assert set(smk) - {"all", "claims"} == set(dvc) == expected
     for name, st in dvc.items():
         assert norm(smk[name]["outputs"]) == st["outputs"], name
         data_deps = {d for d in st["deps"] if d in produced or d in shipped_files()}
         assert norm(smk[name]["inputs"]) == data_deps, name
-        assert all("--config configs/default.yaml" in c for c in st["cmds"])
+        own_file = "configs/claims.yaml" if name.startswith("claims_") else "configs/default.yaml"
+        assert all(f"--config {own_file}" in c for c in st["cmds"]), name
         assert all(c.endswith("--conditional") == name.startswith("conditional_") for c in st["cmds"]), name
 
         # the command each job runs is the DVC stage's
         def words(cmd):
             return tuple(sorted(cmd.split()))
 
-        assert {words(c.replace("hkd ", "", 1).replace("configs/default.yaml", "X")) for c in st["cmds"]} == {
+        assert {words(c.replace("hkd ", "", 1).replace(own_file, "X")) for c in st["cmds"]} == {
             words(c) for c in smk[name]["shell"]
         }, name
     for name, st in dvc.items():  # every dependency is a file, a stage output or code
@@ -244,7 +276,7 @@ def test_variant_stages_follow_the_config(repo, tmp_path):
     assert run_variants(default) == ["no_koopman", "no_trajectory", "no_hierarchy"]
     cfg = load_config(repo / "configs" / "claims.yaml")  # the default with seeds and the study's recipes
     variants = run_variants(cfg)
-    same = ("study", "ablation_seeds", "stability")
+    same = ("study", "ablation_seeds", "stability", "tier", "report_dir")
     assert {k: v for k, v in cfg.items() if k not in same} == {
         k: v for k, v in default.items() if k not in same
     }

@@ -8,18 +8,21 @@ import sys
 import pytest
 from conftest import copy_workflow
 
-from hkd.config import load_config
+from hkd.config import ConfigError, load_config
 from hkd.pipeline import (
     ABLATIONS,
     FULL,
+    STAGES,
     ablation_variants,
+    check_tier,
+    own_variants,
     parse_variant,
-    requested_tier,
     run_paths,
     run_variants,
     seed_variants,
     study_variants,
-    tier_config_files,
+    tier_files,
+    tier_owns,
 )
 
 
@@ -58,14 +61,31 @@ def test_claims_has_three_seeds_per_model_and_the_study(tiers):
     assert set(run_variants(default)) <= set(run_variants(claims))
 
 
-def test_tier_target_picks_its_config(tmp_path):
-    base = str(tmp_path)
-    assert requested_tier(["--cores", "2", "all"]) is None
-    assert requested_tier(["--cores", "2", "claims"]) == "claims"
-    assert tier_config_files(None, [], base) == [f"{base}/configs/default.yaml"]
-    assert tier_config_files("claims", [], base) == [f"{base}/configs/claims.yaml"]
-    # an explicit --configfile wins over the tier's
-    assert tier_config_files("claims", ["configs/budget_curve.yaml"], base) == ["configs/budget_curve.yaml"]
+def test_a_tier_is_found_by_the_config_it_extends(repo, tiers):
+    """configs/claims.yaml is the one tier over the default; a config no tier extends has none."""
+    default, claims = tiers
+    assert tier_files(repo / "configs" / "default.yaml", repo) == {"claims": repo / "configs" / "claims.yaml"}
+    assert tier_files(repo / "configs" / "budget_curve.yaml", repo) == {}
+    check_tier(claims, default, "configs/claims.yaml")
+    with pytest.raises(ConfigError, match="report_dir"):
+        check_tier({**claims, "report_dir": default["report_dir"]}, default, "x.yaml")
+    with pytest.raises(ConfigError, match="keeps the run"):
+        check_tier({**claims, "run": "other"}, default, "x.yaml")
+
+
+def test_claims_tier_trains_only_what_all_lacks_and_keeps_its_aggregates_apart(tiers):
+    default, claims = tiers
+    own = own_variants(claims, default)
+    assert own and not set(own) & set(run_variants(default))
+    assert set(own) | set(run_variants(default)) == set(run_variants(claims))
+    owned = {s.name for s in STAGES if tier_owns(claims, default, s.name)}
+    assert owned == {"variant_train", "variant_evaluate", "stability", "study", "report"}
+    ours, theirs = run_paths(claims), run_paths(default)
+    for key in ("stability", "study", "summary", "report", "tables", "run_config", "timings"):
+        assert ours[key] != theirs[key], key
+    for key in ("teacher", "trajectories", "metrics", "hkd", "variant_hkd", "figures"):
+        assert ours[key] == theirs[key], key
+    assert ours["run_timings"] == theirs["timings"]
 
 
 def _snakemake(work, *args):
@@ -84,14 +104,29 @@ def _dry_run_variants(work, *args) -> set[str]:
 
 
 def test_snakemake_claims_target_runs_the_claims_tier(repo, tmp_path, tiers):
-    """`snakemake claims` (no --configfile) plans the claims trainings; `snakemake all` none of
-    its seeds."""
+    """`snakemake claims` plans the trainings `all` lacks (claims_variant_train), `snakemake
+    all` none of the tier's seeds; a config without the tier refuses the target."""
     default, claims = tiers
     work = copy_workflow(tmp_path)
     assert _dry_run_variants(work, "claims") == set(run_variants(claims))
     assert _dry_run_variants(work, "all") == set(run_variants(default))
-    assert _dry_run_variants(work, "claims", "--configfile", "configs/claims.yaml") == set(
-        run_variants(claims)
-    )
+    r = _snakemake(work, "claims")
+    assert "rule claims_variant_train" in r.stdout and "rule claims_report" in r.stdout
     r = _snakemake(work, "claims", "--configfile", "configs/budget_curve.yaml")
-    assert r.returncode != 0 and "the claims target runs configs/claims.yaml" in r.stdout + r.stderr
+    assert r.returncode != 0 and "has no such tier" in r.stdout + r.stderr
+
+
+def test_plan_of_a_tier_is_its_own_jobs(tiers):
+    """`hkd plan --config configs/claims.yaml` times what `snakemake claims` runs after `all`:
+    one training and one evaluation per variant the default lacks, then its aggregates."""
+    from hkd.cost.plan import jobs
+
+    default, claims = tiers
+    planned = [j.name for j in jobs(claims, default)]
+    own = own_variants(claims, default)
+    assert planned == (
+        [f"claims_variant_train[{v}]" for v in own]
+        + [f"claims_variant_evaluate[{v}]" for v in own]
+        + ["claims_stability", "claims_study", "claims_report"]
+    )
+    assert any(j.name == "teacher" for j in jobs(claims))  # as a run of its own: every stage

@@ -108,6 +108,11 @@ class CompileDisagrees(RuntimeError):
     """Raised under ``compile: true`` when a compiled path fails or disagrees with eager."""
 
 
+def hkd_compile(cfg: dict):
+    """The compile mode of HKD training: ``hkd_compile``, or ``compile`` where it is null."""
+    return cfg["compile"] if cfg["hkd_compile"] is None else cfg["hkd_compile"]
+
+
 def maybe_compile(module: torch.nn.Module, mode, what: str):
     """``module`` itself (``mode`` false, or its parameters on Apple MPS), or a
     ``GuardedCompile`` of it (``auto`` / true).

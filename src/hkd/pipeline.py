@@ -14,7 +14,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from hkd.config import SOURCE_CLASSES, is_url
+import yaml
+
+from hkd.config import SOURCE_CLASSES, ConfigError, is_url
 from hkd.stage_code import PIPELINE_FILE, stage_code
 
 #: the paper's Table 3 ablations: the ``hkd:`` keys each one changes (the full model is the
@@ -50,27 +52,51 @@ _VARIANT = re.compile(
 )
 
 
-#: Snakemake targets that name a tier: ``snakemake claims`` reads this config (it extends the
-#: default and shares its run folder) unless --configfile names another
+#: tiers over a run, by name: a tier's config extends the run's (``extends:``), keeps its run
+#: folder (so the teacher, trajectories, classifier and the run's own trainings are shared) and
+#: sets ``tier: <name>``. Its rules and DVC stages, ``<name>_*``, train the variants the run
+#: lacks and remake TIER_STAGES under results/<run>/<name>/ and its own report_dir.
 TIER_CONFIGS = {"claims": "configs/claims.yaml"}
+#: the config Snakemake runs without --configfile
 DEFAULT_CONFIG = "configs/default.yaml"
+#: the stages a tier remakes from every training, the run's and its own
+TIER_STAGES = ("stability", "study", "report")
+#: run_paths keys a tier writes under results/<run>/<tier>/ instead of results/<run>/
+TIER_KEYS = (
+    "budget_curves",
+    "budget_curve_table",
+    "stability",
+    "study",
+    "stability_samples",
+    "loss_curve",
+    "summary",
+    "timings",
+    "run_config",
+)
 
 
-def requested_tier(argv: list[str]) -> str | None:
-    """The tier a Snakemake command line names as a target (``snakemake --cores 2 claims``).
-    Snakemake parses the Snakefile before it hands over its targets, so the words are read."""
-    named = sorted(set(argv) & set(TIER_CONFIGS))
-    if len(named) > 1:
-        raise ValueError(f"one tier per invocation; the command names {named}")
-    return named[0] if named else None
+def extended_file(config_file: str | Path) -> Path | None:
+    """The file a config names in ``extends:`` (resolved), or None."""
+    config_file = Path(config_file)
+    raw = yaml.safe_load(config_file.read_text()) if config_file.is_file() else None
+    if not isinstance(raw, dict) or "extends" not in raw:
+        return None
+    return (config_file.parent / str(raw["extends"])).resolve()
 
 
-def tier_config_files(tier: str | None, configfiles: list[str], basedir: str) -> list[str]:
-    """The config files of a Snakemake invocation: those of ``--configfile`` when given, else
-    the ``tier``'s config, else the embedded default."""
-    if configfiles:
-        return list(configfiles)
-    return [str(Path(basedir) / (TIER_CONFIGS[tier] if tier else DEFAULT_CONFIG))]
+def tier_files(config_file: str | Path, basedir: str | Path = ".") -> dict[str, Path]:
+    """The tiers over a config file: {name: file} of the TIER_CONFIGS that extend it."""
+    target = Path(config_file).resolve()
+    found = {name: Path(basedir) / f for name, f in TIER_CONFIGS.items()}
+    return {name: f for name, f in found.items() if extended_file(f) == target}
+
+
+def check_tier(tier_cfg: dict, run_cfg: dict, source: str) -> None:
+    """A tier shares its run's folder but not its report or aggregates."""
+    if tier_cfg.get("tier") is None or tier_cfg["run"] != run_cfg["run"]:
+        raise ConfigError(f"{source}: a tier sets 'tier' and keeps the run of the config it extends")
+    if Path(tier_cfg["report_dir"]) == Path(run_cfg["report_dir"]):
+        raise ConfigError(f"{source}: key 'report_dir': a tier's report goes to a folder of its own")
 
 
 def seed_variants(cfg: dict) -> list[str]:
@@ -123,6 +149,23 @@ def run_variants(cfg: dict) -> list[str]:
     """Every HKD training besides the run's own: the Table 3 ablations (with their extra
     seeds), the Table 5 seeds, then the study's trainings."""
     return ablation_variants(cfg) + seed_variants(cfg) + study_variants(cfg)
+
+
+def own_variants(cfg: dict, run_cfg: dict | None = None) -> list[str]:
+    """The variants whose trainings a config's rules make: all of ``run_variants``, or for a
+    tier (``run_cfg``: the config it extends) those the run does not train itself."""
+    ours = run_variants(cfg)
+    return ours if run_cfg is None else [v for v in ours if v not in run_variants(run_cfg)]
+
+
+def tier_owns(cfg: dict, run_cfg: dict | None, name: str) -> bool:
+    """Whether a config's rules make a stage: a run's (``run_cfg`` None) every enabled one; a
+    tier's the per-variant ones where it adds trainings, and TIER_STAGES."""
+    if run_cfg is None:
+        return stage_enabled(cfg, name)
+    if STAGE_BY_NAME[name].per_variant:
+        return bool(own_variants(cfg, run_cfg))
+    return name in TIER_STAGES and stage_enabled(cfg, name)
 
 
 def parse_variant(cfg: dict, variant: str) -> dict:
@@ -219,6 +262,7 @@ def conditional_config(cfg: dict) -> dict:
     ablations, stability seeds, snapshots or extra teacher NFEs)."""
     out = copy.deepcopy(cfg)
     out["run"] = f"{cfg['run']}/{CONDITIONAL}"
+    out.pop("tier", None)
     out["network"]["label_dim"] = SOURCE_CLASSES[cfg["data"]["source"]]
     out["conditional"] = False
     teacher = out["teacher"]
@@ -320,9 +364,13 @@ def run_paths(cfg: dict) -> dict[str, str]:
         # the merged config (--configfile files and --config overrides) Snakemake's jobs read
         "run_config": root / "config.yaml",
     }
+    # the run's stage timings, read by a tier's report beside its own
+    p["run_timings"] = p["timings"]
+    if cfg.get("tier"):
+        p.update({k: root / cfg["tier"] / p[k].relative_to(root) for k in TIER_KEYS})
     out = {k: str(v) for k, v in p.items()}
     if "/" not in cfg["run"]:
-        companion = run_paths({**cfg, "run": f"{cfg['run']}/{CONDITIONAL}"})
+        companion = run_paths({**cfg, "run": f"{cfg['run']}/{CONDITIONAL}", "tier": None})
         out.update({f"{CONDITIONAL}_{k}": companion[k] for k in _CONDITIONAL_KEYS})
     return out
 
@@ -337,15 +385,20 @@ def snapshot_paths(cfg: dict, template: str) -> dict[int, str]:
     return {e: template.replace("{epoch}", f"{e:04d}") for e in cfg["hkd"]["snapshot_epochs"]}
 
 
+def _logs(cfg: dict) -> Path:
+    return Path("results") / cfg["run"] / (cfg.get("tier") or "") / "logs"
+
+
 def log_path(cfg: dict, stage: str) -> str:
-    """Log of a stage; ``{variant}`` in ``stage`` stays a Snakemake wildcard."""
-    return str(Path("results") / cfg["run"] / "logs" / f"{stage}.log")
+    """Log of a stage (a tier's under results/<run>/<tier>/logs); ``{variant}`` in ``stage``
+    stays a Snakemake wildcard."""
+    return str(_logs(cfg) / f"{stage}.log")
 
 
 def benchmark_path(cfg: dict, stage: str) -> str:
     """Snakemake's benchmark of a stage's job (wall time, max RSS, CPU time: what a cluster
     user sizes resources from); ``{variant}`` / ``{shard}`` stay wildcards."""
-    return str(Path("results") / cfg["run"] / "logs" / "benchmarks" / f"{stage}.tsv")
+    return str(_logs(cfg) / "benchmarks" / f"{stage}.tsv")
 
 
 def shard_name(k: int) -> str:
@@ -435,7 +488,7 @@ STAGES: tuple[Stage, ...] = (
         "hkd-train",
         ("teacher", "trajectories"),
         ("hkd", "hkd_tb", "hkd_snapshots"),
-        ("seed", "device", "precision", "compile", "edm", "hkd"),
+        ("seed", "device", "precision", "compile", "hkd_compile", "edm", "hkd"),
         conditional=True,
     ),
     Stage(
@@ -468,7 +521,7 @@ STAGES: tuple[Stage, ...] = (
         "variant-train",
         ("teacher", "trajectories"),
         ("variant_hkd", "variant_tb", "variant_snapshots"),
-        ("seed", "device", "precision", "compile", "edm", "hkd"),
+        ("seed", "device", "precision", "compile", "hkd_compile", "edm", "hkd"),
         per_variant=True,
     ),
     Stage(
@@ -744,41 +797,81 @@ def dvc_plots(cfg: dict) -> list:
     return plots
 
 
+def _dvc_stage(
+    run_cfg: dict, st: Stage, variant: str | None, cmd_tail: str, params: list, derived: bool
+) -> dict:
+    """One dvc.yaml stage: ``hkd <command> --config ...`` with its deps, params and outs;
+    ``derived``: its config is computed here (the companion's, a tier's own variants)."""
+    paths = run_paths(run_cfg)
+    # DVC sees the trajectories folder (shards + manifest) as one output, kept between runs
+    # (persist) so an interrupted stage resumes from its finished shards.
+    as_dvc = {"trajectories": paths["trajectories_dir"]}
+    outs = []
+    for k, path in stage_outputs(run_cfg, st.name, variant).items():
+        for p in path if isinstance(path, list) else [path]:
+            outs.append({as_dvc[k]: {"persist": True}} if k == "trajectories" else p)
+    deps = []
+    for k, path in stage_inputs(run_cfg, st.name, variant).items():
+        deps += [as_dvc.get(k, p) for p in (path if isinstance(path, list) else [path])]
+    code = stage_code(st.command)
+    if derived and PIPELINE_FILE not in code:
+        code = tuple(sorted(code + (PIPELINE_FILE,)))
+    entry = {
+        "cmd": f"hkd {st.command} {cmd_tail}" + (f" --variant {variant}" if variant else ""),
+        "deps": deps + list(code),
+    }
+    if params:
+        entry["params"] = copy.deepcopy(params)  # one list per stage: no YAML anchors
+    entry.update(_dvc_outs(paths, outs))
+    return entry
+
+
+def _stage_names(st: Stage, variants: list[str]) -> list[tuple[str, str | None]]:
+    return [(f"{st.name}_{v}", v) for v in variants] if st.per_variant else [(st.name, None)]
+
+
+def _tier_params(keys: tuple[str, ...], config_file: str, tier_file: Path) -> list:
+    """A tier stage's params: its keys in the run's config and those the tier's file sets
+    (DVC reads each file as it is, without ``extends``)."""
+    raw = yaml.safe_load(tier_file.read_text())
+    own = [k for k in keys if k.split(".")[0] in raw]
+    return [{config_file: list(keys)}] + ([{str(tier_file): own}] if own else [])
+
+
 def dvc_stages(cfg: dict, config_file: str) -> dict:
     """dvc.yaml for one config file: its ``stages:`` (the conditional companion's stages
     named ``conditional_<stage>``) and ``plots:``."""
     stages = {}
     for prefix, run_cfg, flag in dag_runs(cfg):
-        paths = run_paths(run_cfg)
-        # DVC sees the trajectories folder (shards + manifest) as one output, kept between runs
-        # (persist) so an interrupted stage resumes from its finished shards.
-        as_dvc = {"trajectories": paths["trajectories_dir"]}
         for st in STAGES:
             if (prefix and not st.conditional) or not stage_enabled(run_cfg, st.name):
                 continue
-            for variant in run_variants(run_cfg) if st.per_variant else [None]:
-                outs = []
-                for k, path in stage_outputs(run_cfg, st.name, variant).items():
-                    for p in path if isinstance(path, list) else [path]:
-                        if k == "trajectories":
-                            outs.append({as_dvc[k]: {"persist": True}})
-                        else:
-                            outs.append(p)
-                deps = []
-                for k, path in stage_inputs(run_cfg, st.name, variant).items():
-                    deps += [as_dvc.get(k, p) for p in (path if isinstance(path, list) else [path])]
-                code = stage_code(st.command)
-                # conditional_config derives the companion's settings
-                if prefix and PIPELINE_FILE not in code:
-                    code = tuple(sorted(code + (PIPELINE_FILE,)))
-                entry = {
-                    "cmd": f"hkd {st.command} --config {config_file}{flag}"
-                    + (f" --variant {variant}" if variant else ""),
-                    "deps": deps + list(code),
-                }
-                params = _param_keys(run_cfg, st.name) + ((CONDITIONAL,) if prefix else ())
-                if params:
-                    entry["params"] = [{config_file: list(params)}]
-                entry.update(_dvc_outs(paths, outs))
-                stages[prefix + st.name + (f"_{variant}" if variant else "")] = entry
+            keys = _param_keys(run_cfg, st.name) + ((CONDITIONAL,) if prefix else ())
+            params = [{config_file: list(keys)}] if keys else []
+            for name, variant in _stage_names(st, run_variants(run_cfg)):
+                stages[prefix + name] = _dvc_stage(
+                    run_cfg, st, variant, f"--config {config_file}{flag}", params, bool(prefix)
+                )
     return {"stages": stages, "plots": dvc_plots(cfg)}
+
+
+def dvc_tier_stages(cfg: dict, config_file: str) -> dict[str, dict]:
+    """{tier: its dvc.yaml} for each tier over ``config_file``: a file of its own,
+    ``<tier>/dvc.yaml`` (so that ``dvc repro`` stays the run's and ``dvc repro
+    claims/dvc.yaml`` runs the tier), whose stages run from the repository root (``wdir``)."""
+    from hkd.config import load_config
+
+    out = {}
+    for tier, tier_file in tier_files(config_file).items():
+        tier_cfg = load_config(tier_file)
+        check_tier(tier_cfg, cfg, str(tier_file))
+        stages = {}
+        for st in (st for st in STAGES if tier_owns(tier_cfg, cfg, st.name)):
+            params = _tier_params(_param_keys(tier_cfg, st.name), config_file, tier_file)
+            for name, variant in _stage_names(st, own_variants(tier_cfg, cfg)):
+                entry = _dvc_stage(tier_cfg, st, variant, f"--config {tier_file}", params, True)
+                stages[f"{tier}_{name}"] = {"wdir": "..", **entry}
+        # top-level plots are read relative to the dvc.yaml's folder
+        plots = [{f"../{path}": spec for path, spec in pl.items()} for pl in dvc_plots(tier_cfg)]
+        out[tier] = {"stages": stages, "plots": plots}
+    return out

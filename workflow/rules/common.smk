@@ -1,6 +1,7 @@
 # Shared helpers: config validation and the command prefix. Paths come from
 # src/hkd/pipeline.py, the single definition of stages, inputs and outputs.
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -8,9 +9,9 @@ SRC = os.path.join(workflow.basedir, "src")
 sys.path.insert(0, SRC)
 
 from hkd.pipeline import (  # noqa: E402
-    DIRECTORY_OUTPUTS, FIGURES, benchmark_path, dag_runs, is_companion, log_path, rule_threads, run_paths,
-    run_variants, stage_inputs, stage_outputs, stage_params, TIER_CONFIGS, requested_tier, tier_config_files, trajectory_shard_paths,
-    trajectory_shard_pattern)
+    DEFAULT_CONFIG, DIRECTORY_OUTPUTS, TIER_CONFIGS, FIGURES, benchmark_path, check_tier, dag_runs, is_companion, log_path,
+    own_variants, rule_threads, run_paths, stage_inputs, stage_outputs, stage_params, tier_files, tier_owns,
+    trajectory_shard_paths, trajectory_shard_pattern)
 
 from hkd.config import load_run_config, write_run_config  # noqa: E402
 from snakemake.exceptions import WorkflowError  # noqa: E402
@@ -19,18 +20,32 @@ from snakemake.exceptions import WorkflowError  # noqa: E402
 # neither `extends:` nor the schema's cross-key rules: the run's config is built here instead,
 # validated, and written to results/<run>/config.yaml, the one file every job reads (rewritten
 # only when it changes, so an override reruns just the jobs whose params it changes).
-# `snakemake claims` (the claims tier) reads configs/claims.yaml unless --configfile names another;
-# that file then joins Snakemake's --configfiles, so jobs it spawns (cluster executors) read it too.
-TIER = None if workflow.overwrite_configfiles else requested_tier(sys.argv[1:])
-CONFIG_FILES = tier_config_files(TIER, [str(f) for f in workflow.overwrite_configfiles], workflow.basedir)
-if TIER:
-    workflow.config_settings.configfiles.append(Path(CONFIG_FILES[0]))
+SCHEMA = os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
+CONFIG_FILES = [str(f) for f in workflow.overwrite_configfiles] or [os.path.join(workflow.basedir, DEFAULT_CONFIG)]
 _RUN_CONFIG = load_run_config(CONFIG_FILES, workflow.config_settings.config)
-validate(_RUN_CONFIG, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
+validate(_RUN_CONFIG, SCHEMA)
 config.clear()
 config.update(_RUN_CONFIG)
 CONFIG_FILE = run_paths(config)["run_config"]
 write_run_config(config, CONFIG_FILE)
+
+
+def _tier(name, tier_file):
+    """A tier over the run's config (configs/claims.yaml over the default): its config, with
+    the same --config overrides, written to results/<run>/<tier>/config.yaml for its jobs."""
+    tier_cfg = load_run_config([tier_file], workflow.config_settings.config)
+    validate(tier_cfg, SCHEMA)
+    check_tier(tier_cfg, config, str(tier_file))
+    tier_cfg_file = run_paths(tier_cfg)["run_config"]
+    write_run_config(tier_cfg, tier_cfg_file)
+    return (f"{name}_", tier_cfg, tier_cfg_file, config)
+
+
+# (rule-name prefix, config, file its jobs read, config it extends or None) of the run and of
+# each tier over its config file: rules <tier>_variant_train, _variant_evaluate, _stability,
+# _study, _report, targets `snakemake <tier>` (Snakefile).
+TIERS = [_tier(n, f) for n, f in tier_files(CONFIG_FILES[0], workflow.basedir).items()] if len(CONFIG_FILES) == 1 else []
+RULE_SETS = [("", config, CONFIG_FILE, None)] + TIERS
 
 # Stages run `python -m hkd <stage>` from this checkout: the interpreter running
 # Snakemake (e.g. the project's .venv), or the rule's conda env with --use-conda.
@@ -39,8 +54,6 @@ from snakemake.settings.types import DeploymentMethod  # noqa: E402
 _PY = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else sys.executable
 HKD = f"env PYTHONPATH={SRC} {_PY} -m hkd"
 ENV = "../envs/hkd.yaml"
-# the other HKD trainings of this run: Table 3 ablations, Table 5 seeds (a regex for {variant})
-VARIANTS = "|".join(run_variants(config)) or "(?!)"
 # (rule-name prefix, config, stage flag) of the run and, with `conditional: true`, its
 # class-conditional companion (Table 4): the rules of the stages both have are defined per run.
 # Snakemake evaluates a shell: expression when the job runs, after the loop has ended, so
@@ -73,11 +86,11 @@ def outputs(stage, cfg=None):
     return out if is_companion(cfg) else {k: _reported(k, v) for k, v in out.items()}
 
 
-def share_of_cores(stage):
+def share_of_cores(stage, cfg=None):
     """A job's threads: for the heavy stages the cores shared among the jobs of their kind
-    that the DAG can run at once (pipeline.rule_threads); `--set-threads RULE=N` overrides
-    it as usual."""
-    return rule_threads(config, stage, workflow.cores)
+    that the DAG of ``cfg`` (the run's or a tier's) can run at once (pipeline.rule_threads);
+    `--set-threads RULE=N` overrides it as usual."""
+    return rule_threads(cfg or config, stage, workflow.cores)
 
 
 def gpus(cfg=None):
@@ -86,24 +99,37 @@ def gpus(cfg=None):
     return 1 if (cfg or config)["device"] == "cuda" else 0
 
 
-def hkd_shell(command, flag="", multi_gpu=False):
+def hkd_shell(command, flag="", multi_gpu=False, config_file=CONFIG_FILE):
     """The thin body of every rule, which runs one stage and tees its output into the log.
     The stage gets the log too (--log): a failure's traceback goes there only, appended as
     `tee -a` appends (Snakemake deletes a job's log before it runs), and the terminal gets a
     one-line error. ``multi_gpu``: a job given several GPUs (resource gpu > 1, e.g. from the
-    cluster profile) starts one process per GPU with torchrun (training and trajectory stages)."""
-    args = f" {command} --config {CONFIG_FILE}{flag} --threads {{threads}} --log {{log}}"
+    cluster profile) starts one process per GPU with torchrun (training and trajectory stages).
+    Rules defined in a loop pass ``flag`` and ``config_file`` as ``{params.*}``."""
+    args = f" {command} --config {config_file}{flag} --threads {{threads}} --log {{log}}"
     if not multi_gpu:
         return f"{HKD}{args} 2>&1 | tee -a {{log}}"
     torchrun = f"env PYTHONPATH={SRC} {_PY} -m torch.distributed.run --standalone --nproc-per-node {{resources.gpu}} -m hkd"
     return (f"if [ {{resources.gpu}} -gt 1 ]; then {torchrun}{args}; else {HKD}{args}; fi 2>&1 | tee -a {{log}}")
 
 
-def claims_report(wildcards):
-    """The report of the claims tier: `snakemake claims` must have read configs/claims.yaml."""
-    if Path(CONFIG_FILES[0]).resolve() != Path(workflow.basedir, TIER_CONFIGS["claims"]).resolve():
+def variant_pattern(variants):
+    """The {variant} wildcard's constraint: exactly these names."""
+    return "|".join(re.escape(v) for v in variants) or "(?!)"
+
+
+def tier_report(name):
+    """Input of the target `snakemake <name>`: the report of the tier of that name over the
+    run's config."""
+
+    def report_of(wildcards):
+        for prefix, tier_cfg, _file, _run in TIERS:
+            if prefix == f"{name}_":
+                return stage_outputs(tier_cfg, "report")["report"]
         raise WorkflowError(
-            "the claims target runs configs/claims.yaml; with --configfile, run "
-            "`snakemake all --configfile <config>` instead (docs/configs.md, \"Tiers\")"
+            f"the {name} target is the tier {TIER_CONFIGS[name]} over the config it extends; "
+            f"{' + '.join(CONFIG_FILES)} has no such tier: run `snakemake all --configfile <config>` "
+            "instead (docs/configs.md, \"Tiers\")"
         )
-    return stage_outputs(config, "report")["report"]
+
+    return report_of

@@ -43,45 +43,53 @@ for prefix, run_cfg, flag in RUNS:
             hkd_shell("evaluate", "{params.run_flag}")
 
 
-# Table 5: FID after each hkd.snapshot_epochs of the run's HKD and the stability.seeds runs
-rule stability:
-    input:
-        **stage_inputs(config, "stability"),
-    output:
-        **outputs("stability"),
-    params:
-        cfg=stage_params(config, "stability"),
-    log:
-        log_path(config, "stability"),
-    benchmark:
-        benchmark_path(config, "stability")
-    conda:
-        ENV
-    threads: share_of_cores("stability")
-    resources:
-        gpu=gpus(),
-    shell:
-        hkd_shell("stability")
+# Table 5: FID after each hkd.snapshot_epochs of the run's HKD and the stability.seeds runs;
+# every trained row as mean and spread over seeds, Table 3's ordering with verdicts, and the
+# optimisation study (config section `study`). A tier's rules (claims_stability, claims_study)
+# remake them from the run's trainings and its own.
+for prefix, run_cfg, run_cfg_file, extended in RULE_SETS:
+    if tier_owns(run_cfg, extended, "stability"):
 
+        rule:
+            name:
+                f"{prefix}stability"
+            input:
+                **stage_inputs(run_cfg, "stability"),
+            output:
+                **outputs("stability", run_cfg),
+            params:
+                cfg=stage_params(run_cfg, "stability"),
+                run_config=run_cfg_file,
+            log:
+                log_path(run_cfg, "stability"),
+            benchmark:
+                benchmark_path(run_cfg, "stability")
+            conda:
+                ENV
+            threads: share_of_cores("stability", run_cfg)
+            resources:
+                gpu=gpus(run_cfg),
+            shell:
+                hkd_shell("stability", config_file="{params.run_config}")
 
-# Every trained row as mean and spread over seeds, Table 3's ordering with verdicts, and the
-# optimisation study (config section `study`); `snakemake --cores 2 study` trains and scores
-# just what it needs.
-if stage_outputs(config, "study"):
+    if tier_owns(run_cfg, extended, "study"):
 
-    rule study:
-        input:
-            **stage_inputs(config, "study"),
-        output:
-            **outputs("study"),
-        params:
-            cfg=stage_params(config, "study"),
-        log:
-            log_path(config, "study"),
-        benchmark:
-            benchmark_path(config, "study")
-        conda:
-            ENV
-        threads: 1
-        shell:
-            hkd_shell("study")
+        rule:
+            name:
+                f"{prefix}study"
+            input:
+                **stage_inputs(run_cfg, "study"),
+            output:
+                **outputs("study", run_cfg),
+            params:
+                cfg=stage_params(run_cfg, "study"),
+                run_config=run_cfg_file,
+            log:
+                log_path(run_cfg, "study"),
+            benchmark:
+                benchmark_path(run_cfg, "study")
+            conda:
+                ENV
+            threads: 1
+            shell:
+                hkd_shell("study", config_file="{params.run_config}")

@@ -50,45 +50,55 @@ for prefix, run_cfg, flag in RUNS:
 # The other HKD trainings (Table 3 ablations and their ablation_seeds, Table 5 seeds, the
 # study's recipes): one training and one evaluation job per variant, from the run's teacher
 # and trajectories; {variant} is a name of pipeline.run_variants (parse_variant reads it).
-rule variant_train:
-    input:
-        **stage_inputs(config, "variant_train"),
-    output:
-        **outputs("variant_train"),
-    wildcard_constraints:
-        variant=VARIANTS,
-    params:
-        cfg=stage_params(config, "variant_train"),
-    log:
-        log_path(config, "variant_train-{variant}"),
-    benchmark:
-        benchmark_path(config, "variant_train-{variant}")
-    conda:
-        ENV
-    threads: share_of_cores("variant_train")
-    resources:
-        gpu=gpus(),
-    shell:
-        hkd_shell("variant-train --variant {wildcards.variant}", multi_gpu=True)
+# A tier's rules (claims_variant_train) train the variants the run does not.
+for prefix, run_cfg, run_cfg_file, extended in RULE_SETS:
+    if not tier_owns(run_cfg, extended, "variant_train"):
+        continue
 
+    rule:
+        name:
+            f"{prefix}variant_train"
+        input:
+            **stage_inputs(run_cfg, "variant_train"),
+        output:
+            **outputs("variant_train", run_cfg),
+        wildcard_constraints:
+            variant=variant_pattern(own_variants(run_cfg, extended)),
+        params:
+            cfg=stage_params(run_cfg, "variant_train"),
+            run_config=run_cfg_file,
+        log:
+            log_path(run_cfg, "variant_train-{variant}"),
+        benchmark:
+            benchmark_path(run_cfg, "variant_train-{variant}")
+        conda:
+            ENV
+        threads: share_of_cores("variant_train", run_cfg)
+        resources:
+            gpu=gpus(run_cfg),
+        shell:
+            hkd_shell("variant-train --variant {wildcards.variant}", multi_gpu=True, config_file="{params.run_config}")
 
-rule variant_evaluate:
-    input:
-        **stage_inputs(config, "variant_evaluate"),
-    output:
-        **outputs("variant_evaluate"),
-    wildcard_constraints:
-        variant=VARIANTS,
-    params:
-        cfg=stage_params(config, "variant_evaluate"),
-    log:
-        log_path(config, "variant_evaluate-{variant}"),
-    benchmark:
-        benchmark_path(config, "variant_evaluate-{variant}")
-    conda:
-        ENV
-    threads: share_of_cores("variant_evaluate")
-    resources:
-        gpu=gpus(),
-    shell:
-        hkd_shell("variant-evaluate --variant {wildcards.variant}")
+    rule:
+        name:
+            f"{prefix}variant_evaluate"
+        input:
+            **stage_inputs(run_cfg, "variant_evaluate"),
+        output:
+            **outputs("variant_evaluate", run_cfg),
+        wildcard_constraints:
+            variant=variant_pattern(own_variants(run_cfg, extended)),
+        params:
+            cfg=stage_params(run_cfg, "variant_evaluate"),
+            run_config=run_cfg_file,
+        log:
+            log_path(run_cfg, "variant_evaluate-{variant}"),
+        benchmark:
+            benchmark_path(run_cfg, "variant_evaluate-{variant}")
+        conda:
+            ENV
+        threads: share_of_cores("variant_evaluate", run_cfg)
+        resources:
+            gpu=gpus(run_cfg),
+        shell:
+            hkd_shell("variant-evaluate --variant {wildcards.variant}", config_file="{params.run_config}")

@@ -14,22 +14,28 @@ rule spectral:
         hkd_shell("spectral")
 
 
-rule report:
-    input:
-        **stage_inputs(config, "report"),
-    output:
-        **outputs("report"),
-    params:
-        cfg=stage_params(config, "report"),
-    log:
-        log_path(config, "report"),
-    benchmark:
-        benchmark_path(config, "report")
-    conda:
-        ENV
-    threads: 1
-    shell:
-        hkd_shell("report")
+# The run's report, and each tier's in its own report_dir (claims_report: reports/claims/)
+for prefix, run_cfg, run_cfg_file, extended in RULE_SETS:
+
+    rule:
+        name:
+            f"{prefix}report"
+        input:
+            **stage_inputs(run_cfg, "report"),
+        output:
+            **outputs("report", run_cfg),
+        params:
+            cfg=stage_params(run_cfg, "report"),
+            run_config=run_cfg_file,
+        log:
+            log_path(run_cfg, "report"),
+        benchmark:
+            benchmark_path(run_cfg, "report")
+        conda:
+            ENV
+        threads: 1
+        shell:
+            hkd_shell("report", config_file="{params.run_config}")
 
 
 # Figures 2, 4, 5, 6 and the trajectory viewer of the run's HKD

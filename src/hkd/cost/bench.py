@@ -59,6 +59,8 @@ def cost_keys(cfg: dict) -> dict:
         "teacher_precision": cfg["teacher_precision"],
         "compile": cfg["compile"],
         "feature_extractor": cfg["evaluate"]["feature_extractor"],
+        # only where set: a config following `compile` keeps the digest of its stored benchmarks
+        **({"hkd_compile": cfg["hkd_compile"]} if cfg["hkd_compile"] is not None else {}),
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from hkd.config import load_config
@@ -111,8 +112,13 @@ def _store_reference(result: dict, out: str | None = None) -> None:
 
 def run_plan(args) -> int:
     from hkd.cost.plan import format_plan, plan, scale_to_index
+    from hkd.pipeline import extended_file
 
-    p = plan(load_config(args.config), args.benchmarks)
+    cfg = load_config(args.config)
+    extended = load_config(extended_file(args.config)) if cfg.get("tier") else None
+    p = plan(cfg, args.benchmarks, extended)
+    if extended is not None:
+        p["tier"] = {"name": cfg["tier"], "after": os.path.relpath(extended_file(args.config))}
     if args.index is not None:
         p = scale_to_index(p, args.index)
     print(json.dumps(p, indent=1) if args.json else format_plan(p, args.config))

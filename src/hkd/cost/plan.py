@@ -133,12 +133,14 @@ def _sizes(cfg: dict, nets: dict) -> dict:
     }
 
 
-def _jobs_of_run(cfg: dict, prefix: str, sizes: dict) -> list[Job]:
+def _jobs_of_run(cfg: dict, prefix: str, sizes: dict, extended: dict | None = None) -> list[Job]:
+    """The jobs of a run (``extended`` None) or of a tier over the config ``extended``."""
     jobs = []
     for stage in pipeline.STAGES:
-        if (prefix and not stage.conditional) or not pipeline.stage_enabled(cfg, stage.name):
+        companion = prefix and extended is None
+        if (companion and not stage.conditional) or not pipeline.tier_owns(cfg, extended, stage.name):
             continue
-        for variant in pipeline.run_variants(cfg) if stage.per_variant else [None]:
+        for variant in pipeline.own_variants(cfg, extended) if stage.per_variant else [None]:
             name = prefix + stage.name + (f"[{variant}]" if variant else "")
             job = Job(
                 name,
@@ -213,9 +215,12 @@ def _split_shards(job: Job, cfg: dict, sizes: dict) -> list[Job]:
     return shards + [Job(job.name, "trajectories", job.files, inputs={p for s in shards for p in s.files})]
 
 
-def jobs(cfg: dict) -> list[Job]:
-    """Every job of the config's ``all``, the companion run's included."""
+def jobs(cfg: dict, extended: dict | None = None) -> list[Job]:
+    """Every job of the config's ``all``, the companion run's included; for a tier (``extended``:
+    the config it extends) the jobs of ``snakemake <tier>`` after that config's ``all``."""
     nets = network_bytes(cfg)
+    if extended is not None:
+        return _jobs_of_run(cfg, f"{cfg['tier']}_", _sizes(cfg, nets), extended)
     out = []
     for prefix, rcfg, _flag in pipeline.dag_runs(cfg):
         out += _jobs_of_run(rcfg, prefix, _sizes(rcfg, nets if not prefix else network_bytes(rcfg)))
@@ -263,12 +268,12 @@ def job_memory(job: Job, bench: dict, key: str) -> int | None:
     return (max(peaks) + job.held_bytes) if peaks else None
 
 
-def plan(cfg: dict, root: str | Path = "benchmarks") -> dict:
+def plan(cfg: dict, root: str | Path = "benchmarks", extended: dict | None = None) -> dict:
     """Per job: files with sizes, and per device kind with a stored benchmark, seconds and
     peak memory; totals (time as if the jobs ran one after another, each with the
-    benchmark's threads)."""
+    benchmark's threads). A tier (``extended``: the config it extends) plans its own jobs."""
     benches = {kind: find_benchmark(cfg, kind, root) for kind in ("cpu", "cuda")}
-    rows, planned = [], jobs(cfg)
+    rows, planned = [], jobs(cfg, extended)
     for job in planned:
         row = {"job": job.name, "files": job.files, "disk_bytes": sum(v for v in job.files.values() if v)}
         for kind, bench in benches.items():
@@ -459,6 +464,11 @@ def _index_lines(p: dict) -> list[str]:
 
 def format_plan(p: dict, config_file: str) -> str:
     lines = [f"plan of {config_file} (cost settings {p['digest']})"]
+    if "tier" in p:
+        lines.append(
+            f"  the tier {p['tier']['name']}: its own jobs, run by `snakemake {p['tier']['name']}` after "
+            f"`all` of {p['tier']['after']}"
+        )
     for kind, b in p["benchmarks"].items():
         lines.append(
             f"  {kind}: "

@@ -167,7 +167,8 @@ def compiled_summary(decisions: dict) -> str:
 def provenance(cfg: dict, paths: dict, metrics: dict) -> dict:
     """Where the numbers come from: commit, config hash, device, this machine's speed index
     (``hkd bench --reference``) now, and each stage's wall time with the index it started
-    with (written by ``hkd <stage>`` under ``results/<run>/logs/timings``): wall times from
+    with (written by ``hkd <stage>`` under ``results/<run>/logs/timings``, a tier's under
+    ``results/<run>/<tier>/logs/timings``): wall times from
     days of different speed can then be told apart."""
     try:
         commit = subprocess.run(
@@ -184,7 +185,9 @@ def provenance(cfg: dict, paths: dict, metrics: dict) -> dict:
     except (OSError, subprocess.SubprocessError):
         commit = "not a git checkout"
     timings = []
-    folders = [("", paths["timings"])]
+    folders = [("", paths["run_timings"])]
+    if cfg.get("tier"):  # a tier's own stages, beside the run's
+        folders.append((f"{cfg['tier']} ", paths["timings"]))
     if cfg[CONDITIONAL]:
         folders.append((f"{CONDITIONAL} ", paths[f"{CONDITIONAL}_timings"]))
     for label, folder in folders:
@@ -369,6 +372,7 @@ def build_report(cfg: dict, paths: dict, out_html: str) -> None:
     rows = {r["key"]: r for r in metrics["rows"]}
     html = render_index(
         run=cfg["run"],
+        tier=cfg.get("tier"),
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         manifest=load_json(paths["data_manifest"]),
         metrics=metrics,

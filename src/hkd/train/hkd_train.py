@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from hkd import distributed
-from hkd.compile_guard import maybe_compile
+from hkd.compile_guard import hkd_compile, maybe_compile
 from hkd.ema import EMA
 from hkd.gradient_watch import GradientWatch
 from hkd.io import save_torch, sha256_file, sha256_json, sha256_tensors
@@ -248,7 +248,7 @@ class _Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         # With `compile: true` the first step traces and builds kernels (1.5-2.5 minutes on 2 CPU
         # cores); later steps run the fused forward/backward, ~1.2x faster there (docs/faithful.md).
-        self.forward = maybe_compile(self.net, self.cfg["compile"], TRAINING_STEP)
+        self.forward = maybe_compile(self.net, hkd_compile(self.cfg), TRAINING_STEP)
         self.watch = GradientWatch(self.model.named_parameters(), TRAINING_STEP, self.forward)
         self.watch.restore(state.get("nonfinite") if state is not None else None)
 
