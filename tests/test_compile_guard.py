@@ -258,3 +258,17 @@ def test_a_later_build_of_the_same_path_replaces_its_entry(monkeypatch):
     maybe_compile(net, "auto", "p")(torch.ones(2, 8))
     d = compile_guard.decisions()["p"]
     assert d["mode"] == "auto" and d["compiled"] and len(d["checks"]) == 1
+
+
+def test_hkd_training_has_its_own_compile_setting(repo):
+    """`hkd_compile` null follows `compile`; set, it decides HKD training alone. The embedded
+    default trains HKD eagerly (docs/time-and-cost.md) and compiles the teacher's sampling."""
+    from hkd.compile_guard import hkd_compile
+    from hkd.config import load_config
+
+    assert hkd_compile({"compile": "auto", "hkd_compile": None}) == "auto"
+    assert hkd_compile({"compile": "auto", "hkd_compile": False}) is False
+    assert hkd_compile({"compile": False, "hkd_compile": True}) is True
+    default = load_config(repo / "configs" / "default.yaml")
+    assert (default["compile"], hkd_compile(default)) == ("auto", False)
+    assert hkd_compile(load_config(repo / "configs" / "cifar10.yaml")) == "auto"

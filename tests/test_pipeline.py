@@ -374,7 +374,7 @@ def test_variant_stages_follow_the_config(repo, tmp_path):
 
 
 def test_jobs_that_can_run_together_share_the_cores(repo):
-    from hkd.pipeline import job_threads, parallel_jobs
+    from hkd.pipeline import job_threads, parallel_jobs, rule_threads
 
     cfg = load_config(repo / "configs" / "default.yaml")
     trainings = 1 + len(run_variants(cfg)) + 1  # the run's, its variants', the companion's
@@ -383,6 +383,10 @@ def test_jobs_that_can_run_together_share_the_cores(repo):
     assert job_threads(cfg, "teacher", 16) == 8  # the run's teacher and the conditional one
     alone = {**cfg, "conditional": False, "ablations": [], "ablation_seeds": [], "stability": {"seeds": []}}
     assert job_threads(alone, "teacher", 2) == job_threads(alone, "hkd_train", 2) == 2
+    # the classifier and the figures never ask for every core, so they cannot starve behind
+    # 1-thread jobs
+    assert rule_threads(cfg, "classifier", 2) == rule_threads(cfg, "figures", 2) == 1
+    assert rule_threads(cfg, "classifier", 16) == 8
 
 
 def test_conditional_teacher_can_start_from_the_run_teacher(repo):
