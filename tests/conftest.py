@@ -64,7 +64,7 @@ def copy_workflow(dest: Path) -> Path:
     """The files a user needs to run the pipeline, copied into ``dest``."""
     for name in ("Snakefile", "environment.yml", "dvc.yaml", "pyproject.toml", ".dvcignore", ".gitignore"):
         shutil.copy2(REPO / name, dest / name)
-    for name in ("workflow", "configs", "src"):
+    for name in ("workflow", "configs", "src", "claims"):  # claims/: the claims tier's dvc.yaml
         shutil.copytree(
             REPO / name,
             dest / name,

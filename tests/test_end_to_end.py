@@ -263,6 +263,7 @@ def check_metrics_and_plots(work: Path, env: dict) -> None:
 @pytest.mark.slow
 def test_smoke_dag_with_dvc(tmp_path):
     work = copy_workflow(tmp_path)
+    shutil.rmtree(work / "claims")  # the default's claims tier: no stage of this smoke repository
     one_of_each_kind(work)
     env_bin = str(BIN)
     run(["git", "init", "-q"], work)

@@ -255,7 +255,7 @@ def test_precisions_are_reported_and_older_metrics_still_render(smoke_cfg, tmp_p
     written before the teacher's was recorded says so instead of failing."""
     cfg = {**copy.deepcopy(smoke_cfg), "conditional": False}
     cfg["trajectories"]["num_steps"] = 18
-    paths = {"timings": str(tmp_path)}
+    paths = {"timings": str(tmp_path), "run_timings": str(tmp_path)}
     assert "HKD bfloat16, teacher float32" in table6(cfg, metrics()).caption
     p = provenance(cfg, paths, metrics())
     assert (p["precision"], p["teacher_precision"]) == ("bfloat16", "float32")

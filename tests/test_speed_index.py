@@ -161,7 +161,7 @@ def test_provenance_carries_the_speed_index(smoke_cfg, tmp_path, monkeypatch):
     (timings / "c.json").write_text(json.dumps(base | {"stage": "data"}))  # written before the index
     cfg = smoke_cfg | {"conditional": False}
     metrics = {"device": "cpu", "threads": 2, "precision": "float32", "teacher_precision": "float32"}
-    p = provenance(cfg, {"timings": str(timings)}, metrics)
+    p = provenance(cfg, {"timings": str(timings), "run_timings": str(timings)}, metrics)
     assert [t["speed_index"] for t in p["timings"]] == [
         "2.50 s/step, 2026-12-06",
         "not measured",
@@ -171,4 +171,6 @@ def test_provenance_carries_the_speed_index(smoke_cfg, tmp_path, monkeypatch):
     r = stored_reference(2.5)
     (tmp_path / "benchmarks").mkdir()
     reference.reference_path(r, tmp_path / "benchmarks").write_text(json.dumps(r))
-    assert provenance(cfg, {"timings": str(timings)}, metrics)["speed_index"].startswith("2.50 s/step")
+    assert provenance(cfg, {"timings": str(timings), "run_timings": str(timings)}, metrics)[
+        "speed_index"
+    ].startswith("2.50 s/step")

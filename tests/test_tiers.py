@@ -130,3 +130,40 @@ def test_plan_of_a_tier_is_its_own_jobs(tiers):
         + ["claims_stability", "claims_study", "claims_report"]
     )
     assert any(j.name == "teacher" for j in jobs(claims))  # as a run of its own: every stage
+
+
+@pytest.mark.slow
+def test_a_tier_runs_beside_its_run(tmp_path):
+    """End to end at smoke scale: `snakemake claims` over configs/smoke.yaml (a claims tier
+    written for it, one more seed per ablation) makes everything its report needs, writes its
+    stability, study and report apart from the run's, and leaves `all` only the run's own
+    aggregates to make."""
+    import json
+
+    work = copy_workflow(tmp_path)
+    (work / "configs" / "claims.yaml").write_text(
+        "extends: smoke.yaml\ntier: claims\nreport_dir: reports/smoke-claims\nablation_seeds: [1]\n"
+    )
+    smk = [sys.executable, "-m", "snakemake", "--cores", "2"]
+    cfg = [
+        "--configfile",
+        "configs/smoke.yaml",
+        "--config",
+        "conditional=false",
+    ]  # options last: they take lists
+    r = subprocess.run([*smk, "claims", *cfg], cwd=work, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    tier = work / "results" / "smoke" / "claims"
+    stability = json.loads((tier / "eval" / "stability.json").read_text())
+    assert {c["model"] for c in stability["curve_runs"].values()} >= {"no_koopman"}
+    study = json.loads((tier / "eval" / "study.json").read_text())
+    assert all(study["adopted"]["rows"][m]["n_seeds"] == 2 for m in ABLATIONS)
+    html = (work / "reports" / "smoke-claims" / "index.html").read_text()
+    assert "tier <code>claims</code>" in html and "claims variant-train-no_koopman-seed1" in html
+    assert (work / "results" / "smoke" / "variants" / "no_koopman-seed1" / "metrics.json").is_file()
+    assert not (work / "results" / "smoke" / "eval" / "stability.json").exists()  # the run's: not asked for
+    assert not (work / "reports" / "smoke" / "index.html").exists()
+    r = subprocess.run([*smk, "-n", "all", *cfg], cwd=work, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    planned = set(re.findall(r"^(?:local)?rule (\w+):$", r.stdout + r.stderr, re.M))
+    assert planned == {"stability", "study", "report", "all"}, planned

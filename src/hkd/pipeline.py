@@ -242,7 +242,7 @@ SHARED_CORES = frozenset(
 )
 #: short stages that use several threads but never wait for every core: a job asking for all
 #: of them starves while 1-thread jobs keep one busy (on 2 cores the classifier, which every
-#: evaluation needs, waited 17 minutes behind the teacher's sampling, one core idle)
+#: evaluation needs, waited 31 minutes for both to be free, one of them idle for 6.5 minutes)
 HALF_CORES = frozenset({"classifier", "figures"})
 
 
