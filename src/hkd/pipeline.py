@@ -801,11 +801,11 @@ def dvc_plots(cfg: dict) -> list:
 
 
 def _dvc_stage(
-    run_cfg: dict, st: Stage, variant: str | None, cmd_tail: str, params: list, derived: bool
+    run_cfg: dict, paths: dict, st: Stage, variant: str | None, cmd_tail: str, params: list, derived: bool
 ) -> dict:
     """One dvc.yaml stage: ``hkd <command> --config ...`` with its deps, params and outs;
-    ``derived``: its config is computed here (the companion's, a tier's own variants)."""
-    paths = run_paths(run_cfg)
+    ``paths``: ``run_paths(run_cfg)``; ``derived``: its config is computed here (the
+    companion's, a tier's own variants)."""
     # DVC sees the trajectories folder (shards + manifest) as one output, kept between runs
     # (persist) so an interrupted stage resumes from its finished shards.
     as_dvc = {"trajectories": paths["trajectories_dir"]}
@@ -833,11 +833,10 @@ def _stage_names(st: Stage, variants: list[str]) -> list[tuple[str, str | None]]
     return [(f"{st.name}_{v}", v) for v in variants] if st.per_variant else [(st.name, None)]
 
 
-def _tier_params(keys: tuple[str, ...], config_file: str, tier_file: Path) -> list:
+def _tier_params(keys: tuple[str, ...], config_file: str, tier_file: Path, tier_keys: set) -> list:
     """A tier stage's params: its keys in the run's config and those the tier's file sets
-    (DVC reads each file as it is, without ``extends``)."""
-    raw = yaml.safe_load(tier_file.read_text())
-    own = [k for k in keys if k.split(".")[0] in raw]
+    (``tier_keys``: DVC reads each file as it is, without ``extends``)."""
+    own = [k for k in keys if k.split(".")[0] in tier_keys]
     return [{config_file: list(keys)}] + ([{str(tier_file): own}] if own else [])
 
 
@@ -846,6 +845,7 @@ def dvc_stages(cfg: dict, config_file: str) -> dict:
     named ``conditional_<stage>``) and ``plots:``."""
     stages = {}
     for prefix, run_cfg, flag in dag_runs(cfg):
+        paths = run_paths(run_cfg)
         for st in STAGES:
             if (prefix and not st.conditional) or not stage_enabled(run_cfg, st.name):
                 continue
@@ -853,7 +853,7 @@ def dvc_stages(cfg: dict, config_file: str) -> dict:
             params = [{config_file: list(keys)}] if keys else []
             for name, variant in _stage_names(st, run_variants(run_cfg)):
                 stages[prefix + name] = _dvc_stage(
-                    run_cfg, st, variant, f"--config {config_file}{flag}", params, bool(prefix)
+                    run_cfg, paths, st, variant, f"--config {config_file}{flag}", params, bool(prefix)
                 )
     return {"stages": stages, "plots": dvc_plots(cfg)}
 
@@ -868,11 +868,12 @@ def dvc_tier_stages(cfg: dict, config_file: str) -> dict[str, dict]:
     for tier, tier_file in tier_files(config_file).items():
         tier_cfg = load_config(tier_file)
         check_tier(tier_cfg, cfg, str(tier_file))
-        stages = {}
+        paths, tier_keys = run_paths(tier_cfg), set(yaml.safe_load(tier_file.read_text()))
+        variants, stages = own_variants(tier_cfg, cfg), {}
         for st in (st for st in STAGES if tier_owns(tier_cfg, cfg, st.name)):
-            params = _tier_params(_param_keys(tier_cfg, st.name), config_file, tier_file)
-            for name, variant in _stage_names(st, own_variants(tier_cfg, cfg)):
-                entry = _dvc_stage(tier_cfg, st, variant, f"--config {tier_file}", params, True)
+            params = _tier_params(_param_keys(tier_cfg, st.name), config_file, tier_file, tier_keys)
+            for name, variant in _stage_names(st, variants):
+                entry = _dvc_stage(tier_cfg, paths, st, variant, f"--config {tier_file}", params, True)
                 stages[f"{tier}_{name}"] = {"wdir": "..", **entry}
         # top-level plots are read relative to the dvc.yaml's folder
         plots = [{f"../{path}": spec for path, spec in pl.items()} for pl in dvc_plots(tier_cfg)]
