@@ -46,9 +46,25 @@ def jobs(text):
 def test_profile_plans_the_paper_configs(work, config):
     planned = jobs(dry_run(work, "--profile", PROFILE, "--configfile", f"configs/{config}.yaml"))
     rules = {r for r, _, _ in planned}
-    assert {"teacher", "trajectory_shard", "hkd_train", "sample", "evaluate", "report"} <= rules
+    assert {
+        "teacher",
+        "trajectory_shard",
+        "hkd_train",
+        "teacher_sample",
+        "sample",
+        "evaluate",
+        "report",
+    } <= rules
     for rule, res, _ in planned:
-        if rule in ("teacher", "trajectory_shard", "hkd_train", "variant_train", "sample", "evaluate"):
+        if rule in (
+            "teacher",
+            "trajectory_shard",
+            "hkd_train",
+            "variant_train",
+            "teacher_sample",
+            "sample",
+            "evaluate",
+        ):
             assert "slurm_partition=gpu" in res and "gpu=1" in res, (rule, res)
         elif rule in ("data", "spectral", "report"):
             assert "slurm_partition=cpu" in res and "gpu=" not in res, (rule, res)

@@ -237,7 +237,7 @@ def one_of_each_kind(work: Path) -> None:
     that DVC declares every stage as Snakemake does."""
     cfg = load_config(work / "configs" / "smoke.yaml")
     cfg.update(ablations=["no_koopman"], ablation_seeds=[], conditional=False)
-    cfg["stability"], cfg["study"] = {"seeds": []}, dict(cfg["study"], recipes={})
+    cfg["stability"], cfg["study"] = dict(cfg["stability"], seeds=[]), dict(cfg["study"], recipes={})
     (work / "configs" / "smoke.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 

@@ -31,7 +31,7 @@ def work(tmp_path, smoke_cfg):
     w = copy_workflow(tmp_path)
     cfg = dict(smoke_cfg)
     cfg.update(run="kr", report_dir="reports/kr", precision="fp32", ablations=[], conditional=False)
-    cfg["stability"] = {"seeds": []}
+    cfg["stability"] = dict(cfg["stability"], seeds=[])
     cfg["hkd"] = dict(cfg["hkd"], epochs=12, checkpoint_every=4, snapshot_epochs=[], sample_every=0)
     cfg["teacher"] = dict(cfg["teacher"], kimg=2.0, checkpoint_every=4)  # 40 steps
     cfg["trajectories"] = dict(cfg["trajectories"], count=60, shard_size=20, batch_size=20)
@@ -129,14 +129,13 @@ def test_every_long_stage_resumes_after_sigkill(work):
 
     # sampling: killed after a finished teacher batch; the rerun reuses the finished batches
     samples = {k: RUN / "samples" / f"{k}.npz" for k in ("teacher", "teacher_nfe3", "hkd")}
-    kill_when(work, str(samples["hkd"]), RUN / "samples" / ".partial" / "teacher" / "batch-00001.npz")
+    sample_log = work / RUN / "logs" / "teacher_sample.log"
+    kill_when(work, str(samples["teacher"]), RUN / "samples" / ".partial" / "teacher" / "batch-00001.npz")
     rerun(work, str(samples["hkd"]))
-    assert "reused" in (work / RUN / "logs" / "sample.log").read_text()
+    assert "reused" in sample_log.read_text()
     assert not (work / RUN / "samples" / ".partial").exists()
     happened += [
-        f"sample: {line.strip()}"
-        for line in (work / RUN / "logs" / "sample.log").read_text().splitlines()
-        if "reused" in line
+        f"teacher-sample: {line.strip()}" for line in sample_log.read_text().splitlines() if "reused" in line
     ]
     drawn = {k: np.load(work / f)["images"] for k, f in samples.items()}
 
@@ -160,7 +159,7 @@ def test_every_long_stage_resumes_after_sigkill(work):
     assert again.keys() == states.keys() and all(np.array_equal(again[k], states[k]) for k in states)
     assert "resuming" not in (work / RUN / "logs" / "hkd_train.log").read_text()
     assert_same(resumed_hkd, weights(work / hkd))
-    assert "reused" not in (work / RUN / "logs" / "sample.log").read_text()
+    assert "reused" not in sample_log.read_text()
     assert all(np.array_equal(np.load(work / f)["images"], drawn[k]) for k, f in samples.items())
     assert "reused" not in (work / RUN / "logs" / "evaluate.log").read_text()
     assert json.loads((work / metrics).read_text())["rows"] == rows

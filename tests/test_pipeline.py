@@ -1,5 +1,6 @@
 """Snakemake and DVC must describe the same pipeline."""
 
+import copy
 import re
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from hkd.pipeline import (
     PAPER_LEVERS,
     STAGES,
     conditional_config,
+    curve_variants,
     dag_runs,
     own_variants,
     run_paths,
@@ -215,6 +217,11 @@ def test_conditional_companion(repo, tmp_path):
     )
     same = ("seed", "device", "precision", "data", "edm", "trajectories", "evaluate")
     assert all(cond[k] == cfg[k] for k in same)
+    # Table 4 on sample.conditional_count images per row; null = the run's count
+    assert cond["sample"]["count"] == cfg["sample"]["conditional_count"] != cfg["sample"]["count"]
+    unset = copy.deepcopy(cfg)
+    unset["sample"]["conditional_count"] = None
+    assert conditional_config(unset)["sample"]["count"] == cfg["sample"]["count"]
     teacher = cfg["teacher"]  # the companion imports its own shipped pickle
     assert cond["teacher"] == {
         "source": "edm_pickle",
@@ -403,3 +410,24 @@ def test_conditional_teacher_can_start_from_the_run_teacher(repo):
     from hkd.pipeline import stage_params
 
     assert stage_params(warm, "teacher") == stage_params(cfg, "teacher")
+
+
+def test_teacher_samples_need_no_hkd_training(repo):
+    """The teacher's evaluation rows are a job of their own, which needs only the teacher, so
+    it runs beside the trainings; HKD's samples need only its weights."""
+    cfg = load_config(repo / "configs" / "default.yaml")
+    p = run_paths(cfg)
+    assert stage_inputs(cfg, "teacher_sample") == {"teacher": p["teacher"]}
+    assert set(stage_outputs(cfg, "teacher_sample")) == {"samples_teacher", "samples_teacher_nfe"}
+    assert stage_inputs(cfg, "sample") == {"hkd": p["hkd"]}
+    assert set(stage_outputs(cfg, "sample")) == {"samples_hkd"}
+
+
+def test_stability_scores_ablation_snapshots_only_when_asked(repo):
+    """The default scores the full HKD's snapshots (Table 5); ablation_curves adds every Table 3
+    ablation training's (budget curves of each model), as the claims tier does."""
+    cfg = load_config(repo / "configs" / "default.yaml")
+    assert cfg["stability"]["ablation_curves"] is False and curve_variants(cfg) == []
+    claims = load_config(repo / "configs" / "claims.yaml")
+    seeded = [f"{a}-seed{n}" for a in ABLATIONS for n in (1, 2)]
+    assert curve_variants(claims) == ["seed1", "seed2", *ABLATIONS, *seeded]

@@ -112,7 +112,7 @@ def test_the_stages_code(repo):
     assert covered("src/hkd/koopman/model.py", CODE["spectral"])  # it loads the HKD checkpoint
     template = "src/hkd/report/templates/index.html.j2"
     assert [name for name, deps in CODE.items() if covered(template, deps)] == ["report"]
-    for name in ("teacher", "trajectories", "hkd_train", "variant_train", "sample"):
+    for name in ("teacher", "trajectories", "hkd_train", "variant_train", "teacher_sample", "sample"):
         assert not any(covered(f"src/hkd/{p}/x.py", CODE[name]) for p in ("report", "analysis", "metrics")), (
             name
         )

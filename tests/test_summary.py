@@ -18,7 +18,7 @@ def test_summary_holds_every_row_the_ratio_and_the_variants(tmp_path, smoke_cfg)
         "ablations": ["no_koopman"],
         "ablation_seeds": [],
         "conditional": False,
-        "stability": {"seeds": []},
+        "stability": {**smoke_cfg["stability"], "seeds": []},
         "study": {**smoke_cfg["study"], "recipes": {}},
     }
     paths = {k: str(tmp_path / v) for k, v in run_paths(cfg).items()}
@@ -41,7 +41,7 @@ def test_summary_holds_the_recognisable_rate_where_the_rows_have_one(tmp_path, s
     """Digit-classifier rows (and variants) carry their recognisable digit rate and its spread
     into summary.json; rows without one (Inception features, older files) add no key."""
     cfg = {**smoke_cfg, "run": "t", "ablations": ["no_koopman"], "ablation_seeds": [], "conditional": False}
-    cfg["stability"] = {"seeds": []}
+    cfg["stability"] = dict(cfg["stability"], seeds=[])
     cfg["study"] = {**smoke_cfg["study"], "recipes": {}}
     paths = {k: str(tmp_path / v) for k, v in run_paths(cfg).items()}
     rate = {"recognisable_rate": 0.85, "recognisable_rate_std": 0.02, "recognisable_threshold": 0.9}

@@ -148,20 +148,20 @@ def stage_study(cfg, paths, args):
     return write_study(cfg, paths)
 
 
-def stage_sample(cfg, paths, args):
-    from hkd.koopman.model import load_hkd
-    from hkd.sample import write_samples
+def stage_teacher_sample(cfg, paths, args):
+    from hkd.sample import write_teacher_samples
     from hkd.teacher.network import load_teacher
 
+    device, _dtype = _torch_setup(cfg, args.threads)
+    return write_teacher_samples(cfg, load_teacher(paths["teacher"], device, cfg), paths, device)
+
+
+def stage_sample(cfg, paths, args):
+    from hkd.koopman.model import load_hkd
+    from hkd.sample import write_hkd_samples
+
     device, dtype = _torch_setup(cfg, args.threads)
-    return write_samples(
-        cfg,
-        load_teacher(paths["teacher"], device, cfg),
-        load_hkd(paths["hkd"], device, cfg),
-        paths,
-        device,
-        dtype,
-    )
+    return write_hkd_samples(cfg, load_hkd(paths["hkd"], device, cfg), paths, device, dtype)
 
 
 def stage_evaluate(cfg, paths, args):
@@ -246,6 +246,7 @@ STAGE_FUNCTIONS = {
     "teacher": stage_teacher,
     "trajectories": stage_trajectories,
     "hkd-train": stage_hkd_train,
+    "teacher-sample": stage_teacher_sample,
     "sample": stage_sample,
     "evaluate": stage_evaluate,
     "spectral": stage_spectral,

@@ -110,6 +110,13 @@ def ablation_variants(cfg: dict) -> list[str]:
     return list(cfg["ablations"]) + [f"{a}-seed{n}" for a in cfg["ablations"] for n in cfg["ablation_seeds"]]
 
 
+def curve_variants(cfg: dict) -> list[str]:
+    """The variant trainings whose snapshots the stability stage scores: the Table 5 seeds,
+    and with ``stability.ablation_curves`` every Table 3 ablation training (budget curves)."""
+    ablations = ablation_variants(cfg) if cfg["stability"]["ablation_curves"] else []
+    return seed_variants(cfg) + ablations
+
+
 def effective_hkd(hkd: dict) -> dict:
     """The ``hkd:`` keys a training actually uses: without Koopman evolution the clock does
     not matter, without trajectory times neither how they are drawn nor their weight, and
@@ -234,6 +241,7 @@ SHARED_CORES = frozenset(
         "trajectories",
         "hkd_train",
         "variant_train",
+        "teacher_sample",
         "sample",
         "evaluate",
         "variant_evaluate",
@@ -262,7 +270,8 @@ CONDITIONAL = "conditional"
 def conditional_config(cfg: dict) -> dict:
     """The companion run of Table 4: the run's settings with a class-conditional network
     (``network.label_dim`` = the data's classes) and nothing but the main row (no
-    ablations, stability seeds, snapshots or extra teacher NFEs)."""
+    ablations, stability seeds, snapshots or extra teacher NFEs), ``sample.conditional_count``
+    images per row."""
     out = copy.deepcopy(cfg)
     out["run"] = f"{cfg['run']}/{CONDITIONAL}"
     out.pop("tier", None)
@@ -280,6 +289,7 @@ def conditional_config(cfg: dict) -> dict:
     out["stability"]["seeds"] = []
     out["hkd"]["snapshot_epochs"] = []
     out["sample"]["extra_teacher_nfe"] = []
+    out["sample"]["count"] = cfg["sample"]["conditional_count"] or cfg["sample"]["count"]
     return out
 
 
@@ -494,12 +504,21 @@ STAGES: tuple[Stage, ...] = (
         ("seed", "device", "precision", "compile", "hkd_compile", "edm", "hkd"),
         conditional=True,
     ),
+    # the teacher's rows need no HKD training: a job of their own, beside the trainings
+    Stage(
+        "teacher_sample",
+        "teacher-sample",
+        ("teacher",),
+        ("samples_teacher", "samples_teacher_nfe"),
+        ("device", "teacher_precision", "compile", "edm", "trajectories", "sample"),
+        conditional=True,
+    ),
     Stage(
         "sample",
         "sample",
-        ("teacher", "hkd"),
-        ("samples_teacher", "samples_hkd", "samples_teacher_nfe"),
-        ("device", "precision", "teacher_precision", "compile", "edm", "trajectories", "sample"),
+        ("hkd",),
+        ("samples_hkd",),
+        ("device", "precision", "sample"),
         conditional=True,
     ),
     Stage(

@@ -112,65 +112,66 @@ def draw(
     return np.concatenate(out), np.concatenate(labels)
 
 
-def write_samples(cfg: dict, teacher, model, paths: dict, device, dtype) -> dict:
-    """Teacher (at the trajectories' NFE and each ``sample.extra_teacher_nfe``, under
-    ``teacher_precision``) and HKD (under ``dtype``, the run's ``precision``) samples from the
-    evaluation seeds, to the files named in ``paths``."""
-    seeds = evaluation_seeds(cfg)
-    dtypes = {"teacher": teacher_dtype(cfg, device), "hkd": dtype}
-    shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
-    bs = cfg["sample"]["batch_size"]
-    times = {}
-    # The teacher dominates this stage, so it runs compiled when the config says so; the
-    # one-step HKD sampler is cheap eagerly.
+def write_teacher_samples(cfg: dict, teacher, paths: dict, device) -> dict:
+    """Teacher samples at the trajectories' NFE and each ``sample.extra_teacher_nfe``, under
+    ``teacher_precision``, from the evaluation seeds, to the files named in ``paths``. Its own
+    stage (teacher_sample), so that it needs no HKD training and can run beside one."""
+    # The teacher dominates sampling, so it runs compiled when the config says so.
     jobs = [
-        (
-            "teacher",
-            teacher_sampler(cfg, teacher, device, cfg["compile"]),
-            paths["samples_teacher"],
-            teacher_path_name(None),
-        )
+        ("teacher", teacher_sampler(cfg, teacher, device, cfg["compile"]), paths["samples_teacher"], None)
     ]
     for n in cfg["sample"]["extra_teacher_nfe"]:
+        path = paths["samples_teacher_nfe"].replace("{nfe}", str(n))
         jobs.append(
-            (
-                f"teacher_nfe{n}",
-                teacher_sampler(cfg, teacher, device, cfg["compile"], nfe=n),
-                paths["samples_teacher_nfe"].replace("{nfe}", str(n)),
-                teacher_path_name(n),
-            )
+            (f"teacher_nfe{n}", teacher_sampler(cfg, teacher, device, cfg["compile"], nfe=n), path, n)
         )
-    jobs.append(("hkd", hkd_sampler(model, device, dtype), paths["samples_hkd"], "the HKD one-step sampler"))
-    nets = {"teacher": sha256_file(paths["teacher"]), "hkd": sha256_file(paths["hkd"])}
-    for name, sampler, path, path_name in jobs:
-        t0 = time.time()
-        partial = Path(path).parent / ".partial" / name
-        net = "hkd" if name == "hkd" else "teacher"
-        spec = {
-            "sampler": name,
-            "net": nets[net],
-            "precision": str(dtypes[net]),
-            "compile": cfg["compile"],
-            "edm": cfg["edm"],
-            "steps": cfg["trajectories"]["num_steps"],
-        }
-        fingerprint = sha256_json(spec)
-        images, labels = draw(
-            sampler,
-            seeds,
-            shape,
-            teacher.label_dim,
-            bs,
-            device,
-            f"sample {name}",
-            partial,
-            fingerprint,
-            path_name,
-            log_path(cfg, "sample"),
+    net = {"net": sha256_file(paths["teacher"]), "precision": str(teacher_dtype(cfg, device))}
+    return {
+        name: _draw_to_file(
+            cfg, teacher, device, sampler, path, (name, teacher_path_name(nfe)), net, "teacher_sample"
         )
-        times[name] = time.time() - t0
-        save_npz(path, images=images, seeds=seeds, labels=labels)
-        shutil.rmtree(partial, ignore_errors=True)
-        with contextlib.suppress(OSError):  # the .partial folder, once no sampler has batches left
-            partial.parent.rmdir()
-    return times
+        for name, sampler, path, nfe in jobs
+    }
+
+
+def write_hkd_samples(cfg: dict, model, paths: dict, device, dtype) -> dict:
+    """HKD's one-step samples (under ``dtype``, the run's ``precision``; eager, as they are cheap)
+    from the same evaluation seeds as the teacher's, to ``paths["samples_hkd"]``."""
+    net = {"net": sha256_file(paths["hkd"]), "precision": str(dtype)}
+    sampler = hkd_sampler(model, device, dtype)
+    path = paths["samples_hkd"]
+    return {
+        "hkd": _draw_to_file(
+            cfg, model, device, sampler, path, ("hkd", "the HKD one-step sampler"), net, "sample"
+        )
+    }
+
+
+def _draw_to_file(cfg, net_module, device, sampler, path, names: tuple, net: dict, stage: str) -> float:
+    """Draw the evaluation seeds with ``sampler`` into ``path`` (finished batches kept under
+    ``.partial/<name>`` until the file is written); the seconds it took. ``names``: the
+    sampler's name and its compile path's; ``net``: the network's hash and precision."""
+    t0, (name, path_name) = time.time(), names
+    partial = Path(path).parent / ".partial" / name
+    spec = {"sampler": name, **net, "compile": cfg["compile"], "edm": cfg["edm"]}
+    spec["steps"] = cfg["trajectories"]["num_steps"]
+    shape = (net_module.img_channels, net_module.img_resolution, net_module.img_resolution)
+    seeds = evaluation_seeds(cfg)
+    images, labels = draw(
+        sampler,
+        seeds,
+        shape,
+        net_module.label_dim,
+        cfg["sample"]["batch_size"],
+        device,
+        f"sample {name}",
+        partial,
+        sha256_json(spec),
+        path_name,
+        log_path(cfg, stage),
+    )
+    save_npz(path, images=images, seeds=seeds, labels=labels)
+    shutil.rmtree(partial, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the .partial folder, once no sampler has batches left
+        partial.parent.rmdir()
+    return time.time() - t0

@@ -42,6 +42,7 @@ DECLARATIONS = {
             "parse_variant",
             "variant_config",
             "conditional_config",
+            "curve_variants",
         }
     ),
 }

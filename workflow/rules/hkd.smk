@@ -1,5 +1,5 @@
-# HKD training and sampling, for the run and (conditional: true) its class-conditional
-# companion (rules conditional_hkd_train, conditional_sample).
+# HKD training, the teacher's evaluation samples and HKD's, for the run and (conditional: true) its class-conditional
+# companion (rules conditional_hkd_train, conditional_teacher_sample, conditional_sample).
 for prefix, run_cfg, flag in RUNS:
 
     rule:
@@ -23,6 +23,28 @@ for prefix, run_cfg, flag in RUNS:
             gpu=gpus(run_cfg),
         shell:
             hkd_shell("hkd-train", "{params.run_flag}", multi_gpu=True)
+
+    rule:
+        name:
+            f"{prefix}teacher_sample"
+        input:
+            **stage_inputs(run_cfg, "teacher_sample"),
+        output:
+            **outputs("teacher_sample", run_cfg),
+        params:
+            cfg=stage_params(run_cfg, "teacher_sample"),
+            run_flag=flag,
+        log:
+            log_path(run_cfg, "teacher_sample"),
+        benchmark:
+            benchmark_path(run_cfg, "teacher_sample")
+        conda:
+            ENV
+        threads: share_of_cores("teacher_sample")
+        resources:
+            gpu=gpus(run_cfg),
+        shell:
+            hkd_shell("teacher-sample", "{params.run_flag}")
 
     rule:
         name:

@@ -170,10 +170,12 @@ def _fill(job: Job, cfg: dict, variant: str | None) -> None:
     elif st in ("hkd_train", "variant_train"):
         vcfg = pipeline.variant_config(cfg, variant) if variant else cfg
         job.work, job.compiles = {"hkd_train": _hkd_examples(vcfg)}, ["hkd_train"]
-    elif st == "sample":
+    elif st == "teacher_sample":
         nfes = [_nfe(cfg)] + list(cfg["sample"]["extra_teacher_nfe"])
-        job.work = {"denoiser": count * sum(nfes), "one_step": count}
+        job.work = {"denoiser": count * sum(nfes)}
         job.compiles, job.held_bytes = ["denoiser"] * len(nfes), count * _image_values(cfg) * 4
+    elif st == "sample":
+        job.work, job.held_bytes = {"one_step": count}, count * _image_values(cfg) * 4
     elif st == "evaluate":
         rows = 2 + len(cfg["sample"]["extra_teacher_nfe"]) + ("no_koopman" in cfg["ablations"])
         thr = e["throughput_batch"] * (e["throughput_repeats"] + 1)
@@ -186,7 +188,7 @@ def _fill(job: Job, cfg: dict, variant: str | None) -> None:
     elif st == "variant_evaluate":
         job.work = {"features": ref + count, "one_step": count}
     elif st == "stability":
-        runs = 1 + len(pipeline.seed_variants(cfg)) + len(pipeline.ablation_variants(cfg))
+        runs = 1 + len(pipeline.curve_variants(cfg))
         # the model before training, and each snapshot but the final weights (scored by evaluate)
         scored = 1 + runs * len([e for e in cfg["hkd"]["snapshot_epochs"] if e != cfg["hkd"]["epochs"] - 1])
         job.work = {"features": ref + scored * count, "one_step": scored * count}

@@ -2,8 +2,9 @@
 own training and the ``stability.seeds`` trainings (same teacher and trajectories, other
 initialisation and minibatch seeds), as mean and standard deviation per epoch; plus the
 model before training (the teacher-initialised encoder/decoder with zero Koopman
-generators, the same for every seed). The same snapshots of every Table 3 ablation
-training give the budget curves: FID against training examples for each model. A run's
+generators, the same for every seed). With ``stability.ablation_curves``, the same snapshots
+of every Table 3 ablation training give the budget curves: FID against training examples
+for each model (else the full HKD's curve alone). A run's
 last snapshot, when it holds the run's final weights, takes the scores its run's evaluation
 already wrote (the same samples) instead of being sampled and scored again. The first
 ``GRID_SAMPLES`` samples of the run's own training at each epoch are kept for the report's
@@ -22,10 +23,9 @@ from hkd.metrics.evaluate import make_scorer, score_one_step
 from hkd.metrics.fidelity import SCORE_KEYS
 from hkd.pipeline import (
     FULL,
-    ablation_variants,
+    curve_variants,
     parse_variant,
     run_paths,
-    seed_variants,
     snapshot_paths,
     variant_paths,
 )
@@ -36,10 +36,11 @@ GRID_SAMPLES = 64
 
 def snapshot_runs(cfg: dict) -> dict[str, dict]:
     """{run name: {"model": full or an ablation, "files": {epoch: snapshot file}}}: the run's
-    own HKD first, then the Table 5 seeds, then every Table 3 ablation training."""
+    own HKD first, then the Table 5 seeds, then the Table 3 ablation trainings when
+    ``stability.ablation_curves``."""
     p = run_paths(cfg)
     runs = {f"seed{cfg['seed']}": {"model": FULL, "files": snapshot_paths(cfg, p["hkd_snapshots"])}}
-    for v in seed_variants(cfg) + ablation_variants(cfg):
+    for v in curve_variants(cfg):
         runs[v] = {
             "model": parse_variant(cfg, v)["model"],
             "files": snapshot_paths(cfg, p["variant_snapshots"].replace("{variant}", v)),
@@ -120,7 +121,7 @@ def final_runs(cfg: dict, paths: dict) -> dict[str, dict]:
     metrics = load_json(paths["metrics"])
     own = next(r for r in metrics["rows"] if r["key"] == "hkd")
     out = {f"seed{cfg['seed']}": {"hkd": paths["hkd"], "scores": own, "samples": paths["samples_hkd"]}}
-    for v in seed_variants(cfg) + ablation_variants(cfg):
+    for v in curve_variants(cfg):
         vp = variant_paths(cfg, v)
         out[v] = {
             "hkd": vp["variant_hkd"],
