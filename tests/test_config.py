@@ -157,6 +157,14 @@ def test_overlapping_seeds_rejected(smoke_cfg):
     cfg["sample"]["seed_offset"] = cfg["trajectories"]["seed_offset"] + 1
     with pytest.raises(ConfigError, match="sample.seed_offset"):
         validate_config(cfg)
+    # the teacher's row continuing the trajectory seeds must not reach the evaluation seeds
+    cfg = copy.deepcopy(smoke_cfg)
+    t, s = cfg["trajectories"], cfg["sample"]
+    s.update(teacher_seeds="trajectories", seed_offset=t["seed_offset"] + t["count"] + 1)
+    with pytest.raises(ConfigError, match="sample.teacher_seeds"):
+        validate_config(cfg)
+    s["teacher_seeds"] = "evaluation"
+    validate_config(cfg)
 
 
 def test_missing_file(tmp_path):

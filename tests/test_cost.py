@@ -100,10 +100,13 @@ def test_plan_counts_the_work_of_the_config():
     assert (
         planned["variant_train[no_koopman]"].work["hkd_train"] == planned["hkd_train"].work["hkd_train"] // 5
     )
-    nfe = 2 * t["num_steps"] - 1
-    assert planned["sample"].work["denoiser"] == cfg["sample"]["count"] * (
-        nfe + sum(cfg["sample"]["extra_teacher_nfe"])
+    nfe, count = 2 * t["num_steps"] - 1, cfg["sample"]["count"]
+    # the teacher's row starts with the trajectories' endpoints (sample.teacher_seeds: trajectories)
+    assert cfg["sample"]["teacher_seeds"] == "trajectories"
+    assert planned["teacher_sample"].work["denoiser"] == (count - t["count"]) * nfe + count * sum(
+        cfg["sample"]["extra_teacher_nfe"]
     )
+    assert planned["sample"].work == {"one_step": count}
     shards = [n for n in planned if n.startswith("trajectory_shard")]
     assert len(shards) == 2 and sum(planned[n].work["denoiser"] for n in shards) == t["count"] * nfe
     assert "conditional_hkd_train" in planned and "conditional_variant_train" not in " ".join(planned)

@@ -413,10 +413,14 @@ def test_conditional_teacher_can_start_from_the_run_teacher(repo):
 
 
 def test_teacher_samples_need_no_hkd_training(repo):
-    """The teacher's evaluation rows are a job of their own, which needs only the teacher, so
-    it runs beside the trainings; HKD's samples need only its weights."""
+    """The teacher's evaluation rows are a job of their own, which needs no HKD training, so
+    it runs beside the trainings (and the trajectories only where its row starts with their
+    endpoints); HKD's samples need only its weights."""
     cfg = load_config(repo / "configs" / "default.yaml")
     p = run_paths(cfg)
+    assert cfg["sample"]["teacher_seeds"] == "trajectories"
+    assert stage_inputs(cfg, "teacher_sample") == {"teacher": p["teacher"], "trajectories": p["trajectories"]}
+    cfg["sample"]["teacher_seeds"] = "evaluation"
     assert stage_inputs(cfg, "teacher_sample") == {"teacher": p["teacher"]}
     assert set(stage_outputs(cfg, "teacher_sample")) == {"samples_teacher", "samples_teacher_nfe"}
     assert stage_inputs(cfg, "sample") == {"hkd": p["hkd"]}
@@ -431,3 +435,14 @@ def test_stability_scores_ablation_snapshots_only_when_asked(repo):
     claims = load_config(repo / "configs" / "claims.yaml")
     seeded = [f"{a}-seed{n}" for a in ABLATIONS for n in (1, 2)]
     assert curve_variants(claims) == ["seed1", "seed2", *ABLATIONS, *seeded]
+
+
+def test_rule_priorities_start_the_longest_chains_first():
+    """On few cores Snakemake starts the ready job of highest priority: the run's trajectories
+    before anything of the companion's, and every training before the evaluations it feeds."""
+    from hkd.pipeline import RULE_PRIORITIES, STAGE_BY_NAME, rule_priority
+
+    assert all(stage in STAGE_BY_NAME for stage, _ in RULE_PRIORITIES)
+    assert rule_priority("trajectories") > rule_priority("trajectories", True) > rule_priority("hkd_train")
+    assert rule_priority("hkd_train", True) > rule_priority("variant_train") > rule_priority("evaluate")
+    assert rule_priority("variant_evaluate") >= rule_priority("stability") > rule_priority("report") == 0

@@ -289,3 +289,34 @@ def test_stale_files_removed_and_bad_manifest_named(setup):
     (out / "manifest.json").write_text("{")
     with pytest.raises(ValueError, match="manifest.json: not a trajectory manifest"):
         tj.load_trajectories(str(out / "manifest.json"))
+
+
+@pytest.mark.parametrize("count", [16, 8])
+def test_teacher_row_starts_with_the_trajectories_endpoints(setup, tmp_path, count):
+    """sample.teacher_seeds: trajectories: the teacher's row is its samples of the trajectory
+    seeds, the stored endpoints first (equal to sampling them again up to the states' float16
+    rounding), then fresh samples of the seeds past them; with fewer images than trajectories,
+    only endpoints."""
+    from hkd.sample import draw, teacher_sampler, write_teacher_samples
+
+    cfg, teacher, teacher_path, out = setup
+    cfg["compile"] = False
+    cfg["sample"].update(count=count, batch_size=5, extra_teacher_nfe=[], teacher_seeds="trajectories")
+    generate(cfg, teacher, teacher_path, out)
+    paths = {
+        "teacher": teacher_path,
+        "trajectories": str(out / "manifest.json"),
+        "samples_teacher": str(tmp_path / "samples" / "teacher.npz"),
+        "samples_teacher_nfe": str(tmp_path / "samples" / "teacher_nfe{nfe}.npz"),
+    }
+    write_teacher_samples(cfg, teacher, paths, torch.device("cpu"))
+    row = np.load(paths["samples_teacher"])
+    seeds = np.arange(count)
+    np.testing.assert_array_equal(row["seeds"], seeds)
+    assert row["images"].shape == (count, 1, 16, 16) and row["images"].dtype == np.float32
+    again, _ = draw(teacher_sampler(cfg, teacher, "cpu"), seeds, (1, 16, 16), 0, 5, "cpu", "again")
+    stored = min(count, 10)
+    half_ulp = np.abs(again[:stored]) * 2.0**-11 + 2.0**-25
+    assert (np.abs(row["images"][:stored] - again[:stored]) <= half_ulp).all()
+    assert not np.array_equal(row["images"][:stored], again[:stored])  # the float16 round trip
+    np.testing.assert_allclose(row["images"][stored:], again[stored:], rtol=0, atol=1e-6)

@@ -209,7 +209,8 @@ def _check_analysis(cfg: dict, source: str) -> None:
 
 
 def _check_sampling(cfg: dict, source: str) -> None:
-    """Evaluation seeds apart from the trajectories'; the extra teacher NFE rows."""
+    """Evaluation seeds apart from the trajectories' (and from the teacher row's, when that row
+    continues the trajectory seeds); the extra teacher NFE rows."""
     traj, sample = cfg["trajectories"], cfg["sample"]
     train_seeds = (traj["seed_offset"], traj["seed_offset"] + traj["count"])
     eval_seeds = (sample["seed_offset"], sample["seed_offset"] + sample["count"])
@@ -217,6 +218,17 @@ def _check_sampling(cfg: dict, source: str) -> None:
         raise ConfigError(
             f"{source}: key 'sample.seed_offset': evaluation seeds {eval_seeds[0]}..{eval_seeds[1] - 1} "
             f"overlap the trajectory seeds {train_seeds[0]}..{train_seeds[1] - 1}"
+        )
+    teacher_seeds = (traj["seed_offset"], traj["seed_offset"] + sample["count"])
+    if (
+        sample["teacher_seeds"] == "trajectories"
+        and teacher_seeds[0] < eval_seeds[1]
+        and eval_seeds[0] < teacher_seeds[1]
+    ):
+        raise ConfigError(
+            f"{source}: key 'sample.teacher_seeds': the teacher's row on the trajectory seeds "
+            f"{teacher_seeds[0]}..{teacher_seeds[1] - 1} would overlap the evaluation seeds "
+            f"{eval_seeds[0]}..{eval_seeds[1] - 1}"
         )
     for n in sample["extra_teacher_nfe"]:
         if n % 2 == 0 or n == nfe_of_steps(traj["num_steps"]):

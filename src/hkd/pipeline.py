@@ -233,6 +233,33 @@ def job_threads(cfg: dict, stage: str, cores: int) -> int:
     return max(1, cores // parallel_jobs(cfg, stage))
 
 
+#: Snakemake priorities (among the jobs ready at once, the higher first), by (stage, whether
+#: the job is the class-conditional companion's): on few cores the order decides the wall
+#: time. The run's trajectories head the longest chains (its teacher samples, training,
+#: evaluation, stability, report), the companion's trajectories and training the next. Without
+#: them Snakemake ran the companion's whole chain first and started the run's trajectories
+#: 14 minutes into a 2-core `all`.
+RULE_PRIORITIES = {
+    ("trajectories", False): 9,
+    ("teacher_sample", False): 8,
+    ("trajectories", True): 7,
+    ("hkd_train", False): 6,
+    ("hkd_train", True): 5,
+    ("variant_train", False): 4,
+    ("classifier", False): 3,
+    ("sample", False): 3,
+    ("teacher_sample", True): 2,
+    ("evaluate", False): 2,
+    ("variant_evaluate", False): 1,
+    ("stability", False): 1,
+}
+
+
+def rule_priority(stage: str, companion: bool = False) -> int:
+    """The Snakemake ``priority:`` of a stage's rule (RULE_PRIORITIES; 0 when not listed)."""
+    return RULE_PRIORITIES.get((stage, bool(companion)), 0)
+
+
 #: stages whose jobs share the cores with the others of their kind (``job_threads``); the
 #: classifier and the figures take half of them (HALF_CORES); the light stages one
 SHARED_CORES = frozenset(
@@ -504,11 +531,12 @@ STAGES: tuple[Stage, ...] = (
         ("seed", "device", "precision", "compile", "hkd_compile", "edm", "hkd"),
         conditional=True,
     ),
-    # the teacher's rows need no HKD training: a job of their own, beside the trainings
+    # the teacher's rows need no HKD training: a job of their own, beside the trainings (it
+    # reads the trajectories' endpoints with sample.teacher_seeds: trajectories)
     Stage(
         "teacher_sample",
         "teacher-sample",
-        ("teacher",),
+        ("teacher", "trajectories"),
         ("samples_teacher", "samples_teacher_nfe"),
         ("device", "teacher_precision", "compile", "edm", "trajectories", "sample"),
         conditional=True,
@@ -740,6 +768,8 @@ def stage_inputs(cfg: dict, name: str, variant: str | None = None) -> dict:
         # an imported EDM network needs no dataset; a local pickle (resources/) is its input
         path = cfg["teacher"]["path"]
         return {} if is_url(path) else {"edm_pickle": path}
+    if name == "teacher_sample" and cfg["sample"]["teacher_seeds"] != "trajectories":
+        keys = tuple(k for k in keys if k != "trajectories")  # reads the endpoints only then
     out = {k: _resolve(cfg, name, k, variant) for k in keys if _path_enabled(cfg, k)}
     return {k: v for k, v in out.items() if v != []}
 

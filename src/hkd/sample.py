@@ -29,6 +29,29 @@ def evaluation_seeds(cfg: dict) -> np.ndarray:
     return np.arange(start, start + cfg["sample"]["count"], dtype=np.int64)
 
 
+def teacher_row_seeds(cfg: dict) -> np.ndarray:
+    """The seeds of the teacher's row at the trajectories' NFE: the evaluation seeds, or with
+    ``sample.teacher_seeds: trajectories`` the trajectories' own seeds continued past them
+    (``trajectories.seed_offset`` + i), so that the ODE the trajectories already solved is not
+    solved again (kept apart from the evaluation seeds by the config validator)."""
+    if cfg["sample"]["teacher_seeds"] == "evaluation":
+        return evaluation_seeds(cfg)
+    start = cfg["trajectories"]["seed_offset"]
+    return np.arange(start, start + cfg["sample"]["count"], dtype=np.int64)
+
+
+def trajectory_endpoints(manifest: str, count: int, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images float32 [n, C, H, W], labels, seeds) of the first n = min(count, stored) stored
+    trajectories' final states (sigma = 0: the teacher's sample of that seed, after the
+    states' float16 round trip), read ``batch`` trajectories at a time."""
+    from hkd.teacher.trajectories import load_trajectories
+
+    t = load_trajectories(manifest, stream=True)
+    n = min(count, len(t["states"]))
+    parts = [t["states"].take(np.arange(i, min(n, i + batch)))[:, -1] for i in range(0, n, batch)]
+    return np.concatenate(parts).astype(np.float32), t["labels"][:n], t["seeds"][:n]
+
+
 def teacher_sampler(cfg: dict, teacher, device, compile=False, nfe: int | None = None):
     """EDM's Heun sampler on the EDM grid: the trajectories' step count, or ``nfe`` (odd), under
     the config's ``teacher_precision`` (``runtime.teacher_dtype``); ``compile``: auto | true |
@@ -109,13 +132,16 @@ def draw(
             save_npz(kept, images=out[-1], labels=labels[-1], seeds=batch, fingerprint=np.array(fingerprint))
     if reused:
         print(f"{desc}: reused {reused} finished batches from {partial_dir}")
+    if not out:  # every seed was drawn already (the trajectories' endpoints)
+        return np.empty((0, *shape), np.float32), np.empty(0, np.int64)
     return np.concatenate(out), np.concatenate(labels)
 
 
 def write_teacher_samples(cfg: dict, teacher, paths: dict, device) -> dict:
-    """Teacher samples at the trajectories' NFE and each ``sample.extra_teacher_nfe``, under
-    ``teacher_precision``, from the evaluation seeds, to the files named in ``paths``. Its own
-    stage (teacher_sample), so that it needs no HKD training and can run beside one."""
+    """Teacher samples at the trajectories' NFE (on :func:`teacher_row_seeds`) and at each
+    ``sample.extra_teacher_nfe`` (on the evaluation seeds), under ``teacher_precision``, to the
+    files named in ``paths``. Its own stage (teacher_sample), so that it needs no HKD training
+    and can run beside one."""
     # The teacher dominates sampling, so it runs compiled when the config says so.
     jobs = [
         ("teacher", teacher_sampler(cfg, teacher, device, cfg["compile"]), paths["samples_teacher"], None)
@@ -126,40 +152,51 @@ def write_teacher_samples(cfg: dict, teacher, paths: dict, device) -> dict:
             (f"teacher_nfe{n}", teacher_sampler(cfg, teacher, device, cfg["compile"], nfe=n), path, n)
         )
     net = {"net": sha256_file(paths["teacher"]), "precision": str(teacher_dtype(cfg, device))}
-    return {
-        name: _draw_to_file(
-            cfg, teacher, device, sampler, path, (name, teacher_path_name(nfe)), net, "teacher_sample"
+    times = {}
+    for name, sampler, path, nfe in jobs:
+        seeds, known = evaluation_seeds(cfg), None
+        if nfe is None and cfg["sample"]["teacher_seeds"] == "trajectories":
+            seeds = teacher_row_seeds(cfg)
+            known = trajectory_endpoints(paths["trajectories"], len(seeds), cfg["sample"]["batch_size"])
+        names = (name, teacher_path_name(nfe))
+        times[name] = _draw_to_file(
+            cfg, teacher, device, sampler, path, names, net, "teacher_sample", seeds, known
         )
-        for name, sampler, path, nfe in jobs
-    }
+    return times
 
 
 def write_hkd_samples(cfg: dict, model, paths: dict, device, dtype) -> dict:
     """HKD's one-step samples (under ``dtype``, the run's ``precision``; eager, as they are cheap)
-    from the same evaluation seeds as the teacher's, to ``paths["samples_hkd"]``."""
+    from the evaluation seeds (the teacher's rows but, with ``sample.teacher_seeds:
+    trajectories``, its row at the trajectories' NFE), to ``paths["samples_hkd"]``."""
     net = {"net": sha256_file(paths["hkd"]), "precision": str(dtype)}
     sampler = hkd_sampler(model, device, dtype)
     path = paths["samples_hkd"]
+    names = ("hkd", "the HKD one-step sampler")
     return {
-        "hkd": _draw_to_file(
-            cfg, model, device, sampler, path, ("hkd", "the HKD one-step sampler"), net, "sample"
-        )
+        "hkd": _draw_to_file(cfg, model, device, sampler, path, names, net, "sample", evaluation_seeds(cfg))
     }
 
 
-def _draw_to_file(cfg, net_module, device, sampler, path, names: tuple, net: dict, stage: str) -> float:
-    """Draw the evaluation seeds with ``sampler`` into ``path`` (finished batches kept under
+def _draw_to_file(
+    cfg, net_module, device, sampler, path, names: tuple, net: dict, stage: str, seeds, known=None
+):
+    """Draw ``seeds`` with ``sampler`` into ``path`` (finished batches kept under
     ``.partial/<name>`` until the file is written); the seconds it took. ``names``: the
-    sampler's name and its compile path's; ``net``: the network's hash and precision."""
+    sampler's name and its compile path's; ``net``: the network's hash and precision;
+    ``known``: (images, labels, seeds) already drawn for the first seeds (the trajectories'
+    endpoints), taken as they are."""
     t0, (name, path_name) = time.time(), names
     partial = Path(path).parent / ".partial" / name
     spec = {"sampler": name, **net, "compile": cfg["compile"], "edm": cfg["edm"]}
     spec["steps"] = cfg["trajectories"]["num_steps"]
     shape = (net_module.img_channels, net_module.img_resolution, net_module.img_resolution)
-    seeds = evaluation_seeds(cfg)
+    done = 0 if known is None else len(known[2])
+    if known is not None and not np.array_equal(known[2], seeds[:done]):
+        raise ValueError(f"sample {name}: the trajectories' seeds are not the first seeds of this row")
     images, labels = draw(
         sampler,
-        seeds,
+        seeds[done:],
         shape,
         net_module.label_dim,
         cfg["sample"]["batch_size"],
@@ -170,6 +207,9 @@ def _draw_to_file(cfg, net_module, device, sampler, path, names: tuple, net: dic
         path_name,
         log_path(cfg, stage),
     )
+    if done:
+        images, labels = np.concatenate([known[0], images]), np.concatenate([known[1], labels])
+        print(f"sample {name}: the first {done} of {len(seeds)} images are the trajectories' endpoints")
     save_npz(path, images=images, seeds=seeds, labels=labels)
     shutil.rmtree(partial, ignore_errors=True)
     with contextlib.suppress(OSError):  # the .partial folder, once no sampler has batches left

@@ -10,7 +10,7 @@ sys.path.insert(0, SRC)
 
 from hkd.pipeline import (  # noqa: E402
     DEFAULT_CONFIG, DIRECTORY_OUTPUTS, TIER_CONFIGS, FIGURES, benchmark_path, check_tier, dag_runs, is_companion, log_path,
-    own_variants, rule_threads, run_paths, stage_inputs, stage_outputs, stage_params, tier_files, tier_owns,
+    own_variants, rule_priority, rule_threads, run_paths, stage_inputs, stage_outputs, stage_params, tier_files, tier_owns,
     trajectory_shard_paths, trajectory_shard_pattern)
 
 from hkd.config import load_run_config, write_run_config  # noqa: E402

@@ -11,6 +11,7 @@ rule classifier:
         benchmark_path(config, "classifier")
     conda:
         ENV
+    priority: rule_priority("classifier")
     threads: share_of_cores("classifier")
     shell:
         hkd_shell("classifier")
@@ -36,6 +37,7 @@ for prefix, run_cfg, flag in RUNS:
             benchmark_path(run_cfg, "evaluate")
         conda:
             ENV
+        priority: rule_priority("evaluate", prefix)
         threads: share_of_cores("evaluate")
         resources:
             gpu=gpus(run_cfg),
@@ -66,6 +68,7 @@ for prefix, run_cfg, run_cfg_file, extended in RULE_SETS:
                 benchmark_path(run_cfg, "stability")
             conda:
                 ENV
+            priority: rule_priority("stability", False)
             threads: share_of_cores("stability", run_cfg)
             resources:
                 gpu=gpus(run_cfg),

@@ -18,6 +18,7 @@ for prefix, run_cfg, flag in RUNS:
             benchmark_path(run_cfg, "hkd_train")
         conda:
             ENV
+        priority: rule_priority("hkd_train", prefix)
         threads: share_of_cores("hkd_train")
         resources:
             gpu=gpus(run_cfg),
@@ -40,6 +41,7 @@ for prefix, run_cfg, flag in RUNS:
             benchmark_path(run_cfg, "teacher_sample")
         conda:
             ENV
+        priority: rule_priority("teacher_sample", prefix)
         threads: share_of_cores("teacher_sample")
         resources:
             gpu=gpus(run_cfg),
@@ -62,6 +64,7 @@ for prefix, run_cfg, flag in RUNS:
             benchmark_path(run_cfg, "sample")
         conda:
             ENV
+        priority: rule_priority("sample", prefix)
         threads: share_of_cores("sample")
         resources:
             gpu=gpus(run_cfg),
@@ -95,6 +98,7 @@ for prefix, run_cfg, run_cfg_file, extended in RULE_SETS:
             benchmark_path(run_cfg, "variant_train-{variant}")
         conda:
             ENV
+        priority: rule_priority("variant_train", False)
         threads: share_of_cores("variant_train", run_cfg)
         resources:
             gpu=gpus(run_cfg),
@@ -119,6 +123,7 @@ for prefix, run_cfg, run_cfg_file, extended in RULE_SETS:
             benchmark_path(run_cfg, "variant_evaluate-{variant}")
         conda:
             ENV
+        priority: rule_priority("variant_evaluate", False)
         threads: share_of_cores("variant_evaluate", run_cfg)
         resources:
             gpu=gpus(run_cfg),

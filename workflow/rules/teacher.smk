@@ -45,6 +45,7 @@ for prefix, run_cfg, flag in RUNS:
             benchmark_path(run_cfg, "trajectories-{shard}")
         conda:
             ENV
+        priority: rule_priority("trajectories", prefix)
         threads: share_of_cores("trajectories")
         resources:
             gpu=gpus(run_cfg),
@@ -68,6 +69,7 @@ for prefix, run_cfg, flag in RUNS:
             benchmark_path(run_cfg, "trajectories")
         conda:
             ENV
+        priority: rule_priority("trajectories", prefix)
         threads: 1
         shell:
             hkd_shell("trajectories", "{params.run_flag}")

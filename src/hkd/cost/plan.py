@@ -172,7 +172,12 @@ def _fill(job: Job, cfg: dict, variant: str | None) -> None:
         job.work, job.compiles = {"hkd_train": _hkd_examples(vcfg)}, ["hkd_train"]
     elif st == "teacher_sample":
         nfes = [_nfe(cfg)] + list(cfg["sample"]["extra_teacher_nfe"])
-        job.work = {"denoiser": count * sum(nfes)}
+        reused = (
+            min(count, cfg["trajectories"]["count"])
+            if cfg["sample"]["teacher_seeds"] == "trajectories"
+            else 0
+        )
+        job.work = {"denoiser": count * sum(nfes) - reused * _nfe(cfg)}
         job.compiles, job.held_bytes = ["denoiser"] * len(nfes), count * _image_values(cfg) * 4
     elif st == "sample":
         job.work, job.held_bytes = {"one_step": count}, count * _image_values(cfg) * 4

@@ -214,17 +214,30 @@ def provenance(cfg: dict, paths: dict, metrics: dict) -> dict:
     }
 
 
+def teacher_seeds_note(cfg: dict) -> str:
+    """How the teacher's row at the trajectories' NFE was seeded where that is not on the
+    evaluation seeds of HKD's row (``sample.teacher_seeds``), else ""."""
+    return (
+        ""
+        if cfg["sample"]["teacher_seeds"] == "evaluation"
+        else "the trajectory seeds: their endpoints first"
+    )
+
+
 def table_grids(
     cfg: dict, paths: dict, metrics: dict, data: dict, split: str
 ) -> dict[str, dict[str, Image.Image]]:
     """{table key: {caption: grid}}: the samples behind each paper table's reproduced rows."""
     k = cfg["report"]["grid_images"]
     teacher_nfe = next(r["nfe"] for r in metrics["rows"] if r["key"] == "teacher")
+    note = teacher_seeds_note(cfg)
     real = {"images": data[f"{split}_images"], "labels": data[f"{split}_labels"]}
     by_class = " (one row per class)" if (real["labels"] >= 0).any() else ""
     main = {
         f"Real ({'held-out' if split == 'heldout' else 'training'} split){by_class}": sample_grid(real, k),
-        f"EDM teacher, {teacher_nfe} NFE": sample_grid(load_npz(paths["samples_teacher"]), k),
+        f"EDM teacher, {teacher_nfe} NFE" + (f" ({note})" if note else ""): sample_grid(
+            load_npz(paths["samples_teacher"]), k
+        ),
     }
     for n in cfg["sample"]["extra_teacher_nfe"]:
         main[f"EDM teacher, {n} NFE"] = sample_grid(
@@ -237,7 +250,8 @@ def table_grids(
     hkd = sample_grid(load_npz(paths["samples_hkd"]), k)
     if "no_koopman" in variant:
         main["KD: HKD without Koopman evolution, 1 NFE"] = variant["no_koopman"]
-    main["HKD, 1 NFE (same noise seeds as the teacher)"] = hkd
+    paired = cfg["sample"]["teacher_seeds"] == "evaluation"
+    main[f"HKD, 1 NFE ({'same noise seeds as the teacher' if paired else 'the evaluation seeds'})"] = hkd
     keys = main_table_keys(cfg)
     out = {keys[0]: main}
     if variant:
@@ -250,10 +264,10 @@ def table_grids(
             r["nfe"] for r in load_json(paths[f"{CONDITIONAL}_metrics"])["rows"] if r["key"] == "teacher"
         )
         out["table4"] = {
-            f"Class-conditional EDM teacher, {nfe} NFE (one row per class)": sample_grid(
+            f"Class-conditional EDM teacher, {nfe} NFE (one row per class{'; ' + note if note else ''})": sample_grid(
                 load_npz(paths[f"{CONDITIONAL}_samples_teacher"]), k
             ),
-            "Class-conditional HKD, 1 NFE (same noise and labels)": sample_grid(
+            f"Class-conditional HKD, 1 NFE ({'same noise and labels' if paired else 'the evaluation seeds'})": sample_grid(
                 load_npz(paths[f"{CONDITIONAL}_samples_hkd"]), k
             ),
         }
@@ -388,6 +402,7 @@ def build_report(cfg: dict, paths: dict, out_html: str) -> None:
         trajectories=cfg["trajectories"]["count"],
         fid_ratio=rows["hkd"]["fid"] / rows["teacher"]["fid"],
         seed=cfg["seed"],
+        paired_grids=cfg["sample"]["teacher_seeds"] == "evaluation",
         spectral=png_data_uri(Path(paths["spectral"]).read_bytes()),
         figures=figures,
         config_yaml=yaml.safe_dump(cfg, sort_keys=False),
