@@ -90,6 +90,17 @@ def test_elapsed_seconds_follow_the_dag():
     )  # order of the list is no DAG
 
 
+def test_wall_time_follows_the_rule_priorities():
+    """As Snakemake does, the ready job of the higher-priority rule starts first: the run's
+    trajectories and training before the companion's teacher samples listed ahead of them."""
+    late = Job("conditional_teacher_sample", "teacher_sample", files={"l": 1})
+    other = Job("conditional_trajectory_shard[0]", "trajectories", files={"m": 1})
+    head = Job("trajectory_shard[0]", "trajectories", files={"a": 1})
+    tail = Job("hkd_train", "hkd_train", files={"b": 1}, inputs={"a"})
+    # by list order the companion's jobs would take both cores first: 200 s
+    assert elapsed_seconds([late, other, head, tail], [100.0, 50.0, 50.0, 100.0], cores=2, threads=1) == 150.0
+
+
 def test_plan_counts_the_work_of_the_config():
     cfg = load_config(SMOKE)
     planned = {j.name: j for j in jobs(cfg)}

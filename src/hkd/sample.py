@@ -1,4 +1,7 @@
-"""Evaluation samples: teacher (Heun, 35 NFE) and HKD (1 NFE) from the same fresh noise seeds.
+"""Evaluation samples: the teacher's (Heun, 35 NFE and each extra NFE; stage teacher_sample)
+and HKD's (1 NFE; stage sample), from fresh noise seeds disjoint from the training
+trajectories, except that ``sample.teacher_seeds: trajectories`` starts the teacher's 35-NFE
+row with the trajectories' own endpoints.
 
 Each sampler's finished batches are kept under ``samples/.partial/<sampler>/`` (not a
 declared output) until its file is written, so a killed stage started again reuses them.

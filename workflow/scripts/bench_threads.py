@@ -27,7 +27,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from hkd.config import load_config  # noqa: E402
-from hkd.cost.bench import cost_digest, cpu_model, isolated_command  # noqa: E402
+from hkd.cost.bench import cost_digest, cpu_model, isolated_command, workloads_of  # noqa: E402
 from hkd.io import save_json  # noqa: E402
 
 
@@ -67,7 +67,8 @@ def main() -> int:
     ap.add_argument(
         "--workloads",
         nargs="+",
-        default=["teacher_train", "hkd_train", "denoiser", "one_step", "features", "classifier_train"],
+        default=None,
+        help="default: those the config's stages run (bench.workloads_of)",
     )
     ap.add_argument(
         "--compile", action="store_true", help="keep the config's compile setting (default: eager)"
@@ -76,7 +77,9 @@ def main() -> int:
         "--out", default=None, help="JSON to write (default: benchmarks/threads-<cost digest>-cpu.json)"
     )
     args = ap.parse_args()
-    digest = cost_digest(load_config(args.config))
+    cfg = load_config(args.config)
+    digest = cost_digest(cfg)
+    args.workloads = args.workloads or workloads_of(cfg)
     config = args.config
     with tempfile.TemporaryDirectory(prefix="hkd-threads-cfg-") as tmp:
         if not args.compile:

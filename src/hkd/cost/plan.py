@@ -370,16 +370,18 @@ def _scale_values(seconds: dict, factor: float) -> None:
 
 def elapsed_seconds(jobs: list[Job], seconds: list[float], cores: int, threads: int | list[int]) -> float:
     """Wall time of the DAG when each job takes min(threads, cores) cores (one number for
-    all, or one per job) for its ``seconds``, and a job starts, in plan order, as soon as its
-    inputs exist and its cores are free (what Snakemake does with --cores). A computation,
+    all, or one per job) for its ``seconds``, and a job starts, by its rule's priority and then
+    in plan order, as soon as its inputs exist and its cores are free (what Snakemake does
+    with --cores). A computation,
     not a measurement: the seconds must already include any slowdown of jobs side by side."""
     needs = [min(t, cores) for t in (threads if isinstance(threads, list) else [threads] * len(jobs))]
+    order = sorted(range(len(jobs)), key=lambda i: -_priority(jobs[i]))  # ties: plan order
     made_by = {f: i for i, j in enumerate(jobs) for f in j.files}
     deps = [{made_by[f] for f in j.inputs if f in made_by} for j in jobs]
     done_at, running, now, free = {}, [], 0.0, cores
     while len(done_at) < len(jobs):
         started = {i for _, i in running}
-        for i in range(len(jobs)):
+        for i in order:
             if (
                 i not in done_at
                 and i not in started
@@ -394,6 +396,11 @@ def elapsed_seconds(jobs: list[Job], seconds: list[float], cores: int, threads: 
         done_at[i] = now
         free += needs[i]
     return now
+
+
+def _priority(job: Job) -> int:
+    """The Snakemake priority of the job's rule (pipeline.RULE_PRIORITIES)."""
+    return pipeline.rule_priority(job.stage, job.name.startswith(f"{pipeline.CONDITIONAL}_"))
 
 
 def find_thread_scaling(cfg: dict, root: str | Path = "benchmarks") -> dict | None:
