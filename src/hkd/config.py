@@ -208,23 +208,24 @@ def _check_analysis(cfg: dict, source: str) -> None:
         )
 
 
+def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Whether the half-open seed ranges [a0, a1) and [b0, b1) share a seed."""
+    return a[0] < b[1] and b[0] < a[1]
+
+
 def _check_sampling(cfg: dict, source: str) -> None:
     """Evaluation seeds apart from the trajectories' (and from the teacher row's, when that row
     continues the trajectory seeds); the extra teacher NFE rows."""
     traj, sample = cfg["trajectories"], cfg["sample"]
     train_seeds = (traj["seed_offset"], traj["seed_offset"] + traj["count"])
     eval_seeds = (sample["seed_offset"], sample["seed_offset"] + sample["count"])
-    if train_seeds[0] < eval_seeds[1] and eval_seeds[0] < train_seeds[1]:
+    if _overlap(train_seeds, eval_seeds):
         raise ConfigError(
             f"{source}: key 'sample.seed_offset': evaluation seeds {eval_seeds[0]}..{eval_seeds[1] - 1} "
             f"overlap the trajectory seeds {train_seeds[0]}..{train_seeds[1] - 1}"
         )
     teacher_seeds = (traj["seed_offset"], traj["seed_offset"] + sample["count"])
-    if (
-        sample["teacher_seeds"] == "trajectories"
-        and teacher_seeds[0] < eval_seeds[1]
-        and eval_seeds[0] < teacher_seeds[1]
-    ):
+    if sample["teacher_seeds"] == "trajectories" and _overlap(teacher_seeds, eval_seeds):
         raise ConfigError(
             f"{source}: key 'sample.teacher_seeds': the teacher's row on the trajectory seeds "
             f"{teacher_seeds[0]}..{teacher_seeds[1] - 1} would overlap the evaluation seeds "

@@ -43,16 +43,16 @@ def teacher_row_seeds(cfg: dict) -> np.ndarray:
     return np.arange(start, start + cfg["sample"]["count"], dtype=np.int64)
 
 
-def trajectory_endpoints(manifest: str, count: int, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def trajectory_endpoints(manifest: str, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images float32 [n, C, H, W], labels, seeds) of the first n = min(count, stored) stored
     trajectories' final states (sigma = 0: the teacher's sample of that seed, after the
-    states' float16 round trip), read ``batch`` trajectories at a time."""
+    states' float16 round trip), read from the memory-mapped shards, the final state only."""
     from hkd.teacher.trajectories import load_trajectories
 
     t = load_trajectories(manifest, stream=True)
     n = min(count, len(t["states"]))
-    parts = [t["states"].take(np.arange(i, min(n, i + batch)))[:, -1] for i in range(0, n, batch)]
-    return np.concatenate(parts).astype(np.float32), t["labels"][:n], t["seeds"][:n]
+    finals = np.concatenate([states[:, -1] for states in t["states"].maps])[:n]
+    return finals.astype(np.float32), t["labels"][:n], t["seeds"][:n]
 
 
 def teacher_sampler(cfg: dict, teacher, device, compile=False, nfe: int | None = None):
@@ -160,7 +160,7 @@ def write_teacher_samples(cfg: dict, teacher, paths: dict, device) -> dict:
         seeds, known = evaluation_seeds(cfg), None
         if nfe is None and cfg["sample"]["teacher_seeds"] == "trajectories":
             seeds = teacher_row_seeds(cfg)
-            known = trajectory_endpoints(paths["trajectories"], len(seeds), cfg["sample"]["batch_size"])
+            known = trajectory_endpoints(paths["trajectories"], len(seeds))
         names = (name, teacher_path_name(nfe))
         times[name] = _draw_to_file(
             cfg, teacher, device, sampler, path, names, net, "teacher_sample", seeds, known

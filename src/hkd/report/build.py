@@ -250,7 +250,7 @@ def table_grids(
     hkd = sample_grid(load_npz(paths["samples_hkd"]), k)
     if "no_koopman" in variant:
         main["KD: HKD without Koopman evolution, 1 NFE"] = variant["no_koopman"]
-    paired = cfg["sample"]["teacher_seeds"] == "evaluation"
+    paired = not note  # the teacher's row on HKD's evaluation seeds
     main[f"HKD, 1 NFE ({'same noise seeds as the teacher' if paired else 'the evaluation seeds'})"] = hkd
     keys = main_table_keys(cfg)
     out = {keys[0]: main}
@@ -402,7 +402,7 @@ def build_report(cfg: dict, paths: dict, out_html: str) -> None:
         trajectories=cfg["trajectories"]["count"],
         fid_ratio=rows["hkd"]["fid"] / rows["teacher"]["fid"],
         seed=cfg["seed"],
-        paired_grids=cfg["sample"]["teacher_seeds"] == "evaluation",
+        paired_grids=not teacher_seeds_note(cfg),
         spectral=png_data_uri(Path(paths["spectral"]).read_bytes()),
         figures=figures,
         config_yaml=yaml.safe_dump(cfg, sort_keys=False),
