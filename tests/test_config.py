@@ -208,7 +208,7 @@ def test_extends_lays_a_file_over_another(tmp_path, repo):
         load_config(repo / "configs" / "default.yaml"),
     )
     assert study["study"]["recipes"] and not default["study"]["recipes"]
-    assert study["study"]["models"] == default["study"]["models"] and study["hkd"] == default["hkd"]
+    assert study["hkd"] == default["hkd"] and study["study"]["base"] != default["study"]["base"]
     (tmp_path / "a.yaml").write_text(f"extends: {repo / 'configs' / 'smoke.yaml'}\nhkd:\n  epochs: 3\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\nseed: 7\n")
     b = load_config(tmp_path / "b.yaml")

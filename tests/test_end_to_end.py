@@ -133,6 +133,21 @@ def test_smoke_dag_with_snakemake(tmp_path):
     # the last snapshot is the final weights: Table 5 scores them as variant_evaluate does
     seed1 = json.loads((work / "results" / "smoke" / "variants" / "seed1" / "metrics.json").read_text())
     assert stability["runs"]["seed1"]["1"]["fid"] == pytest.approx(seed1["fid"], rel=1e-6)
+    # the controls of the operators: zeroed on each full training, alpha maps across the two seeds,
+    # the figures' bands against random splits, each with its verdict in the report
+    zeroed = stability["operator_controls"]["zeroed_operators"]
+    assert zeroed["n_seeds"] == 2 and metrics["zeroed_operators"]["fid_trained"] == hkd_fid
+    assert zeroed["runs"]["seed1"] == seed1["zeroed_operators"] and "Control, the operators zeroed" in html
+    assert stability["operator_controls"]["alpha_agreement"]["seeds"] == 2
+    figures = json.loads((work / "results" / "smoke" / "analysis" / "figures.json").read_text())
+    assert (
+        figures["figure4"]["band_by"] == "abs_alpha"
+        and figures["figure4"]["random_split"]["separation"]["draws"] == 20
+    )
+    assert (
+        figures["figure5"]["random_split"]["rms_change"]["draws"] == 20 and "Against random mode sets" in html
+    )
+    assert "The generative dynamics live in the learned Koopman operators" in html
     # Table 4: the class-conditional companion, scored with the run's classifier on the same seeds
     cond = json.loads((work / "results" / "smoke" / "conditional" / "eval" / "metrics.json").read_text())
     assert {r["key"] for r in cond["rows"]} == {"real", "teacher", "hkd"}

@@ -84,16 +84,16 @@ def test_build_hkd_reads_every_lever_of_the_config(smoke_cfg):
     assert model.decoder == "sigma_max" and model.time_unit == 80.0
 
 
-def test_grid_index_times_are_stored_grid_states_after_T():
+def test_grid_index_times_are_stored_grid_states_between_T_and_eps():
     sigmas = edm_sigmas(18, EPS, T, 7.0)
     grid = sigmas[:-1]
     t = sample_times(2000, 4, sigmas, torch.Generator().manual_seed(0), "grid_index")
     assert torch.all(t[:, 0] == T)
     mid = t[:, 1:].flatten()
-    assert torch.isin(mid, grid[1:]).all()  # only stored states, never T itself
-    assert set(mid.tolist()) == set(grid[1:].tolist())  # every one of them drawn
-    # uniform over indices: the share above sigma = 19.4 is ~4/17, not the 75 % of uniform-in-sigma
-    assert 0.15 < float((mid > 19.0).double().mean()) < 0.32
+    assert torch.isin(mid, grid[1:-1]).all()  # only stored states, never T or eps itself
+    assert set(mid.tolist()) == set(grid[1:-1].tolist())  # every one of them drawn
+    # uniform over indices: the share above sigma = 19.4 is ~4/16, not the 75 % of uniform-in-sigma
+    assert 0.15 < float((mid > 19.0).double().mean()) < 0.34
 
 
 def test_uniform_sigma_and_lognormal_times():

@@ -283,27 +283,24 @@ def test_variant_stages_follow_the_config(repo, tmp_path):
     assert run_variants(default) == ["no_koopman", "no_trajectory", "no_hierarchy"]
     cfg = load_config(repo / "configs" / "claims.yaml")  # the default with seeds and the study's recipes
     variants = run_variants(cfg)
-    same = ("study", "ablation_seeds", "stability", "tier", "report_dir")
+    same = ("study", "ablations", "ablation_seeds", "stability", "tier", "report_dir")
     assert {k: v for k, v in cfg.items() if k not in same} == {
         k: v for k, v in default.items() if k not in same
     }
-    assert variants[:11] == [
-        "no_koopman",
-        "no_trajectory",
-        "no_hierarchy",
-        "no_koopman-seed1",
-        "no_koopman-seed2",
-        "no_trajectory-seed1",
-        "no_trajectory-seed2",
-        "no_hierarchy-seed1",
-        "no_hierarchy-seed2",
+    ablations = ["no_koopman", "no_trajectory", "no_hierarchy", "no_koopman_times"]
+    assert variants[:14] == ablations + [f"{a}-seed{n}" for a in ablations for n in (1, 2)] + [
         "seed1",
         "seed2",
     ]
-    assert variants[11:17] == [f"study-paper-{m}-seed{n}" for m in ("full", "no_koopman") for n in (0, 1, 2)]
-    # a lever that an ablation does not use is not trained for it (the clock without Koopman evolution)
-    assert "study-clock_80-full-seed0" in variants and "study-clock_80-no_koopman-seed0" not in variants
-    assert "study-decoder_boundary-no_koopman-seed0" in variants
+    assert variants[14:17] == [f"study-paper-full-seed{n}" for n in (0, 1, 2)]
+    assert variants[17:] == [
+        f"study-{r}-full-seed0" for r in cfg["study"]["recipes"]
+    ]  # screened with one seed
+    # a lever that a model does not use is not trained for it (the operators without Koopman evolution)
+    with_kd = {**cfg, "study": {**cfg["study"], "models": ["full", "no_koopman"]}}
+    both = run_variants(with_kd)
+    assert "study-ring-full-seed0" in both and "study-ring-no_koopman-seed0" not in both
+    assert "study-fixed_sigma-no_koopman-seed0" in both
     last = default["hkd"]["epochs"] - 1
     dvc = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     assert dvc["variant_train_no_koopman"]["cmd"].endswith("--variant no_koopman")
@@ -326,8 +323,8 @@ def test_variant_stages_follow_the_config(repo, tmp_path):
     }
     paper = variant_config(cfg, "study-paper-full-seed1")
     assert paper["seed"] == 1 and {k: paper["hkd"][k] for k in PAPER_LEVERS} == PAPER_LEVERS
-    lever = variant_config(cfg, "study-decoder_boundary-no_koopman-seed0")
-    assert lever["hkd"] == {**paper["hkd"], "decoder": "boundary", "koopman": False, "time_points": 0}
+    lever = variant_config(with_kd, "study-fixed_sigma-no_koopman-seed0")  # over the adopted recipe
+    assert lever["hkd"] == {**cfg["hkd"], "network_sigma": "sigma_max", "koopman": False, "time_points": 0}
     for bad in ("study-unknown-full-seed0", "study-paper-seed0", "no_koopmann", "full"):
         with pytest.raises(ValueError, match="unknown variant"):
             variant_config(cfg, bad)

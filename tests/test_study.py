@@ -33,7 +33,13 @@ def test_summary_reads_every_training_of_the_run(repo, tmp_path):
     cfg = load_config(repo / "configs" / "claims.yaml")
     pattern = str(tmp_path / "variants" / "{variant}" / "metrics.json")
     rng = np.random.default_rng(0)
-    base = {"no_koopman": 30.0, "no_trajectory": 25.0, "no_hierarchy": 22.0, "full": 20.0}
+    base = {
+        "no_koopman_times": 21.0,
+        "no_koopman": 30.0,
+        "no_trajectory": 25.0,
+        "no_hierarchy": 22.0,
+        "full": 20.0,
+    }
     for v in run_variants(cfg):
         model = next((m for m in base if v.startswith(m) or f"-{m}-" in v), "full")
         fid = base[model] + (8.0 if v.startswith("study-paper") else 0.0) + rng.normal(0, 0.1)
@@ -55,7 +61,29 @@ def test_summary_reads_every_training_of_the_run(repo, tmp_path):
     paper = s["recipes"]["paper"]["rows"]
     assert paper["full"]["n_seeds"] == 3 and paper["full"]["mean"] == pytest.approx(28.0, abs=0.5)
     assert s["adopted"]["vs_paper"]["full"] == "lower"
-    clock = s["recipes"]["clock_80"]
-    assert set(clock["rows"]) == {"full"} and clock["levers"] == {"koopman_time_unit": 80.0}
-    assert clock["vs_paper"]["full"] == "lower" and clock["rows"]["full"]["n_seeds"] == 1
-    assert set(s["recipes"]["decoder_boundary"]["rows"]) == {"full", "no_koopman"}
+    assert s["adopted"]["rows"]["no_koopman_times"]["n_seeds"] == 3  # the control beside Table 3
+    ring = s["recipes"]["ring"]  # over the adopted recipe (study.base: adopted)
+    assert set(ring["rows"]) == {"full"} and ring["rows"]["full"]["n_seeds"] == 1
+    assert ring["levers"]["operator_init"] == "ring" and ring["levers"]["koopman_time_unit"] == 80.0
+    assert ring["levers"]["decoder"] == cfg["hkd"]["decoder"] and ring["vs_paper"]["full"] == "lower"
+
+
+def test_recipes_lie_over_their_base_and_confirmed_ones_get_every_seed(repo):
+    from hkd.config import ConfigError, validate_config
+    from hkd.pipeline import PAPER_LEVERS, recipe_hkd, study_variants
+
+    cfg = load_config(repo / "configs" / "claims.yaml")
+    adopted = recipe_hkd(cfg, "fixed_sigma", "full")
+    assert adopted["network_sigma"] == "sigma_max" and adopted["decoder"] == cfg["hkd"]["decoder"]
+    cfg["study"]["base"] = "paper"
+    assert recipe_hkd(cfg, "fixed_sigma", "full")["decoder"] == PAPER_LEVERS["decoder"]
+    cfg["study"]["base"] = "adopted"
+    assert "study-ring-full-seed1" not in study_variants(cfg)
+    cfg["study"]["confirmed"] = ["ring"]
+    assert {f"study-ring-full-seed{n}" for n in cfg["study"]["seeds"]} <= set(study_variants(cfg))
+    cfg["study"]["confirmed"] = ["nothing"]
+    with pytest.raises(ConfigError, match="study.confirmed"):
+        validate_config(cfg)
+    cfg["study"]["confirmed"] = []
+    cfg["study"]["recipes"]["same"] = {"decoder": cfg["hkd"]["decoder"]}  # changes nothing over the base
+    assert not any(v.startswith("study-same-") for v in study_variants(cfg))

@@ -12,6 +12,7 @@ from hkd.config import ConfigError, load_config
 from hkd.pipeline import (
     ABLATIONS,
     FULL,
+    PAPER_ABLATIONS,
     STAGES,
     ablation_variants,
     check_tier,
@@ -42,7 +43,7 @@ def _trainings_per_model(cfg) -> dict[str, int]:
 
 def test_default_trains_one_per_row(tiers):
     default, _ = tiers
-    assert _trainings_per_model(default) == {FULL: 1, **{a: 1 for a in ABLATIONS}}
+    assert _trainings_per_model(default) == {FULL: 1, **{a: 1 for a in PAPER_ABLATIONS}}
     assert not seed_variants(default) and not study_variants(default)
     assert not any("seed" in v for v in run_variants(default))
     assert default["hkd"]["snapshot_epochs"], "Table 5 comes from the main training's snapshots"
@@ -157,7 +158,7 @@ def test_a_tier_runs_beside_its_run(tmp_path):
     stability = json.loads((tier / "eval" / "stability.json").read_text())
     assert {c["model"] for c in stability["curve_runs"].values()} >= {"no_koopman"}
     study = json.loads((tier / "eval" / "study.json").read_text())
-    assert all(study["adopted"]["rows"][m]["n_seeds"] == 2 for m in ABLATIONS)
+    assert all(study["adopted"]["rows"][m]["n_seeds"] == 2 for m in PAPER_ABLATIONS)
     html = (work / "reports" / "smoke-claims" / "index.html").read_text()
     assert "tier <code>claims</code>" in html and "claims variant-train-no_koopman-seed1" in html
     assert (work / "results" / "smoke" / "variants" / "no_koopman-seed1" / "metrics.json").is_file()

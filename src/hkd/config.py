@@ -277,6 +277,34 @@ def _check_network(cfg: dict, source: str) -> None:
         raise ConfigError(f"{source}: key 'edm.sigma_min' must be below 'edm.sigma_max'")
 
 
+def lever_conflict(hk: dict) -> str | None:
+    """Why an ``hkd:`` section's levers cannot train together, or None."""
+    if hk["operator_param"] == "log" and hk["operator_init"] != "ring":
+        return "operator_param 'log' (alpha = e^nu > 0) cannot start at 0: set operator_init 'ring'"
+    if hk["prediction_weight"] > 0 and hk["decoder"] != "boundary":
+        return "prediction_weight > 0 decodes at times s between t and eps, which needs decoder 'boundary'"
+    return None
+
+
+def _check_levers(cfg: dict, source: str) -> None:
+    """The run's training levers, and every study recipe's on top of its base (study.base)."""
+    from hkd.pipeline import recipe_hkd  # pipeline imports this module
+
+    problem = lever_conflict(cfg["hkd"])
+    if problem:
+        raise ConfigError(f"{source}: section 'hkd': {problem}")
+    study = cfg["study"]
+    for name in study["recipes"]:
+        problem = lever_conflict(recipe_hkd(cfg, name, "full"))
+        if problem:
+            raise ConfigError(
+                f"{source}: key 'study.recipes.{name}' (on the {study['base']} levers): {problem}"
+            )
+    unknown = sorted(set(study["confirmed"]) - set(study["recipes"]))
+    if unknown:
+        raise ConfigError(f"{source}: key 'study.confirmed': {unknown} are not recipes of study.recipes")
+
+
 #: the groups of cross-key rules, in the order ``check_config`` applies them
 _CHECKS = (
     _check_only_for,
@@ -288,6 +316,7 @@ _CHECKS = (
     _check_sampling,
     _check_trainings,
     _check_network,
+    _check_levers,
 )
 
 

@@ -28,7 +28,15 @@ ABLATIONS = {
     "no_trajectory": {"time_points": 0},
     # yes/yes/no: only the bottleneck evolves; skips pass unevolved
     "no_hierarchy": {"hierarchy": False},
+    # a control, not the paper's: no Koopman evolution, trained at the same times as the full
+    # model, so that the operators are the only difference (no_koopman also drops the times)
+    "no_koopman_times": {"koopman": False},
 }
+#: ablations that are controls of this suite, not rows of the paper's Table 3: shown beside
+#: it, compared with the full model, but not part of the paper's ordering claim
+CONTROL_ABLATIONS = ("no_koopman_times",)
+#: the paper's Table 3 ablations
+PAPER_ABLATIONS = tuple(a for a in ABLATIONS if a not in CONTROL_ABLATIONS)
 
 
 #: the optimisation levers of HKD training (``hkd:`` keys) at the paper's literal reading;
@@ -40,6 +48,11 @@ PAPER_LEVERS = {
     "distance": "mse",
     "pseudo_huber_c": None,
     "trajectory_weight": 1.0,
+    "operator_param": "linear",
+    "operator_init": "zero",
+    "operator_lr": None,
+    "network_sigma": "input",
+    "prediction_weight": 0.0,
 }
 #: the full model's name among the study's models (the others are ABLATIONS keys)
 FULL = "full"
@@ -118,12 +131,13 @@ def curve_variants(cfg: dict) -> list[str]:
 
 
 def effective_hkd(hkd: dict) -> dict:
-    """The ``hkd:`` keys a training actually uses: without Koopman evolution the clock does
-    not matter, without trajectory times neither how they are drawn nor their weight, and
+    """The ``hkd:`` keys a training actually uses: without Koopman evolution neither the clock
+    nor how the operators are stored, start and learn matter, without trajectory times neither how they are drawn nor their weight, and
     the pseudo-Huber constant only for that distance."""
     out = dict(hkd)
     if not out["koopman"]:
-        out.pop("koopman_time_unit")
+        for key in ("koopman_time_unit", "operator_param", "operator_init", "operator_lr"):
+            out.pop(key)
     if out["time_points"] == 0:
         out.pop("time_sampling"), out.pop("trajectory_weight")
     if out["distance"] != "pseudo_huber":
@@ -131,24 +145,35 @@ def effective_hkd(hkd: dict) -> dict:
     return out
 
 
-def recipe_hkd(cfg: dict, recipe: str, model: str) -> dict:
-    """The ``hkd:`` section of one study recipe and model: the run's settings with the levers
-    at the paper's reading, then the recipe's keys, then the ablation's switches."""
-    overrides = {} if recipe == PAPER_RECIPE else cfg["study"]["recipes"][recipe]
-    return {**cfg["hkd"], **PAPER_LEVERS, **overrides, **ABLATIONS.get(model, {})}
+def recipe_base(cfg: dict) -> dict:
+    """The levers a lever recipe is laid over (``study.base``): the paper's reading of every
+    one, or the run's own (adopted) ``hkd:`` settings."""
+    return PAPER_LEVERS if cfg["study"]["base"] == PAPER_RECIPE else {}
+
+
+def recipe_hkd(cfg: dict, recipe: str | None, model: str) -> dict:
+    """The ``hkd:`` section of one study recipe and model: the run's settings, with every lever
+    at the paper's reading for the paper-literal recipe, else the recipe's keys over
+    ``recipe_base`` (recipe None: the base alone), then the ablation's switches."""
+    if recipe == PAPER_RECIPE:
+        return {**cfg["hkd"], **PAPER_LEVERS, **ABLATIONS.get(model, {})}
+    overrides = cfg["study"]["recipes"][recipe] if recipe else {}
+    return {**cfg["hkd"], **recipe_base(cfg), **overrides, **ABLATIONS.get(model, {})}
 
 
 def study_variants(cfg: dict) -> list[str]:
     """The study's trainings: the paper-literal recipe for every model and ``study.seeds``;
-    each lever recipe for every model it changes (by ``effective_hkd``), first seed only."""
+    each lever recipe for every model it changes against its base (by ``effective_hkd``),
+    with the first seed (screening), or with every seed when ``study.confirmed`` names it."""
     st = cfg["study"]
     if not st["recipes"]:
         return []
     out = [f"{STUDY_PREFIX}-{PAPER_RECIPE}-{m}-seed{n}" for m in st["models"] for n in st["seeds"]]
     for recipe in st["recipes"]:
+        seeds = st["seeds"] if recipe in st["confirmed"] else st["seeds"][:1]
         for m in st["models"]:
-            if effective_hkd(recipe_hkd(cfg, recipe, m)) != effective_hkd(recipe_hkd(cfg, PAPER_RECIPE, m)):
-                out.append(f"{STUDY_PREFIX}-{recipe}-{m}-seed{st['seeds'][0]}")
+            if effective_hkd(recipe_hkd(cfg, recipe, m)) != effective_hkd(recipe_hkd(cfg, None, m)):
+                out += [f"{STUDY_PREFIX}-{recipe}-{m}-seed{n}" for n in seeds]
     return out
 
 

@@ -36,6 +36,7 @@ DECLARATIONS = {
     "hkd.pipeline": frozenset(
         {
             "ABLATIONS",
+            "CONTROL_ABLATIONS",
             "PAPER_LEVERS",
             "effective_hkd",
             "recipe_hkd",

@@ -26,7 +26,7 @@ from hkd.images import to_uint8
 from hkd.koopman.model import load_hkd
 from hkd.metrics.evaluate import make_scorer, score_one_step
 from hkd.pipeline import run_paths
-from hkd.runtime import torch_setup
+from hkd.runtime import dtype_name, resolve_precision, torch_setup
 from hkd.sample import draw, evaluation_seeds, teacher_sampler
 from hkd.teacher.network import load_teacher
 from hkd.train.hkd_train import train_hkd
@@ -55,7 +55,7 @@ def main():
         ap.error("nothing to do: give --set and/or --teacher")
     base = load_config(args.config)
     paths = run_paths(base)
-    device, dtype = torch_setup(base, args.threads)
+    device, _ = torch_setup(base, args.threads)
     teacher = load_teacher(paths["teacher"], device)
     scorer, _ = make_scorer(base, paths, load_dataset(paths["data"]), device)
     shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
@@ -97,6 +97,7 @@ def main():
             except json.JSONDecodeError:
                 section[key] = value
         validate_config(cfg, f"--set {' '.join(overrides)}")
+        dtype = resolve_precision(cfg["precision"], device)  # --set precision=bf16 trains and samples in bf16
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.time()
             stats = train_hkd(
@@ -110,12 +111,13 @@ def main():
                 max_trajectories=args.trajectories,
             )
             model = load_hkd(str(Path(tmp) / "hkd.pt"), device)
-            _, _, m = score_one_step(cfg, model, scorer, device, dtype, "sample")
+            images, _, m = score_one_step(cfg, model, scorer, device, dtype, "sample")
         print(
             json.dumps(
                 {
                     "set": overrides,
                     "seed": cfg["seed"],
+                    "autocast": dtype_name(dtype),
                     "trajectories": stats["trajectories"],
                     "steps": stats["steps"],
                     "seconds": round(time.time() - t0, 1),

@@ -9,6 +9,7 @@ from PIL import Image
 
 from hkd.analysis.editing import MASKS, editing_grid, grid_rows, spatial_mask
 from hkd.analysis.figures import band_names
+from hkd.analysis.modes import mode_ranks
 from hkd.analysis.plots import labelled_grid
 from hkd.koopman.model import load_hkd
 from hkd.teacher.sampler import one_hot, seeded_inputs
@@ -83,7 +84,9 @@ def edit_command(cfg: dict, paths: dict, args) -> dict:
         ecfg["agnostic_ratio"],
         one_hot(labels, model.label_dim),
         one_hot(ref_labels, model.label_dim),
+        mode_ranks(model, cfg["analysis"]["band_by"]),
     )
+    band_name = band_names(edges, cfg["analysis"]["band_by"])[band]
     cols = (
         ["generated", "reference"]
         + [f"{100 * r:.0f} %" for r in ratios]
@@ -93,12 +96,12 @@ def edit_command(cfg: dict, paths: dict, args) -> dict:
         grid_rows(result),
         cols,
         [f"{names[0]} <- {names[1]}"],
-        f"{band_names(edges)[band]} mixed into {mask_name} at t = {result['midpoint']:.3g}",
+        f"{band_name} mixed into {mask_name} at t = {result['midpoint']:.3g}",
         args.out,
     )
     return {
         "out": args.out,
-        "band": band_names(edges)[band],
+        "band": band_name,
         "mask": mask_name,
         "ratios": ratios,
         "ratio0_equals_unedited": result["ratio0_equals_unedited"],

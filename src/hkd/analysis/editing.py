@@ -47,11 +47,11 @@ def spatial_mask(name: str, size: int) -> torch.Tensor:
     return m
 
 
-def level_masks(model, band: tuple[float, float], mask: torch.Tensor) -> list[torch.Tensor]:
+def level_masks(model, band: tuple[float, float], mask: torch.Tensor, ranks=None) -> list[torch.Tensor]:
     """Per level, band mask x the spatial mask pooled to the level's resolution (a position
     is mixed by the share of its footprint inside the mask)."""
     out = []
-    for b in band_masks(model, *band):
+    for b in band_masks(model, *band, ranks):
         r = b.shape[-1]
         pooled = F.adaptive_avg_pool2d(mask[None, None].float(), r)[0, 0]
         out.append(b * pooled)
@@ -74,10 +74,12 @@ def edit(
     ratios: list[float],
     class_labels=None,
     source=None,
+    ranks=None,
 ) -> torch.Tensor:
     """[len(ratios), B, C, H, W] edited images: features at time ``s`` mixed at each ratio;
-    ``source``: the input the decoded features count as encoded from (``HKD.decode``)."""
-    masks = level_masks(model, band, mask)
+    ``source``: the input the decoded features count as encoded from (``HKD.decode``);
+    ``ranks``: the mode order the band is cut from (``modes.band_masks``)."""
+    masks = level_masks(model, band, mask, ranks)
     delta = apply_pair_masks([r - g for g, r in zip(gen_feats, ref_feats)], masks)
     out = []
     for ratio in ratios:
@@ -126,6 +128,7 @@ def editing_grid(
     agnostic_ratio: float,
     class_labels=None,
     ref_class_labels=None,
+    ranks=None,
 ) -> dict:
     """Figure 5 for a batch of pairs: generated, reference, band edits at ``ratios`` and
     the frequency-agnostic edit (every mode) at ``agnostic_ratio``; ``gen`` / ``ref`` as
@@ -140,7 +143,9 @@ def editing_grid(
     gen_in, ref_in = start_input(model, gen, s), start_input(model, ref, s)
     unedited = model.decode(to_eps(model, gen_feats, s), class_labels, gen_in)
     reference = model.decode(to_eps(model, ref_feats, s), ref_labels, ref_in)
-    edits = edit(model, gen_feats, ref_feats, s, band, mask, [0.0] + list(ratios), class_labels, gen_in)
+    edits = edit(
+        model, gen_feats, ref_feats, s, band, mask, [0.0] + list(ratios), class_labels, gen_in, ranks
+    )
     agnostic = edit(model, gen_feats, ref_feats, s, (0.0, 1.0), mask, [agnostic_ratio], class_labels, gen_in)[
         0
     ]

@@ -17,9 +17,11 @@ from hkd.analysis.modes import (
     bands_partition,
     cumulative_contribution,
     features_at,
+    mode_ranks,
     noise_source,
 )
 from hkd.analysis.plots import curve_plot, labelled_grid, spectrum_bands_plot
+from hkd.analysis.random_split import band_roles_control, edit_control
 from hkd.analysis.trajectory import (
     consistency,
     consistency_check,
@@ -40,8 +42,9 @@ FULL_MIX_TOLERANCE = 1e-3
 KNOWN_TOLERANCE = 1e-5
 
 
-def band_names(edges: list[float]) -> list[str]:
-    return [f"alpha quantile [{lo:.2f}, {hi:.2f})" for lo, hi in zip(edges[:-1], edges[1:])]
+def band_names(edges: list[float], by: str = "abs_alpha") -> list[str]:
+    key = "|alpha|" if by == "abs_alpha" else "alpha"
+    return [f"{key} quantile [{lo:.2f}, {hi:.2f})" for lo, hi in zip(edges[:-1], edges[1:])]
 
 
 def display_state(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -146,8 +149,9 @@ def figure4(cfg: dict, paths: dict, model, draw: Draw, sigmas: torch.Tensor) -> 
     the spectrum; its check: every band kept at once is the unmasked decode."""
     acfg = cfg["analysis"]
     edges, groups = acfg["band_edges"], acfg["mode_groups"]
-    decodes = band_decodes(model, draw.noise, edges, draw.cond)
-    names = band_names(edges)
+    ranks = mode_ranks(model, acfg["band_by"])
+    decodes = band_decodes(model, draw.noise, edges, draw.cond, ranks)
+    names = band_names(edges, acfg["band_by"])
     bands = [decodes[f"band{i}"] for i in range(len(names))]
     labelled_grid(
         torch.stack([decodes["all"]] + bands).transpose(0, 1).cpu().numpy(),
@@ -156,7 +160,9 @@ def figure4(cfg: dict, paths: dict, model, draw: Draw, sigmas: torch.Tensor) -> 
         "Figure 4 (b-d): decoded with one band of Koopman modes per level",
         paths["fig4"],
     )
-    contrib = cumulative_contribution(model, draw.noise, groups, sigmas[:-1].tolist(), draw.cond).numpy()
+    contrib = cumulative_contribution(
+        model, draw.noise, groups, sigmas[:-1].tolist(), draw.cond, ranks
+    ).numpy()
     curve_plot(
         sigmas[:-1].numpy(),
         {f"first {k} of {groups} groups": contrib[k] for k in range(1, groups)},
@@ -166,10 +172,12 @@ def figure4(cfg: dict, paths: dict, model, draw: Draw, sigmas: torch.Tensor) -> 
         paths["fig4_modes"],
         logx=True,
     )
-    spectrum = spectrum_bands_plot(model, edges, paths["fig4_spectrum"])
+    spectrum = spectrum_bands_plot(model, edges, paths["fig4_spectrum"], acfg["band_by"])
     # every band kept at once (the sum of the bands' masks) must be the unmasked decode
     feats = features_at(model, draw.noise, model.eps, draw.cond)
-    union = [sum(m) for m in zip(*[band_masks(model, lo, hi) for lo, hi in zip(edges[:-1], edges[1:])])]
+    union = [
+        sum(m) for m in zip(*[band_masks(model, lo, hi, ranks) for lo, hi in zip(edges[:-1], edges[1:])])
+    ]
     all_bands = model.decode(apply_pair_masks(feats, union), draw.cond, noise_source(model, draw.noise))
     return {
         "band_edges": edges,
@@ -177,8 +185,10 @@ def figure4(cfg: dict, paths: dict, model, draw: Draw, sigmas: torch.Tensor) -> 
         "mode_groups": groups,
         "contribution": contrib.tolist(),
         "levels": spectrum,
-        "bands_partition_modes": bands_partition(model, edges),
+        "band_by": acfg["band_by"],
+        "bands_partition_modes": bands_partition(model, edges, ranks),
         "all_bands_equal_unmasked": bool(torch.equal(all_bands, decodes["all"])),
+        "random_split": band_roles_control(model, draw.noise, edges, draw.cond, ranks, cfg["seed"]),
     }
 
 
@@ -187,22 +197,21 @@ def figure5(cfg: dict, paths: dict, model, device) -> dict:
     0 leaves the image as it was; a full mix gives the reference)."""
     acfg, offset = cfg["analysis"], cfg["sample"]["seed_offset"]
     ecfg, edges = acfg["edit"], acfg["band_edges"]
-    band_name = band_names(edges)[ecfg["band"]]
+    band_name = band_names(edges, acfg["band_by"])[ecfg["band"]]
     pairs = ecfg["pairs"]
     shape = image_shape(model)
     gen_noise, gen_labels = seeded_inputs([offset + g for g, _ in pairs], shape, model.label_dim, device)
     ref_noise, ref_labels = seeded_inputs([offset + r for _, r in pairs], shape, model.label_dim, device)
+    ranks = mode_ranks(model, acfg["band_by"])
+    band = (edges[ecfg["band"]], edges[ecfg["band"] + 1])
+    mask = spatial_mask(ecfg["mask"], model.img_resolution)
+    gen_cond, ref_cond = one_hot(gen_labels, model.label_dim), one_hot(ref_labels, model.label_dim)
+    gen, ref = {"noise": gen_noise}, {"noise": ref_noise}
     edit = editing_grid(
-        model,
-        {"noise": gen_noise},
-        {"noise": ref_noise},
-        (edges[ecfg["band"]], edges[ecfg["band"] + 1]),
-        spatial_mask(ecfg["mask"], model.img_resolution),
-        ecfg["ratios"],
-        ecfg["agnostic_ratio"],
-        one_hot(gen_labels, model.label_dim),
-        one_hot(ref_labels, model.label_dim),
+        model, gen, ref, band, mask, ecfg["ratios"], ecfg["agnostic_ratio"], gen_cond, ref_cond, ranks
     )
+    ratio = ecfg["agnostic_ratio"]
+    random_split = edit_control(model, gen, ref, band, mask, ratio, gen_cond, ref_cond, ranks, cfg["seed"])
     labelled_grid(
         grid_rows(edit),
         ["generated", "reference"]
@@ -226,6 +235,7 @@ def figure5(cfg: dict, paths: dict, model, device) -> dict:
         "midpoint_path_vs_one_step_max_abs_diff": edit["one_step_max_abs_diff"],
         "band_edit_rms_change": edit.get("band_edit_rms_change"),
         "agnostic_edit_rms_change": edit.get("agnostic_edit_rms_change"),
+        "random_split": random_split,
     }
 
 

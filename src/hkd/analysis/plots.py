@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hkd.analysis.modes import alpha_ranks  # noqa: E402
+from hkd.analysis.modes import mode_ranks  # noqa: E402
 from hkd.images import grid  # noqa: E402
 from hkd.io import atomic_path  # noqa: E402
 
@@ -88,16 +88,17 @@ def errorbar_plot(
     _finish_lines(fig, ax, xlabel, ylabel, title, path)
 
 
-def spectrum_bands_plot(model, edges: list[float], path: str) -> list[dict]:
-    """Per level: histogram of alpha with the band edges (as alpha values) marked; returns
-    those values, so the bands are stated next to the figure."""
+def spectrum_bands_plot(model, edges: list[float], path: str, by: str = "abs_alpha") -> list[dict]:
+    """Per level: histogram of |alpha| (or alpha, ``by``) with the band edges (as values of
+    it) marked; returns those values, so the bands are stated next to the figure."""
     eig = model.koopman.eigenvalues()
-    ranks = alpha_ranks(model)
+    ranks = mode_ranks(model, by)
+    key = "|alpha|" if by == "abs_alpha" else "alpha"
     n = len(eig)
     fig, axes = plt.subplots(1, n, figsize=(2.8 * n, 2.6), squeeze=False)
     out = []
     for level, ((alpha, beta), q) in enumerate(zip(eig, ranks)):
-        a, qq = alpha.flatten().numpy(), q.flatten().numpy()
+        a, qq = (alpha.abs() if by == "abs_alpha" else alpha).flatten().numpy(), q.flatten().numpy()
         cuts = []
         for e in edges[1:-1]:
             inside = a[qq >= e]
@@ -107,7 +108,7 @@ def spectrum_bands_plot(model, edges: list[float], path: str) -> list[dict]:
         for c in cuts:
             ax.axvline(c, color="tab:red", lw=0.8)
         ax.set_title(f"level {level}: {len(a)} pairs", fontsize=8)
-        ax.set_xlabel("alpha", fontsize=7)
+        ax.set_xlabel(key, fontsize=7)
         ax.tick_params(labelsize=6)
         out.append(
             {
@@ -119,6 +120,6 @@ def spectrum_bands_plot(model, edges: list[float], path: str) -> list[dict]:
                 "abs_beta_max": float(np.abs(beta.numpy()).max()),
             }
         )
-    fig.suptitle("Koopman alpha per level; red: band edges", fontsize=9)
+    fig.suptitle(f"Koopman {key} per level; red: band edges", fontsize=9)
     _save(fig, path)
     return out

@@ -7,13 +7,14 @@ import torch
 
 
 def koopman_exponents(model) -> dict[str, dict[str, float]]:
-    """Per level, the spread of alpha |dt| and beta |dt| over every pair and position for the
-    one-step flow T -> eps: the log-gain and the rotation angle each skip gets. A mean near 0
-    can hide a wide random walk, which std and the 5 / 95 % quantiles show."""
-    span = abs(model.sigma_max - model.eps) / model.time_unit
+    """Per level, the spread of alpha dt and beta dt over every pair and position for the
+    one-step flow T -> eps, dt = (eps - T) / unit < 0: the log-gain e^{alpha dt} and the
+    rotation angle each skip gets (a positive alpha decays). A mean near 0 can hide a wide
+    random walk, which std and the 5 / 95 % quantiles show."""
+    dt = (model.eps - model.sigma_max) / model.time_unit
     out = {}
     for level, (a, b) in enumerate(model.koopman.eigenvalues()):
-        for name, v in (("alpha_dt", a.flatten() * span), ("beta_dt", b.flatten() * span)):
+        for name, v in (("alpha_dt", a.flatten() * dt), ("beta_dt", b.flatten() * dt)):
             q05, q95 = torch.quantile(v.double(), torch.tensor([0.05, 0.95], dtype=torch.float64)).tolist()
             out[f"{name}_level{level}"] = {
                 "mean": v.mean().item(),

@@ -14,6 +14,7 @@ import torch
 from hkd.data.dataset import load_dataset
 from hkd.images import to_uint8
 from hkd.io import load_json, load_npz, save_json, save_npz, sha256_array, sha256_file, sha256_json
+from hkd.metrics.controls import zeroed_operators
 from hkd.metrics.fidelity import EXTRACTOR_NAME, Scorer
 from hkd.metrics.throughput import measure
 from hkd.runtime import device_name, dtype_name, teacher_dtype
@@ -104,8 +105,8 @@ def _cached_scores(
 
 
 def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> dict:
-    """FID / IS / KID rows (real floor, teacher at each NFE, HKD) and the time per image of
-    every sampler (teacher at each NFE, HKD, and ``kd``, the no-Koopman one-step
+    """FID / IS / KID rows (real floor, teacher at each NFE, HKD), HKD's zeroed-operator
+    control (``metrics.controls``) and the time per image of every sampler (teacher at each NFE, HKD, and ``kd``, the no-Koopman one-step
     distillation, when trained), measured in this one process: the teacher under
     ``teacher_precision``, HKD under ``dtype`` (the run's ``precision``)."""
     data = load_dataset(paths["data"])
@@ -154,9 +155,12 @@ def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> 
                     classifier, generated[row["key"]], loaded[row["key"]]["labels"]
                 )
 
+    hkd_row = next(r for r in rows if r["key"] == "hkd")
+    zeroed = zeroed_operators(cfg, model, scorer, generated["hkd"], hkd_row, device, dtype)
     speed = time_samplers(cfg, teacher, model, kd, device, dtype)
     result = {
         "rows": rows,
+        "zeroed_operators": zeroed,
         "reference": {"split": ref_split, "images": int(len(reference))},
         "feature_extractor": extractor_info,
         "throughput": speed,
@@ -236,6 +240,7 @@ def evaluate_variant(cfg: dict, paths: dict, variant: str, model, device, dtype)
         "koopman": bool(model.init_kwargs["koopman"]),
         "hierarchy": bool(model.init_kwargs["hierarchy"]),
         **m,
+        "zeroed_operators": zeroed_operators(cfg, model, scorer, images, m, device, dtype),
         "reference": {"split": ref_split, "images": int(len(data[f"{ref_split}_images"]))},
         "feature_extractor": extractor_info["name"],
         "training": model.train_stats,

@@ -19,6 +19,7 @@ import torch
 from hkd.data.dataset import load_dataset
 from hkd.io import atomic_path, load_json, load_npz, save_json, save_npz
 from hkd.koopman.model import build_hkd, load_hkd
+from hkd.metrics.controls import alpha_agreement, zeroed_over_seeds
 from hkd.metrics.evaluate import make_scorer, score_one_step
 from hkd.metrics.fidelity import SCORE_KEYS
 from hkd.pipeline import (
@@ -26,6 +27,7 @@ from hkd.pipeline import (
     curve_variants,
     parse_variant,
     run_paths,
+    seed_variants,
     snapshot_paths,
     variant_paths,
 )
@@ -162,6 +164,23 @@ def _score_runs(cfg: dict, paths: dict, scorer, device, dtype) -> tuple[dict, di
     return runs, models, grids
 
 
+def operator_controls(cfg: dict, paths: dict) -> dict:
+    """The controls of ``metrics.controls`` over the full HKD's training seeds (the run's own
+    and the Table 5 seeds): the zeroed-operator FID change and the alpha maps' agreement."""
+    own = f"seed{cfg['seed']}"
+    zeroed = {own: load_json(paths["metrics"]).get("zeroed_operators")}
+    weights = {own: paths["hkd"]}
+    for v in seed_variants(cfg):
+        vp = variant_paths(cfg, v)
+        zeroed[v] = load_json(vp["variant_metrics"]).get("zeroed_operators")
+        weights[v] = vp["variant_hkd"]
+    maps = [[a for a, _ in load_hkd(w, "cpu", cfg).koopman.eigenvalues()] for w in weights.values()]
+    return {
+        "zeroed_operators": zeroed_over_seeds(zeroed),
+        "alpha_agreement": alpha_agreement(maps, seed=cfg["seed"]),
+    }
+
+
 def evaluate_stability(cfg: dict, paths: dict, teacher, device, dtype) -> dict:
     data = load_dataset(paths["data"])
     scorer, info = make_scorer(cfg, paths, data, device)
@@ -188,6 +207,7 @@ def evaluate_stability(cfg: dict, paths: dict, teacher, device, dtype) -> dict:
         "curve_runs": {r: {"model": models[r], "fid_by_epoch": runs[r]} for r in runs},
         "feature_extractor": info["name"],
         "images": cfg["sample"]["count"],
+        "operator_controls": operator_controls(cfg, paths) if cfg["hkd"]["koopman"] else None,
     }
     save_npz(paths["stability_samples"], **grids)
     save_json(result, paths["stability"])

@@ -14,11 +14,13 @@ import numpy as np
 
 from hkd.io import load_json, save_json
 from hkd.pipeline import (
+    CONTROL_ABLATIONS,
     FULL,
     PAPER_LEVERS,
     PAPER_RECIPE,
     ablation_variants,
     parse_variant,
+    recipe_hkd,
     seed_variants,
     study_variants,
     variant_config,
@@ -116,11 +118,14 @@ def ordering(rows: dict[str, dict]) -> dict | None:
     if FULL not in rows or len(rows) < 2:
         return None
     out = {"full_vs": {a: compare(rows[FULL], rows[a]) for a in rows if a != FULL}}
+    paper = [v for a, v in out["full_vs"].items() if a not in CONTROL_ABLATIONS]  # the paper's rows
     out["full_best"] = (
-        "holds"
-        if all(v == "lower" for v in out["full_vs"].values())
+        NOT_RESOLVED
+        if not paper
+        else "holds"
+        if all(v == "lower" for v in paper)
         else "does not hold"
-        if any(v == "higher" for v in out["full_vs"].values())
+        if any(v == "higher" for v in paper)
         else NOT_RESOLVED
     )
     return out
@@ -148,7 +153,10 @@ def summarise(cfg: dict, metrics: dict, variant_metrics: str) -> dict:
     paper = study.get(PAPER_RECIPE)
     recipes = {
         r: recipe_summary(
-            cfg["study"]["recipes"].get(r, {}), rows, teacher_stats, None if r == PAPER_RECIPE else paper
+            {k: recipe_hkd(cfg, r, FULL)[k] for k in PAPER_LEVERS} if r != PAPER_RECIPE else {},
+            rows,
+            teacher_stats,
+            None if r == PAPER_RECIPE else paper,
         )
         for r, rows in study.items()
     }

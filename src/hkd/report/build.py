@@ -375,6 +375,7 @@ def build_report(cfg: dict, paths: dict, out_html: str) -> None:
     data = load_dataset(paths["data"])
     split = "heldout" if len(data["heldout_images"]) else "train"
     study = load_json(paths["study"]) if stage_enabled(cfg, "study") else None
+    stability = load_json(paths["stability"]) if stage_enabled(cfg, "stability") else None
     paper_tables, extra_tables = paper_and_study_tables(cfg, paths, metrics, study)
     write_tables(paper_tables + extra_tables, paths["tables"])
     tables_rel = os.path.relpath(paths["tables"], Path(out_html).parent)
@@ -394,7 +395,7 @@ def build_report(cfg: dict, paths: dict, out_html: str) -> None:
         tables=summary_tables(metrics),
         paper_tables=paper_table_entries(cfg, paper_tables, tables_rel, grids),
         study_tables=[table_entry(t, tables_rel) for t in extra_tables],
-        claims=claims(metrics, study, figures["numbers"]),
+        claims=claims(metrics, study, figures["numbers"], stability),
         budget_curves=budget,
         study=study,
         provenance=provenance(cfg, paths, metrics),

@@ -63,10 +63,14 @@ def _table3(study: dict) -> dict:
 
 def run_summary(cfg: dict, paths: dict) -> dict:
     """Every FID / IS / KID row (with the digit classifier, its recognisable digit rate),
-    HKD / teacher, the speed-up, each variant's row, the conditional companion's rows and
+    HKD / teacher, the speed-up, the zeroed-operator control, each variant's row, the conditional companion's rows and
     Table 3's spreads and verdicts, under flat keys."""
     metrics = load_json(paths["metrics"])
     out = {**_rows(metrics, ""), **_ratio_and_speed(metrics, "")}
+    zeroed = metrics.get("zeroed_operators")
+    if zeroed:  # the control: what zeroing the run's operators does to FID
+        out["hkd/zeroed_operators_fid_change"] = zeroed["fid_change"]
+        out["hkd/zeroed_operators_fid_change_spread"] = zeroed["fid_change_spread"]
     out.update(_variants(cfg, paths))
     if stage_enabled(cfg, "study"):
         out.update(_table3(load_json(paths["study"])))

@@ -48,7 +48,7 @@ from hkd.koopman.model import build_hkd, hkd_checkpoint
 from hkd.runtime import autocast
 from hkd.teacher.sampler import one_hot, seeded_inputs
 from hkd.teacher.trajectories import load_trajectories
-from hkd.train.objective import distance, sample_times, time_weights
+from hkd.train.objective import distance, prediction_times, sample_times, time_weights
 from hkd.train.perceptual import build_perceptual
 from hkd.train.resume import open_writer, restore_training_state, save_training_state
 
@@ -75,6 +75,21 @@ def lr_factor(step: int, total_steps: int, rampdown: float) -> float:
     return min(1.0, (total_steps - step) / (rampdown * total_steps))
 
 
+def parameter_groups(model, hcfg: dict) -> list[dict]:
+    """Adam's parameter groups: one for everything (``hkd.operator_lr`` null, the paper's
+    reading), or the Koopman operators in a group of their own with that lr (no weight decay
+    in either group)."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    if hcfg["operator_lr"] is None:
+        return [{"params": trained}]
+    operators = {id(p) for p in model.koopman.parameters()}
+    groups = [
+        {"params": [p for p in trained if id(p) not in operators]},
+        {"params": [p for p in trained if id(p) in operators], "lr": hcfg["operator_lr"]},
+    ]
+    return [g for g in groups if g["params"]]  # no Koopman evolution: no operators to train
+
+
 def states_at(states: torch.Tensor, sigmas: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """States [B, K, C, H, W] at times ``t`` [B, K] (within [sigmas[-2], sigmas[0]]) by
     linear interpolation in t between the bracketing grid states of each trajectory."""
@@ -96,23 +111,39 @@ def hkd_distances(
     dtype,
     class_labels: torch.Tensor | None = None,
     perceptual=None,
+    s: torch.Tensor | None = None,
 ):
-    """(MSE, LPIPS or None) per (example, time point), each [B, K], for times ``t`` [B, K];
-    ``class_labels``: one-hot [B, label_dim] of a conditional run."""
+    """(MSE, LPIPS or None) per (example, time point), each [B, K], for times ``t`` [B, K]:
+    the prediction of the trajectory's end from each. With intermediate targets ``s`` [B, K]
+    (``objective.prediction_times``), K more columns [B, 2K]: the predictions of the states at
+    ``s`` from the same inputs, each input encoded once. ``class_labels``: one-hot
+    [B, label_dim] of a conditional run."""
     b, k = t.shape
-    x_t = states_at(states, sigmas, t).reshape(b * k, *states.shape[2:]).to(device)
-    target = states[:, -1].float().to(device)
+    shape = states.shape[2:]
+    x_t = states_at(states, sigmas, t).reshape(b * k, *shape).to(device)
+    target = states[:, -1].float().to(device)[:, None].expand(b, k, *shape)
     if class_labels is not None:
         class_labels = class_labels.repeat_interleave(k, dim=0).to(device)
+    t_flat = t.reshape(-1).float().to(device)
     with autocast(device, dtype):
-        pred = model(x_t, t.reshape(-1).float().to(device), class_labels)
-    pred = pred.float().reshape(b, k, *pred.shape[1:])
-    mse = (pred - target[:, None]).square().flatten(2).mean(2)
+        if s is None:
+            pred = model(x_t, t_flat, class_labels)
+        else:
+            ends = torch.stack(
+                [torch.full_like(t_flat, float(sigmas[-2])), s.reshape(-1).float().to(device)], 1
+            )
+            pred = model(x_t, t_flat, class_labels, ends)  # [B K, 2, C, H, W]
+    if s is None:
+        pred = pred.float().reshape(b, k, *shape)
+    else:
+        pred = pred.float().reshape(b, k, 2, *shape).transpose(1, 2).reshape(b, 2 * k, *shape)
+        target = torch.cat([target, states_at(states, sigmas, s).to(device)], dim=1)
+    mse = (pred - target).square().flatten(2).mean(2)
     if perceptual is None:
         return mse, None
     with autocast(device, dtype):
-        lp = perceptual(pred.flatten(0, 1), target.repeat_interleave(k, dim=0))
-    return mse, lp.float().reshape(b, k)
+        lp = perceptual(pred.flatten(0, 1), target.flatten(0, 1))
+    return mse, lp.float().reshape(b, -1)
 
 
 def hkd_loss(model, states, sigmas, t, device, dtype, class_labels=None) -> torch.Tensor:
@@ -194,7 +225,13 @@ class _Trainer:
         self.total_steps = hcfg["epochs"] * data.steps_per_epoch
         self.k = hcfg["time_points"]
         self.micro = hcfg["micro_batch"] or data.batch  # examples per pass in each process
-        self.weights = time_weights(self.k, hcfg["trajectory_weight"]).to(device)  # t = T, then the others
+        self.weights = time_weights(self.k, hcfg["trajectory_weight"])  # t = T, then the others
+        self.predicting = hcfg["prediction_weight"] > 0  # intermediate targets (objective.prediction_times)
+        if self.predicting:
+            self.weights = torch.cat(
+                [self.weights, torch.full((self.k + 1,), float(hcfg["prediction_weight"]))]
+            )
+        self.weights = self.weights.to(device)
         self.pixels = math.prod(data.states.shape[2:])  # values per image, for the pseudo-Huber distance
         self.perceptual = build_perceptual(hcfg, device)
         torch.manual_seed(cfg["seed"] + 1)
@@ -207,7 +244,7 @@ class _Trainer:
             else None
         )
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.Adam(self.params, lr=hcfg["lr"])
+        self.opt = torch.optim.Adam(parameter_groups(self.model, hcfg), lr=hcfg["lr"])
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, self.total_steps, hcfg["lr_rampdown"])
         )
@@ -270,6 +307,8 @@ class _Trainer:
         for start in range(first, end, batch):
             # the global batch's times, the same in every process
             t = sample_times(batch, self.k, data.sigmas, self.gen, self.hcfg["time_sampling"], lognormal)
+            if self.predicting:  # the targets s beside the times t: [B, 2 (1 + k)]
+                t = torch.cat([t, prediction_times(t, data.sigmas, self.gen)], dim=1)
             my_states = pending.result()  # this process's rows, in the order of order[...][local]
             if start + batch < end:
                 pending = read(start + batch)
@@ -291,15 +330,17 @@ class _Trainer:
             sync = self.world == 1 or i == len(parts) - 1
             with contextlib.nullcontext() if sync else self.net.no_sync():
                 labels = onehot[part] if onehot is not None else None
+                t_end, t_s = t_part.split(self.k + 1, dim=1) if self.predicting else (t_part, None)
                 mse, lp = hkd_distances(
                     self.forward,
                     part_states,
                     self.data.sigmas,
-                    t_part,
+                    t_end,
                     self.device,
                     self.dtype,
                     labels,
                     self.perceptual,
+                    t_s,
                 )
                 dist = distance(mse, self.pixels, self.hcfg["distance"], self.hcfg["pseudo_huber_c"])
                 err = lam * dist if lp is None else lam * dist + LAMBDA2 * lp  # d of the paper
@@ -338,7 +379,9 @@ class _Trainer:
         writer.add_scalar("hkd/loss_total", out.loss.item(), step)
         writer.add_scalar("hkd/loss_reconstruction_T", out.err[:, 0].mean().item(), step)
         if self.k:
-            writer.add_scalar("hkd/loss_trajectory", out.err[:, 1:].mean().item(), step)
+            writer.add_scalar("hkd/loss_trajectory", out.err[:, 1 : self.k + 1].mean().item(), step)
+        if self.predicting:
+            writer.add_scalar("hkd/loss_prediction", out.err[:, self.k + 1 :].mean().item(), step)
         writer.add_scalar("hkd/mse", out.mse.mean().item(), step)
         if out.lp is not None:
             writer.add_scalar("hkd/lpips", out.lp.mean().item(), step)

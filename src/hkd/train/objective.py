@@ -4,7 +4,8 @@
 value of each is the paper's literal reading:
 
 - times: ``uniform_sigma``, uniform in sigma on [eps, T); ``grid_index``, uniform over the
-  stored Heun grid states after T (as consistency distillation draws n ~ U{1..N-1});
+  stored Heun grid states strictly between T and eps (as consistency distillation draws
+  n ~ U{1..N-1}; eps itself is left out, its term has no gradient under the boundary decoder);
   ``lognormal``, EDM's training distribution ln sigma ~ N(P_mean, P_std), clipped to [eps, T);
 - distance: MSE, or iCT's pseudo-Huber sqrt(|x - y|^2 + c^2) - c;
 - weights: 1 for t = T and ``trajectory_weight`` for every other time (1 = the plain sum).
@@ -34,8 +35,8 @@ def sample_times(
     eps, T = float(grid[-1]), float(grid[0])
     if how == "uniform_sigma":
         mid = eps + (T - eps) * torch.rand(b, k, generator=gen, dtype=torch.float64)
-    elif how == "grid_index":
-        mid = grid[torch.randint(1, len(grid), (b, k), generator=gen)]
+    elif how == "grid_index":  # never eps itself, where c_out = 0 leaves the term no gradient
+        mid = grid[torch.randint(1, max(len(grid) - 1, 2), (b, k), generator=gen)]
     elif how == "lognormal":
         p_mean, p_std = lognormal
         log_sigma = p_mean + p_std * torch.randn(b, k, generator=gen, dtype=torch.float64)
@@ -63,6 +64,19 @@ def distance(mse: torch.Tensor, dims: int, how: str = "mse", c: float | None = N
         c = pseudo_huber_c(dims, c)
         return (mse * dims + c * c).sqrt() - c
     raise ValueError(f"unknown hkd.distance {how!r}; one of {DISTANCES}")
+
+
+def prediction_times(t: torch.Tensor, sigmas: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """[B, K] intermediate targets for the times ``t`` [B, K]: for each, one stored grid time
+    s with eps < s < t, uniformly; where no grid time lies between, s = t (a term that is
+    zero with no gradient: the boundary map from t to t is the identity)."""
+    grid = sigmas[:-1].double()  # T .. eps
+    inner = grid[1:-1]  # the grid times strictly between T and eps
+    below = (inner[None, None, :] < t[..., None]).sum(-1)  # how many of them lie below each t
+    pick = (torch.rand(t.shape, generator=gen, dtype=torch.float64) * below).floor().long()
+    idx = (len(inner) - below + pick).clamp(max=max(len(inner) - 1, 0))
+    s = inner[idx] if len(inner) else t.clone()
+    return torch.where(below > 0, s, t)
 
 
 def time_weights(k: int, trajectory_weight: float) -> torch.Tensor:
