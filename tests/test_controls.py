@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from hkd.metrics.controls import HELPS, UNRESOLVED, USED, alpha_agreement, zeroed_over_seeds, zeroed_summary
+from hkd.metrics.controls import alpha_agreement
+from hkd.metrics.zeroed import HELPS, UNRESOLVED, USED, zeroed_over_seeds, zeroed_summary
 
 
 def _record(trained, zeroed, spread=1.0):

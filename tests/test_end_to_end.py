@@ -110,6 +110,17 @@ def test_smoke_dag_with_snakemake(tmp_path):
     )
     assert study["recipes"]["decoder_boundary"]["rows"]["full"]["mean"] == boundary["fid"]
     assert f"{boundary['fid']:.3f}" in (tables / "study.md").read_text() and 'id="study"' in html
+    # each recipe's controls from its weights: intermediate-time errors on held-out trajectories
+    controls = json.loads((work / "results" / "smoke" / "eval" / "recipe_controls.json").read_text())
+    assert set(controls["recipes"]) == {"paper", "decoder_boundary", "adopted"}
+    assert controls["heldout"]["trajectories"] == 4
+    boundary_controls = study["recipes"]["decoder_boundary"]["controls"]["full"]
+    error = boundary_controls["prediction"]["intermediate_mse"]
+    assert error > 0 and boundary_controls["prediction"]["zeroed_intermediate_mse"] > 0
+    assert boundary_controls["zeroed_operators"]["fid_change_mean"] == pytest.approx(
+        boundary["zeroed_operators"]["fid_change"]
+    )
+    assert f"{error:.4f}" in (tables / "study.md").read_text()
     assert (
         'id="claims"' in html
         and html.count("<strong>holds</strong>")

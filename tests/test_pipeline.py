@@ -22,6 +22,7 @@ from hkd.pipeline import (
     run_paths,
     run_variants,
     shard_count,
+    stage_enabled,
     stage_inputs,
     stage_outputs,
     tier_owns,
@@ -179,7 +180,7 @@ def test_snakemake_and_dvc_agree(repo, tmp_path):
         smk[prefix + "trajectories"]["inputs"] -= shard_rule["outputs"]
     dvc = dvc_dag(repo)
     expected = (
-        {s.name for s in STAGES}
+        {s.name for s in STAGES if stage_enabled(cfg, s.name)}
         | {f"conditional_{s.name}" for s in STAGES if s.conditional}
         | {f"claims_{s.name}" for s in STAGES if tier_owns(claims, cfg, s.name)}
     )
@@ -293,9 +294,11 @@ def test_variant_stages_follow_the_config(repo, tmp_path):
         "seed2",
     ]
     assert variants[14:17] == [f"study-paper-full-seed{n}" for n in (0, 1, 2)]
+    seeds = {r: (0, 1, 2) if r in cfg["study"]["confirmed"] else (0,) for r in cfg["study"]["recipes"]}
+    assert cfg["study"]["confirmed"] and set(seeds) > set(cfg["study"]["confirmed"])
     assert variants[17:] == [
-        f"study-{r}-full-seed0" for r in cfg["study"]["recipes"]
-    ]  # screened with one seed
+        f"study-{r}-full-seed{n}" for r in cfg["study"]["recipes"] for n in seeds[r]
+    ]  # screened with one seed, confirmed ones with every seed
     # a lever that a model does not use is not trained for it (the operators without Koopman evolution)
     with_kd = {**cfg, "study": {**cfg["study"], "models": ["full", "no_koopman"]}}
     both = run_variants(with_kd)

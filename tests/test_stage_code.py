@@ -116,7 +116,14 @@ def test_the_stages_code(repo):
         assert not any(covered(f"src/hkd/{p}/x.py", CODE[name]) for p in ("report", "analysis", "metrics")), (
             name
         )
-    derives_settings = {"variant_train", "variant_evaluate", "stability", "study", "report"}
+    derives_settings = {
+        "variant_train",
+        "variant_evaluate",
+        "stability",
+        "recipe_controls",
+        "study",
+        "report",
+    }
     assert {name for name, deps in CODE.items() if "src/hkd/pipeline.py" in deps} == derives_settings
     assert not any("src/hkd/config.py" in deps or "src/hkd/cli.py" in deps for deps in CODE.values())
     import hkd.pipeline

@@ -80,7 +80,7 @@ def test_claims_tier_trains_only_what_all_lacks_and_keeps_its_aggregates_apart(t
     assert own and not set(own) & set(run_variants(default))
     assert set(own) | set(run_variants(default)) == set(run_variants(claims))
     owned = {s.name for s in STAGES if tier_owns(claims, default, s.name)}
-    assert owned == {"variant_train", "variant_evaluate", "stability", "study", "report"}
+    assert owned == {"variant_train", "variant_evaluate", "stability", "recipe_controls", "study", "report"}
     ours, theirs = run_paths(claims), run_paths(default)
     for key in ("stability", "study", "summary", "report", "tables", "run_config", "timings"):
         assert ours[key] != theirs[key], key
@@ -128,7 +128,7 @@ def test_plan_of_a_tier_is_its_own_jobs(tiers):
     assert planned == (
         [f"claims_variant_train[{v}]" for v in own]
         + [f"claims_variant_evaluate[{v}]" for v in own]
-        + ["claims_stability", "claims_study", "claims_report"]
+        + ["claims_stability", "claims_recipe_controls", "claims_study", "claims_report"]
     )
     assert any(j.name == "teacher" for j in jobs(claims))  # as a run of its own: every stage
 
@@ -167,4 +167,4 @@ def test_a_tier_runs_beside_its_run(tmp_path):
     r = subprocess.run([*smk, "-n", "all", *cfg], cwd=work, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     planned = set(re.findall(r"^(?:local)?rule (\w+):$", r.stdout + r.stderr, re.M))
-    assert planned == {"stability", "study", "report", "all"}, planned
+    assert planned == {"stability", "recipe_controls", "study", "report", "all"}, planned

@@ -142,6 +142,16 @@ def stage_stability(cfg, paths, args):
     return evaluate_stability(cfg, paths, load_teacher(paths["teacher"], device, cfg), device, dtype)
 
 
+def stage_recipe_controls(cfg, paths, args):
+    from hkd.metrics.recipe_controls import write_recipe_controls
+    from hkd.runtime import teacher_dtype
+    from hkd.teacher.network import load_teacher
+
+    device, dtype = _torch_setup(cfg, args.threads)
+    teacher = load_teacher(paths["teacher"], device, cfg)
+    return write_recipe_controls(cfg, paths, teacher, device, dtype, teacher_dtype(cfg, device))
+
+
 def stage_study(cfg, paths, args):
     from hkd.metrics.study import write_study
 
@@ -255,6 +265,7 @@ STAGE_FUNCTIONS = {
     "variant-evaluate": stage_variant_evaluate,
     "stability": stage_stability,
     "figures": stage_figures,
+    "recipe-controls": stage_recipe_controls,
     "study": stage_study,
 }
 #: commands that run once per variant (``--variant``: a Table 3 ablation or a Table 5 seed)

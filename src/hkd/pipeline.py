@@ -58,6 +58,8 @@ PAPER_LEVERS = {
 FULL = "full"
 #: study variants: study-<recipe>-<model>-seed<N>; ``paper`` is the recipe of PAPER_LEVERS alone
 STUDY_PREFIX, PAPER_RECIPE = "study", "paper"
+#: the study's name of the run's own recipe (its hkd: settings)
+ADOPTED_RECIPE = "adopted"
 _VARIANT = re.compile(
     rf"^(?:{STUDY_PREFIX}-(?P<recipe>[a-z0-9_]+)-)?(?P<model>{FULL}|"
     + "|".join(ABLATIONS)
@@ -73,13 +75,14 @@ TIER_CONFIGS = {"claims": "configs/claims.yaml"}
 #: the config Snakemake runs without --configfile
 DEFAULT_CONFIG = "configs/default.yaml"
 #: the stages a tier remakes from every training, the run's and its own
-TIER_STAGES = ("stability", "study", "report")
+TIER_STAGES = ("stability", "recipe_controls", "study", "report")
 #: run_paths keys a tier writes under results/<run>/<tier>/ instead of results/<run>/
 TIER_KEYS = (
     "budget_curves",
     "budget_curve_table",
     "stability",
     "study",
+    "recipe_controls",
     "stability_samples",
     "loss_curve",
     "summary",
@@ -277,6 +280,7 @@ RULE_PRIORITIES = {
     ("evaluate", False): 2,
     ("variant_evaluate", False): 1,
     ("stability", False): 1,
+    ("recipe_controls", False): 1,
 }
 
 
@@ -403,6 +407,8 @@ def run_paths(cfg: dict) -> dict[str, str]:
         "stability": root / "eval" / "stability.json",
         # every trained row as mean and spread over seeds, Table 3's ordering, the optimisation study
         "study": root / "eval" / "study.json",
+        # the study's controls from its trained weights: intermediate-time errors, alpha agreement
+        "recipe_controls": root / "eval" / "recipe_controls.json",
         # the run's own HKD samples before training and after each snapshot epoch (report grids)
         "stability_samples": root / "eval" / "stability_samples.npz",
         "spectral": root / "analysis" / "spectral.png",
@@ -643,9 +649,16 @@ STAGES: tuple[Stage, ...] = (
         ),
     ),
     Stage(
+        "recipe_controls",
+        "recipe-controls",
+        ("teacher", "hkd", "seed_hkd", "study_hkd"),
+        ("recipe_controls",),
+        ("seed", "device", "precision", "teacher_precision", "edm", "trajectories", "stability", "study"),
+    ),
+    Stage(
         "study",
         "study",
-        ("metrics", "variant_metrics"),
+        ("metrics", "variant_metrics", "recipe_controls"),
         ("study",),
         ("seed", "hkd", "ablations", "ablation_seeds", "stability", "study"),
     ),
@@ -717,6 +730,8 @@ def stage_enabled(cfg: dict, name: str) -> bool:
         return bool(run_variants(cfg))
     if name == "stability":
         return bool(cfg["hkd"]["snapshot_epochs"])
+    if name == "recipe_controls":  # the study's controls: only where it has lever recipes
+        return bool(cfg["study"]["recipes"]) and stage_enabled(cfg, "study")
     return True
 
 
@@ -746,6 +761,8 @@ def _path_enabled(cfg: dict, key: str) -> bool:
         return stage_enabled(cfg, "stability")
     if key == "study":
         return stage_enabled(cfg, "study")
+    if key == "recipe_controls":
+        return stage_enabled(cfg, "recipe_controls")
     if key.startswith(f"{CONDITIONAL}_"):
         return bool(cfg[CONDITIONAL])
     return True
@@ -753,13 +770,13 @@ def _path_enabled(cfg: dict, key: str) -> bool:
 
 #: a stage that gathers the files of one group of variants names them ``<group>_<file>``: the
 #: ``variant_<file>`` of each variant of the group (``seed_snapshots``: the Table 5 runs' snapshots)
-VARIANT_GROUPS = {"seed": seed_variants, "ablation": ablation_variants}
+VARIANT_GROUPS = {"seed": seed_variants, "ablation": ablation_variants, "study": study_variants}
 
 
 def _template(cfg: dict, key: str) -> tuple[str, object]:
     """(path template of a stage file key, the variant group it gathers or None)."""
-    group, _, file = key.partition("_")
-    if group in VARIANT_GROUPS:
+    group, sep, file = key.partition("_")
+    if sep and group in VARIANT_GROUPS:
         return run_paths(cfg)[f"variant_{file}"], VARIANT_GROUPS[group]
     return run_paths(cfg)[key], None
 

@@ -47,7 +47,8 @@ for prefix, run_cfg, flag in RUNS:
 
 # Table 5: FID after each hkd.snapshot_epochs of the run's HKD and the stability.seeds runs;
 # every trained row as mean and spread over seeds, Table 3's ordering with verdicts, and the
-# optimisation study (config section `study`). A tier's rules (claims_stability, claims_study)
+# optimisation study (config section `study`) with its controls from the trained weights
+# (recipe_controls). A tier's rules (claims_stability, claims_recipe_controls, claims_study)
 # remake them from the run's trainings and its own.
 for prefix, run_cfg, run_cfg_file, extended in RULE_SETS:
     if tier_owns(run_cfg, extended, "stability"):
@@ -74,6 +75,31 @@ for prefix, run_cfg, run_cfg_file, extended in RULE_SETS:
                 gpu=gpus(run_cfg),
             shell:
                 hkd_shell("stability", config_file="{params.run_config}")
+
+    if tier_owns(run_cfg, extended, "recipe_controls"):
+
+        rule:
+            name:
+                f"{prefix}recipe_controls"
+            input:
+                **stage_inputs(run_cfg, "recipe_controls"),
+            output:
+                **outputs("recipe_controls", run_cfg),
+            params:
+                cfg=stage_params(run_cfg, "recipe_controls"),
+                run_config=run_cfg_file,
+            log:
+                log_path(run_cfg, "recipe_controls"),
+            benchmark:
+                benchmark_path(run_cfg, "recipe_controls")
+            conda:
+                ENV
+            priority: rule_priority("recipe_controls", False)
+            threads: share_of_cores("recipe_controls", run_cfg)
+            resources:
+                gpu=gpus(run_cfg),
+            shell:
+                hkd_shell("recipe-controls", config_file="{params.run_config}")
 
     if tier_owns(run_cfg, extended, "study"):
 

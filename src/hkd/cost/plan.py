@@ -197,9 +197,25 @@ def _fill(job: Job, cfg: dict, variant: str | None) -> None:
         # the model before training, and each snapshot but the final weights (scored by evaluate)
         scored = 1 + runs * len([e for e in cfg["hkd"]["snapshot_epochs"] if e != cfg["hkd"]["epochs"] - 1])
         job.work = {"features": ref + scored * count, "one_step": scored * count}
+    elif st == "recipe_controls":
+        job.work = recipe_controls_work(cfg)
     elif st == "figures":
         a = cfg["analysis"]
         job.work = {"denoiser": a["seeds"] * _nfe(cfg) + a["inpaint"]["images"] * a["inpaint"]["steps"] * 2}
+
+
+def recipe_controls_work(cfg: dict) -> dict:
+    """The held-out trajectories (denoiser calls) and each checked model's predictions, in
+    one-step units (an encode and a decode): per trajectory and input time one encode and a
+    decode per target and the end, twice (trained, operators zeroed)."""
+    from hkd.metrics.prediction import pair_indices
+
+    n = cfg["study"]["heldout_trajectories"]
+    per_trajectory = sum(
+        (2 + len(targets)) / 2 for _, targets in pair_indices(cfg["trajectories"]["num_steps"])
+    )
+    models = 1 + len(pipeline.seed_variants(cfg)) + len(pipeline.study_variants(cfg))
+    return {"denoiser": n * _nfe(cfg), "one_step": 2 * models * n * per_trajectory}
 
 
 def _split_shards(job: Job, cfg: dict, sizes: dict) -> list[Job]:

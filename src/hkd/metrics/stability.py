@@ -19,9 +19,10 @@ import torch
 from hkd.data.dataset import load_dataset
 from hkd.io import atomic_path, load_json, load_npz, save_json, save_npz
 from hkd.koopman.model import build_hkd, load_hkd
-from hkd.metrics.controls import alpha_agreement, zeroed_over_seeds
+from hkd.metrics.controls import alpha_agreement
 from hkd.metrics.evaluate import make_scorer, score_one_step
 from hkd.metrics.fidelity import SCORE_KEYS
+from hkd.metrics.zeroed import zeroed_over_seeds
 from hkd.pipeline import (
     FULL,
     curve_variants,

@@ -13,7 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from hkd.io import load_json, save_json
+from hkd.metrics.zeroed import zeroed_over_seeds
 from hkd.pipeline import (
+    ADOPTED_RECIPE,
     CONTROL_ABLATIONS,
     FULL,
     PAPER_LEVERS,
@@ -22,6 +24,7 @@ from hkd.pipeline import (
     parse_variant,
     recipe_hkd,
     seed_variants,
+    stage_enabled,
     study_variants,
     variant_config,
 )
@@ -86,30 +89,43 @@ def _variant_entry(cfg: dict, metrics_file: str, variant: str) -> dict:
     }
 
 
-def adopted_rows(cfg: dict, metrics: dict, variant_metrics: str) -> dict[str, dict]:
-    """{model: stats} of the run's own recipe: the full HKD over the run's and the Table 5
-    seeds, each ablation over the run's seed and ``ablation_seeds``."""
+def adopted_entries(cfg: dict, metrics: dict, variant_metrics: str) -> dict[str, list[dict]]:
+    """{model: metrics of each training} of the run's own recipe: the full HKD over the run's
+    and the Table 5 seeds, each ablation over the run's seed and ``ablation_seeds``."""
     rows = {
-        FULL: fid_stats(
-            [_main_entry(cfg, metrics)]
-            + [_variant_entry(cfg, variant_metrics, v) for v in seed_variants(cfg)]
-        )
+        FULL: [{**_main_entry(cfg, metrics), "zeroed_operators": metrics.get("zeroed_operators")}]
+        + [_variant_entry(cfg, variant_metrics, v) for v in seed_variants(cfg)]
     }
     for a in cfg["ablations"]:
         names = [v for v in ablation_variants(cfg) if parse_variant(cfg, v)["model"] == a]
-        rows[a] = fid_stats([_variant_entry(cfg, variant_metrics, v) for v in names])
+        rows[a] = [_variant_entry(cfg, variant_metrics, v) for v in names]
     return rows
 
 
-def study_rows(cfg: dict, variant_metrics: str) -> dict[str, dict[str, dict]]:
-    """{recipe: {model: stats}} of the study's trainings (``paper`` and each lever recipe)."""
+def study_entries(cfg: dict, variant_metrics: str) -> dict[str, dict[str, list[dict]]]:
+    """{recipe: {model: metrics of each training}} of the study (``paper`` and each lever recipe)."""
     out: dict[str, dict[str, list]] = {}
     for v in study_variants(cfg):
         p = parse_variant(cfg, v)
         out.setdefault(p["recipe"], {}).setdefault(p["model"], []).append(
             _variant_entry(cfg, variant_metrics, v)
         )
-    return {recipe: {m: fid_stats(e) for m, e in models.items()} for recipe, models in out.items()}
+    return out
+
+
+def model_controls(entries: list[dict], weights_controls: dict | None) -> dict:
+    """The controls of one recipe's model: the zeroed-operator FID change over its seeds (from
+    each training's metrics) and, where the recipe_controls stage ran, the intermediate-time
+    prediction errors and the alpha maps' agreement across seeds."""
+    zeroed = zeroed_over_seeds({f"seed{e['seed']}": e.get("zeroed_operators") for e in entries})
+    if zeroed is not None:
+        zeroed = {k: v for k, v in zeroed.items() if k != "runs"}
+    weights_controls = weights_controls or {}
+    return {
+        "zeroed_operators": zeroed,
+        "prediction": weights_controls.get("prediction"),
+        "alpha_agreement": weights_controls.get("alpha_agreement"),
+    }
 
 
 def ordering(rows: dict[str, dict]) -> dict | None:
@@ -131,25 +147,39 @@ def ordering(rows: dict[str, dict]) -> dict | None:
     return out
 
 
-def recipe_summary(levers: dict, rows: dict[str, dict], teacher: dict, paper: dict | None = None) -> dict:
+def recipe_summary(
+    levers: dict,
+    rows: dict[str, dict],
+    teacher: dict,
+    paper: dict | None = None,
+    controls: dict | None = None,
+) -> dict:
     """One recipe's rows with their ratio to the teacher, the full model against the others,
-    and (``paper``: the paper-literal recipe's rows) each model against the paper-literal one."""
+    (``paper``: the paper-literal recipe's rows) each model against the paper-literal one, and
+    each model's controls (``model_controls``)."""
     return {
         "levers": levers,
         "rows": rows,
         "ratio_to_teacher": {m: ratio_stats(s, teacher) for m, s in rows.items()},
         "ordering": ordering(rows),
         "vs_paper": {m: compare(s, paper[m]) for m, s in rows.items() if m in paper} if paper else None,
+        "controls": controls,
     }
 
 
-def summarise(cfg: dict, metrics: dict, variant_metrics: str) -> dict:
+def _controls(entries: dict[str, list[dict]], weights: dict | None) -> dict:
+    return {m: model_controls(e, (weights or {}).get(m)) for m, e in entries.items()}
+
+
+def summarise(cfg: dict, metrics: dict, variant_metrics: str, recipe_controls: dict | None = None) -> dict:
     """study.json: the teacher row, the adopted recipe (the run's own hkd: settings: Table 3
     and Table 5 trainings) and, with study.recipes, the paper-literal recipe and each lever
-    recipe against it."""
+    recipe against it; ``recipe_controls``: what the recipe_controls stage wrote."""
     teacher = next(r for r in metrics["rows"] if r["key"] == "teacher")
     teacher_stats = {**fid_stats([{**teacher, "seed": None}]), "nfe": teacher["nfe"]}
-    study = study_rows(cfg, variant_metrics)
+    weights = (recipe_controls or {}).get("recipes", {})
+    entries = study_entries(cfg, variant_metrics)
+    study = {r: {m: fid_stats(e) for m, e in models.items()} for r, models in entries.items()}
     paper = study.get(PAPER_RECIPE)
     recipes = {
         r: recipe_summary(
@@ -157,20 +187,31 @@ def summarise(cfg: dict, metrics: dict, variant_metrics: str) -> dict:
             rows,
             teacher_stats,
             None if r == PAPER_RECIPE else paper,
+            _controls(entries[r], weights.get(r)),
         )
         for r, rows in study.items()
     }
+    adopted_e = adopted_entries(cfg, metrics, variant_metrics)
     adopted = recipe_summary(
         {k: cfg["hkd"][k] for k in PAPER_LEVERS},
-        adopted_rows(cfg, metrics, variant_metrics),
+        {m: fid_stats(e) for m, e in adopted_e.items()},
         teacher_stats,
         paper,
+        _controls(adopted_e, weights.get(ADOPTED_RECIPE)),
     )
-    return {"rule": RULE, "teacher": teacher_stats, "adopted": adopted, "recipes": recipes}
+    heldout = (recipe_controls or {}).get("heldout")
+    return {
+        "rule": RULE,
+        "teacher": teacher_stats,
+        "adopted": adopted,
+        "recipes": recipes,
+        "heldout": heldout,
+    }
 
 
 def write_study(cfg: dict, paths: dict) -> dict:
-    summary = summarise(cfg, load_json(paths["metrics"]), paths["variant_metrics"])
+    controls = load_json(paths["recipe_controls"]) if stage_enabled(cfg, "recipe_controls") else None
+    summary = summarise(cfg, load_json(paths["metrics"]), paths["variant_metrics"], controls)
     save_json(summary, paths["study"])
     return {
         "adopted": {m: round(s["mean"], 3) for m, s in summary["adopted"]["rows"].items()},

@@ -4,8 +4,8 @@ hold / not resolved at this scale)."""
 
 from __future__ import annotations
 
-from hkd.metrics.controls import HELPS, USED
 from hkd.metrics.study import NOT_RESOLVED, RULE, fid_stats, ratio_stats
+from hkd.metrics.zeroed import HELPS, USED
 from hkd.report.paper import TABLE1, TABLE3_FID, TABLE6
 
 HOLDS, FAILS = "holds", "does not hold"
@@ -92,7 +92,30 @@ def ordering_claim(study: dict | None) -> dict:
     }
 
 
-def operators_claim(stability: dict | None) -> dict:
+def recipes_text(study: dict | None) -> str | None:
+    """The study's recipes by their operator controls (``study.model_controls`` of the full
+    model): which of them zeroing costs FID beyond the spread and whose alpha maps agree."""
+    recipes = {r: v for r, v in ((study or {}).get("recipes") or {}).items() if v.get("controls")}
+    if not recipes:
+        return None
+    parts = []
+    for name, r in recipes.items():
+        c = r["controls"].get("full") or {}
+        zeroed, agreement = c.get("zeroed_operators"), c.get("alpha_agreement")
+        if zeroed is None:
+            continue
+        agree = (
+            "α maps: one seed"
+            if agreement is None
+            else f"α maps agree: {'yes' if agreement['agrees'] else 'no'}"
+        )
+        parts.append(
+            f"{name} {zeroed['fid_change_mean']:+.2f} ± {zeroed['spread']:.2f} (n = {zeroed['n_seeds']}, {agree})"
+        )
+    return "study recipes, zeroing's FID change: " + "; ".join(parts) if parts else None
+
+
+def operators_claim(stability: dict | None, study: dict | None = None) -> dict:
     """The mechanism: the trained operators carry what the model needs. Holds when zeroing
     them costs FID beyond the spread over the full model's seeds and their alpha maps agree
     across seeds beyond the shuffled reference (co-adapted noise also makes zeroing hurt,
@@ -115,7 +138,7 @@ def operators_claim(stability: dict | None) -> dict:
             "rule": rule,
         }
     parts = [
-        f"zeroing α = β = 0 changes FID by {zeroed['fid_change_mean']:+.2f} ± {zeroed['spread']:.2f} "
+        f"this config's recipe: zeroing α = β = 0 changes FID by {zeroed['fid_change_mean']:+.2f} ± {zeroed['spread']:.2f} "
         f"({seeds_text(zeroed['n_seeds'])}; mean pixel change {zeroed['mean_abs_pixel_change']:.4f}): "
         f"{zeroed['verdict']}"
     ]
@@ -127,6 +150,9 @@ def operators_claim(stability: dict | None) -> dict:
         parts.append(f"α maps across {agreement['seeds']} seeds: {levels}")
     else:
         parts.append("α-map agreement needs ≥ 2 training seeds (the claims tier)")
+    others = recipes_text(study)
+    if others:
+        parts.append(others)
     if zeroed["verdict"] == HELPS or (agreement is not None and not agreement["agrees"]):
         verdict = FAILS
     elif zeroed["verdict"] == USED and agreement is not None and agreement["agrees"]:
@@ -230,7 +256,7 @@ def claims(metrics: dict, study: dict | None, figures: dict, stability: dict | N
     return [
         quality_claim(study, metrics),
         ordering_claim(study),
-        operators_claim(stability),
+        operators_claim(stability, study),
         band_claim(figures),
         editing_claim(figures),
         speed_claim(metrics),

@@ -299,6 +299,38 @@ def _levers_text(levers: dict) -> str:
     return ", ".join(f"{k} = {v}" for k, v in levers.items()) or "every lever at the paper's reading"
 
 
+def _agreement_text(agreement: dict | None) -> str:
+    if agreement is None:
+        return "—"
+    low = min(lv["mean_r"] - lv["shuffled_q95"] for lv in agreement["levels"])
+    return f"{'yes' if agreement['agrees'] else 'no'} (min r − ref {low:+.2f})"
+
+
+def _control_columns(controls: dict) -> dict:
+    """The study table's control columns of one recipe's model (study.model_controls)."""
+    zeroed, pred = controls.get("zeroed_operators"), controls.get("prediction") or {}
+    return {
+        "Zeroed ΔFID": None if zeroed is None else zeroed["fid_change_mean"],
+        "± (zeroed)": None if zeroed is None else zeroed["spread"],
+        "α maps agree": _agreement_text(controls.get("alpha_agreement")),
+        "Intermediate error": pred.get("intermediate_mse"),
+        "± (intermediate)": pred.get("intermediate_mse_std"),
+        "… operators zeroed": pred.get("zeroed_intermediate_mse"),
+    }
+
+
+def _heldout_note(heldout: dict | None) -> str | None:
+    if heldout is None:
+        return None
+    return (
+        f"'Intermediate error': the mean squared error of the predictions of intermediate states x_s from x_t "
+        f"(every other grid time t, up to four grid times eps < s < t), each over the variance of x_s "
+        f"(s^2 + sigma_data^2), on {heldout['trajectories']} held-out teacher trajectories (noise seeds "
+        f"{heldout['seeds'][0]}..{heldout['seeds'][1]}, never trained on); mean over the recipe's seeds, "
+        "'±' their std; '… operators zeroed': the same with alpha = beta = 0."
+    )
+
+
 def study_table(cfg: dict, metrics: dict, study: dict) -> Table:
     """The optimisation study: each recipe's FID (mean and spread) for each model, relative
     to the teacher, and against the paper-literal recipe."""
@@ -325,6 +357,7 @@ def study_table(cfg: dict, metrics: dict, study: dict) -> Table:
                     "Seeds": None if st is None else st["n_seeds"],
                     "FID / teacher": None if st is None else st["mean"] / study["teacher"]["mean"],
                     "Against paper-literal": "—" if vs is None else vs,
+                    **_control_columns(((r.get("controls") or {}).get(m)) or {}),
                 }
             )
     notes = [
@@ -333,14 +366,29 @@ def study_table(cfg: dict, metrics: dict, study: dict) -> Table:
         "A model without a row for a recipe is unchanged by it (e.g. the Koopman clock without Koopman "
         "evolution).",
         f"'± spread': {RULE}.",
+        "Controls of the operators (docs/study.md, Controls): 'Zeroed ΔFID' = FID with alpha = beta = 0 minus "
+        "FID as trained (mean over seeds; '± (zeroed)' its spread); 'α maps agree' = whether the alpha maps of "
+        "the recipe's seeds correlate beyond the shuffled-position reference on every level (the lowest level's "
+        "margin; '—' with one seed).",
+        _heldout_note(study.get("heldout")),
     ]
     return Table(
         "study",
         "Optimisation study: lever -> FID",
         scale_caption(cfg, metrics),
         pd.DataFrame(rows),
-        {"FID": 3, "± spread": 3, "Seeds": 0, "FID / teacher": 2},
-        notes,
+        {
+            "FID": 3,
+            "± spread": 3,
+            "Seeds": 0,
+            "FID / teacher": 2,
+            "Zeroed ΔFID": 2,
+            "± (zeroed)": 2,
+            "Intermediate error": 4,
+            "± (intermediate)": 4,
+            "… operators zeroed": 4,
+        },
+        [n for n in notes if n],
     )
 
 
