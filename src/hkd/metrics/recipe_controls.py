@@ -15,6 +15,7 @@ from hkd.koopman.model import load_hkd
 from hkd.metrics.controls import alpha_agreement
 from hkd.metrics.prediction import heldout_seeds, heldout_trajectories, model_prediction_record
 from hkd.pipeline import ADOPTED_RECIPE, FULL, parse_variant, seed_variants, study_variants, variant_paths
+from hkd.runtime import say
 from hkd.teacher.trajectories import make_denoiser
 
 #: the prediction errors summarised over a row's training seeds
@@ -46,6 +47,7 @@ def model_controls(cfg: dict, runs: dict[str, str], heldout: dict, device, dtype
     """One recipe's model over its training seeds: prediction errors and alpha agreement."""
     records, maps = {}, []
     for run, path in runs.items():
+        say(f"recipe controls: {path}")
         model = load_hkd(path, device, cfg)
         records[run] = model_prediction_record(model, heldout, device, dtype)
         if model.evolved_levels:
