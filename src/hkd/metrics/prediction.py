@@ -42,7 +42,8 @@ def heldout_trajectories(cfg: dict, denoise, shape, label_dim: int, device, batc
     edm = cfg["edm"]
     sigmas = edm_sigmas(cfg["trajectories"]["num_steps"], edm["sigma_min"], edm["sigma_max"], edm["rho"])
     states, labels = [], []
-    for seeds in np.array_split(heldout_seeds(cfg), max(1, -(-len(heldout_seeds(cfg)) // batch))):
+    all_seeds = heldout_seeds(cfg)
+    for seeds in np.array_split(all_seeds, max(1, -(-len(all_seeds) // batch))):
         noise, lab = seeded_inputs(seeds, shape, label_dim, device)
         hot = one_hot(lab, label_dim)
         _, traj = heun_sample(denoise, noise, sigmas, keep_states=True, class_labels=hot)
@@ -99,10 +100,11 @@ def prediction_errors(model, heldout: dict, device, dtype=None, chunk: int = 32)
     sums = np.zeros(3)  # intermediate squared error, end squared error, intermediate terms
     for rows in torch.arange(len(states)).split(chunk):
         lab = None if labels is None else labels[rows].to(device)
-        end = states[rows, -1].to(device)
+        block = states[rows]  # this chunk's trajectories, gathered once
+        end = block[:, -1].to(device)
         for i, later in pairs:
-            targets = states[rows][:, later].to(device)
-            x_t = states[rows, i].to(device)
+            targets = block[:, later].to(device)
+            x_t = block[:, i].to(device)
             sums += _errors_from(model, x_t, float(grid[i]), grid[later], targets, end, lab, dtype)
     inter, end_err, terms = sums
     return {

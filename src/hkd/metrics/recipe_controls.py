@@ -75,7 +75,8 @@ def write_recipe_controls(cfg: dict, paths: dict, teacher, device, dtype, teache
                 "seeds": [int(seeds[0]), int(seeds[-1])],
                 "grid_times": len(heldout["sigmas"]) - 1,
             },
-            "error": "mean squared error per pixel on [-1, 1]",
+            "error": "intermediate: mean squared error per pixel over the variance of x_s (s^2 + sigma_data^2); "
+            "end: mean squared error per pixel on [-1, 1]",
             "recipes": recipes,
         },
         paths["recipe_controls"],
