@@ -422,6 +422,9 @@ def test_teacher_samples_need_no_hkd_training(repo):
     assert stage_inputs(cfg, "teacher_sample") == {"teacher": p["teacher"], "trajectories": p["trajectories"]}
     cfg["sample"]["teacher_seeds"] = "evaluation"
     assert stage_inputs(cfg, "teacher_sample") == {"teacher": p["teacher"]}
+    cfg["sample"]["extra_teacher_nfe"] = []
+    assert set(stage_outputs(cfg, "teacher_sample")) == {"samples_teacher"}
+    cfg["sample"]["extra_teacher_nfe"] = [15]  # each extra EDM row of Table 1 adds its file
     assert set(stage_outputs(cfg, "teacher_sample")) == {"samples_teacher", "samples_teacher_nfe"}
     assert stage_inputs(cfg, "sample") == {"hkd": p["hkd"]}
     assert set(stage_outputs(cfg, "sample")) == {"samples_hkd"}
