@@ -3,6 +3,7 @@ the code they carry."""
 
 import collections
 import pickle
+import re
 import sys
 import types
 
@@ -11,11 +12,15 @@ import pytest
 import torch
 
 from hkd.nn.precond import EDMPrecond
-from hkd.teacher.edm_pickle import load_edm_pickle, read_snapshot
+from hkd.teacher.edm_export import network_source
+from hkd.teacher.edm_pickle import load_edm_pickle, read_network, read_snapshot
 
 MARKER = "/tmp/hkd-edm-pickle-code-ran"
 # what EDM stores as module_src; a loader that executes it would create MARKER
 MODULE_SRC = f"import pathlib\npathlib.Path({MARKER!r}).touch()\n"
+# a stored source the loader knows: the one this suite's exporter writes (the released EDM
+# sources are known by digest only, hkd/teacher/edm_sources.py)
+KNOWN_SRC = network_source()
 
 
 @pytest.fixture
@@ -45,17 +50,17 @@ def edm_modules(monkeypatch):
 class Persistent:
     """Pickles as EDM's persistence does: _reconstruct_persistent_obj(meta)."""
 
-    def __init__(self, fn, class_name, state):
+    def __init__(self, fn, class_name, state, source=KNOWN_SRC):
         self.fn, self.meta = (
             fn,
-            dict(type="class", version=6, module_src=MODULE_SRC, class_name=class_name, state=state),
+            dict(type="class", version=6, module_src=source, class_name=class_name, state=state),
         )
 
     def __reduce__(self):
         return (self.fn, (self.meta,))
 
 
-def edm_layout(module, fn, init_kwargs=None):
+def edm_layout(module, fn, init_kwargs=None, source=KNOWN_SRC):
     # EDM computes some attributes with numpy (e.g. skip_scale = np.sqrt(0.5)): pickled as numpy scalars
     state = {
         k: np.float64(v) if type(v) is float else v
@@ -69,14 +74,14 @@ def edm_layout(module, fn, init_kwargs=None):
         _buffers=collections.OrderedDict(module._buffers),
     )
     children = collections.OrderedDict(
-        (n, None if c is None else edm_layout(c, fn)) for n, c in module._modules.items()
+        (n, None if c is None else edm_layout(c, fn, source=source)) for n, c in module._modules.items()
     )
     state["_modules"] = children
     if isinstance(module, torch.nn.ModuleDict):  # a plain torch container, as in EDM
         container = torch.nn.ModuleDict()
         container._modules = children  # holding the persistent records of its blocks
         return container
-    return Persistent(fn, type(module).__name__, state)
+    return Persistent(fn, type(module).__name__, state, source)
 
 
 def small_precond():
@@ -105,10 +110,10 @@ def small_precond():
     return net, edm_kwargs
 
 
-def write_snapshot(path, edm_modules, net, edm_kwargs, extra=None):
+def write_snapshot(path, edm_modules, net, edm_kwargs, extra=None, source=KNOWN_SRC):
     fn, EasyDict = edm_modules
     snap = dict(
-        ema=edm_layout(net, fn, edm_kwargs),
+        ema=edm_layout(net, fn, edm_kwargs, source),
         loss_fn=Persistent(fn, "EDMLoss", dict(P_mean=-1.2, P_std=1.2, sigma_data=0.5)),
         augment_pipe=None,
         dataset_kwargs=EasyDict(path="datasets/cifar10-32x32.zip", xflip=False),
@@ -121,7 +126,7 @@ def write_snapshot(path, edm_modules, net, edm_kwargs, extra=None):
 def test_round_trip_in_edm_layout(tmp_path, edm_modules):
     net, edm_kwargs = small_precond()
     path = tmp_path / "edm-tiny-cond.pkl"
-    write_snapshot(path, edm_modules, net, edm_kwargs)
+    write_snapshot(path, edm_modules, net, edm_kwargs, source=MODULE_SRC)  # code that must never run
     raw = path.read_bytes()
     for name in (
         b"torch_utils.persistence",
@@ -135,7 +140,7 @@ def test_round_trip_in_edm_layout(tmp_path, edm_modules):
         assert name in raw  # the globals and fields of EDM's own snapshots
     snap = read_snapshot(path)
     assert snap["dataset_kwargs"]["path"] == "datasets/cifar10-32x32.zip"
-    loaded = load_edm_pickle(path)
+    loaded = load_edm_pickle(path, allow_modified_source=True)  # not EDM's source: accepted by the key
     assert loaded.init_kwargs["label_dim"] == 10 and not loaded.training
     x, sigma = torch.randn(4, 3, 16, 16), torch.tensor([0.1, 1.0, 5.0, 80.0])
     labels = torch.nn.functional.one_hot(torch.arange(4), 10).float()
@@ -223,6 +228,12 @@ def _cfg_for(smoke_cfg, kw):
 
     cfg = copy.deepcopy(smoke_cfg)
     cfg["data"].update(source="image_folder", resolution=kw["img_resolution"])
+    cfg["teacher"] = {
+        "source": "edm_pickle",
+        "path": "x.pkl",
+        "md5": None,
+        "allow_modified_edm_source": False,
+    }
     cfg["network"].update(
         {
             k: kw[k]
@@ -322,3 +333,126 @@ def test_files_that_are_no_snapshot_say_so(tmp_path):
         assert reason in message and "\n" not in message, message
         if not reason:  # random data after the header: the unpickler's complaint, on one line
             assert re.search(r"\((corrupt pickle data: \w+|the pickle ends early)", message), message
+
+
+def test_stored_source_must_be_edm_released_code(tmp_path, edm_modules, smoke_cfg):
+    """A snapshot whose stored network source was changed (here: D_x = 0 appended to it) is
+    refused, naming the class and the key; with the key it loads, and the imported
+    checkpoint records that its source was modified. A known source loads as such."""
+    from hkd.teacher.edm_pickle import import_edm_pickle
+    from hkd.teacher.network import describe_origin, teacher_stats
+
+    net, edm_kwargs = small_precond()
+    known = tmp_path / "known.pkl"
+    write_snapshot(known, edm_modules, net, edm_kwargs)
+    _, found = read_network(known)
+    assert found["stored_source"] == "known" and found["modified_classes"] == []
+    modified = tmp_path / "fork.pkl"
+    write_snapshot(
+        modified, edm_modules, net, edm_kwargs, source=KNOWN_SRC + "\n# in forward: D_x = 0 * D_x\n"
+    )
+    with pytest.raises(ValueError) as info:
+        load_edm_pickle(modified)
+    message = str(info.value)
+    assert "fork.pkl: the network class 'EDMPrecond' is not EDM's released code" in message
+    assert "teacher.allow_modified_edm_source: true" in message
+    _, found = read_network(modified, allow_modified_source=True)
+    assert found["stored_source"].startswith("modified") and "EDMPrecond" in found["modified_classes"]
+    cfg = _cfg_for(smoke_cfg, edm_kwargs)
+    with pytest.raises(ValueError, match="allow_modified_edm_source"):
+        import_edm_pickle(str(modified), None, str(tmp_path / "d.pkl"), str(tmp_path / "refused.pt"), cfg)
+    assert not (tmp_path / "refused.pt").exists()
+    cfg["teacher"]["allow_modified_edm_source"] = True
+    import_edm_pickle(str(modified), None, str(tmp_path / "d.pkl"), str(tmp_path / "t.pt"), cfg)
+    stats = teacher_stats(str(tmp_path / "t.pt"))
+    assert stats["stored_source"].startswith("modified")
+    assert "MODIFIED network source (" in describe_origin(stats)  # the report's provenance line
+    import_edm_pickle(str(known), None, str(tmp_path / "k.pkl"), str(tmp_path / "k.pt"), cfg)
+    assert "this suite's network source" in describe_origin(teacher_stats(str(tmp_path / "k.pt")))
+    assert describe_origin({}) == "trained by this suite (teacher.source: train)"
+    # one class with no stored source at all is refused the same way
+    fn, _ = edm_modules
+    ema = edm_layout(net, fn, edm_kwargs)
+    ema.meta["state"]["_modules"]["model"].meta["module_src"] = None
+    bare = tmp_path / "bare.pkl"
+    write_snapshot(bare, edm_modules, net, edm_kwargs, {"ema": ema})
+    with pytest.raises(ValueError, match="'SongUNet' is not EDM's released code \\(no source is stored"):
+        load_edm_pickle(bare)
+
+
+def test_released_edm_sources_are_known_by_digest(monkeypatch):
+    """The digests of EDM's training/networks.py (both released versions) are listed with
+    their commits; a source whose digest is listed is accepted, any other is not."""
+    from hkd.teacher import edm_sources
+
+    released = {d: o for d, o in edm_sources.KNOWN_SOURCES.items() if o.startswith("released EDM")}
+    assert len(released) == 2 and all(len(d) == 64 for d in released)
+    assert any("0a2ff34" in o for o in released.values()) and any("b2a26c9" in o for o in released.values())
+    stand_in = "# a stand-in for a released networks.py\n"
+    assert edm_sources.source_origin(edm_sources.source_digest(stand_in)) is None
+    monkeypatch.setitem(edm_sources.KNOWN_SOURCES, edm_sources.source_digest(stand_in), "released EDM: test")
+    assert edm_sources.source_origin(edm_sources.source_digest(stand_in)) == "released EDM: test"
+    assert edm_sources.source_origin(edm_sources.source_digest(KNOWN_SRC)) is not None
+
+
+def _refusal(path) -> str:
+    with pytest.raises(ValueError) as info:
+        load_edm_pickle(path)
+    message = str(info.value)
+    assert "\x1b" not in message and "weights_only" not in message and "\n" not in message, message
+    return message
+
+
+def test_hostile_files_are_named_without_unsafe_advice(tmp_path, edm_modules):
+    """A nested torch payload carrying os.system names the refused global, never torch's
+    advice to load with weights_only=False; a protocol-0 pickle is named as a pickle with
+    what it imports; a top-level EvilNet record is 'an EvilNet'."""
+    import io
+    import os
+
+    fn, _ = edm_modules
+
+    class System:
+        def __reduce__(self):
+            return (os.system, (f"touch {MARKER}",))
+
+    payload = io.BytesIO()
+    torch.save(System(), payload)
+
+    class Nested:
+        def __reduce__(self):
+            return (torch.storage._load_from_bytes, (payload.getvalue(),))
+
+    net, edm_kwargs = small_precond()
+    nested = tmp_path / "nested.pkl"
+    write_snapshot(nested, edm_modules, net, edm_kwargs, {"augment_pipe": Nested()})
+    message = _refusal(nested)
+    assert "nested.pkl: refusing a nested torch payload" in message
+    assert re.search(r"(posix|os)\.system", message), message
+    old = tmp_path / "protocol0.pkl"
+    old.write_bytes(pickle.dumps(System(), protocol=0))
+    message = _refusal(old)
+    assert "a pickle of protocol 0 or 1" in message and re.search(r"imports (posix|os)\.system", message)
+    assert "text file" not in message
+    evil = tmp_path / "evil-net.pkl"
+    with open(evil, "wb") as f:
+        pickle.dump(Persistent(fn, "EvilNet", {}), f)
+    assert "it holds an EvilNet, not a training snapshot dict" in _refusal(evil)
+    assert not os.path.exists(MARKER)
+
+
+def test_torch_load_problem_keeps_the_refused_global_only():
+    """torch's weights-only refusal as one line: the refused global, no ANSI codes, no advice."""
+    from hkd.io import torch_load_problem
+
+    exc = pickle.UnpicklingError(
+        "Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` will likely "
+        "succeed, but it can result in arbitrary code execution.\n\n\x1b[1mTrying to load unsupported "
+        "GLOBAL posix.system whose module posix is blocked.\x1b[0m\n\nCheck the documentation of torch.load"
+    )
+    assert torch_load_problem(exc) == (
+        "UnpicklingError: Trying to load unsupported GLOBAL posix.system whose module posix is blocked."
+    )
+    assert torch_load_problem(RuntimeError("PytorchStreamReader failed reading zip archive")) == (
+        "RuntimeError: PytorchStreamReader failed reading zip archive"
+    )

@@ -228,6 +228,7 @@ def test_conditional_companion(repo, tmp_path):
         "source": "edm_pickle",
         "path": teacher["conditional_path"],
         "md5": teacher["conditional_md5"],
+        "allow_modified_edm_source": False,
     }
     assert {k: v for k, v in cond["hkd"].items() if k != "snapshot_epochs"} == {
         k: v for k, v in cfg["hkd"].items() if k != "snapshot_epochs"

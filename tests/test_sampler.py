@@ -125,3 +125,67 @@ def test_heun_on_a_network_matches_reference_within_1e5():
     for b in range(2):
         ref = reference_heun(one, noise[b].double() * grid[0], torch.tensor(grid))
         assert (final[b] - ref).abs().max() <= 1e-5
+
+
+def _small_net(label_dim: int):
+    from hkd.nn.precond import EDMPrecond
+
+    torch.manual_seed(3)
+    net = EDMPrecond(
+        8, 1, label_dim=label_dim, model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4]
+    )
+    with torch.no_grad():  # EDM zero-initialises output layers; make every weight count
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return net.eval()
+
+
+def generate_py_heun(net, latents, sigmas, class_labels=None):
+    """The deterministic sampler of EDM's generate.py (S_churn = 0) as that script runs it:
+    float64 state, the network called with the whole batch and one float64 0-dim sigma."""
+    x_next = latents.to(torch.float64) * sigmas[0]
+    for i, (t_cur, t_next) in enumerate(zip(sigmas[:-1], sigmas[1:], strict=True)):
+        x_hat, t_hat = x_next, t_cur
+        d_cur = (x_hat - net(x_hat, t_hat, class_labels).to(torch.float64)) / t_hat
+        x_next = x_hat + (t_next - t_hat) * d_cur
+        if i < len(sigmas) - 2:
+            d_prime = (x_next - net(x_next, t_next, class_labels).to(torch.float64)) / t_next
+            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+    return x_next
+
+
+def test_teacher_is_called_as_edm_generate_calls_it():
+    """One sigma per call for the whole batch, embedded at batch 1; a conditional network
+    without labels gets zeros [1, label_dim]; the samples equal generate.py's loop bit for bit."""
+    sigmas = edm_sigmas(6, 0.002, 80.0, 7.0)
+    noise = seeded_noise(range(5), (1, 8, 8))
+    for label_dim in (0, 10):
+        net = _small_net(label_dim)
+        seen = []
+        hook = net.model.map_noise.register_forward_hook(
+            lambda m, args, out, seen=seen: seen.append(tuple(args[0].shape))
+        )
+        calls = []
+
+        def denoise(x, sigma, net=net, calls=calls):
+            calls.append(tuple(sigma.shape))
+            with torch.no_grad():
+                return net(x, sigma)
+
+        with torch.no_grad():
+            ours = heun_sample(denoise, noise, sigmas)
+            assert calls == [()] * nfe(6) and seen == [(1,)] * nfe(6)
+            theirs = generate_py_heun(net, noise, sigmas)
+        hook.remove()
+        assert torch.equal(ours, theirs), (ours - theirs).abs().max()
+        with torch.no_grad():  # the batch call equals the network given sigma as a batch-1 tensor
+            x, s = noise * 3.0, sigmas[2].float()
+            assert torch.equal(net(x, s), net(x, s.reshape(1)))
+    labels_seen = []
+    hook = net.model.map_label.register_forward_hook(
+        lambda m, args, out: labels_seen.append(tuple(args[0].shape))
+    )
+    with torch.no_grad():
+        net(noise, sigmas[1].float())
+    hook.remove()
+    assert labels_seen == [(1, 10)]  # EDM's zeros([1, label_dim]) for a conditional net without labels

@@ -70,7 +70,13 @@ _ONLY_FOR = {
         "log_every",
         "checkpoint_every",
     ),
-    ("teacher", "source", "edm_pickle"): ("path", "md5", "conditional_path", "conditional_md5"),
+    ("teacher", "source", "edm_pickle"): (
+        "path",
+        "md5",
+        "allow_modified_edm_source",
+        "conditional_path",
+        "conditional_md5",
+    ),
     ("evaluate", "feature_extractor", "digit_classifier"): (
         "classifier_epochs",
         "classifier_batch_size",

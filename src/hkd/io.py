@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import struct
 import tempfile
 import zipfile
@@ -54,18 +55,33 @@ def load_torch(path, what: str = "checkpoint"):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or truncated file, or not a checkpoint at all
         raise RuntimeError(
-            f"cannot read {what} {path}: corrupt, truncated or not a checkpoint ({_load_error(exc)})"
+            f"cannot read {what} {path}: corrupt, truncated or not a checkpoint ({torch_load_problem(exc)})"
         ) from exc
 
 
-def _load_error(exc: Exception) -> str:
-    """The line of a torch.load error that says what was wrong with the file (its weights-only
-    message goes on to suggest unsafe loading, which is no remedy for a bad file)."""
-    text = str(exc)
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+#: the lines of torch's weights-only refusal that advise loading unsafely or point to its docs
+_ADVICE = (
+    "weights_only",
+    "weights only load failed",
+    "check the documentation",
+    "https://",
+    "trusted source",
+)
+
+
+def torch_load_problem(exc: Exception) -> str:
+    """One line saying what a failed ``torch.load`` found wrong with the file: the global or
+    type it refused where it names one. Never torch's advice to retry with
+    ``weights_only=False`` (no remedy for a bad file, and unsafe for a hostile one), no ANSI codes."""
+    text = _ANSI.sub("", str(exc))
     if "WeightsUnpickler error:" in text:
         text = text.split("WeightsUnpickler error:", 1)[1]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else 'no details'}"
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line or "unsupported" in line]
+    plain = [line for line in lines if not any(a in line.lower() for a in _ADVICE)]
+    line = (named or plain or ["no details"])[0]
+    return f"{type(exc).__name__}: {line}"
 
 
 def append_text(path, text: str) -> None:

@@ -22,7 +22,7 @@ from hkd.compile_guard import non_finite_message
 from hkd.io import load_npz, save_npz, sha256_file, sha256_json
 from hkd.pipeline import log_path
 from hkd.runtime import autocast, teacher_dtype
-from hkd.teacher.sampler import edm_sigmas, heun_sample, one_hot, seeded_inputs
+from hkd.teacher.sampler import SAMPLER_CONVENTION, edm_sigmas, heun_sample, one_hot, seeded_inputs
 from hkd.teacher.trajectories import DENOISER, make_denoiser
 
 
@@ -191,7 +191,13 @@ def _draw_to_file(
     endpoints), taken as they are."""
     t0, (name, path_name) = time.time(), names
     partial = Path(path).parent / ".partial" / name
-    spec = {"sampler": name, **net, "compile": cfg["compile"], "edm": cfg["edm"]}
+    spec = {
+        "sampler": name,
+        **net,
+        "compile": cfg["compile"],
+        "edm": cfg["edm"],
+        "convention": SAMPLER_CONVENTION,
+    }
     spec["steps"] = cfg["trajectories"]["num_steps"]
     shape = (net_module.img_channels, net_module.img_resolution, net_module.img_resolution)
     done = 0 if known is None else len(known[2])

@@ -19,6 +19,7 @@ from hkd.metrics.fidelity import EXTRACTOR_NAME, Scorer
 from hkd.metrics.throughput import measure
 from hkd.runtime import device_name, dtype_name, teacher_dtype
 from hkd.sample import draw, evaluation_seeds, hkd_sampler, teacher_sampler
+from hkd.teacher.network import describe_origin, teacher_stats
 from hkd.teacher.sampler import nfe, seeded_inputs
 
 
@@ -169,6 +170,7 @@ def evaluate(cfg: dict, paths: dict, teacher, model, device, dtype, kd=None) -> 
         "threads": torch.get_num_threads(),
         "precision": dtype_name(dtype),
         "teacher_precision": dtype_name(teacher_dtype(cfg, device)),
+        "teacher_origin": describe_origin(teacher_stats(paths["teacher"])),
     }
     save_json(result, paths["metrics"])
     shutil.rmtree(partial, ignore_errors=True)

@@ -56,14 +56,16 @@ class EDMPrecond(nn.Module):
         )
 
     def forward(self, x, sigma, class_labels=None):
+        """D(x; sigma) called as EDM's own EDMPrecond: ``sigma`` per sample [B], or one for the
+        whole batch (a scalar, as EDM's generate.py passes it: the noise embedding then runs at
+        batch 1 and broadcasts); without labels a conditional network gets zeros [1, label_dim]."""
         x = x.to(torch.float32)
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
-        sigma = sigma.expand(x.shape[0], 1, 1, 1)
         if self.label_dim:
             class_labels = (
-                torch.zeros([x.shape[0], self.label_dim], device=x.device)
+                torch.zeros([1, self.label_dim], device=x.device)
                 if class_labels is None
-                else class_labels.to(torch.float32)
+                else class_labels.to(torch.float32).reshape(-1, self.label_dim)
             )
         else:
             class_labels = None

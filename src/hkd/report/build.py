@@ -209,6 +209,7 @@ def provenance(cfg: dict, paths: dict, metrics: dict) -> dict:
         "threads": metrics["threads"],
         "precision": metrics["precision"],
         "teacher_precision": metrics.get("teacher_precision", "not recorded"),
+        "teacher_origin": metrics.get("teacher_origin", "not recorded"),
         "speed_index": describe(newest_reference()),
         "timings": timings,
     }

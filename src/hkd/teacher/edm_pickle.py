@@ -13,6 +13,11 @@ buffers are loaded by name with strict name and shape checks. Anything else is a
 that names the class or global. A file that is no pickled snapshot at all (a text file, an
 empty one, a torch.save zip, corrupt or cut pickle data, a pickle of something else) is
 ``not an EDM network pickle: <path> (<reason>)``.
+
+Because the network is rebuilt from this suite's classes, the source stored with each class is
+checked against the released EDM network code (``edm_sources``: its sha256 per EDM commit): a
+file from a modified EDM is refused, naming the class and ``teacher.allow_modified_edm_source``,
+which accepts it and marks the teacher as built from modified source in the report.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import pickletools
 from pathlib import Path
 
 import torch
 
-from hkd.io import sha256_file
+from hkd.io import sha256_file, torch_load_problem
 from hkd.nn.precond import EDMPrecond
 
 #: EDM's network classes (training/networks.py) that may appear in the ``ema`` tree; other
@@ -51,10 +57,11 @@ class _Refused(pickle.UnpicklingError):
 
 
 class _Record:
-    """A persistent EDM object, not rebuilt: its class name and pickled state."""
+    """A persistent EDM object, not rebuilt: its class name, pickled state and the source
+    of its module that EDM stored with it (None where none was stored)."""
 
-    def __init__(self, class_name: str, state: dict):
-        self.class_name, self.state = class_name, state
+    def __init__(self, class_name: str, state: dict, source: str | None = None):
+        self.class_name, self.state, self.source = class_name, state, source
 
 
 class _Container:
@@ -76,7 +83,11 @@ def _reconstruct_persistent(meta):
         meta = _plain_dict(meta, "persistent object")
         if meta.get("type") != "class" or not isinstance(meta.get("class_name"), str):
             raise ValueError("not a class record")
-        return _Record(meta["class_name"], _plain_dict(meta.get("state"), f"state of {meta['class_name']!r}"))
+        source = meta.get("module_src")
+        if source is not None and type(source) is not str:
+            raise ValueError(f"the stored source of {meta['class_name']!r} is a {type(source).__name__}")
+        state = _plain_dict(meta.get("state"), f"state of {meta['class_name']!r}")
+        return _Record(meta["class_name"], state, source)
     except ValueError as exc:
         raise _Refused(f"unexpected persistent object: {exc}") from None
 
@@ -106,7 +117,10 @@ def _numpy_dtype(spec, align=False, copy=True):
 
 def _storage_from_bytes(b: bytes):
     # torch's own _load_from_bytes calls torch.load(weights_only=False); weights_only suffices
-    return torch.load(io.BytesIO(b), weights_only=True, map_location="cpu")
+    try:
+        return torch.load(io.BytesIO(b), weights_only=True, map_location="cpu")
+    except Exception as exc:  # a payload torch refuses: say what it refused, not torch's advice
+        raise _Refused(f"refusing a nested torch payload ({torch_load_problem(exc)})") from None
 
 
 def _reconstructor(cls, base, state):
@@ -140,15 +154,19 @@ class _SnapshotUnpickler(pickle.Unpickler):
             raise _Refused(f"refusing to load {module}.{name} from an EDM pickle") from None
 
 
-def _module_state(node, prefix: str, out: dict, seen: set | None = None) -> None:
-    """Parameters and buffers of a record tree, by their state_dict names."""
+def _module_state(node, prefix: str, out: dict, seen: set | None = None, sources: dict | None = None) -> None:
+    """Parameters and buffers of a record tree, by their state_dict names; ``sources``
+    collects each record's stored source by class name."""
     seen = set() if seen is None else seen
+    sources = {} if sources is None else sources
     if id(node) in seen:
         raise ValueError(f"{prefix or 'the network'} contains itself")
     seen.add(id(node))
     where = prefix.rstrip(".") or "the network"
     if isinstance(node, _Record) and node.class_name not in NETWORK_CLASSES:
         raise ValueError(f"unrecognised EDM class {node.class_name!r} at {where}")
+    if isinstance(node, _Record):
+        sources.setdefault(node.class_name, set()).add(node.source)
     state = node.state if isinstance(node, _Record) else _plain_dict(vars(node), where)
     for key in ("_parameters", "_buffers"):
         for name, t in _plain_dict(state.get(key) or {}, f"{where}.{key}").items():
@@ -160,25 +178,51 @@ def _module_state(node, prefix: str, out: dict, seen: set | None = None) -> None
         if child is not None:
             if not isinstance(child, (_Record, _Container)):
                 raise ValueError(f"{prefix}{name} is a {type(child).__name__}, not an EDM module")
-            _module_state(child, f"{prefix}{name}.", out, seen)
+            _module_state(child, f"{prefix}{name}.", out, seen, sources)
 
 
 def _not_a_snapshot(path: Path, reason: str) -> ValueError:
     return ValueError(f"not an EDM network pickle: {path} ({reason})")
 
 
-def _header_problem(head: bytes) -> str | None:
-    """Why a file whose first bytes are ``head`` cannot be an EDM snapshot: ``pickle.dump``
-    writes those with protocol 2 or later, which starts with the PROTO opcode (byte 0x80)."""
+def _old_pickle(raw: bytes) -> str | None:
+    """What a protocol 0 or 1 pickle imports (read opcode by opcode, nothing is built), or
+    None where ``raw`` does not parse as one."""
+    imports = []
+    try:
+        for op, arg, _ in pickletools.genops(raw):
+            if op.name == "GLOBAL":
+                imports.append(str(arg).replace(" ", "."))
+            if op.name == "STOP":
+                break
+        else:
+            return None
+    except Exception:  # not a pickle opcode stream
+        return None
+    named = f"; it imports {', '.join(dict.fromkeys(imports))}" if imports else ""
+    return f"a pickle of protocol 0 or 1, which EDM never writes{named}"
+
+
+def _header_problem(raw: bytes) -> str | None:
+    """Why a file of bytes ``raw`` cannot be an EDM snapshot: ``pickle.dump`` writes those with
+    protocol 2 or later, which starts with the PROTO opcode (byte 0x80)."""
+    head = raw[:64]
     if not head:
         return "empty file"
     if head.startswith(b"PK\x03\x04"):
         return "a zip archive, e.g. a torch.save checkpoint"
     if head[0] == 0x80:
         return None
+    old = _old_pickle(raw)
+    if old:
+        return old
     if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
         return "a text file"
     return f"no pickle header; it starts with {head[:8].hex(' ')}"
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def _unpickle(path: Path, raw: bytes):
@@ -194,7 +238,7 @@ def _unpickle(path: Path, raw: bytes):
         first = (str(exc).strip().splitlines() or [""])[0]
         if first == "pickle data was truncated":  # the C unpickler's EOFError for data in memory
             raise _not_a_snapshot(path, "the pickle ends early: truncated") from exc
-        detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        detail = torch_load_problem(exc) if first else type(exc).__name__
         raise _not_a_snapshot(path, f"corrupt pickle data: {detail}") from exc
 
 
@@ -203,22 +247,62 @@ def read_snapshot(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"EDM network pickle not found: {path}")
-    with open(path, "rb") as f:
-        problem = _header_problem(f.read(64))
+    raw = path.read_bytes()
+    problem = _header_problem(raw)
     if problem:
         raise _not_a_snapshot(path, problem)
-    data = _unpickle(path, path.read_bytes())
+    data = _unpickle(path, raw)
     if not isinstance(data, dict):
         found = data.class_name if isinstance(data, _Record) else type(data).__name__
-        raise _not_a_snapshot(path, f"it holds a {found}, not a training snapshot dict")
+        raise _not_a_snapshot(path, f"it holds {_a(found)}, not a training snapshot dict")
     if "ema" not in data:
         keys = ", ".join(sorted(map(str, data))[:5]) or "none"
         raise _not_a_snapshot(path, f"a dict without an 'ema' network; its keys: {keys}")
     return data
 
 
-def load_edm_pickle(path: str | Path) -> EDMPrecond:
+#: the config key that accepts a snapshot whose stored network source is not a known one
+ALLOW_MODIFIED_KEY = "teacher.allow_modified_edm_source"
+
+
+def check_stored_source(path, sources: dict, allow_modified: bool = False) -> dict:
+    """Where the network source stored with each class comes from (``edm_sources``). An
+    unknown source (an EDM fork, a changed class) describes another network than the one
+    rebuilt here: refused, naming the class and the key that accepts it anyway."""
+    from hkd.teacher.edm_sources import source_digest, source_origin
+
+    origins, modified = {}, []
+    for class_name in sorted(sources, key=lambda c: (c != "EDMPrecond", c)):  # the top class first
+        for source in sources[class_name]:
+            digest = source_digest(source) if source is not None else None
+            origin = source_origin(digest) if digest else None
+            origins.setdefault(digest or "none stored", origin or "unknown")
+            if origin is None:
+                modified.append((class_name, digest))
+    if modified and not allow_modified:
+        class_name, digest = modified[0]
+        stored = f"its stored source has sha256 {digest}" if digest else "no source is stored with it"
+        raise ValueError(
+            f"{path}: the network class {class_name!r} is not EDM's released code ({stored}, "
+            f"{len(modified)} class(es) in all); the file may come from a modified EDM and would "
+            f"not be the network it describes. Set {ALLOW_MODIFIED_KEY}: true to rebuild it with "
+            "this suite's EDMPrecond anyway (its stored code is never run)"
+        )
+    return {
+        "stored_source": "modified (accepted by " + ALLOW_MODIFIED_KEY + ")" if modified else "known",
+        "stored_source_origins": origins,
+        "modified_classes": sorted({c for c, _ in modified}),
+    }
+
+
+def load_edm_pickle(path: str | Path, allow_modified_source: bool = False) -> EDMPrecond:
     """The snapshot's ``ema`` network as our EDMPrecond (eval mode, fp32, on CPU)."""
+    return read_network(path, allow_modified_source)[0]
+
+
+def read_network(path: str | Path, allow_modified_source: bool = False) -> tuple[EDMPrecond, dict]:
+    """The snapshot's ``ema`` network as our EDMPrecond (eval mode, fp32, on CPU) and what
+    ``check_stored_source`` found of its stored source."""
     ema = read_snapshot(path)["ema"]
     if not isinstance(ema, _Record) or ema.class_name != "EDMPrecond":
         found = ema.class_name if isinstance(ema, _Record) else type(ema).__name__
@@ -244,10 +328,12 @@ def load_edm_pickle(path: str | Path) -> EDMPrecond:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: unsupported EDMPrecond arguments ({exc})") from exc
     tensors: dict[str, torch.Tensor] = {}
+    sources: dict[str, set] = {}
     try:
-        _module_state(ema, "", tensors)
+        _module_state(ema, "", tensors, sources=sources)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
+    source_check = check_stored_source(path, sources, allow_modified_source)
     missing = sorted(expected.keys() - tensors.keys())
     unexpected = sorted(tensors.keys() - expected.keys())
     wrong = sorted(k for k in expected.keys() & tensors.keys() if expected[k].shape != tensors[k].shape)
@@ -258,7 +344,7 @@ def load_edm_pickle(path: str | Path) -> EDMPrecond:
         )
     net = EDMPrecond(**kwargs)
     net.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
-    return net.eval().requires_grad_(False)
+    return net.eval().requires_grad_(False), source_check
 
 
 def import_edm_pickle(
@@ -272,13 +358,15 @@ def import_edm_pickle(
     from hkd.teacher.network import check_matches_config, save_teacher
 
     path = fetch_file(source, download_to, md5, "EDM network pickle")
-    net = load_edm_pickle(path)
+    allow = cfg is not None and cfg["teacher"]["allow_modified_edm_source"]
+    net, source_check = read_network(path, allow)
     if cfg is not None:
         check_matches_config(net.init_kwargs, cfg, f"EDM network pickle {path}")
     stats = {
         "source": source,
         "file_sha256": sha256_file(path),
         "parameters": sum(p.numel() for p in net.parameters()),
+        **source_check,
     }
     save_teacher(net, out_path, stats)
     return stats

@@ -90,6 +90,30 @@ def save_teacher(net: EDMPrecond, path, stats: dict | None = None) -> None:
     )
 
 
+def teacher_stats(path: str) -> dict:
+    """What the stage that wrote a teacher checkpoint recorded of it (training or import:
+    for an imported EDM pickle, its source file and what its stored network source is)."""
+    ckpt = load_torch(path, "teacher checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != "edm_teacher":
+        raise ValueError(f"{path} is not a teacher checkpoint written by 'hkd teacher'")
+    return dict(ckpt.get("stats") or {})
+
+
+def describe_origin(stats: dict) -> str:
+    """One line for the report's provenance: where the teacher came from."""
+    if "file_sha256" not in stats:
+        return "trained by this suite (teacher.source: train)"
+    origin = f"EDM network pickle {stats['source']} (sha256 {stats['file_sha256']})"
+    if str(stats.get("stored_source", "")).startswith("modified"):
+        classes = ", ".join(stats.get("modified_classes", []))
+        return f"{origin}, built from MODIFIED network source ({classes}; teacher.allow_modified_edm_source: true)"
+    if "stored_source" not in stats:
+        return f"{origin}, imported before stored sources were checked"
+    return f"{origin}, stored network source: " + "; ".join(
+        sorted(set(stats["stored_source_origins"].values()))
+    )
+
+
 def load_teacher(path: str, device: torch.device | str = "cpu", cfg: dict | None = None) -> EDMPrecond:
     """EMA weights of a teacher written by ``hkd teacher``; shapes checked strictly. With ``cfg``,
     a checkpoint left by a run with another architecture is refused, naming the keys."""

@@ -12,6 +12,11 @@ from hkd.runtime import widest_float
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+#: how the sampler calls the network, part of every trajectory's and sample's fingerprint (files
+#: drawn under an earlier convention are drawn again): as EDM's generate.py, one sigma per step
+#: for the whole batch (a 0-dim tensor), so the network embeds it at batch 1
+SAMPLER_CONVENTION = "edm-generate: one 0-dim sigma per call, noise embedding at batch 1"
+
 
 def edm_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
     """float64 grid sigma_0 = sigma_max > ... > sigma_{N-1} = sigma_min, then a final 0."""
@@ -54,7 +59,8 @@ def heun_sample(
     """Integrate the probability-flow ODE from sigmas[0] down to sigmas[-1] = 0.
 
     ``denoise(x, sigma)`` returns D(x; sigma) (``denoise(x, sigma, class_labels)`` when labels
-    are given). NFE = 2 * (len(sigmas) - 1) - 1.
+    are given); ``sigma`` is a 0-dim float32 tensor, one for the whole batch, as EDM's
+    generate.py calls the network (SAMPLER_CONVENTION). NFE = 2 * (len(sigmas) - 1) - 1.
     Returns the final state, or (final, states) with every grid state when ``keep_states``.
     The state is float64, except on Apple MPS (float32: MPS has no float64).
     """

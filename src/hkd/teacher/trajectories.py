@@ -33,7 +33,7 @@ from hkd.compile_guard import maybe_compile, non_finite_message
 from hkd.io import load_json, load_npz, npz_memmap, save_json, save_npz, sha256_file, sha256_json
 from hkd.pipeline import log_path, shard_count, shard_name
 from hkd.runtime import autocast, teacher_dtype
-from hkd.teacher.sampler import edm_sigmas, heun_sample, nfe, one_hot, seeded_inputs
+from hkd.teacher.sampler import SAMPLER_CONVENTION, edm_sigmas, heun_sample, nfe, one_hot, seeded_inputs
 
 MANIFEST = "manifest.json"
 STATE_DTYPE = np.float16
@@ -80,6 +80,7 @@ def fingerprint(cfg: dict, teacher_sha256: str, dtype) -> str:
         "store_every": tcfg["store_every"],
         "autocast": str(dtype),
         "state_dtype": np.dtype(STATE_DTYPE).name,
+        "sampler": SAMPLER_CONVENTION,
     }
     return sha256_json(spec)
 
