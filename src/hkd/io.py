@@ -47,12 +47,14 @@ def save_torch(obj, path) -> None:
         torch.save(obj, tmp)
 
 
-def load_torch(path, what: str = "checkpoint"):
+def load_torch(path, what: str = "checkpoint", mmap: bool = False):
+    """``torch.load`` of a checkpoint, weights only, on CPU; ``mmap``: tensors are mapped, not
+    read, for a caller that needs only the other entries."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # corrupt or truncated file, or not a checkpoint at all
         raise RuntimeError(
             f"cannot read {what} {path}: corrupt, truncated or not a checkpoint ({torch_load_problem(exc)})"
@@ -78,7 +80,7 @@ def torch_load_problem(exc: Exception) -> str:
     if "WeightsUnpickler error:" in text:
         text = text.split("WeightsUnpickler error:", 1)[1]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line or "unsupported" in line]
+    named = [line for line in lines if "GLOBAL" in line or "unsupported" in line.lower()]
     plain = [line for line in lines if not any(a in line.lower() for a in _ADVICE)]
     line = (named or plain or ["no details"])[0]
     return f"{type(exc).__name__}: {line}"

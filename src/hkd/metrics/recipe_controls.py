@@ -43,7 +43,7 @@ def errors_over_seeds(records: dict[str, dict]) -> dict:
     return out
 
 
-def model_controls(cfg: dict, runs: dict[str, str], heldout: dict, device, dtype) -> dict:
+def weights_controls(cfg: dict, runs: dict[str, str], heldout: dict, device, dtype) -> dict:
     """One recipe's model over its training seeds: prediction errors and alpha agreement."""
     records, maps = {}, []
     for run, path in runs.items():
@@ -59,13 +59,13 @@ def model_controls(cfg: dict, runs: dict[str, str], heldout: dict, device, dtype
 
 
 def write_recipe_controls(cfg: dict, paths: dict, teacher, device, dtype, teacher_dtype) -> dict:
-    """recipe_controls.json: per recipe and model, ``model_controls``."""
+    """recipe_controls.json: per recipe and model, ``weights_controls``."""
     shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
     denoise = make_denoiser(teacher, device, teacher_dtype)
     heldout = heldout_trajectories(cfg, denoise, shape, teacher.label_dim, device)
     seeds = heldout_seeds(cfg)
     recipes = {
-        recipe: {m: model_controls(cfg, runs, heldout, device, dtype) for m, runs in models.items()}
+        recipe: {m: weights_controls(cfg, runs, heldout, device, dtype) for m, runs in models.items()}
         for recipe, models in recipe_weights(cfg, paths).items()
     }
     save_json(

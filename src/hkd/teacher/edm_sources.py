@@ -14,6 +14,7 @@ set. Only the sha256 of each source is kept, not the source. The released ones a
 from __future__ import annotations
 
 import hashlib
+from functools import cache
 
 #: sha256 of a stored ``module_src`` (UTF-8) -> where that source comes from
 KNOWN_SOURCES = {
@@ -40,10 +41,17 @@ def source_origin(digest: str) -> str | None:
     this suite's exporter writes today (``hkd export-teacher``) is known too."""
     if digest in KNOWN_SOURCES:
         return KNOWN_SOURCES[digest]
-    from hkd.teacher.edm_export import network_source
-
-    if digest == source_digest(network_source()):
+    if digest == _exported_digest():
         return (
             "this suite's network source (hkd/nn/unet.py, hkd/nn/precond.py), as hkd export-teacher writes it"
         )
     return None
+
+
+@cache
+def _exported_digest() -> str:
+    """The digest of the source ``hkd export-teacher`` writes (read once per process: every
+    class of a snapshot is checked against it)."""
+    from hkd.teacher.edm_export import network_source
+
+    return source_digest(network_source())

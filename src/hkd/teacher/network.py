@@ -92,8 +92,9 @@ def save_teacher(net: EDMPrecond, path, stats: dict | None = None) -> None:
 
 def teacher_stats(path: str) -> dict:
     """What the stage that wrote a teacher checkpoint recorded of it (training or import:
-    for an imported EDM pickle, its source file and what its stored network source is)."""
-    ckpt = load_torch(path, "teacher checkpoint")
+    for an imported EDM pickle, its source file and what its stored network source is); the
+    weights are mapped, not read (evaluate has loaded them already)."""
+    ckpt = load_torch(path, "teacher checkpoint", mmap=True)
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "edm_teacher":
         raise ValueError(f"{path} is not a teacher checkpoint written by 'hkd teacher'")
     return dict(ckpt.get("stats") or {})
