@@ -30,3 +30,9 @@ rule all:
 rule claims:
     input:
         tier_report("claims"),
+
+
+# A finished `all` or tier is recorded in DVC (`dvc commit`) where dvc.yaml is this config's,
+# so that `dvc status` agrees and `dvc repro` computes nothing again (docs/dvc-and-snakemake.md).
+onsuccess:
+    record_in_dvc()

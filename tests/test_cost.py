@@ -2,6 +2,7 @@
 and a plan for every config (the smoke plan against a real smoke run: test_end_to_end)."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,53 @@ def test_plan_times_the_rules_threads_from_the_thread_benchmark(tmp_path):
     p = plan(cfg, tmp_path)
     assert p["total"]["cpu"]["rules_threads"]["elapsed_seconds_by_cores"][2] == pytest.approx(fast)
     assert "with the threads the rules give each job" in format_plan(p, "configs/smoke.yaml")
+
+
+def test_rule_memory_is_the_largest_planned_peak_of_its_jobs_times_the_margin(tmp_path):
+    from hkd.cost.resources import MARGIN, rule_memory
+
+    cfg = load_config(SMOKE)
+    fake = fake_bench(cfg)
+    fake["workloads"]["hkd_train"]["peak_rss_bytes"] = 3 * 2**30
+    (tmp_path / "a-cpu.json").write_text(json.dumps(fake))
+    memory = rule_memory(cfg, tmp_path)
+    peaks = {}
+    for row in plan(cfg, tmp_path)["jobs"]:
+        if row["cpu"]["peak_ram_bytes"]:
+            rule = row["job"].split("[")[0]
+            peaks[rule] = max(peaks.get(rule, 0), row["cpu"]["peak_ram_bytes"])
+    assert set(memory) == set(peaks) and {"hkd_train", "variant_train", "trajectory_shard"} <= set(memory)
+    for rule, peak in peaks.items():
+        assert memory[rule] == {"mem_mb": math.ceil(peak * MARGIN / 1e6)}, rule
+    assert memory["hkd_train"]["mem_mb"] > 3 * 2**30 * MARGIN / 1e6 > memory["sample"]["mem_mb"]
+    assert "trajectories" not in memory and "report" not in memory  # no workload: the profile's default
+
+
+def test_rule_memory_without_a_usable_benchmark_sizes_nothing(tmp_path, capsys):
+    from hkd.cost.resources import rule_memory
+
+    cfg = load_config(SMOKE)
+    assert rule_memory(cfg, tmp_path) == {}
+    old = fake_bench(cfg)
+    del old["workloads"]["one_step"]  # stored before a workload the config runs existed
+    (tmp_path / "a-cpu.json").write_text(json.dumps(old))
+    assert rule_memory(cfg, tmp_path) == {}
+    assert "one_step" in capsys.readouterr().err
+
+
+def test_a_cuda_run_is_sized_by_its_gpu_benchmark_where_stored(tmp_path):
+    from hkd.cost.resources import MARGIN, rule_memory
+
+    cfg = load_config(SMOKE)
+    cfg["device"] = "cuda"
+    (tmp_path / "a-cpu.json").write_text(json.dumps(fake_bench(cfg)))
+    assert "gpu_mem_mb" not in rule_memory(cfg, tmp_path)["hkd_train"]  # host RAM from the CPU run
+    gpu = fake_bench(cfg, measured="2026-02-01T00:00:00+00:00")
+    gpu["device_kind"] = "cuda"
+    for w in gpu["workloads"].values():
+        w["peak_rss_bytes"], w["peak_gpu_bytes"] = 2**29, 5 * 2**30
+    (tmp_path / "b-cuda.json").write_text(json.dumps(gpu))
+    train = rule_memory(cfg, tmp_path)["hkd_train"]
+    assert (
+        train["gpu_mem_mb"] == math.ceil(5 * 2**30 * MARGIN / 1e6) and train["mem_mb"] < 2**30 * MARGIN / 1e6
+    )

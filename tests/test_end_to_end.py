@@ -57,9 +57,10 @@ def check_plan_against_run(work: Path) -> None:
 @pytest.mark.slow
 def test_smoke_dag_with_snakemake(tmp_path):
     work = copy_workflow(tmp_path)
+    dvc_repository(work)  # Snakemake's run is then recorded in DVC (check_dvc_records_the_run)
     smk = [str(BIN / "snakemake"), "--configfile", "configs/smoke.yaml", "--cores", "2"]
     t0 = time.time()
-    run(smk, work)
+    first = run(smk, work)
     elapsed = time.time() - t0
     html = (work / "reports" / "smoke" / "index.html").read_text()
     metrics = json.loads((work / "results" / "smoke" / "eval" / "metrics.json").read_text())
@@ -197,10 +198,61 @@ def test_smoke_dag_with_snakemake(tmp_path):
         assert (work / "results" / "smoke" / "logs" / f"{stage}.log").stat().st_size > 0
     check_plan_against_run(work)
     print(f"smoke DAG: {elapsed:.1f} s")
+    assert "hkd dvc-commit: dvc.yaml recorded" in first.stdout + first.stderr
+    check_dvc_records_the_run(work, smk, tmp_path)
     r = run(smk, work)
     assert "Nothing to be done" in r.stdout + r.stderr
     check_snakemake_report_and_benchmarks(work, smk)
     check_config_override(work, smk)
+
+
+def dvc_repository(work: Path) -> None:
+    """``work`` as a git and DVC repository whose dvc.yaml is the smoke config's (the default's
+    claims tier, claims/dvc.yaml, has no stage in it)."""
+    shutil.rmtree(work / "claims")
+    run(["git", "init", "-q"], work)
+    run([str(BIN / "dvc"), "init", "-q"], work)
+    run([str(BIN / "hkd"), "dvc-yaml", "--config", "configs/smoke.yaml"], work)
+
+
+def dvc(args: list[str], cwd: Path) -> str:
+    r = run([str(BIN / "dvc"), *args], cwd)
+    return r.stdout + r.stderr
+
+
+def check_dvc_records_the_run(work: Path, smk: list[str], tmp_path: Path) -> None:
+    """After `snakemake all`, DVC holds the run (its onsuccess handler's `dvc commit`): status
+    is clean and `dvc repro` runs nothing; pushed to a remote, a fresh clone pulls the data
+    and checkpoints, and Snakemake there, its mtimes set with `--touch`, has nothing to do."""
+    assert "up to date" in dvc(["status"], work)
+    out = dvc(["repro"], work)
+    assert "up to date" in out and "Running stage" not in out, out
+    dvc(["remote", "add", "-d", "store", str(tmp_path / "remote")], work)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    run(["git", "add", "-A"], work)
+    run(git + ["commit", "-q", "-m", "smoke run"], work)
+    dvc(["push"], work)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(work), str(clone)], tmp_path)
+    in_git = {str(p.relative_to(clone)) for p in (clone / "results").rglob("*") if p.is_file()}
+    assert in_git == {f"results/smoke/eval/{f}" for f in ("summary.json", "loss.csv", "budget_curves.csv")}
+    dvc(["pull"], clone)
+    for rel in (
+        "results/smoke/hkd/hkd.pt",
+        "results/smoke/trajectories/manifest.json",
+        "results/smoke/hkd/tensorboard",
+        "results/smoke/conditional/hkd/hkd.pt",
+        "reports/smoke/index.html",
+        "reports/smoke/tables/table1.md",
+    ):
+        assert (clone / rel).exists(), rel
+    assert (clone / "results/smoke/hkd/hkd.pt").read_bytes() == (
+        work / "results/smoke/hkd/hkd.pt"
+    ).read_bytes()
+    run(smk + ["--touch"], clone)  # the pulled files' mtimes in the DAG's order
+    r = run(smk + ["-n"], clone)
+    assert "Nothing to be done" in r.stdout + r.stderr, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "up to date" in dvc(["status"], clone)
 
 
 def check_config_override(work: Path, smk: list[str]) -> None:
@@ -218,7 +270,8 @@ def check_config_override(work: Path, smk: list[str]) -> None:
         "trajectories",
         "conditional_teacher",
     }, planned
-    run(smk + override + ["--", "results/smoke/hkd/hkd.pt"], work)
+    r = run(smk + override + ["--", "results/smoke/hkd/hkd.pt"], work)
+    assert "not recorded in DVC: the run had targets other than all or a tier" in r.stderr
     assert load_config(work / "results" / "smoke" / "config.yaml")["hkd"]["lr"] == 0.0005
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -289,12 +342,9 @@ def check_metrics_and_plots(work: Path, env: dict) -> None:
 @pytest.mark.slow
 def test_smoke_dag_with_dvc(tmp_path):
     work = copy_workflow(tmp_path)
-    shutil.rmtree(work / "claims")  # the default's claims tier: no stage of this smoke repository
     one_of_each_kind(work)
+    dvc_repository(work)
     env_bin = str(BIN)
-    run(["git", "init", "-q"], work)
-    run([str(BIN / "dvc"), "init", "-q"], work)
-    run([str(BIN / "hkd"), "dvc-yaml", "--config", "configs/smoke.yaml"], work)
     import os
 
     env = dict(
@@ -314,36 +364,6 @@ def test_smoke_dag_with_dvc(tmp_path):
     r = subprocess.run([str(BIN / "dvc"), "status"], cwd=work, capture_output=True, text=True, env=env)
     assert "up to date" in r.stdout, r.stdout
 
-    # a DVC remote: push the run's outputs, then a fresh clone pulls them and has nothing to redo
-    remote = tmp_path / "remote"
-    run([str(BIN / "dvc"), "remote", "add", "-d", "store", str(remote)], work)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    run(["git", "add", "-A"], work)
-    run(git + ["commit", "-q", "-m", "smoke run"], work)
-    run([str(BIN / "dvc"), "push"], work)
-    clone = tmp_path / "clone"
-    run(["git", "clone", "-q", str(work), str(clone)], tmp_path)
-    in_git = {str(p.relative_to(clone)) for p in (clone / "results").rglob("*") if p.is_file()}
-    assert in_git == {f"results/smoke/eval/{f}" for f in ("summary.json", "loss.csv", "budget_curves.csv")}
-    r = subprocess.run(
-        [str(BIN / "dvc"), "pull"], cwd=clone, capture_output=True, text=True, env=env, timeout=600
-    )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for rel in (
-        "results/smoke/hkd/hkd.pt",
-        "results/smoke/trajectories/manifest.json",
-        "results/smoke/hkd/tensorboard",
-        "reports/smoke/index.html",
-        "reports/smoke/tables/table1.md",
-    ):
-        assert (clone / rel).exists(), rel
-    assert (clone / "results/smoke/hkd/hkd.pt").read_bytes() == (
-        work / "results/smoke/hkd/hkd.pt"
-    ).read_bytes()
-    r = subprocess.run(
-        [str(BIN / "dvc"), "repro"], cwd=clone, capture_output=True, text=True, env=env, timeout=600
-    )
-    assert r.returncode == 0 and "up to date" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
     check_experiment(work, env)
 
 

@@ -47,6 +47,21 @@ def _tier(name, tier_file):
 TIERS = [_tier(n, f) for n, f in tier_files(CONFIG_FILES[0], workflow.basedir).items()] if len(CONFIG_FILES) == 1 else []
 RULE_SETS = [("", config, CONFIG_FILE, None)] + TIERS
 
+# Each rule's memory request (mem_mb; gpu_mem_mb on a CUDA run): its jobs' planned peak from
+# the config's stored `hkd bench` numbers, times a margin (hkd.cost.resources). Rules with no
+# planned peak, and configs with no benchmark, keep the profile's default-resources.
+from hkd.cost.resources import rule_memory  # noqa: E402
+
+BENCHMARKS = os.path.join(workflow.basedir, "benchmarks")
+PLANNED_MEMORY = rule_memory(config, BENCHMARKS)
+for _prefix, _tier_cfg, _file, _extended in TIERS:
+    PLANNED_MEMORY.update(rule_memory(_tier_cfg, BENCHMARKS, extended=_extended))
+
+
+def memory(rule_name):
+    """The planned memory resources of a rule ({} where the plan has none)."""
+    return PLANNED_MEMORY.get(rule_name, {})
+
 # Stages run `python -m hkd <stage>` from this checkout: the interpreter running
 # Snakemake (e.g. the project's .venv), or the rule's conda env with --use-conda.
 from snakemake.settings.types import DeploymentMethod  # noqa: E402
@@ -133,3 +148,31 @@ def tier_report(name):
         )
 
     return report_of
+
+
+def record_in_dvc():
+    """After a successful `snakemake all` or `snakemake <tier>`: its outputs recorded in DVC
+    (`dvc commit`, hkd.dvc_record), where this folder is a DVC repository whose dvc.yaml is
+    the one of the config run; otherwise one line says why not. `--no-hooks` skips it."""
+    from hkd.dvc_record import record_run
+
+    targets = set(workflow.dag_settings.targets) or {"all"}
+    tiers = [None if t == "all" else t for t in sorted(targets) if t == "all" or t in TIER_CONFIGS]
+    if len(tiers) != len(targets) or len(CONFIG_FILES) != 1:
+        what = "several --configfile files" if len(CONFIG_FILES) != 1 else "targets other than all or a tier"
+        print(f"hkd dvc-commit: not recorded in DVC: the run had {what}", file=sys.stderr)
+        return
+    config_file = os.path.relpath(CONFIG_FILES[0])
+    for tier in tiers:
+        try:
+            record_run(config_file, run_config_file(tier), tier)
+        except Exception as exc:  # the run itself succeeded: say why it is not recorded, no more
+            print(f"hkd dvc-commit: not recorded in DVC: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def run_config_file(tier):
+    """results/<run>/config.yaml of the run, or of the tier of that name."""
+    for prefix, _cfg, cfg_file, _run in RULE_SETS:
+        if prefix == (f"{tier}_" if tier else ""):
+            return cfg_file
+    raise WorkflowError(f"no tier {tier!r} over {' + '.join(CONFIG_FILES)}")

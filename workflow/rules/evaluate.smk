@@ -13,6 +13,8 @@ rule classifier:
         ENV
     priority: rule_priority("classifier")
     threads: share_of_cores("classifier")
+    resources:
+        **memory("classifier"),
     shell:
         hkd_shell("classifier")
 
@@ -41,6 +43,7 @@ for prefix, run_cfg, flag in RUNS:
         threads: share_of_cores("evaluate")
         resources:
             gpu=gpus(run_cfg),
+            **memory(f"{prefix}evaluate"),
         shell:
             hkd_shell("evaluate", "{params.run_flag}")
 
@@ -73,6 +76,7 @@ for prefix, run_cfg, run_cfg_file, extended in RULE_SETS:
             threads: share_of_cores("stability", run_cfg)
             resources:
                 gpu=gpus(run_cfg),
+                **memory(f"{prefix}stability"),
             shell:
                 hkd_shell("stability", config_file="{params.run_config}")
 
@@ -98,6 +102,7 @@ for prefix, run_cfg, run_cfg_file, extended in RULE_SETS:
             threads: share_of_cores("recipe_controls", run_cfg)
             resources:
                 gpu=gpus(run_cfg),
+                **memory(f"{prefix}recipe_controls"),
             shell:
                 hkd_shell("recipe-controls", config_file="{params.run_config}")
 

@@ -22,6 +22,7 @@ for prefix, run_cfg, flag in RUNS:
         threads: share_of_cores("hkd_train")
         resources:
             gpu=gpus(run_cfg),
+            **memory(f"{prefix}hkd_train"),
         shell:
             hkd_shell("hkd-train", "{params.run_flag}", multi_gpu=True)
 
@@ -45,6 +46,7 @@ for prefix, run_cfg, flag in RUNS:
         threads: share_of_cores("teacher_sample")
         resources:
             gpu=gpus(run_cfg),
+            **memory(f"{prefix}teacher_sample"),
         shell:
             hkd_shell("teacher-sample", "{params.run_flag}")
 
@@ -68,6 +70,7 @@ for prefix, run_cfg, flag in RUNS:
         threads: share_of_cores("sample")
         resources:
             gpu=gpus(run_cfg),
+            **memory(f"{prefix}sample"),
         shell:
             hkd_shell("sample", "{params.run_flag}")
 
@@ -102,6 +105,7 @@ for prefix, run_cfg, run_cfg_file, extended in RULE_SETS:
         threads: share_of_cores("variant_train", run_cfg)
         resources:
             gpu=gpus(run_cfg),
+            **memory(f"{prefix}variant_train"),
         shell:
             hkd_shell("variant-train --variant {wildcards.variant}", multi_gpu=True, config_file="{params.run_config}")
 
@@ -127,5 +131,6 @@ for prefix, run_cfg, run_cfg_file, extended in RULE_SETS:
         threads: share_of_cores("variant_evaluate", run_cfg)
         resources:
             gpu=gpus(run_cfg),
+            **memory(f"{prefix}variant_evaluate"),
         shell:
             hkd_shell("variant-evaluate --variant {wildcards.variant}", config_file="{params.run_config}")

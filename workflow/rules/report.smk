@@ -55,5 +55,6 @@ rule figures:
     threads: share_of_cores("figures")
     resources:
         gpu=gpus(),
+        **memory("figures"),
     shell:
         hkd_shell("figures")

@@ -21,6 +21,7 @@ for prefix, run_cfg, flag in RUNS:
         threads: share_of_cores("teacher")
         resources:
             gpu=gpus(run_cfg),
+            **memory(f"{prefix}teacher"),
         shell:
             hkd_shell("teacher", "{params.run_flag}")
 
@@ -49,6 +50,7 @@ for prefix, run_cfg, flag in RUNS:
         threads: share_of_cores("trajectories")
         resources:
             gpu=gpus(run_cfg),
+            **memory(f"{prefix}trajectory_shard"),
         shell:
             hkd_shell("trajectories --shard {wildcards.shard}", "{params.run_flag}", multi_gpu=True)
 

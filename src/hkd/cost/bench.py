@@ -27,7 +27,8 @@ import torch
 
 from hkd.cost import reference
 from hkd.cost.reference import cpu_model  # noqa: F401 (workflow/scripts/bench_threads.py reads it here)
-from hkd.io import save_npz, sha256_json
+from hkd.cost.stored import cost_digest, cost_keys
+from hkd.io import save_npz
 from hkd.runtime import synchronize
 
 #: workload -> (what its rate counts, the stages that run it)
@@ -39,33 +40,6 @@ WORKLOADS = {
     "features": ("images/s", "evaluate, variant_evaluate, stability, study"),
     "classifier_train": ("images/s", "classifier"),
 }
-
-
-def cost_keys(cfg: dict) -> dict:
-    """The settings a workload's cost depends on: two configs with the same keys share a
-    benchmark (e.g. configs/claims.yaml and the default it extends)."""
-    return {
-        "data": {k: cfg["data"][k] for k in ("source", "resolution")},
-        "network": {k: v for k, v in cfg["network"].items() if k != "label_dim"},
-        "batches": {
-            "teacher": cfg["teacher"].get("batch_size"),
-            "trajectories": cfg["trajectories"]["batch_size"],
-            "hkd": cfg["hkd"]["batch_size"],
-            "hkd_micro": cfg["hkd"]["micro_batch"],
-            "sample": cfg["sample"]["batch_size"],
-            "classifier": cfg["evaluate"].get("classifier_batch_size"),
-        },
-        "precision": cfg["precision"],
-        "teacher_precision": cfg["teacher_precision"],
-        "compile": cfg["compile"],
-        "feature_extractor": cfg["evaluate"]["feature_extractor"],
-        # only where set: a config following `compile` keeps the digest of its stored benchmarks
-        **({"hkd_compile": cfg["hkd_compile"]} if cfg["hkd_compile"] is not None else {}),
-    }
-
-
-def cost_digest(cfg: dict) -> str:
-    return sha256_json(cost_keys(cfg))[:16]
 
 
 def _random_dataset(cfg: dict, path: Path, count: int) -> str:

@@ -3,22 +3,21 @@ their size, its peak memory and its time, on CPU and on a GPU.
 
 Sizes are computed from the config (array shapes, parameter counts); memory and time from
 the throughputs ``hkd bench`` stored under ``benchmarks/`` for a config with the same cost
-settings (``bench.cost_digest``) and device kind. A rate measured at one batch is used as
+settings (``stored.cost_digest``) and device kind. A rate measured at one batch is used as
 it is: the plan assumes the config's own batch sizes, which the benchmark measures.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from hkd import pipeline
-from hkd.cost.bench import cost_digest
 from hkd.cost.reference import brief
+from hkd.cost.stored import cost_digest, find_benchmark, find_thread_scaling
 from hkd.pipeline import rule_threads
 
 #: time of starting a stage process (python, torch, the config), added to every job
@@ -250,23 +249,6 @@ def jobs(cfg: dict, extended: dict | None = None) -> list[Job]:
     return out
 
 
-def _newest(cfg: dict, root: str | Path, pattern: str, **match) -> dict | None:
-    """The newest stored result under ``root`` matching ``pattern`` for this config's cost
-    settings (and the ``match`` fields)."""
-    digest = cost_digest(cfg)
-    found = [
-        b
-        for b in (json.loads(p.read_text()) for p in Path(root).glob(pattern))
-        if b.get("cost_digest") == digest and all(b.get(k) == v for k, v in match.items())
-    ]
-    return max(found, key=lambda b: b["measured"]) if found else None
-
-
-def find_benchmark(cfg: dict, device_kind: str, root: str | Path = "benchmarks") -> dict | None:
-    """The newest stored ``hkd bench`` result of this config's cost settings on that device kind."""
-    return _newest(cfg, root, f"*-{device_kind}.json", device_kind=device_kind)
-
-
 def job_seconds(job: Job, bench: dict, speed: dict | None = None) -> float:
     """Start, work over the benchmark's rates (each times ``speed[workload]``, default 1),
     and the first call of each path the job compiles."""
@@ -417,11 +399,6 @@ def elapsed_seconds(jobs: list[Job], seconds: list[float], cores: int, threads: 
 def _priority(job: Job) -> int:
     """The Snakemake priority of the job's rule (pipeline.RULE_PRIORITIES)."""
     return pipeline.rule_priority(job.stage, job.name.startswith(f"{pipeline.CONDITIONAL}_"))
-
-
-def find_thread_scaling(cfg: dict, root: str | Path = "benchmarks") -> dict | None:
-    """The newest stored ``bench_threads.py`` result for this config's cost settings."""
-    return _newest(cfg, root, "threads-*-cpu.json")
 
 
 def rules_elapsed_seconds(
