@@ -216,6 +216,14 @@ def dvc_repository(work: Path) -> None:
     run([str(BIN / "hkd"), "dvc-yaml", "--config", "configs/smoke.yaml"], work)
 
 
+def git_commit(work: Path, message: str) -> None:
+    run(["git", "add", "-A"], work)
+    run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q", "-m", message],
+        work,
+    )
+
+
 def dvc(args: list[str], cwd: Path) -> str:
     r = run([str(BIN / "dvc"), *args], cwd)
     return r.stdout + r.stderr
@@ -229,9 +237,7 @@ def check_dvc_records_the_run(work: Path, smk: list[str], tmp_path: Path) -> Non
     out = dvc(["repro"], work)
     assert "up to date" in out and "Running stage" not in out, out
     dvc(["remote", "add", "-d", "store", str(tmp_path / "remote")], work)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    run(["git", "add", "-A"], work)
-    run(git + ["commit", "-q", "-m", "smoke run"], work)
+    git_commit(work, "smoke run")
     dvc(["push"], work)
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(work), str(clone)], tmp_path)
@@ -364,7 +370,7 @@ def test_smoke_dag_with_dvc(tmp_path):
     assert "up to date" in r.stdout, r.stdout
     r = subprocess.run([str(BIN / "dvc"), "status"], cwd=work, capture_output=True, text=True, env=env)
     assert "up to date" in r.stdout, r.stdout
-
+    git_commit(work, "smoke run")  # the baseline `dvc exp run` starts from
     check_experiment(work, env)
 
 
