@@ -398,3 +398,20 @@ def test_the_quality_claim_names_the_recognisable_rates():
     )
     assert "recognisable" not in quality_claim(None, scored_metrics(rates=(None,) * 4))["this_run"]
     assert "recognisable" not in quality_claim(None, scored_metrics("inception-v3-compat"))["this_run"]
+
+
+def test_run_and_tier_reports_link_to_each_other(repo):
+    """The default's report links to the claims tier's (reports/claims/index.html) and back;
+    a run no tier extends links to none."""
+    from hkd.config import load_config
+    from hkd.report.links import report_links
+
+    def links(name):
+        return [
+            (link["name"], link["href"])
+            for link in report_links(load_config(repo / "configs" / f"{name}.yaml"), repo)
+        ]
+
+    assert links("default") == [("claims", "claims/index.html")]
+    assert links("claims") == [(None, "../index.html")]
+    assert links("smoke") == [] and links("cifar10") == []

@@ -161,6 +161,7 @@ def test_a_tier_runs_beside_its_run(tmp_path):
     assert all(study["adopted"]["rows"][m]["n_seeds"] == 2 for m in PAPER_ABLATIONS)
     html = (work / "reports" / "smoke-claims" / "index.html").read_text()
     assert "tier <code>claims</code>" in html and "claims variant-train-no_koopman-seed1" in html
+    assert '<a href="../smoke/index.html">its report</a>' in html  # back to the run's report
     assert (work / "results" / "smoke" / "variants" / "no_koopman-seed1" / "metrics.json").is_file()
     assert not (work / "results" / "smoke" / "eval" / "stability.json").exists()  # the run's: not asked for
     assert not (work / "reports" / "smoke" / "index.html").exists()

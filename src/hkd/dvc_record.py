@@ -19,7 +19,7 @@ import yaml
 
 from hkd.config import ConfigError, load_config
 
-#: how a tier's dvc.yaml is found: <folder of the run's dvc.yaml>/<tier>/dvc.yaml
+#: the run's dvc.yaml (in the project root); each tier's is <tier>/dvc.yaml beside it
 RUN_DVC_FILE = "dvc.yaml"
 
 

@@ -23,6 +23,7 @@ from hkd.images import grid, to_uint8
 from hkd.io import atomic_path, load_json, load_npz, sha256_json
 from hkd.pipeline import CONDITIONAL, conditional_config, stage_enabled
 from hkd.report.claims import claims
+from hkd.report.links import report_links
 from hkd.report.tables import (
     NOT_RECORDED,
     main_table,
@@ -389,6 +390,7 @@ def build_report(cfg: dict, paths: dict, out_html: str) -> None:
     html = render_index(
         run=cfg["run"],
         tier=cfg.get("tier"),
+        links=report_links(cfg),
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         manifest=load_json(paths["data_manifest"]),
         metrics=metrics,
