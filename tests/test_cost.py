@@ -211,6 +211,7 @@ def test_rule_memory_without_a_usable_benchmark_sizes_nothing(tmp_path, capsys):
 
     cfg = load_config(SMOKE)
     assert rule_memory(cfg, tmp_path) == {}
+    assert "no hkd bench numbers of run 'smoke'" in capsys.readouterr().err
     old = fake_bench(cfg)
     del old["workloads"]["one_step"]  # stored before a workload the config runs existed
     (tmp_path / "a-cpu.json").write_text(json.dumps(old))

@@ -45,6 +45,12 @@ def rule_memory(cfg: dict, root: str | Path = "benchmarks", extended: dict | Non
     tier over ``extended``), the largest request among each rule's jobs; {} without a benchmark."""
     kind = device_kind(cfg, root)
     if kind is None:
+        device = " --device cuda" if cfg["device"] == "cuda" else ""
+        print(
+            f"hkd: job memory not planned: no hkd bench numbers of run {cfg['run']!r} in {root} "
+            f"(hkd bench --config <its config>{device} stores them); the profile's default-resources apply",
+            file=sys.stderr,
+        )
         return {}
     from hkd.cost.plan import plan  # torch: only where a benchmark is stored
 
