@@ -1,6 +1,5 @@
 """The SLURM profile plans the paper configs, GPU stages get GPUs, and the workflow lints clean."""
 
-import math
 import re
 import shutil
 import subprocess
@@ -11,8 +10,7 @@ import yaml
 from conftest import REPO, copy_workflow
 
 from hkd.config import load_config
-from hkd.cost.plan import plan
-from hkd.cost.resources import MARGIN, device_kind
+from hkd.cost.resources import rule_memory
 
 PROFILE = "workflow/profiles/slurm"
 
@@ -78,45 +76,28 @@ def test_profile_plans_the_paper_configs(work, config):
         assert "runtime=" in res and "mem_mb=" in res, (rule, res)
 
 
-def planned_peaks(cfg, benchmarks):
-    """{rule: {resource: the largest planned peak of its jobs}} from `hkd plan`'s rows with the
-    config's stored benchmark ({} without one)."""
-    kind = device_kind(cfg, benchmarks)
-    if kind is None:
-        return {}
-    peaks = {}
-    for row in plan(cfg, benchmarks)["jobs"]:
-        rule = peaks.setdefault(row["job"].split("[")[0], {})
-        for resource, key in (("mem_mb", "peak_ram_bytes"), ("gpu_mem_mb", "peak_gpu_bytes")):
-            if row[kind][key]:
-                rule[resource] = max(rule.get(resource, 0), row[kind][key])
-    return peaks
-
-
 @pytest.mark.parametrize("config", ["default", "cifar10"])
 def test_profile_asks_each_rule_for_its_planned_memory(work, config):
-    """Each job of the profile's dry run asks for its rule's planned peak times the margin, from
-    the config's stored `hkd bench` numbers; rules with no planned peak, and every rule of a
-    config with no stored benchmark (CIFAR-10 until one is measured on a GPU), get the default."""
+    """Each job of the profile's dry run asks for its rule's planned peak times the margin
+    (hkd.cost.resources.rule_memory, checked against `hkd plan`'s rows in test_cost), from the
+    config's stored `hkd bench` numbers; rules with no planned peak, and every rule of a config
+    with no stored benchmark (CIFAR-10 until one is measured on a GPU), get the default."""
     shutil.copytree(REPO / "benchmarks", work / "benchmarks")
     cfg = load_config(work / "configs" / f"{config}.yaml")
-    peaks = planned_peaks(cfg, work / "benchmarks")
+    requested = rule_memory(cfg, work / "benchmarks")
     if config == "default":  # its CPU benchmark is stored: the heavy rules are sized
-        assert peaks["hkd_train"]["mem_mb"] > 0 and peaks["trajectory_shard"]["mem_mb"] > 0
+        assert requested["hkd_train"]["mem_mb"] > 0 and requested["trajectory_shard"]["mem_mb"] > 0
     default_mb = yaml.safe_load((work / PROFILE / "config.yaml").read_text())["default-resources"]["mem_mb"]
     asked = jobs(dry_run(work, "--profile", PROFILE, "--configfile", f"configs/{config}.yaml"))
     for rule, res, _ in asked:
         if rule == "all":
             continue
-        planned = peaks.get(rule, {})
+        planned = requested.get(rule, {})
         mem_mb = int(re.search(r"\bmem_mb=(\d+)", res).group(1))
-        expected = math.ceil(planned["mem_mb"] * MARGIN / 1e6) if "mem_mb" in planned else default_mb
-        assert mem_mb == expected, (rule, res)
+        assert mem_mb == planned.get("mem_mb", default_mb), (rule, res)
         gpu = re.search(r"\bgpu_mem_mb=(\d+)", res)
-        assert (int(gpu.group(1)) if gpu else None) == (
-            math.ceil(planned["gpu_mem_mb"] * MARGIN / 1e6) if "gpu_mem_mb" in planned else None
-        ), (rule, res)
-    assert {r for r, _, _ in asked} >= {r for r, p in peaks.items() if p}
+        assert (int(gpu.group(1)) if gpu else None) == planned.get("gpu_mem_mb"), (rule, res)
+    assert {r for r, _, _ in asked} >= {r for r, p in requested.items() if p}
 
 
 def test_several_gpus_start_torchrun(work):

@@ -280,14 +280,14 @@ def write_dvc_yaml(config_file: str, out: str, check: bool) -> int:
     it; with ``check``, only whether the files on disk are these."""
     from hkd.dvc_record import dvc_yaml_texts, stale_dvc_files
 
+    texts = dvc_yaml_texts(config_file, out)
     if check:
-        stale = stale_dvc_files(config_file, out)
+        stale = stale_dvc_files(texts)
         for path in stale:
             print(f"{path} is out of date; run: hkd dvc-yaml --config {config_file}", file=sys.stderr)
         if not stale:
-            print(" and ".join(map(str, dvc_yaml_texts(config_file, out))) + " up to date")
+            print(" and ".join(map(str, texts)) + " up to date")
         return 1 if stale else 0
-    texts = dvc_yaml_texts(config_file, out)
     from hkd.io import atomic_path
 
     for path, text in texts.items():

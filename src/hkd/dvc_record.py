@@ -39,9 +39,9 @@ def dvc_yaml_texts(config_file: str, out: str = RUN_DVC_FILE) -> dict[Path, str]
     return {path: header + yaml.safe_dump(d, sort_keys=False, width=100) for path, d in files.items()}
 
 
-def stale_dvc_files(config_file: str, out: str = RUN_DVC_FILE) -> list[str]:
-    """The dvc.yaml files on disk that are not what ``hkd dvc-yaml --config config_file`` writes."""
-    texts = dvc_yaml_texts(config_file, out)
+def stale_dvc_files(texts: dict[Path, str]) -> list[str]:
+    """The dvc.yaml files on disk that differ from ``texts`` (``dvc_yaml_texts``: what
+    ``hkd dvc-yaml`` writes)."""
     return [str(p) for p, text in texts.items() if (p.read_text() if p.exists() else "") != text]
 
 
@@ -57,7 +57,7 @@ def record_problem(config_file: str, run_config_file: str | Path, tier: str | No
 
     if not Path(".dvc").is_dir():
         return f"{Path.cwd()} is not a DVC repository (`dvc init` makes it one)"
-    stale = stale_dvc_files(config_file)
+    stale = stale_dvc_files(dvc_yaml_texts(config_file))
     if stale:
         return (
             f"{', '.join(stale)} is not the one of {config_file} (run: hkd dvc-yaml --config {config_file})"
